@@ -1,0 +1,138 @@
+//! Clusters: named groups of upstream endpoints and how to talk to them (Envoy `Cluster` with a
+//! static `ClusterLoadAssignment`).
+
+use crate::units::Duration;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// An upstream service.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Unique name, referenced by routes and TCP listeners.
+    pub name: String,
+    /// Protocol spoken to the endpoints. Default `http1`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Time allowed to establish a TCP connection to an endpoint. Default `1s`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// How an endpoint is picked for each request. Default `round_robin`.
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    /// Connection pool settings.
+    #[serde(default)]
+    pub pool: PoolSettings,
+    /// The endpoints: `127.0.0.1:9001` or `{ address: 127.0.0.1:9002, weight: 2 }`.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Upstream protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext by prior knowledge (h2c).
+    Http2,
+    /// The same protocol the downstream request arrived with.
+    Auto,
+}
+
+/// Load-balancing policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Weighted round robin over the endpoints.
+    #[default]
+    RoundRobin,
+}
+
+/// Connection pool settings (per worker thread and endpoint).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    /// An idle pooled connection is closed after this long. Default `60s`.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Most idle HTTP/1.1 connections kept per endpoint and worker. Default 256.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_endpoint: u32,
+    /// Most concurrent requests on one upstream HTTP/2 connection before another is opened
+    /// (also bounded by the upstream's own `SETTINGS_MAX_CONCURRENT_STREAMS`). Default 100.
+    #[serde(default = "default_max_streams")]
+    pub max_requests_per_http2_connection: u32,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            idle_timeout: default_pool_idle_timeout(),
+            max_idle_per_endpoint: default_max_idle(),
+            max_requests_per_http2_connection: default_max_streams(),
+        }
+    }
+}
+
+/// One upstream address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Endpoint {
+    /// IP address and port.
+    pub address: SocketAddr,
+    /// Relative share of requests. Default 1.
+    pub weight: u32,
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            address: SocketAddr,
+            #[serde(default = "default_weight")]
+            weight: u32,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Endpoint;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address such as `127.0.0.1:9001` or `{ address: ..., weight: N }`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Endpoint, E> {
+                let address = v.parse().map_err(|_| {
+                    E::custom(format!(
+                        "`{v}` is not an IP address and port such as 127.0.0.1:9001"
+                    ))
+                })?;
+                Ok(Endpoint { address, weight: 1 })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Endpoint, A::Error> {
+                let f = Full::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Endpoint {
+                    address: f.address,
+                    weight: f.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_idle() -> u32 {
+    256
+}
+fn default_max_streams() -> u32 {
+    100
+}

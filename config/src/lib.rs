@@ -1,0 +1,107 @@
+//! sluice-config: Sluice's configuration model, shared by the proxy and the control plane.
+//!
+//! The resources map one-to-one onto Envoy's xDS v3 resources, with readable names:
+//!
+//! | Sluice | Envoy xDS v3 |
+//! |---|---|
+//! | [`Listener`] with `http` | `Listener` + one filter chain with an `HttpConnectionManager` (`rds.route_config_name` = `route_table`) |
+//! | [`Listener`] with `tcp` | `Listener` + one filter chain with a `TcpProxy` (`cluster`) |
+//! | [`RouteTable`] | `RouteConfiguration` |
+//! | [`VirtualHost`] | `VirtualHost` (`domains`, `routes`, `request_headers_to_add/remove`) |
+//! | [`Route`] `cluster`/`weighted_clusters`/`rewrite`/`timeout` | `Route.route` (`RouteAction`: `cluster`, `weighted_clusters`, `prefix_rewrite`, `regex_rewrite`, `host_rewrite_literal`, `timeout`) |
+//! | [`Route`] `redirect` / `direct_response` | `Route.redirect` / `Route.direct_response` |
+//! | [`Cluster`] | `Cluster` (type STATIC) + its `ClusterLoadAssignment` (`endpoints`) |
+//!
+//! Files are YAML. Unknown fields are errors, and every error names the file, line, column and
+//! field path. [`load_file`] and [`parse`] return a fully validated [`Config`].
+
+mod cluster;
+mod error;
+mod listener;
+mod locate;
+mod route;
+mod units;
+mod validate;
+
+pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
+pub use error::{ConfigError, ConfigErrors, Issue};
+pub use listener::{Http2Settings, HttpListener, Listener, TcpListener};
+pub use locate::{Position, PositionIndex};
+pub use route::{
+    DEFAULT_ROUTE_TIMEOUT, DirectResponse, HeaderList, HeaderMatcher, HeaderMutation,
+    QueryParameterMatcher, Redirect, RegexRewrite, Rewrite, Route, RouteMatch, RouteTable,
+    VirtualHost, WeightedCluster,
+};
+pub use units::{ByteSize, Duration, parse_byte_size, parse_duration};
+pub use validate::{REGEX_SIZE_LIMIT, full_match_regex, search_regex, validate};
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// A whole Sluice proxy configuration.
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin listener.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Listening sockets.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Route tables referenced by HTTP listeners.
+    #[serde(default)]
+    pub route_tables: Vec<RouteTable>,
+    /// Upstream clusters referenced by routes and TCP listeners.
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+}
+
+/// The admin listener (`/ready`, `/live`, `/metrics`, `/listeners`). It is unauthenticated:
+/// keep it on loopback.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address to bind. Default `127.0.0.1:7191`.
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            address: default_admin_address(),
+        }
+    }
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7191))
+}
+
+/// Reads, parses and validates a config file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::whole_file(&name, format!("cannot read file: {e}")))?;
+    parse(&source, &name)
+}
+
+/// Parses and validates YAML text; `file` names it in errors.
+pub fn parse(source: &str, file: &str) -> Result<Config, ConfigErrors> {
+    if source.trim().is_empty() {
+        return Err(ConfigErrors::whole_file(file, "file is empty"));
+    }
+    let config: Config =
+        serde_yaml_ng::from_str(source).map_err(|e| ConfigErrors::from_yaml(file, &e))?;
+    let issues = validate(&config);
+    if issues.is_empty() {
+        Ok(config)
+    } else {
+        let index = PositionIndex::build(source);
+        Err(ConfigErrors::from_issues(file, &index, issues))
+    }
+}
+
+#[cfg(test)]
+mod tests;

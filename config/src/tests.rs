@@ -1,0 +1,364 @@
+//! Config loading tests: one per error kind, each asserting the message and its location.
+
+use super::*;
+
+const BASE: &str = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    http: { route_table: main }
+route_tables:
+  - name: main
+    virtual_hosts:
+      - name: any
+        domains: ['*']
+        routes:
+          - match: { prefix: / }
+            cluster: web
+clusters:
+  - name: web
+    endpoints: [127.0.0.1:9001]
+";
+
+fn errors(src: &str) -> Vec<String> {
+    match parse(src, "test.yaml") {
+        Ok(_) => panic!("expected errors for:\n{src}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn one_error(src: &str) -> String {
+    let e = errors(src);
+    assert_eq!(e.len(), 1, "expected one error, got {e:#?}");
+    e.into_iter().next().unwrap()
+}
+
+#[test]
+fn base_is_valid_and_has_defaults() {
+    let c = parse(BASE, "test.yaml").unwrap();
+    assert_eq!(c.admin.address.to_string(), "127.0.0.1:7191");
+    let h = c.listeners[0].http.as_ref().unwrap();
+    assert_eq!(h.max_request_header_bytes, ByteSize::kib(60));
+    assert_eq!(h.http2.max_concurrent_streams, 100);
+    assert_eq!(h.request_header_timeout, Duration::from_secs(10));
+    assert_eq!(c.clusters[0].endpoints[0].weight, 1);
+    assert_eq!(c.clusters[0].protocol, UpstreamProtocol::Http1);
+}
+
+#[test]
+fn unknown_field_names_field_and_location() {
+    let src = BASE.replace(
+        "    address: 127.0.0.1:8080\n",
+        "    address: 127.0.0.1:8080\n    adress: x\n",
+    );
+    let e = one_error(&src);
+    assert!(
+        e.starts_with("test.yaml:4:5: listeners[0]: unknown field `adress`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_type_is_located() {
+    let src = BASE.replace("endpoints: [127.0.0.1:9001]", "endpoints: [nope]");
+    let e = one_error(&src);
+    assert!(
+        e.starts_with("test.yaml:15:17: clusters[0].endpoints[0]: `nope` is not an IP address"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_duration_is_located() {
+    let src = BASE.replace(
+        "  - name: web\n",
+        "  - name: web\n    connect_timeout: 5 parsecs\n",
+    );
+    let e = one_error(&src);
+    assert!(
+        e.starts_with(
+            "test.yaml:15:22: clusters[0].connect_timeout: duration `5 parsecs` has unknown unit"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn yaml_syntax_error_is_located() {
+    let e = one_error("listeners: [\n  - {");
+    assert!(e.starts_with("test.yaml:"), "{e}");
+    assert!(e.contains(':'), "{e}");
+}
+
+#[test]
+fn empty_file() {
+    assert_eq!(one_error("  \n"), "test.yaml: file is empty");
+}
+
+#[test]
+fn unreadable_file() {
+    let e = load_file(std::path::Path::new("/nonexistent/sluice.yaml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/sluice.yaml: cannot read file:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn prefix_must_start_with_slash() {
+    let src = BASE.replace("prefix: /", "prefix: api");
+    assert_eq!(
+        one_error(&src),
+        "test.yaml:11:22: route_tables[0].virtual_hosts[0].routes[0].match.prefix: must start with '/'"
+    );
+}
+
+#[test]
+fn unknown_cluster_in_route() {
+    let src = BASE.replace("cluster: web", "cluster: nowhere");
+    assert_eq!(
+        one_error(&src),
+        "test.yaml:12:13: route_tables[0].virtual_hosts[0].routes[0].cluster: unknown cluster `nowhere`"
+    );
+}
+
+#[test]
+fn unknown_route_table() {
+    let src = BASE.replace("route_table: main", "route_table: other");
+    assert_eq!(
+        one_error(&src),
+        "test.yaml:4:13: listeners[0].http.route_table: unknown route table `other`"
+    );
+}
+
+#[test]
+fn unknown_cluster_in_tcp_listener() {
+    let src = format!("{BASE}  - name: db\n    endpoints: [127.0.0.1:5432]\n")
+        .replace("    http: { route_table: main }\n", "    http: { route_table: main }\n  - name: pg\n    address: 127.0.0.1:5433\n    tcp: { cluster: dbx }\n");
+    assert_eq!(
+        one_error(&src),
+        "test.yaml:7:12: listeners[1].tcp.cluster: unknown cluster `dbx`"
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    let src = format!("{BASE}  - name: web\n    endpoints: [127.0.0.1:9002]\n");
+    assert_eq!(
+        one_error(&src),
+        "test.yaml:16:5: clusters[1].name: duplicate name `web` (also used by clusters[0])"
+    );
+}
+
+#[test]
+fn two_listeners_on_one_address() {
+    let src = BASE.replace(
+        "    http: { route_table: main }\n",
+        "    http: { route_table: main }\n  - name: again\n    address: 0.0.0.0:8080\n    http: { route_table: main }\n",
+    );
+    assert_eq!(
+        one_error(&src),
+        "test.yaml:6:5: listeners[1].address: address 0.0.0.0:8080 clashes with listeners[0] (public)"
+    );
+}
+
+#[test]
+fn listener_clashing_with_admin() {
+    let src = BASE.replace("address: 127.0.0.1:8080", "address: 127.0.0.1:7191");
+    assert_eq!(
+        one_error(&src),
+        "test.yaml:3:5: listeners[0].address: address 127.0.0.1:7191 clashes with admin"
+    );
+}
+
+#[test]
+fn invalid_regex() {
+    let src = BASE.replace("{ prefix: / }", "{ regex: '/a(b' }");
+    let e = one_error(&src);
+    assert!(
+        e.starts_with("test.yaml:11:22: route_tables[0].virtual_hosts[0].routes[0].match.regex: invalid regex `/a(b`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn match_needs_exactly_one_path_specifier() {
+    let src = BASE.replace("{ prefix: / }", "{ prefix: /, path: /x }");
+    assert_eq!(
+        one_error(&src),
+        "test.yaml:11:13: route_tables[0].virtual_hosts[0].routes[0].match: set only one of `prefix`, `path` or `regex`"
+    );
+    let src = BASE.replace("{ prefix: / }", "{ methods: [GET] }");
+    assert!(one_error(&src).ends_with("match: needs one of `prefix`, `path` or `regex`"));
+}
+
+#[test]
+fn route_needs_one_action() {
+    let src = BASE.replace(
+        "            cluster: web\n",
+        "            cluster: web\n            direct_response: { status: 200 }\n",
+    );
+    assert_eq!(
+        one_error(&src),
+        "test.yaml:11:13: route_tables[0].virtual_hosts[0].routes[0]: set only one of `cluster`, `weighted_clusters`, `redirect`, `direct_response`"
+    );
+    let src = BASE.replace("            cluster: web\n", "");
+    assert!(one_error(&src).ends_with("routes[0]: needs an action: one of `cluster`, `weighted_clusters`, `redirect`, `direct_response`"));
+}
+
+#[test]
+fn header_matcher_needs_one_condition() {
+    let src = BASE.replace(
+        "{ prefix: / }",
+        "{ prefix: /, headers: [{ name: x-a, exact: b, prefix: c }] }",
+    );
+    assert_eq!(
+        one_error(&src),
+        "test.yaml:11:45: route_tables[0].virtual_hosts[0].routes[0].match.headers[0]: set exactly one of `exact`, `prefix`, `suffix`, `regex` or `present`"
+    );
+}
+
+#[test]
+fn bad_header_name_in_matcher() {
+    let src = BASE.replace(
+        "{ prefix: / }",
+        "{ prefix: /, headers: [{ name: 'x a', present: true }] }",
+    );
+    assert!(one_error(&src).ends_with("match.headers[0].name: `x a` is not a valid header name"));
+}
+
+#[test]
+fn weighted_clusters_checks() {
+    let src = BASE.replace(
+        "cluster: web",
+        "weighted_clusters: [{ cluster: web, weight: 0 }, { cluster: gone, weight: 0 }]",
+    );
+    let e = errors(&src);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].ends_with("routes[0].weighted_clusters: weights must not all be 0"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].ends_with("routes[0].weighted_clusters[1].cluster: unknown cluster `gone`"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn redirect_checks() {
+    let src = BASE.replace("cluster: web", "redirect: { code: 200, scheme: ftp }");
+    let e = errors(&src);
+    assert!(
+        e[0].ends_with("routes[0].redirect.code: must be 301, 302, 303, 307 or 308"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].ends_with("routes[0].redirect.scheme: must be `http` or `https`"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn direct_response_status() {
+    let src = BASE.replace("cluster: web", "direct_response: { status: 99 }");
+    assert!(
+        one_error(&src).ends_with("routes[0].direct_response.status: must be between 200 and 599")
+    );
+}
+
+#[test]
+fn prefix_rewrite_needs_prefix_match() {
+    let src = BASE.replace("{ prefix: / }", "{ path: /a }").replace(
+        "cluster: web",
+        "cluster: web\n            rewrite: { prefix: /b }",
+    );
+    assert!(
+        one_error(&src).ends_with("routes[0].rewrite.prefix: needs the route to match by `prefix`")
+    );
+}
+
+#[test]
+fn header_mutation_checks() {
+    let src = BASE.replace(
+        "cluster: web",
+        "cluster: web\n            request_headers: { set: { host: x }, remove: [connection] }",
+    );
+    let e = errors(&src);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].ends_with("request_headers.set.host: header `host` cannot be changed by configuration (use `rewrite.host`)"), "{e:#?}");
+    assert!(
+        e[1].ends_with(
+            "request_headers.remove[0]: header `connection` cannot be changed by configuration"
+        ),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn domain_checks() {
+    let src = BASE.replace("domains: ['*']", "domains: ['a.*.com', '*']");
+    assert!(one_error(&src).contains("domains[0]: domain `a.*.com`: a wildcard must be"));
+    let src = BASE.replace("domains: ['*']", "domains: ['*', '*']");
+    assert!(
+        one_error(&src).ends_with(
+            "domains[1]: domain `*` is already served by route_tables[0].virtual_hosts[0]"
+        )
+    );
+}
+
+#[test]
+fn listener_needs_http_or_tcp() {
+    let src = BASE.replace("    http: { route_table: main }\n", "");
+    assert_eq!(
+        one_error(&src),
+        "test.yaml:2:5: listeners[0]: one of `http` or `tcp` is required"
+    );
+}
+
+#[test]
+fn cluster_checks() {
+    let src = BASE.replace(
+        "endpoints: [127.0.0.1:9001]",
+        "endpoints: [{ address: 127.0.0.1:9001, weight: 0 }, 127.0.0.1:9001]",
+    );
+    let e = errors(&src);
+    assert!(
+        e[0].ends_with("clusters[0].endpoints[0].weight: must be at least 1"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].ends_with("clusters[0].endpoints[1]: duplicate endpoint 127.0.0.1:9001"),
+        "{e:#?}"
+    );
+    let src = BASE.replace("endpoints: [127.0.0.1:9001]", "endpoints: []");
+    assert!(one_error(&src).ends_with("clusters[0].endpoints: must list at least one endpoint"));
+}
+
+#[test]
+fn http2_limits_checked() {
+    let src = BASE.replace(
+        "{ route_table: main }",
+        "{ route_table: main, http2: { initial_stream_window_size: 100 } }",
+    );
+    assert!(one_error(&src).ends_with(
+        "listeners[0].http.http2.initial_stream_window_size: must be between 65535 bytes and 2GiB - 1 (RFC 9113 §6.9.2)"
+    ));
+}
+
+#[test]
+fn all_errors_are_reported() {
+    let src = BASE
+        .replace("prefix: /", "prefix: x")
+        .replace("cluster: web", "cluster: nope")
+        .replace("route_table: main", "route_table: nope");
+    assert_eq!(errors(&src).len(), 3);
+}
+
+#[test]
+fn round_trips_through_yaml() {
+    let c = parse(BASE, "test.yaml").unwrap();
+    let text = serde_yaml_ng::to_string(&c).unwrap();
+    assert_eq!(parse(&text, "again.yaml").unwrap(), c);
+}

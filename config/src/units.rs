@@ -1,0 +1,256 @@
+//! Human-readable units in config files: durations (`250ms`, `2s`, `1h`) and byte sizes
+//! (`60KiB`, `1MiB`, or a plain number of bytes).
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+use std::time::Duration as StdDuration;
+
+/// A duration written as a number followed by a unit: `us`, `ms`, `s`, `m` or `h`
+/// (for example `250ms`, `2s`, `1.5s`, `1h`). `0s` is allowed where a field says it disables
+/// something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Duration(pub StdDuration);
+
+impl Duration {
+    /// A duration of whole seconds.
+    pub const fn from_secs(secs: u64) -> Self {
+        Duration(StdDuration::from_secs(secs))
+    }
+
+    /// A duration of whole milliseconds.
+    pub const fn from_millis(ms: u64) -> Self {
+        Duration(StdDuration::from_millis(ms))
+    }
+
+    /// The value as a `std::time::Duration`.
+    pub const fn get(self) -> StdDuration {
+        self.0
+    }
+
+    /// True for `0s`.
+    pub const fn is_zero(self) -> bool {
+        self.0.is_zero()
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d.subsec_nanos() == 0 && d.as_secs() % 3600 == 0 && d.as_secs() > 0 {
+            write!(f, "{}h", d.as_secs() / 3600)
+        } else if d.subsec_nanos() == 0 {
+            write!(f, "{}s", d.as_secs())
+        } else if d.subsec_nanos() % 1_000_000 == 0 {
+            write!(f, "{}ms", d.as_millis())
+        } else {
+            write!(f, "{}us", d.as_micros())
+        }
+    }
+}
+
+/// Parses `250ms`, `2s`, `1.5m`, `1h`, `100us`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| {
+            format!("duration `{s}` has no unit (use us, ms, s, m or h, e.g. `250ms`)")
+        })?;
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("duration `{s}` does not start with a number"))?;
+    let nanos_per_unit: f64 = match unit {
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" => 60e9,
+        "h" => 3600e9,
+        _ => {
+            return Err(format!(
+                "duration `{s}` has unknown unit `{unit}` (use us, ms, s, m or h)"
+            ));
+        }
+    };
+    let nanos = value * nanos_per_unit;
+    // More than ~292 years would overflow u64 nanoseconds.
+    if !nanos.is_finite() || nanos >= u64::MAX as f64 {
+        return Err(format!("duration `{s}` is too large"));
+    }
+    Ok(Duration(StdDuration::from_nanos(nanos as u64)))
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as `250ms`, `2s` or `1h`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                parse_duration(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+                if v == 0 {
+                    Ok(Duration::default())
+                } else {
+                    Err(E::custom(format!(
+                        "duration `{v}` has no unit (write `{v}s` or `{v}ms`)"
+                    )))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+                if v < 0 {
+                    return Err(E::custom("a duration cannot be negative"));
+                }
+                self.visit_u64(v as u64)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A size in bytes, written as a plain number of bytes or with a unit: `B`, `KiB`, `MiB`, `GiB`
+/// (binary) or `KB`, `MB`, `GB` (decimal), for example `60KiB`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// `n` KiB.
+    pub const fn kib(n: u64) -> Self {
+        ByteSize(n * 1024)
+    }
+
+    /// `n` MiB.
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n * 1024 * 1024)
+    }
+
+    /// The number of bytes.
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b >= 1 << 20 && b % (1 << 20) == 0 {
+            write!(f, "{}MiB", b >> 20)
+        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+            write!(f, "{}KiB", b >> 10)
+        } else {
+            write!(f, "{b}B")
+        }
+    }
+}
+
+/// Parses `60KiB`, `1MiB`, `512`, `10KB`.
+pub fn parse_byte_size(s: &str) -> Result<ByteSize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("size `{s}` does not start with a whole number"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "size `{s}` has unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
+    };
+    value
+        .checked_mul(mult)
+        .map(ByteSize)
+        .ok_or_else(|| format!("size `{s}` is too large"))
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as `60KiB`, `1MiB` or a number of bytes")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_byte_size(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(
+            parse_duration("100us"),
+            Ok(Duration(StdDuration::from_micros(100)))
+        );
+        assert!(parse_duration("10").unwrap_err().contains("no unit"));
+        assert!(
+            parse_duration("10 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_duration("ms").unwrap_err().contains("number"));
+        assert!(parse_duration("1e300h").is_err());
+    }
+
+    #[test]
+    fn duration_display_round_trips() {
+        for s in ["250ms", "2s", "1h", "100us"] {
+            assert_eq!(parse_duration(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_byte_size("60KiB"), Ok(ByteSize(60 * 1024)));
+        assert_eq!(parse_byte_size("1MiB"), Ok(ByteSize(1 << 20)));
+        assert_eq!(parse_byte_size("512"), Ok(ByteSize(512)));
+        assert_eq!(parse_byte_size("10KB"), Ok(ByteSize(10_000)));
+        assert!(parse_byte_size("10 furlongs").is_err());
+        assert!(parse_byte_size("99999999999999999999GiB").is_err());
+        assert_eq!(ByteSize::kib(60).to_string(), "60KiB");
+    }
+}

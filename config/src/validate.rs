@@ -1,0 +1,622 @@
+//! Semantic validation: what deserialisation cannot check (one-of fields, references between
+//! resources, duplicate names, address clashes, syntax of paths, regexes and header names).
+//! Collects every problem rather than stopping at the first.
+
+use crate::cluster::Cluster;
+use crate::error::Issue;
+use crate::listener::{HttpListener, Listener};
+use crate::route::{HeaderMatcher, HeaderMutation, Redirect, Route, RouteMatch, RouteTable};
+use crate::{Config, QueryParameterMatcher};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+/// Largest compiled size of one regular expression in a config (bounds memory and build time).
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles `pattern` so that it must match the whole input.
+pub fn full_match_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regex `{pattern}`: {}", first_line(&e.to_string())))
+}
+
+/// Compiles `pattern` for searching (used by rewrites).
+pub fn search_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regex `{pattern}`: {}", first_line(&e.to_string())))
+}
+
+fn first_line(s: &str) -> String {
+    // regex errors are multi-line with a caret diagram; keep the explanation.
+    s.lines()
+        .rfind(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| s.lines().next().unwrap_or(s))
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
+/// Checks a deserialised config; returns every problem found (empty when valid).
+pub fn validate(config: &Config) -> Vec<Issue> {
+    let mut v = Validator::default();
+    let clusters: HashSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
+    let tables: HashSet<&str> = config
+        .route_tables
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+
+    v.unique_names(
+        "listeners",
+        config.listeners.iter().map(|l| l.name.as_str()),
+    );
+    v.unique_names(
+        "route_tables",
+        config.route_tables.iter().map(|t| t.name.as_str()),
+    );
+    v.unique_names("clusters", config.clusters.iter().map(|c| c.name.as_str()));
+    v.addresses(config);
+
+    for (i, l) in config.listeners.iter().enumerate() {
+        v.listener(&format!("listeners[{i}]"), l, &tables, &clusters);
+    }
+    for (i, t) in config.route_tables.iter().enumerate() {
+        v.route_table(&format!("route_tables[{i}]"), t, &clusters);
+    }
+    for (i, c) in config.clusters.iter().enumerate() {
+        v.cluster(&format!("clusters[{i}]"), c);
+    }
+    v.issues
+}
+
+#[derive(Default)]
+struct Validator {
+    issues: Vec<Issue>,
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(Issue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn unique_names<'a>(&mut self, list: &str, names: impl Iterator<Item = &'a str>) {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, name) in names.enumerate() {
+            let path = format!("{list}[{i}].name");
+            if name.is_empty() {
+                self.err(path, "must not be empty");
+            } else if let Some(first) = seen.insert(name, i) {
+                self.err(
+                    path,
+                    format!("duplicate name `{name}` (also used by {list}[{first}])"),
+                );
+                seen.insert(name, first);
+            }
+        }
+    }
+
+    fn addresses(&mut self, config: &Config) {
+        let mut bound: Vec<(SocketAddr, String)> = vec![(config.admin.address, "admin".into())];
+        for (i, l) in config.listeners.iter().enumerate() {
+            let path = format!("listeners[{i}].address");
+            if l.address.port() != 0 {
+                if let Some((_, other)) = bound.iter().find(|(a, _)| clashes(*a, l.address)) {
+                    self.err(path, format!("address {} clashes with {other}", l.address));
+                    continue;
+                }
+            }
+            bound.push((l.address, format!("listeners[{i}] ({})", l.name)));
+        }
+    }
+
+    fn listener(
+        &mut self,
+        p: &str,
+        l: &Listener,
+        tables: &HashSet<&str>,
+        clusters: &HashSet<&str>,
+    ) {
+        match (&l.http, &l.tcp) {
+            (Some(h), None) => self.http_listener(&format!("{p}.http"), h, tables),
+            (None, Some(t)) => {
+                if !clusters.contains(t.cluster.as_str()) {
+                    self.err(
+                        format!("{p}.tcp.cluster"),
+                        format!("unknown cluster `{}`", t.cluster),
+                    );
+                }
+            }
+            (Some(_), Some(_)) => self.err(p, "set only one of `http` or `tcp`"),
+            (None, None) => self.err(p, "one of `http` or `tcp` is required"),
+        }
+    }
+
+    fn http_listener(&mut self, p: &str, h: &HttpListener, tables: &HashSet<&str>) {
+        if !tables.contains(h.route_table.as_str()) {
+            self.err(
+                format!("{p}.route_table"),
+                format!("unknown route table `{}`", h.route_table),
+            );
+        }
+        if h.max_request_header_bytes.bytes() < 1024 {
+            self.err(
+                format!("{p}.max_request_header_bytes"),
+                "must be at least 1KiB",
+            );
+        }
+        if h.max_request_header_bytes.bytes() > 1 << 20 {
+            self.err(
+                format!("{p}.max_request_header_bytes"),
+                "must be at most 1MiB",
+            );
+        }
+        if h.max_request_headers == 0 || h.max_request_headers > 1000 {
+            self.err(
+                format!("{p}.max_request_headers"),
+                "must be between 1 and 1000",
+            );
+        }
+        if h.request_header_timeout.is_zero() {
+            self.err(
+                format!("{p}.request_header_timeout"),
+                "must be greater than 0s",
+            );
+        }
+        if h.idle_timeout.is_zero() {
+            self.err(format!("{p}.idle_timeout"), "must be greater than 0s");
+        }
+        let h2 = &h.http2;
+        let pp = format!("{p}.http2");
+        if h2.max_concurrent_streams == 0 {
+            self.err(format!("{pp}.max_concurrent_streams"), "must be at least 1");
+        }
+        for (field, value) in [
+            ("initial_stream_window_size", h2.initial_stream_window_size),
+            (
+                "initial_connection_window_size",
+                h2.initial_connection_window_size,
+            ),
+        ] {
+            if !(65_535..=(1 << 31) - 1).contains(&value.bytes()) {
+                self.err(
+                    format!("{pp}.{field}"),
+                    "must be between 65535 bytes and 2GiB - 1 (RFC 9113 §6.9.2)",
+                );
+            }
+        }
+        if !(16_384..=16_777_215).contains(&h2.max_frame_size.bytes()) {
+            self.err(
+                format!("{pp}.max_frame_size"),
+                "must be between 16KiB and 16MiB - 1 (RFC 9113 §6.5.2)",
+            );
+        }
+    }
+
+    fn route_table(&mut self, p: &str, t: &RouteTable, clusters: &HashSet<&str>) {
+        let vh_names = t.virtual_hosts.iter().map(|v| v.name.as_str());
+        self.unique_names(&format!("{p}.virtual_hosts"), vh_names);
+        let mut domains: HashMap<String, usize> = HashMap::new();
+        for (i, vh) in t.virtual_hosts.iter().enumerate() {
+            let vp = format!("{p}.virtual_hosts[{i}]");
+            if vh.domains.is_empty() {
+                self.err(
+                    format!("{vp}.domains"),
+                    "must list at least one domain (`*` for any)",
+                );
+            }
+            for (j, d) in vh.domains.iter().enumerate() {
+                let dp = format!("{vp}.domains[{j}]");
+                if let Err(m) = check_domain(d) {
+                    self.err(&dp, m);
+                }
+                if let Some(prev) = domains.insert(d.to_ascii_lowercase(), i) {
+                    self.err(
+                        dp,
+                        format!("domain `{d}` is already served by {p}.virtual_hosts[{prev}]"),
+                    );
+                }
+            }
+            self.mutation(&format!("{vp}.request_headers"), &vh.request_headers, true);
+            self.mutation(
+                &format!("{vp}.response_headers"),
+                &vh.response_headers,
+                false,
+            );
+            for (j, r) in vh.routes.iter().enumerate() {
+                self.route(&format!("{vp}.routes[{j}]"), r, clusters);
+            }
+        }
+    }
+
+    fn route(&mut self, p: &str, r: &Route, clusters: &HashSet<&str>) {
+        self.route_match(&format!("{p}.match"), &r.matcher);
+        let actions = [
+            r.cluster.is_some(),
+            r.weighted_clusters.is_some(),
+            r.redirect.is_some(),
+            r.direct_response.is_some(),
+        ];
+        match actions.iter().filter(|a| **a).count() {
+            0 => self.err(
+                p,
+                "needs an action: one of `cluster`, `weighted_clusters`, `redirect`, `direct_response`",
+            ),
+            1 => {}
+            _ => self.err(
+                p,
+                "set only one of `cluster`, `weighted_clusters`, `redirect`, `direct_response`",
+            ),
+        }
+        if let Some(c) = &r.cluster {
+            if !clusters.contains(c.as_str()) {
+                self.err(format!("{p}.cluster"), format!("unknown cluster `{c}`"));
+            }
+        }
+        if let Some(wcs) = &r.weighted_clusters {
+            if wcs.is_empty() {
+                self.err(
+                    format!("{p}.weighted_clusters"),
+                    "must list at least one cluster",
+                );
+            } else if wcs.iter().map(|w| u64::from(w.weight)).sum::<u64>() == 0 {
+                self.err(
+                    format!("{p}.weighted_clusters"),
+                    "weights must not all be 0",
+                );
+            }
+            for (i, w) in wcs.iter().enumerate() {
+                if !clusters.contains(w.cluster.as_str()) {
+                    self.err(
+                        format!("{p}.weighted_clusters[{i}].cluster"),
+                        format!("unknown cluster `{}`", w.cluster),
+                    );
+                }
+            }
+        }
+        let forwards = r.cluster.is_some() || r.weighted_clusters.is_some();
+        if let Some(rw) = &r.rewrite {
+            let rp = format!("{p}.rewrite");
+            if !forwards {
+                self.err(
+                    &rp,
+                    "only applies to routes with `cluster` or `weighted_clusters`",
+                );
+            }
+            if rw.prefix.is_some() && rw.regex.is_some() {
+                self.err(&rp, "set only one of `prefix` or `regex`");
+            }
+            if let Some(prefix) = &rw.prefix {
+                if r.matcher.prefix.is_none() {
+                    self.err(
+                        format!("{rp}.prefix"),
+                        "needs the route to match by `prefix`",
+                    );
+                }
+                if !prefix.starts_with('/') && !prefix.is_empty() {
+                    self.err(format!("{rp}.prefix"), "must start with '/'");
+                }
+                if !valid_path_chars(prefix) {
+                    self.err(
+                        format!("{rp}.prefix"),
+                        "contains characters not allowed in a path",
+                    );
+                }
+            }
+            if let Some(re) = &rw.regex {
+                if let Err(m) = search_regex(&re.pattern) {
+                    self.err(format!("{rp}.regex.pattern"), m);
+                }
+            }
+            if let Some(h) = &rw.host {
+                if let Err(m) = check_domain(h).and_then(|_| {
+                    if h.contains('*') {
+                        Err("must be a host name, not a pattern".to_string())
+                    } else {
+                        Ok(())
+                    }
+                }) {
+                    self.err(format!("{rp}.host"), m);
+                }
+            }
+        }
+        if r.timeout.is_some() && !forwards {
+            self.err(
+                format!("{p}.timeout"),
+                "only applies to routes with `cluster` or `weighted_clusters`",
+            );
+        }
+        if let Some(rd) = &r.redirect {
+            self.redirect(&format!("{p}.redirect"), rd, &r.matcher);
+        }
+        if let Some(d) = &r.direct_response {
+            if !(200..=599).contains(&d.status) {
+                self.err(
+                    format!("{p}.direct_response.status"),
+                    "must be between 200 and 599",
+                );
+            }
+        }
+        self.mutation(&format!("{p}.request_headers"), &r.request_headers, true);
+        self.mutation(&format!("{p}.response_headers"), &r.response_headers, false);
+    }
+
+    fn route_match(&mut self, p: &str, m: &RouteMatch) {
+        let n = [m.prefix.is_some(), m.path.is_some(), m.regex.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if n == 0 {
+            self.err(p, "needs one of `prefix`, `path` or `regex`");
+        } else if n > 1 {
+            self.err(p, "set only one of `prefix`, `path` or `regex`");
+        }
+        for (field, value) in [("prefix", &m.prefix), ("path", &m.path)] {
+            if let Some(v) = value {
+                if !v.starts_with('/') {
+                    self.err(format!("{p}.{field}"), "must start with '/'");
+                } else if !valid_path_chars(v) {
+                    self.err(
+                        format!("{p}.{field}"),
+                        "contains characters not allowed in a path",
+                    );
+                }
+            }
+        }
+        if let Some(re) = &m.regex {
+            if let Err(msg) = full_match_regex(re) {
+                self.err(format!("{p}.regex"), msg);
+            }
+        }
+        for (i, method) in m.methods.iter().enumerate() {
+            if !is_token(method) {
+                self.err(
+                    format!("{p}.methods[{i}]"),
+                    format!("`{method}` is not a valid method"),
+                );
+            }
+        }
+        for (i, h) in m.headers.iter().enumerate() {
+            self.header_matcher(&format!("{p}.headers[{i}]"), h);
+        }
+        for (i, q) in m.query_parameters.iter().enumerate() {
+            self.query_matcher(&format!("{p}.query_parameters[{i}]"), q);
+        }
+    }
+
+    fn header_matcher(&mut self, p: &str, h: &HeaderMatcher) {
+        if !is_token(&h.name) {
+            self.err(
+                format!("{p}.name"),
+                format!("`{}` is not a valid header name", h.name),
+            );
+        }
+        let n = [
+            h.exact.is_some(),
+            h.prefix.is_some(),
+            h.suffix.is_some(),
+            h.regex.is_some(),
+            h.present.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if n != 1 {
+            self.err(
+                p,
+                "set exactly one of `exact`, `prefix`, `suffix`, `regex` or `present`",
+            );
+        }
+        if let Some(re) = &h.regex {
+            if let Err(msg) = full_match_regex(re) {
+                self.err(format!("{p}.regex"), msg);
+            }
+        }
+    }
+
+    fn query_matcher(&mut self, p: &str, q: &QueryParameterMatcher) {
+        if q.name.is_empty() {
+            self.err(format!("{p}.name"), "must not be empty");
+        }
+        let n = [
+            q.exact.is_some(),
+            q.prefix.is_some(),
+            q.regex.is_some(),
+            q.present.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if n != 1 {
+            self.err(
+                p,
+                "set exactly one of `exact`, `prefix`, `regex` or `present`",
+            );
+        }
+        if let Some(re) = &q.regex {
+            if let Err(msg) = full_match_regex(re) {
+                self.err(format!("{p}.regex"), msg);
+            }
+        }
+    }
+
+    fn redirect(&mut self, p: &str, r: &Redirect, m: &RouteMatch) {
+        if !matches!(r.code, 301 | 302 | 303 | 307 | 308) {
+            self.err(format!("{p}.code"), "must be 301, 302, 303, 307 or 308");
+        }
+        if let Some(s) = &r.scheme {
+            if s != "http" && s != "https" {
+                self.err(format!("{p}.scheme"), "must be `http` or `https`");
+            }
+        }
+        if let Some(h) = &r.host {
+            if h.is_empty() || h.contains(['*', ':', '/']) || check_domain(h).is_err() {
+                self.err(format!("{p}.host"), format!("`{h}` is not a host name"));
+            }
+        }
+        if r.path.is_some() && r.prefix_rewrite.is_some() {
+            self.err(p, "set only one of `path` or `prefix_rewrite`");
+        }
+        if let Some(path) = &r.path {
+            if !path.starts_with('/') {
+                self.err(format!("{p}.path"), "must start with '/'");
+            } else if !valid_path_chars(path) {
+                self.err(
+                    format!("{p}.path"),
+                    "contains characters not allowed in a path",
+                );
+            }
+        }
+        if let Some(pr) = &r.prefix_rewrite {
+            if m.prefix.is_none() {
+                self.err(
+                    format!("{p}.prefix_rewrite"),
+                    "needs the route to match by `prefix`",
+                );
+            }
+            if !valid_path_chars(pr) {
+                self.err(
+                    format!("{p}.prefix_rewrite"),
+                    "contains characters not allowed in a path",
+                );
+            }
+        }
+    }
+
+    fn mutation(&mut self, p: &str, m: &HeaderMutation, request: bool) {
+        for (field, list) in [("add", &m.add), ("set", &m.set)] {
+            for (name, value) in &list.0 {
+                let fp = format!("{p}.{field}.{name}");
+                self.mutable_header(&fp, name, request);
+                if !valid_header_value(value) {
+                    self.err(
+                        fp,
+                        "value contains characters not allowed in a header (control characters)",
+                    );
+                }
+            }
+        }
+        for (i, name) in m.remove.iter().enumerate() {
+            self.mutable_header(&format!("{p}.remove[{i}]"), name, request);
+        }
+    }
+
+    fn mutable_header(&mut self, p: &str, name: &str, request: bool) {
+        if !is_token(name) {
+            self.err(p, format!("`{name}` is not a valid header name"));
+            return;
+        }
+        let lower = name.to_ascii_lowercase();
+        let hop_by_hop = matches!(
+            lower.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+        );
+        if hop_by_hop || lower == "content-length" || (request && lower == "host") {
+            let hint = if lower == "host" {
+                " (use `rewrite.host`)"
+            } else {
+                ""
+            };
+            self.err(
+                p,
+                format!("header `{name}` cannot be changed by configuration{hint}"),
+            );
+        }
+    }
+
+    fn cluster(&mut self, p: &str, c: &Cluster) {
+        if c.connect_timeout.is_zero() {
+            self.err(format!("{p}.connect_timeout"), "must be greater than 0s");
+        }
+        if c.endpoints.is_empty() {
+            self.err(format!("{p}.endpoints"), "must list at least one endpoint");
+        }
+        let mut seen = HashSet::new();
+        for (i, e) in c.endpoints.iter().enumerate() {
+            if e.weight == 0 {
+                self.err(format!("{p}.endpoints[{i}].weight"), "must be at least 1");
+            }
+            if e.address.port() == 0 {
+                self.err(format!("{p}.endpoints[{i}]"), "port must not be 0");
+            }
+            if e.address.ip().is_unspecified() {
+                self.err(
+                    format!("{p}.endpoints[{i}]"),
+                    format!("{} is not a connectable address", e.address.ip()),
+                );
+            }
+            if !seen.insert(e.address) {
+                self.err(
+                    format!("{p}.endpoints[{i}]"),
+                    format!("duplicate endpoint {}", e.address),
+                );
+            }
+        }
+        if c.pool.max_requests_per_http2_connection == 0 {
+            self.err(
+                format!("{p}.pool.max_requests_per_http2_connection"),
+                "must be at least 1",
+            );
+        }
+    }
+}
+
+/// True when two bind addresses would collide: same port and either the same IP or one of them
+/// a wildcard.
+fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// RFC 9110 `token` (header names, methods).
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn valid_header_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// Characters allowed in a request target path (RFC 3986 pchar, `/`, `%`).
+fn valid_path_chars(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b))
+}
+
+/// Domain patterns: `*`, `*.suffix` / `*-suffix`, `prefix.*`, or a host with an optional port.
+fn check_domain(d: &str) -> Result<(), String> {
+    if d == "*" {
+        return Ok(());
+    }
+    if d.is_empty() {
+        return Err("domain must not be empty".into());
+    }
+    let body = d
+        .strip_prefix('*')
+        .or_else(|| d.strip_suffix('*'))
+        .unwrap_or(d);
+    if body.is_empty() || body.contains('*') {
+        return Err(format!(
+            "domain `{d}`: a wildcard must be `*`, a leading `*` (suffix match) or a trailing `*` (prefix match)"
+        ));
+    }
+    let ok = body
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    if !ok {
+        return Err(format!(
+            "domain `{d}` contains characters not allowed in a host name"
+        ));
+    }
+    Ok(())
+}

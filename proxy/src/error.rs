@@ -1,0 +1,120 @@
+//! The one error type of the request path. Every failure carries the side that caused it and
+//! whether a retry could help; `http/respond.rs` is the only place it becomes a response.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Which side of the proxy a failure belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something wrong.
+    Downstream,
+    /// The upstream failed or misbehaved.
+    Upstream,
+    /// Sluice itself (config or a bug).
+    Internal,
+}
+
+/// A failure while handling one request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No virtual host or route matched.
+    #[error("no route matched host `{host}` path `{path}`")]
+    NoRoute {
+        /// Host as sent.
+        host: String,
+        /// Path as sent.
+        path: String,
+    },
+    /// HTTP/1.1 request without `Host` (RFC 9112 §3.2).
+    #[error("HTTP/1.1 request without a Host header")]
+    MissingHost,
+    /// More than one `Host` header.
+    #[error("request with more than one Host header")]
+    MultipleHost,
+    /// `Content-Length` together with `Transfer-Encoding` (RFC 9112 §6.1: possible smuggling).
+    #[error("request with both Content-Length and Transfer-Encoding")]
+    ContentLengthWithTransferEncoding,
+    /// CONNECT is not proxied.
+    #[error("CONNECT is not supported")]
+    ConnectNotSupported,
+    /// The cluster has no endpoint to pick.
+    #[error("cluster `{0}` has no endpoint available")]
+    NoEndpoint(String),
+    /// TCP connect failed.
+    #[error("connect to {addr} failed: {source}")]
+    ConnectFailed {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TCP connect did not finish in time.
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    ConnectTimeout {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Configured connect timeout.
+        timeout: Duration,
+    },
+    /// The HTTP handshake with the upstream failed (HTTP/2 preface or settings).
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        source: hyper::Error,
+    },
+    /// No response headers within the route timeout.
+    #[error("upstream did not respond within {0:?}")]
+    UpstreamTimeout(Duration),
+    /// The upstream reset, closed or sent a malformed response.
+    #[error("upstream request failed: {0}")]
+    Upstream(hyper::Error),
+}
+
+impl ProxyError {
+    /// The side at fault.
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::NoRoute { .. }
+            | ProxyError::MissingHost
+            | ProxyError::MultipleHost
+            | ProxyError::ContentLengthWithTransferEncoding
+            | ProxyError::ConnectNotSupported => Side::Downstream,
+            ProxyError::NoEndpoint(_) => Side::Internal,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Handshake { .. }
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::Upstream(_) => Side::Upstream,
+        }
+    }
+
+    /// True when the request provably did not reach the upstream application, so another attempt
+    /// cannot duplicate it.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectFailed { .. }
+                | ProxyError::ConnectTimeout { .. }
+                | ProxyError::Handshake { .. }
+        )
+    }
+
+    /// A short code for logs and metrics, after Envoy's response flags.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "NR",
+            ProxyError::MissingHost
+            | ProxyError::MultipleHost
+            | ProxyError::ContentLengthWithTransferEncoding
+            | ProxyError::ConnectNotSupported => "DPE",
+            ProxyError::NoEndpoint(_) => "UH",
+            ProxyError::ConnectFailed { .. } | ProxyError::Handshake { .. } => "UF",
+            ProxyError::ConnectTimeout { .. } => "UF",
+            ProxyError::UpstreamTimeout(_) => "UT",
+            ProxyError::Upstream(_) => "UC",
+        }
+    }
+}

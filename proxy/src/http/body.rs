@@ -1,0 +1,121 @@
+//! The response body handed to hyper: empty, a fixed buffer, or the upstream's body streamed
+//! through. When the upstream body ends cleanly its connection goes back to the pool at once;
+//! when the body is dropped the request stops counting as in flight.
+
+use crate::cluster::Lease;
+use crate::http::conn::InflightGuard;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+/// Body of every response Sluice sends downstream.
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: Inner,
+    /// Upstream connection lease, released (reusable) when the body ends cleanly.
+    lease: Option<Lease>,
+    /// Keeps the downstream request counted as in flight until the body is done.
+    inflight: Option<InflightGuard>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Empty,
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+impl ResponseBody {
+    /// No body.
+    pub fn empty() -> Self {
+        Self::new(Inner::Empty)
+    }
+
+    /// A fixed body.
+    pub fn full(b: Bytes) -> Self {
+        if b.is_empty() {
+            Self::empty()
+        } else {
+            Self::new(Inner::Full(Some(b)))
+        }
+    }
+
+    /// The upstream's body; `lease` returns the connection to its pool when the body ends.
+    pub(crate) fn upstream(body: Incoming, lease: Lease) -> Self {
+        let mut b = Self::new(Inner::Upstream(body));
+        b.lease = Some(lease);
+        b.release_if_done();
+        b
+    }
+
+    fn new(inner: Inner) -> Self {
+        ResponseBody {
+            inner,
+            lease: None,
+            inflight: None,
+        }
+    }
+
+    pub(crate) fn set_inflight(&mut self, guard: InflightGuard) {
+        self.inflight = Some(guard);
+    }
+
+    /// Releases the upstream connection for reuse once the body has been read to its end.
+    fn release_if_done(&mut self) {
+        if let Inner::Upstream(b) = &self.inner {
+            if b.is_end_stream() {
+                if let Some(mut lease) = self.lease.take() {
+                    lease.release();
+                }
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        match &mut this.inner {
+            Inner::Empty => Poll::Ready(None),
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream(body) => {
+                let frame = ready!(Pin::new(body).poll_frame(cx));
+                match &frame {
+                    None => {
+                        if let Some(mut lease) = this.lease.take() {
+                            lease.release();
+                        }
+                    }
+                    Some(Ok(_)) => this.release_if_done(),
+                    // A broken body means a broken connection: drop it, never pool it.
+                    Some(Err(_)) => this.lease = None,
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Empty => true,
+            Inner::Full(b) => b.is_none(),
+            Inner::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Empty => SizeHint::with_exact(0),
+            Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Upstream(b) => b.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Per-connection state of a downstream HTTP connection: requests in flight, when the
+//! connection went idle, when the current request head started, and the smuggling scan. One
+//! coarse timer per connection enforces the header and idle timeouts from this state, so no
+//! timer is armed per request.
+
+use crate::http::smuggle::HeadScan;
+use crate::metrics::ListenerMetrics;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// Shared by the connection's IO wrapper, its requests and its timer. Everything runs on one
+/// worker thread; the fields are atomics only because hyper requires upgradable IO to be
+/// `Send`. Relaxed loads and stores compile to plain moves.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    http1: bool,
+    base: Instant,
+    inflight: AtomicU32,
+    /// Nanoseconds since `base` when the last request finished.
+    idle_since: AtomicU64,
+    /// Nanoseconds since `base` (plus one) when the current head started; 0 when none.
+    head_started: AtomicU64,
+    /// The current head carried both Content-Length and Transfer-Encoding.
+    cl_te: AtomicBool,
+    pub(crate) metrics: ListenerMetrics,
+}
+
+impl ConnState {
+    pub(crate) fn new(http1: bool, metrics: ListenerMetrics) -> Arc<Self> {
+        Arc::new(ConnState {
+            http1,
+            base: Instant::now(),
+            inflight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+            cl_te: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    fn since_base(&self) -> u64 {
+        Instant::now().duration_since(self.base).as_nanos() as u64
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.base + Duration::from_nanos(nanos)
+    }
+
+    fn head_started(&self) -> Option<Instant> {
+        match self.head_started.load(Relaxed) {
+            0 => None,
+            n => Some(self.at(n - 1)),
+        }
+    }
+
+    /// Bytes arrived from the client; returns true when they start a new request head.
+    fn on_read(&self) -> bool {
+        if self.http1 && self.inflight.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
+            self.head_started.store(self.since_base() + 1, Relaxed);
+            self.cl_te.store(false, Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// A request head was parsed: the request counts as in flight until the guard drops with
+    /// the response body. Returns the guard and whether the head had both Content-Length and
+    /// Transfer-Encoding.
+    pub(crate) fn begin_request(self: &Arc<Self>) -> (InflightGuard, bool) {
+        self.head_started.store(0, Relaxed);
+        self.inflight
+            .store(self.inflight.load(Relaxed) + 1, Relaxed);
+        self.metrics.requests.inc();
+        let cl_te = self.cl_te.swap(false, Relaxed);
+        (InflightGuard(Arc::clone(self)), cl_te)
+    }
+}
+
+/// Marks one request as in flight.
+#[derive(Debug)]
+pub(crate) struct InflightGuard(Arc<ConnState>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let s = &self.0;
+        let n = s.inflight.load(Relaxed).saturating_sub(1);
+        s.inflight.store(n, Relaxed);
+        if n == 0 {
+            s.idle_since.store(s.since_base(), Relaxed);
+        }
+    }
+}
+
+/// Why the connection timer fired.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// A request head took longer than the header timeout: close now.
+    Header,
+    /// No request for the idle timeout: close gracefully.
+    Idle,
+}
+
+/// Waits until a timeout applies to the connection. Wakes at least every `header_timeout` (so a
+/// head that starts while the connection sleeps toward its idle deadline is still caught on
+/// time) and otherwise at the next deadline.
+pub(crate) async fn expired(
+    state: &ConnState,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+) -> Expired {
+    let tick = header_timeout.min(idle_timeout);
+    let sleep = tokio::time::sleep(tick);
+    tokio::pin!(sleep);
+    loop {
+        sleep.as_mut().await;
+        let now = Instant::now();
+        let next = if state.inflight.load(Relaxed) > 0 {
+            now + tick
+        } else if let Some(started) = state.head_started() {
+            let deadline = started + header_timeout;
+            if now >= deadline {
+                return Expired::Header;
+            }
+            deadline
+        } else {
+            let deadline = state.at(state.idle_since.load(Relaxed)) + idle_timeout;
+            if now >= deadline {
+                return Expired::Idle;
+            }
+            deadline.min(now + tick)
+        };
+        sleep.as_mut().reset(next);
+    }
+}
+
+/// The downstream socket, reporting reads to the connection state and scanning HTTP/1.1 heads.
+#[derive(Debug)]
+pub(crate) struct ConnIo<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    scan: HeadScan,
+}
+
+impl<S> ConnIo<S> {
+    pub(crate) fn new(inner: S, state: Arc<ConnState>) -> Self {
+        ConnIo {
+            inner,
+            state,
+            scan: HeadScan::default(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let this = &mut *self;
+        if let Some(new) = buf.filled().get(before..) {
+            if !new.is_empty() {
+                if this.state.on_read() {
+                    this.scan.start();
+                }
+                if this.scan.feed(new) {
+                    this.state.cl_te.store(true, Relaxed);
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn state() -> Arc<ConnState> {
+        ConnState::new(true, Metrics::new().listener("t"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_fires_after_idle_period() {
+        let s = state();
+        let t0 = Instant::now();
+        let e = expired(&s, Duration::from_secs(10), Duration::from_secs(60)).await;
+        assert_eq!(e, Expired::Idle);
+        assert_eq!(t0.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn header_timeout_counts_from_first_byte() {
+        let s = state();
+        let s2 = Arc::clone(&s);
+        let local = tokio::task::LocalSet::new();
+        let t0 = Instant::now();
+        let e = local
+            .run_until(async move {
+                tokio::task::spawn_local(async move {
+                    tokio::time::sleep(Duration::from_secs(25)).await;
+                    s2.on_read();
+                });
+                expired(&s, Duration::from_secs(10), Duration::from_secs(3600)).await
+            })
+            .await;
+        assert_eq!(e, Expired::Header);
+        assert_eq!(t0.elapsed(), Duration::from_secs(35));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_in_flight_are_never_timed_out() {
+        let s = state();
+        let (guard, _) = s.begin_request();
+        let r = tokio::time::timeout(
+            Duration::from_secs(500),
+            expired(&s, Duration::from_secs(10), Duration::from_secs(60)),
+        )
+        .await;
+        assert!(r.is_err(), "timer fired while a request was in flight");
+        drop(guard);
+        let t0 = Instant::now();
+        assert_eq!(
+            expired(&s, Duration::from_secs(10), Duration::from_secs(60)).await,
+            Expired::Idle
+        );
+        assert!(t0.elapsed() <= Duration::from_secs(60));
+    }
+}

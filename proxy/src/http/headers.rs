@@ -1,0 +1,215 @@
+//! Header normalisation between downstream and upstream, as pure functions: hop-by-hop removal
+//! (RFC 9110 §7.6.1), `x-forwarded-for`/`x-forwarded-proto`, `x-request-id`, and WebSocket
+//! upgrade detection.
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Version};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1 plus the legacy
+/// `proxy-connection` and HTTP/2's `http2-settings`).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("http2-settings"),
+];
+
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes hop-by-hop headers and every header the `Connection` header names. `TE` survives
+/// only as `te: trailers` (the one value HTTP/2 allows, needed by gRPC). With `keep_upgrade`
+/// (a WebSocket handshake) `Connection: upgrade` and `Upgrade` are kept.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Parse `Connection` only when present: most requests have none.
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    let upgrade = if keep_upgrade {
+        headers.remove(header::UPGRADE)
+    } else {
+        None
+    };
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if let Some(te) = headers.remove(header::TE) {
+        if has_token(&te, "trailers") {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if let Some(up) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, up);
+    }
+}
+
+/// True for an HTTP/1.1 `GET` asking to upgrade to WebSocket (RFC 6455 §4.1).
+pub(crate) fn is_websocket_upgrade(method: &Method, version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && method == Method::GET
+        && headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| has_token(v, "websocket"))
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v, "upgrade"))
+}
+
+/// Case-insensitive membership of `token` in a comma-separated header value.
+pub(crate) fn has_token(v: &HeaderValue, token: &str) -> bool {
+    v.to_str()
+        .unwrap_or_default()
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Appends the client address to `x-forwarded-for` (one header, comma-separated) and sets
+/// `x-forwarded-proto` to the scheme the client used (a client-sent value is not trusted).
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'static str) {
+    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let value = if existing.peek().is_none() {
+        client_ip.clone()
+    } else {
+        let mut v = Vec::with_capacity(64);
+        for prev in existing {
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+        }
+        v.extend_from_slice(client_ip.as_bytes());
+        // Made only of valid header bytes.
+        HeaderValue::from_maybe_shared(Bytes::from(v)).unwrap_or_else(|_| client_ip.clone())
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), value);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+}
+
+/// Adds a random UUID v4 `x-request-id` unless the request has one.
+pub(crate) fn ensure_request_id(headers: &mut HeaderMap) {
+    if !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID.clone(), new_request_id());
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut o = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[o] = b'-';
+            o += 1;
+        }
+        out[o] = HEX[usize::from(byte >> 4)];
+        out[o + 1] = HEX[usize::from(byte & 0xf)];
+        o += 2;
+    }
+    // Hex digits and dashes are valid header bytes.
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn te_trailers_survives() {
+        let mut h = map(&[("te", "trailers, deflate")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn websocket_keeps_upgrade() {
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        assert!(is_websocket_upgrade(&Method::GET, Version::HTTP_11, &h));
+        assert!(!is_websocket_upgrade(&Method::POST, Version::HTTP_11, &h));
+        assert!(!is_websocket_upgrade(&Method::GET, Version::HTTP_2, &h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["sec-websocket-key"], "k");
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let ip = HeaderValue::from_static("10.0.0.9");
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(&mut h, &ip, "http");
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, &ip, "http");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+    }
+
+    #[test]
+    fn request_id_is_uuid_v4_and_kept_when_present() {
+        let mut h = HeaderMap::new();
+        ensure_request_id(&mut h);
+        let id = h["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"));
+        ensure_request_id(&mut h);
+        assert_eq!(h["x-request-id"], id.as_str());
+        let mut other = HeaderMap::new();
+        ensure_request_id(&mut other);
+        assert_ne!(other["x-request-id"], id.as_str());
+    }
+}

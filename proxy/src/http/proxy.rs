@@ -1,0 +1,334 @@
+//! The request path of an HTTP listener: check the request, route it, and either answer
+//! (direct response, redirect, error) or forward it upstream and stream the response back.
+
+use crate::cluster::{Lease, UpstreamProtocol};
+use crate::drain::Drain;
+use crate::error::ProxyError;
+use crate::http::body::ResponseBody;
+use crate::http::conn::ConnState;
+use crate::http::{headers, respond, upgrade};
+use crate::route::{Action, Forward, RequestHead, Route, VirtualHost};
+use crate::state::{HttpSpec, ListenerKind, ListenerSpec};
+use crate::worker::Worker;
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, TE, TRAILER};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use sluice_config::UpstreamProtocol as ConfiguredProtocol;
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Everything one downstream HTTP connection's requests share.
+#[derive(Debug)]
+pub(crate) struct HttpConn {
+    pub(crate) worker: Rc<Worker>,
+    pub(crate) state: Arc<ConnState>,
+    pub(crate) drain: Drain,
+    /// The client's IP, formatted once for `x-forwarded-for`.
+    client_ip: HeaderValue,
+    spec: RefCell<Rc<Arc<ListenerSpec>>>,
+    generation: Cell<u64>,
+}
+
+impl HttpConn {
+    pub(crate) fn new(
+        worker: Rc<Worker>,
+        state: Arc<ConnState>,
+        drain: Drain,
+        peer: std::net::SocketAddr,
+        spec: Arc<ListenerSpec>,
+    ) -> Self {
+        let client_ip = HeaderValue::from_maybe_shared(Bytes::from(peer.ip().to_string()))
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        HttpConn {
+            generation: Cell::new(worker.live.generation()),
+            worker,
+            state,
+            drain,
+            client_ip,
+            spec: RefCell::new(Rc::new(spec)),
+        }
+    }
+
+    /// The listener's current compiled settings. Checks one atomic per request; only after a
+    /// config swap does it look the listener up again.
+    fn spec(&self) -> Rc<Arc<ListenerSpec>> {
+        let generation = self.worker.live.generation();
+        if generation != self.generation.get() {
+            self.generation.set(generation);
+            let snapshot = self.worker.live.snapshot();
+            let name = self.spec.borrow().name.clone();
+            // A listener that was removed keeps serving its open connections on its last
+            // config while they drain.
+            if let Some(new) = snapshot.listeners.get(&name) {
+                if matches!(new.kind, ListenerKind::Http(_)) {
+                    *self.spec.borrow_mut() = Rc::new(Arc::clone(new));
+                }
+            }
+        }
+        Rc::clone(&self.spec.borrow())
+    }
+}
+
+/// hyper's service entry point for one request.
+pub(crate) async fn handle(
+    conn: Rc<HttpConn>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let (inflight, smuggled) = conn.state.begin_request();
+    let spec = conn.spec();
+    let http1 = req.version() != Version::HTTP_2;
+    let result = match &spec.kind {
+        ListenerKind::Http(http) => route(&conn, http, req, smuggled).await,
+        // Unreachable: `spec()` only ever holds HTTP listeners here.
+        ListenerKind::Tcp(_) => Err(ProxyError::NoEndpoint(spec.name.clone())),
+    };
+    let mut resp = result.unwrap_or_else(|e| {
+        tracing::debug!(listener = %spec.name, error = %e, flag = e.flag(), side = ?e.side(), "request failed");
+        if e.side() == crate::error::Side::Downstream && e.flag() == "DPE" {
+            spec.metrics.rejected(reject_reason(&e));
+        }
+        respond::error(&e)
+    });
+    if http1 && conn.drain.is_draining() {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    spec.metrics.response(resp.status().as_u16());
+    resp.body_mut().set_inflight(inflight);
+    Ok(resp)
+}
+
+fn reject_reason(e: &ProxyError) -> &'static str {
+    match e {
+        ProxyError::MissingHost => "missing_host",
+        ProxyError::MultipleHost => "multiple_host",
+        ProxyError::ContentLengthWithTransferEncoding => "content_length_with_transfer_encoding",
+        ProxyError::ConnectNotSupported => "connect",
+        _ => "other",
+    }
+}
+
+async fn route(
+    conn: &HttpConn,
+    http: &HttpSpec,
+    req: Request<Incoming>,
+    smuggled: bool,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if smuggled {
+        return Err(ProxyError::ContentLengthWithTransferEncoding);
+    }
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::ConnectNotSupported);
+    }
+    let (parts, body) = req.into_parts();
+    let authority = request_authority(&parts)?;
+    let host = authority.to_str().unwrap_or_default();
+    let head = RequestHead {
+        method: &parts.method,
+        host,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+    };
+    let Some((vh, route)) = http.routes.find(&head) else {
+        return Err(ProxyError::NoRoute {
+            host: host.to_string(),
+            path: head.path.to_string(),
+        });
+    };
+    tracing::trace!(route = %route.name, virtual_host = %vh.name, "matched");
+    let mut resp = match &route.action {
+        Action::Direct { status, body } => respond::direct(*status, body.clone()),
+        Action::Redirect(r) => {
+            let loc = r.location("http", host, head.path, head.query, route.matched_prefix());
+            respond::redirect(r.status, &loc)
+        }
+        Action::Forward(f) => {
+            let authority = authority.clone();
+            return forward(conn, http, parts, body, authority, vh, route, f).await;
+        }
+    };
+    apply_response_ops(vh, route, resp.headers_mut());
+    Ok(resp)
+}
+
+/// The request's authority: `:authority` (HTTP/2) or the absolute-form target, else the single
+/// `Host` header. HTTP/1.1 requires `Host` (RFC 9112 §3.2); HTTP/1.0 may omit it.
+fn request_authority(parts: &Parts) -> Result<HeaderValue, ProxyError> {
+    if let Some(a) = parts.uri.authority() {
+        return HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::MissingHost);
+    }
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Ok(h.clone()),
+        (Some(_), Some(_)) => Err(ProxyError::MultipleHost),
+        (None, _) if parts.version == Version::HTTP_10 => Ok(HeaderValue::from_static("")),
+        (None, _) => Err(ProxyError::MissingHost),
+    }
+}
+
+fn apply_response_ops(vh: &VirtualHost, route: &Route, headers: &mut http::HeaderMap) {
+    if !vh.response_headers.is_empty() {
+        vh.response_headers.apply(headers);
+    }
+    if !route.response_headers.is_empty() {
+        route.response_headers.apply(headers);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    conn: &HttpConn,
+    http: &HttpSpec,
+    mut parts: Parts,
+    body: Incoming,
+    authority: HeaderValue,
+    vh: &VirtualHost,
+    route: &Route,
+    f: &Forward,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let cluster = f
+        .backends
+        .pick(fastrand::u64(..))
+        .ok_or_else(|| ProxyError::NoEndpoint(route.name.clone()))?;
+    let (index, addr) = cluster
+        .pick()
+        .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.clone()))?;
+    let downstream_version = parts.version;
+    let proto = match cluster.config.protocol {
+        ConfiguredProtocol::Http1 => UpstreamProtocol::Http1,
+        ConfiguredProtocol::Http2 => UpstreamProtocol::Http2,
+        ConfiguredProtocol::Auto if downstream_version == Version::HTTP_2 => {
+            UpstreamProtocol::Http2
+        }
+        ConfiguredProtocol::Auto => UpstreamProtocol::Http1,
+    };
+    let websocket = headers::is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
+    let wants_trailers = parts
+        .headers
+        .get(TE)
+        .is_some_and(|v| headers::has_token(v, "trailers"));
+    let downstream_upgrade = if websocket {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    parts.extensions.clear();
+
+    headers::strip_hop_by_hop(&mut parts.headers, websocket);
+    if !vh.request_headers.is_empty() {
+        vh.request_headers.apply(&mut parts.headers);
+    }
+    if !route.request_headers.is_empty() {
+        route.request_headers.apply(&mut parts.headers);
+    }
+    headers::set_forwarded(&mut parts.headers, &conn.client_ip, "http");
+    if http.settings.generate_request_id {
+        headers::ensure_request_id(&mut parts.headers);
+    }
+    let authority = f.host_rewrite.clone().unwrap_or(authority);
+    let path_and_query = upstream_path(&parts.uri, f, route);
+    let upstream_proto = if websocket {
+        UpstreamProtocol::Http1
+    } else {
+        proto
+    };
+    match upstream_proto {
+        UpstreamProtocol::Http1 => {
+            parts.uri = Uri::from(path_and_query);
+            parts.headers.insert(HOST, authority);
+            parts.version = Version::HTTP_11;
+        }
+        UpstreamProtocol::Http2 => {
+            parts.headers.remove(HOST);
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(
+                Authority::try_from(authority.as_bytes()).map_err(|_| ProxyError::MissingHost)?,
+            );
+            uri.path_and_query = Some(path_and_query);
+            parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::MissingHost)?;
+            parts.version = Version::HTTP_2;
+        }
+    }
+
+    let pool = conn.worker.pools.endpoint(cluster, index, addr);
+    let req = Request::from_parts(parts, body);
+    let (resp, lease) = if let Some(down) = downstream_upgrade {
+        let resp = with_timeout(f.timeout, cluster, pool.send_upgrade(req)).await?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(upgrade::switch(resp, down, &conn.drain, vh, route));
+        }
+        (resp, Lease::None)
+    } else {
+        with_timeout(f.timeout, cluster, pool.send(req, proto)).await?
+    };
+
+    let (mut rparts, rbody) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut rparts.headers, false);
+    apply_response_ops(vh, route, &mut rparts.headers);
+    if downstream_version != Version::HTTP_2 {
+        rparts.version = Version::HTTP_11;
+        // HTTP/1.1 can carry trailers only when announced (hyper sends those named in
+        // `Trailer`); gRPC servers over HTTP/2 do not announce theirs.
+        if wants_trailers && !rparts.headers.contains_key(TRAILER) && is_grpc(&rparts.headers) {
+            rparts.headers.insert(
+                TRAILER,
+                HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+            );
+        }
+    } else {
+        rparts.version = Version::HTTP_2;
+    }
+    Ok(Response::from_parts(
+        rparts,
+        ResponseBody::upstream(rbody, lease),
+    ))
+}
+
+fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The upstream request target: origin form, rewritten if the route says so.
+fn upstream_path(uri: &Uri, f: &Forward, route: &Route) -> PathAndQuery {
+    let original = || {
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    };
+    let Some(rw) = &f.path_rewrite else {
+        return original();
+    };
+    let mut p = rw.apply(uri.path(), route.matched_prefix());
+    if let Some(q) = uri.query() {
+        p.push('?');
+        p.push_str(q);
+    }
+    // The rewrite is built from a valid path and validated config; fall back to the original
+    // target rather than fail the request if a substitution produced something unusable.
+    PathAndQuery::from_maybe_shared(Bytes::from(p)).unwrap_or_else(|_| original())
+}
+
+async fn with_timeout<T>(
+    timeout: Option<std::time::Duration>,
+    cluster: &crate::cluster::Cluster,
+    fut: impl std::future::Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    match timeout {
+        None => fut.await,
+        Some(d) => match tokio::time::timeout(d, fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                cluster.metrics.error("timeout");
+                Err(ProxyError::UpstreamTimeout(d))
+            }
+        },
+    }
+}

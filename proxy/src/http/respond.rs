@@ -1,0 +1,93 @@
+//! The one place a failure or a configured answer becomes a response: status, body and the
+//! connection handling the RFCs ask for.
+
+use crate::error::ProxyError;
+use crate::http::body::ResponseBody;
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, LOCATION};
+use http::{HeaderValue, Response, StatusCode};
+
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const CLOSE: HeaderValue = HeaderValue::from_static("close");
+
+/// The response for a failed request. Downstream protocol errors also close the connection
+/// (RFC 9112 §6.3: after a framing error the connection cannot be trusted).
+pub(crate) fn error(err: &ProxyError) -> Response<ResponseBody> {
+    let (status, body, close) = match err {
+        ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no route\n", false),
+        ProxyError::MissingHost => (
+            StatusCode::BAD_REQUEST,
+            "bad request: missing Host header\n",
+            true,
+        ),
+        ProxyError::MultipleHost => (
+            StatusCode::BAD_REQUEST,
+            "bad request: multiple Host headers\n",
+            true,
+        ),
+        ProxyError::ContentLengthWithTransferEncoding => (
+            StatusCode::BAD_REQUEST,
+            "bad request: both Content-Length and Transfer-Encoding\n",
+            true,
+        ),
+        ProxyError::ConnectNotSupported => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported\n",
+            false,
+        ),
+        ProxyError::NoEndpoint(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream\n",
+            false,
+        ),
+        ProxyError::ConnectFailed { .. }
+        | ProxyError::ConnectTimeout { .. }
+        | ProxyError::Handshake { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error\n",
+            false,
+        ),
+        ProxyError::UpstreamTimeout(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream request timeout\n",
+            false,
+        ),
+        ProxyError::Upstream(_) => (
+            StatusCode::BAD_GATEWAY,
+            "upstream reset or protocol error\n",
+            false,
+        ),
+    };
+    let mut resp = text(status, Bytes::from_static(body.as_bytes()));
+    if close {
+        resp.headers_mut().insert(CONNECTION, CLOSE);
+    }
+    resp
+}
+
+/// A configured direct response.
+pub(crate) fn direct(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    text(status, body)
+}
+
+/// A redirect to `location`.
+pub(crate) fn redirect(status: StatusCode, location: &str) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = status;
+    match HeaderValue::from_str(location) {
+        Ok(v) => {
+            resp.headers_mut().insert(LOCATION, v);
+        }
+        // The parts come from the request and validated config; a value that still is not a
+        // valid header (a control byte in the host) gets a plain 400.
+        Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    resp
+}
+
+fn text(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, TEXT);
+    resp
+}

@@ -1,0 +1,159 @@
+//! Serving one downstream HTTP connection: detect HTTP/1.1 or HTTP/2, run hyper with the
+//! listener's limits, enforce the header and idle timeouts, and drain on request.
+
+use crate::drain::Drain;
+use crate::http::conn::{self, ConnIo, ConnState, Expired};
+use crate::http::proxy::{self, HttpConn};
+use crate::listener::detect::{self, Rewind};
+use crate::state::{HttpSpec, ListenerSpec};
+use crate::worker::Worker;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+/// A hyper connection that can be asked to finish gracefully.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Serves `stream` until it closes, times out or is drained.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    spec: Arc<ListenerSpec>,
+    http: &HttpSpec,
+    worker: Rc<Worker>,
+    drain: Drain,
+) {
+    let settings = &http.settings;
+    let header_timeout = settings.request_header_timeout.get();
+    let detected = match tokio::time::timeout(header_timeout, detect::detect(&mut stream)).await {
+        Ok(Ok(Some(d))) => d,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "read failed before the first request");
+            return;
+        }
+        Err(_) => {
+            spec.metrics.rejected("header_timeout");
+            tracing::debug!(%peer, "no request within the header timeout");
+            return;
+        }
+    };
+    let state = ConnState::new(!detected.http2, spec.metrics.clone());
+    let io = TokioIo::new(ConnIo::new(
+        Rewind::new(stream, detected.prefix),
+        Arc::clone(&state),
+    ));
+    let ctx = Rc::new(HttpConn::new(
+        worker,
+        Arc::clone(&state),
+        drain.clone(),
+        peer,
+        Arc::clone(&spec),
+    ));
+    let svc = service_fn(move |req| proxy::handle(Rc::clone(&ctx), req));
+    let result = if detected.http2 {
+        drive(http.h2.serve_connection(io, svc), &state, http, &drain).await
+    } else {
+        drive(
+            http.h1.serve_connection(io, svc).with_upgrades(),
+            &state,
+            http,
+            &drain,
+        )
+        .await
+    };
+    match result {
+        Outcome::Done(Ok(())) => {}
+        Outcome::Done(Err(e)) => classify(&spec, peer, &e),
+        Outcome::HeaderTimeout => {
+            spec.metrics.rejected("header_timeout");
+            tracing::debug!(%peer, "request head not complete within the header timeout");
+        }
+        Outcome::Forced => tracing::debug!(%peer, "connection closed by forced drain"),
+    }
+}
+
+enum Outcome {
+    Done(hyper::Result<()>),
+    HeaderTimeout,
+    Forced,
+}
+
+async fn drive<C: Graceful>(conn: C, state: &ConnState, http: &HttpSpec, drain: &Drain) -> Outcome {
+    let settings = &http.settings;
+    tokio::pin!(conn);
+    let mut watch = drain.watch();
+    let timer = conn::expired(
+        state,
+        settings.request_header_timeout.get(),
+        settings.idle_timeout.get(),
+    );
+    tokio::pin!(timer);
+    tokio::select! {
+        r = conn.as_mut() => return Outcome::Done(r),
+        _ = watch.draining() => {}
+        e = timer.as_mut() => match e {
+            Expired::Header => return Outcome::HeaderTimeout,
+            Expired::Idle => {}
+        },
+    }
+    // Drain or idle: HTTP/2 sends GOAWAY, HTTP/1.1 closes after the response in flight.
+    conn.as_mut().graceful();
+    tokio::select! {
+        r = conn.as_mut() => Outcome::Done(r),
+        _ = watch.forced() => Outcome::Forced,
+    }
+}
+
+/// Counts and logs why hyper ended a connection with an error.
+fn classify(spec: &ListenerSpec, peer: SocketAddr, e: &hyper::Error) {
+    let reason = if e.is_parse_too_large() {
+        Some("headers_too_large")
+    } else if e.is_parse() {
+        Some("bad_request")
+    } else if e.is_timeout() {
+        Some("header_timeout")
+    } else {
+        None
+    };
+    if let Some(r) = reason {
+        spec.metrics.rejected(r);
+    }
+    tracing::debug!(%peer, listener = %spec.name, error = %e, "connection ended with error");
+}

@@ -1,0 +1,141 @@
+//! Finds `Content-Length` and `Transfer-Encoding` in a raw HTTP/1.1 request head. hyper quietly
+//! drops `Content-Length` when both are present (the RFC's tolerant path), which leaves no trace
+//! in the parsed headers; Sluice instead rejects the request with 400 and closes the connection,
+//! as Envoy and nginx do. The scan jumps from line to line with `memchr` and stops at the end of
+//! the head, so it costs a few comparisons per header line.
+
+const CL: &[u8] = b"content-length:";
+const TE: &[u8] = b"transfer-encoding:";
+/// Longest name prefix we need to see per line.
+const WANT: usize = 18;
+
+/// Streaming scanner over the bytes of one request head.
+#[derive(Debug, Default)]
+pub(crate) struct HeadScan {
+    active: bool,
+    /// First bytes of the current line (lowercased), while still collecting them.
+    line: [u8; WANT],
+    line_len: usize,
+    collecting: bool,
+    saw_cl: bool,
+    saw_te: bool,
+}
+
+impl HeadScan {
+    /// Starts scanning a new head.
+    pub(crate) fn start(&mut self) {
+        *self = HeadScan {
+            active: true,
+            collecting: true,
+            ..HeadScan::default()
+        };
+    }
+
+    /// Feeds bytes read from the connection; returns true once the head has shown both headers.
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while self.active && !bytes.is_empty() {
+            if self.collecting {
+                bytes = self.collect(bytes);
+            } else {
+                match memchr::memchr(b'\n', bytes) {
+                    Some(i) => {
+                        bytes = bytes.get(i + 1..).unwrap_or_default();
+                        self.collecting = true;
+                        self.line_len = 0;
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.saw_cl && self.saw_te
+    }
+
+    /// Collects the start of a line; returns the unconsumed rest.
+    fn collect<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == b'\n' {
+                // An empty line (or a lone CR) ends the head.
+                if self.line_len == 0 || (self.line_len == 1 && self.line[0] == b'\r') {
+                    self.active = false;
+                    return &[];
+                }
+                self.line_len = 0;
+                return bytes.get(i + 1..).unwrap_or_default();
+            }
+            if let Some(slot) = self.line.get_mut(self.line_len) {
+                *slot = b.to_ascii_lowercase();
+                self.line_len += 1;
+            }
+            if self.line_len == WANT || b == b':' {
+                let start = self.line.get(..self.line_len).unwrap_or_default();
+                if start.starts_with(CL) {
+                    self.saw_cl = true;
+                } else if start.starts_with(TE) {
+                    self.saw_te = true;
+                }
+                self.collecting = false;
+                return bytes.get(i + 1..).unwrap_or_default();
+            }
+        }
+        &[]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> bool {
+        let mut s = HeadScan::default();
+        s.start();
+        chunks.iter().fold(false, |_, c| s.feed(c))
+    }
+
+    #[test]
+    fn finds_both_in_either_order_and_case() {
+        assert!(scan(&[b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"]));
+        assert!(scan(&[
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\nCONTENT-LENGTH: 5\r\n\r\n"
+        ]));
+    }
+
+    #[test]
+    fn one_alone_is_fine() {
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+        ]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ]));
+        assert!(!scan(&[
+            b"GET / HTTP/1.1\r\nX-Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ]));
+    }
+
+    #[test]
+    fn split_across_reads() {
+        assert!(scan(&[
+            b"POST / HTTP/1.1\r\nConte",
+            b"nt-Len",
+            b"gth: 5\r\nTransfer-",
+            b"Encoding: chunked\r\n\r\n"
+        ]));
+        assert!(scan(&[
+            b"POST / HTTP/1.1\r",
+            b"\nContent-Length: 5\r\n",
+            b"Transfer-Encoding: x\r\n",
+            b"\r\n"
+        ]));
+    }
+
+    #[test]
+    fn body_after_head_is_not_scanned() {
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"20\r\n\r\nContent-Length: 5\r\n\r\n"
+        ]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\nTransfer-Encoding: chunked\n\nContent-Length: 5\n"
+        ]));
+    }
+}

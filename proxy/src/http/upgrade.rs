@@ -1,0 +1,59 @@
+//! HTTP/1.1 upgrades (WebSocket). The upstream handshake runs on a dedicated connection; only
+//! once the upstream answers `101 Switching Protocols` is the client switched, and then bytes
+//! flow both ways until either side closes.
+
+use crate::drain::Drain;
+use crate::http::body::ResponseBody;
+use crate::http::headers;
+use crate::route::{Route, VirtualHost};
+use crate::tunnel::{self, Ended};
+use http::Response;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+/// Passes the upstream's 101 to the client and starts the tunnel in the background.
+pub(crate) fn switch(
+    mut upstream: Response<Incoming>,
+    downstream: OnUpgrade,
+    drain: &Drain,
+    vh: &VirtualHost,
+    route: &Route,
+) -> Response<ResponseBody> {
+    let upstream_io = hyper::upgrade::on(&mut upstream);
+    let tracked = drain.track();
+    let watch = drain.watch();
+    let route_name = route.name.clone();
+    tokio::task::spawn_local(async move {
+        let _tracked = tracked;
+        let (down, up) = match tokio::try_join!(downstream, upstream_io) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(route = %route_name, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        // WebSocket has its own pings; an idle limit would cut quiet but healthy sockets.
+        let ended = tunnel::splice(TokioIo::new(down), TokioIo::new(up), None, watch).await;
+        match ended {
+            Ended::Closed(sent, received) => {
+                tracing::debug!(route = %route_name, sent, received, "upgraded connection closed");
+            }
+            Ended::Error(e) => {
+                tracing::debug!(route = %route_name, error = %e, "upgraded connection failed")
+            }
+            Ended::Idle | Ended::Drained => {
+                tracing::debug!(route = %route_name, "upgraded connection closed by proxy")
+            }
+        }
+    });
+    let (mut parts, _) = upstream.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, true);
+    if !vh.response_headers.is_empty() {
+        vh.response_headers.apply(&mut parts.headers);
+    }
+    if !route.response_headers.is_empty() {
+        route.response_headers.apply(&mut parts.headers);
+    }
+    Response::from_parts(parts, ResponseBody::empty())
+}

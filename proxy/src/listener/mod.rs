@@ -1,0 +1,146 @@
+//! Listeners: binding (one `SO_REUSEPORT` socket per worker, so the kernel spreads connections
+//! across workers), the accept loop, protocol detection, and handing each connection to the
+//! HTTP server or the TCP proxy.
+
+pub(crate) mod detect;
+mod tcp;
+
+use crate::drain::Drain;
+use crate::state::{ListenerKind, ListenerSpec};
+use crate::worker::Worker;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+/// Why a listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another socket holds the address.
+    #[error("address {0} already in use")]
+    InUse(SocketAddr),
+    /// Privileged port without the capability.
+    #[error("permission denied binding {0} (ports below 1024 need CAP_NET_BIND_SERVICE)")]
+    Permission(SocketAddr),
+    /// The IP is not one of this host's.
+    #[error("address {0} is not available on this host")]
+    NotAvailable(SocketAddr),
+    /// Anything else.
+    #[error("cannot bind {addr}: {source}")]
+    Other {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+impl BindError {
+    fn new(addr: SocketAddr, e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::AddrInUse => BindError::InUse(addr),
+            io::ErrorKind::PermissionDenied => BindError::Permission(addr),
+            io::ErrorKind::AddrNotAvailable => BindError::NotAvailable(addr),
+            _ => BindError::Other { addr, source: e },
+        }
+    }
+}
+
+/// Binds `count` sockets to `addr` with `SO_REUSEPORT`. With port 0 the first socket picks the
+/// port and the others join it. Returns the sockets and the bound address.
+pub fn bind(
+    addr: SocketAddr,
+    count: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), BindError> {
+    let mut sockets = Vec::with_capacity(count.max(1));
+    let mut bound = addr;
+    for _ in 0..count.max(1) {
+        let s = bind_one(bound).map_err(|e| BindError::new(addr, e))?;
+        bound = s.local_addr().map_err(|e| BindError::new(addr, e))?;
+        sockets.push(s);
+    }
+    Ok((sockets, bound))
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Accepts connections on one worker's socket until `stop` is notified.
+pub(crate) async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    spec: Arc<ListenerSpec>,
+    worker: Rc<Worker>,
+    drain: Drain,
+    stop: Rc<Notify>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.notified() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let current = current_spec(&worker, &spec);
+                let tracked = drain.track();
+                let worker = Rc::clone(&worker);
+                let drain = drain.clone();
+                let span = tracing::debug_span!("conn", listener = %spec.name, %peer);
+                tokio::task::spawn_local(
+                    async move {
+                        let _tracked = tracked;
+                        serve(stream, peer, current, worker, drain).await;
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: pause instead of spinning on the error.
+                tracing::warn!(listener = %spec.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The listener's settings from the current config, or the ones it was bound with if the
+/// listener has since been removed or replaced (its sockets are then draining).
+fn current_spec(worker: &Worker, bound: &Arc<ListenerSpec>) -> Arc<ListenerSpec> {
+    let snapshot = worker.live.snapshot();
+    match snapshot.listeners.get(&bound.name) {
+        Some(s) if s.address == bound.address && s.protocol() == bound.protocol() => Arc::clone(s),
+        _ => Arc::clone(bound),
+    }
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    spec: Arc<ListenerSpec>,
+    worker: Rc<Worker>,
+    drain: Drain,
+) {
+    spec.metrics.connections.inc();
+    spec.metrics.active.inc();
+    match &spec.kind {
+        ListenerKind::Http(http) => {
+            crate::http::server::serve(stream, peer, Arc::clone(&spec), http, worker, drain).await;
+        }
+        ListenerKind::Tcp(tcp) => tcp::proxy(stream, peer, &spec, tcp, &drain).await,
+    }
+    spec.metrics.active.dec();
+}

@@ -1,0 +1,225 @@
+//! The Prometheus registry and the metric families of the data plane. Hot-path code never looks
+//! labels up per request: handles are resolved when config is compiled ([`ListenerMetrics`],
+//! [`ClusterMetrics`]) and incremented directly.
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::fmt;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// All metric families, registered once at start.
+pub struct Metrics {
+    registry: Registry,
+    downstream_connections: Family<Labels, Counter>,
+    downstream_connections_active: Family<Labels, Gauge>,
+    downstream_requests: Family<Labels, Counter>,
+    downstream_responses: Family<Labels, Counter>,
+    downstream_rejected: Family<Labels, Counter>,
+    upstream_requests: Family<Labels, Counter>,
+    upstream_connections: Family<Labels, Counter>,
+    upstream_connect_failures: Family<Labels, Counter>,
+    upstream_errors: Family<Labels, Counter>,
+    config_reloads: Family<Labels, Counter>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family under the `sluice_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let m = Metrics {
+            downstream_connections: Family::default(),
+            downstream_connections_active: Family::default(),
+            downstream_requests: Family::default(),
+            downstream_responses: Family::default(),
+            downstream_rejected: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_connections: Family::default(),
+            upstream_connect_failures: Family::default(),
+            upstream_errors: Family::default(),
+            config_reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        // prometheus-client appends `_total` to counters.
+        let r = &mut registry;
+        r.register(
+            "downstream_connections",
+            "Connections accepted, by listener",
+            m.downstream_connections.clone(),
+        );
+        r.register(
+            "downstream_connections_active",
+            "Connections open now, by listener",
+            m.downstream_connections_active.clone(),
+        );
+        r.register(
+            "downstream_requests",
+            "Requests received, by listener",
+            m.downstream_requests.clone(),
+        );
+        r.register(
+            "downstream_responses",
+            "Responses sent, by listener and status class",
+            m.downstream_responses.clone(),
+        );
+        r.register(
+            "downstream_rejected",
+            "Requests or connections refused for protocol violations or limits, by listener and reason",
+            m.downstream_rejected.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests sent upstream, by cluster",
+            m.upstream_requests.clone(),
+        );
+        r.register(
+            "upstream_connections",
+            "Upstream connections opened, by cluster",
+            m.upstream_connections.clone(),
+        );
+        r.register(
+            "upstream_connect_failures",
+            "Upstream connection attempts that failed or timed out, by cluster",
+            m.upstream_connect_failures.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Upstream requests that failed after connecting, by cluster and kind",
+            m.upstream_errors.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reload attempts, by result",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "build",
+            "Sluice build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn encode_text(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Content type of [`Metrics::encode_text`].
+    pub const TEXT_CONTENT_TYPE: &'static str = prometheus_text::CONTENT_TYPE;
+
+    /// Handles for one listener.
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let l = || vec![("listener", name.to_string())];
+        let class = |c: &str| vec![("listener", name.to_string()), ("class", c.to_string())];
+        ListenerMetrics {
+            connections: self.downstream_connections.get_or_create(&l()).clone(),
+            active: self
+                .downstream_connections_active
+                .get_or_create(&l())
+                .clone(),
+            requests: self.downstream_requests.get_or_create(&l()).clone(),
+            responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| self.downstream_responses.get_or_create(&class(c)).clone()),
+            rejected: self.downstream_rejected.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Handles for one cluster.
+    pub fn cluster(&self, name: &str) -> ClusterMetrics {
+        let l = || vec![("cluster", name.to_string())];
+        ClusterMetrics {
+            requests: self.upstream_requests.get_or_create(&l()).clone(),
+            connections: self.upstream_connections.get_or_create(&l()).clone(),
+            connect_failures: self.upstream_connect_failures.get_or_create(&l()).clone(),
+            errors: self.upstream_errors.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Counts a reload attempt (`success` or `failure`).
+    pub fn config_reload(&self, result: &'static str) {
+        self.config_reloads
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+}
+
+/// Per-listener handles.
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    /// Accepted connections.
+    pub connections: Counter,
+    /// Open connections.
+    pub active: Gauge,
+    /// Requests.
+    pub requests: Counter,
+    responses: [Counter; 5],
+    rejected: Family<Labels, Counter>,
+    name: String,
+}
+
+impl ListenerMetrics {
+    /// Counts a response by status class.
+    pub fn response(&self, status: u16) {
+        let i = usize::from(status / 100).saturating_sub(1).min(4);
+        if let Some(c) = self.responses.get(i) {
+            c.inc();
+        }
+    }
+
+    /// Counts a rejection (rare path: looks the label up).
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
+    }
+}
+
+/// Per-cluster handles.
+#[derive(Clone, Debug)]
+pub struct ClusterMetrics {
+    /// Requests sent.
+    pub requests: Counter,
+    /// Connections opened.
+    pub connections: Counter,
+    /// Failed connection attempts.
+    pub connect_failures: Counter,
+    errors: Family<Labels, Counter>,
+    name: String,
+}
+
+impl ClusterMetrics {
+    /// Counts an upstream failure by kind (rare path).
+    pub fn error(&self, kind: &'static str) {
+        self.errors
+            .get_or_create(&vec![
+                ("cluster", self.name.clone()),
+                ("kind", kind.to_string()),
+            ])
+            .inc();
+    }
+}

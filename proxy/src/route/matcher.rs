@@ -1,0 +1,215 @@
+//! Request conditions of one route: path (prefix, exact, regex), methods, headers and query
+//! parameters. Matching is a pure function of the request head.
+
+use super::RequestHead;
+use crate::route::CompileError;
+use http::{HeaderName, Method};
+use regex::Regex;
+use sluice_config as config;
+use std::borrow::Cow;
+
+#[derive(Debug)]
+pub(crate) enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+pub(crate) struct RouteMatcher {
+    pub(crate) path: PathMatch,
+    methods: Vec<Method>,
+    headers: Vec<HeaderCondition>,
+    query: Vec<QueryCondition>,
+}
+
+#[derive(Debug)]
+enum ValueMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Regex(Regex),
+    Present(bool),
+}
+
+#[derive(Debug)]
+struct HeaderCondition {
+    name: HeaderName,
+    value: ValueMatch,
+    invert: bool,
+}
+
+#[derive(Debug)]
+struct QueryCondition {
+    name: String,
+    value: ValueMatch,
+}
+
+fn regex(p: &str) -> Result<Regex, CompileError> {
+    config::full_match_regex(p).map_err(CompileError::Regex)
+}
+
+impl RouteMatcher {
+    pub(crate) fn compile(m: &config::RouteMatch) -> Result<Self, CompileError> {
+        let path = match (&m.prefix, &m.path, &m.regex) {
+            (Some(p), _, _) => PathMatch::Prefix(p.clone()),
+            (_, Some(p), _) => PathMatch::Exact(p.clone()),
+            (_, _, Some(r)) => PathMatch::Regex(regex(r)?),
+            _ => {
+                return Err(CompileError::Invalid(
+                    "route match without a path condition",
+                ));
+            }
+        };
+        let methods = m
+            .methods
+            .iter()
+            .map(|s| Method::from_bytes(s.as_bytes()).map_err(|_| CompileError::Invalid("method")))
+            .collect::<Result<_, _>>()?;
+        let headers = m
+            .headers
+            .iter()
+            .map(|h| {
+                Ok(HeaderCondition {
+                    name: HeaderName::from_bytes(h.name.as_bytes())
+                        .map_err(|_| CompileError::Invalid("header name"))?,
+                    value: value_match(&h.exact, &h.prefix, &h.suffix, &h.regex, h.present)?,
+                    invert: h.invert,
+                })
+            })
+            .collect::<Result<_, CompileError>>()?;
+        let query = m
+            .query_parameters
+            .iter()
+            .map(|q| {
+                Ok(QueryCondition {
+                    name: q.name.clone(),
+                    value: value_match(&q.exact, &q.prefix, &None, &q.regex, q.present)?,
+                })
+            })
+            .collect::<Result<_, CompileError>>()?;
+        Ok(RouteMatcher {
+            path,
+            methods,
+            headers,
+            query,
+        })
+    }
+
+    /// True when the request meets every condition.
+    pub(crate) fn matches(&self, req: &RequestHead<'_>) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Prefix(p) => req.path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => req.path == p,
+            PathMatch::Regex(r) => r.is_match(req.path),
+        };
+        path_ok
+            && (self.methods.is_empty() || self.methods.contains(req.method))
+            && self.headers.iter().all(|c| c.matches(req))
+            && self.query.iter().all(|c| c.matches(req))
+    }
+}
+
+fn value_match(
+    exact: &Option<String>,
+    prefix: &Option<String>,
+    suffix: &Option<String>,
+    re: &Option<String>,
+    present: Option<bool>,
+) -> Result<ValueMatch, CompileError> {
+    Ok(match (exact, prefix, suffix, re, present) {
+        (Some(v), ..) => ValueMatch::Exact(v.clone()),
+        (_, Some(v), ..) => ValueMatch::Prefix(v.clone()),
+        (_, _, Some(v), ..) => ValueMatch::Suffix(v.clone()),
+        (_, _, _, Some(r), _) => ValueMatch::Regex(regex(r)?),
+        (_, _, _, _, Some(p)) => ValueMatch::Present(p),
+        _ => return Err(CompileError::Invalid("matcher without a condition")),
+    })
+}
+
+impl ValueMatch {
+    fn matches(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (ValueMatch::Present(want), v) => v.is_some() == *want,
+            (_, None) => false,
+            (ValueMatch::Exact(e), Some(v)) => v == e,
+            (ValueMatch::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+            (ValueMatch::Suffix(s), Some(v)) => v.ends_with(s.as_str()),
+            (ValueMatch::Regex(r), Some(v)) => r.is_match(v),
+        }
+    }
+}
+
+impl HeaderCondition {
+    fn matches(&self, req: &RequestHead<'_>) -> bool {
+        let mut values = req.headers.get_all(&self.name).iter();
+        let joined: Option<Cow<'_, str>> = match (values.next(), values.next()) {
+            (None, _) => None,
+            // A value that is not visible ASCII never equals a configured string; treat it as
+            // present but unmatchable.
+            (Some(v), None) => Some(Cow::Borrowed(v.to_str().unwrap_or("\u{fffd}"))),
+            (Some(first), Some(second)) => {
+                let mut s = String::from(first.to_str().unwrap_or("\u{fffd}"));
+                for v in std::iter::once(second).chain(values) {
+                    s.push(',');
+                    s.push_str(v.to_str().unwrap_or("\u{fffd}"));
+                }
+                Some(Cow::Owned(s))
+            }
+        };
+        self.value.matches(joined.as_deref()) != self.invert
+    }
+}
+
+impl QueryCondition {
+    fn matches(&self, req: &RequestHead<'_>) -> bool {
+        let value = req.query.and_then(|q| query_param(q, &self.name));
+        self.value.matches(value.as_deref())
+    }
+}
+
+/// The decoded value of the first `name` parameter in a query string (`a=1&b=2`). A parameter
+/// without `=` has the empty value.
+pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+/// Decodes `%XX` escapes and `+` (as space). Invalid escapes are kept as written.
+pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(i + 1).and_then(hex),
+                bytes.get(i + 2).and_then(hex),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn hex(b: &u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}

@@ -1,0 +1,151 @@
+//! Compiled route tables. [`RouteTable::find`] is a pure function from a request head to the
+//! virtual host and route that take it; [`action`] holds what a route does.
+
+pub(crate) mod action;
+mod host;
+mod matcher;
+#[cfg(test)]
+mod tests;
+
+pub use action::{Action, Backends, Forward, HeaderOps};
+pub(crate) use host::strip_port;
+
+use crate::cluster::Cluster;
+use http::{HeaderMap, Method};
+use matcher::RouteMatcher;
+use sluice_config as config;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Why a validated config still could not be compiled (a bug or a resource that vanished).
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// A regex that the validator accepted failed to build.
+    #[error("{0}")]
+    Regex(String),
+    /// A value that validation should have rejected.
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    /// A route names a cluster that does not exist.
+    #[error("unknown cluster `{0}`")]
+    UnknownCluster(String),
+}
+
+/// What routing looks at: the request line, host and headers.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// Host from `:authority` or `Host`, as sent (may carry a port).
+    pub host: &'a str,
+    /// Path without the query.
+    pub path: &'a str,
+    /// Query string without `?`.
+    pub query: Option<&'a str>,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// A compiled route table.
+#[derive(Debug)]
+pub struct RouteTable {
+    /// Name from the config.
+    pub name: String,
+    hosts: host::HostIndex,
+    /// Virtual hosts in config order.
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// A compiled virtual host.
+#[derive(Debug)]
+pub struct VirtualHost {
+    /// Name from the config.
+    pub name: String,
+    /// Routes in order.
+    pub routes: Vec<Route>,
+    /// Request header changes (applied before the route's).
+    pub request_headers: HeaderOps,
+    /// Response header changes (applied before the route's).
+    pub response_headers: HeaderOps,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Name for logs: the configured name or `virtual_host/index`.
+    pub name: String,
+    matcher: RouteMatcher,
+    /// What to do with a matching request.
+    pub action: Action,
+    /// Request header changes (applied after the virtual host's).
+    pub request_headers: HeaderOps,
+    /// Response header changes (applied after the virtual host's).
+    pub response_headers: HeaderOps,
+}
+
+impl RouteTable {
+    /// Compiles a validated route table against the clusters it may reference.
+    pub fn compile(
+        table: &config::RouteTable,
+        clusters: &HashMap<String, Arc<Cluster>>,
+    ) -> Result<Self, CompileError> {
+        let mut hosts = host::HostIndex::default();
+        let mut virtual_hosts = Vec::with_capacity(table.virtual_hosts.len());
+        for (i, vh) in table.virtual_hosts.iter().enumerate() {
+            for d in &vh.domains {
+                hosts.insert(d, i);
+            }
+            let routes = vh
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(j, r)| {
+                    Ok(Route {
+                        name: r.name.clone().unwrap_or_else(|| format!("{}/{j}", vh.name)),
+                        matcher: RouteMatcher::compile(&r.matcher)?,
+                        action: Action::compile(r, clusters)?,
+                        request_headers: HeaderOps::compile(&r.request_headers)?,
+                        response_headers: HeaderOps::compile(&r.response_headers)?,
+                    })
+                })
+                .collect::<Result<_, CompileError>>()?;
+            virtual_hosts.push(VirtualHost {
+                name: vh.name.clone(),
+                routes,
+                request_headers: HeaderOps::compile(&vh.request_headers)?,
+                response_headers: HeaderOps::compile(&vh.response_headers)?,
+            });
+        }
+        hosts.finish();
+        Ok(RouteTable {
+            name: table.name.clone(),
+            hosts,
+            virtual_hosts,
+        })
+    }
+
+    /// The virtual host and first route that take `req`, or `None` (answered with 404).
+    pub fn find(&self, req: &RequestHead<'_>) -> Option<(&VirtualHost, &Route)> {
+        let vh = self.virtual_hosts.get(self.hosts.find(req.host)?)?;
+        let route = vh.routes.iter().find(|r| r.matcher.matches(req))?;
+        Some((vh, route))
+    }
+
+    /// Every cluster this table can forward to.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.virtual_hosts
+            .iter()
+            .flat_map(|vh| vh.routes.iter())
+            .flat_map(|r| r.action.clusters())
+    }
+}
+
+impl Route {
+    /// The prefix this route matched by, if it matches by prefix (for prefix rewrites).
+    pub(crate) fn matched_prefix(&self) -> Option<&str> {
+        match &self.matcher.path {
+            matcher::PathMatch::Prefix(p) => Some(p),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Byte tunnels: copies both ways between two streams until either side closes, the tunnel is
+//! idle for too long, or its listener is forcibly drained. Used by TCP listeners and upgraded
+//! (WebSocket) HTTP connections.
+
+use crate::drain::DrainWatch;
+use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How a tunnel ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// Both directions finished; bytes copied (a → b, b → a).
+    Closed(u64, u64),
+    /// An I/O error on either side.
+    Error(io::Error),
+    /// No bytes either way for the idle timeout.
+    Idle,
+    /// The listener was drained by force.
+    Drained,
+}
+
+/// Runs the tunnel.
+pub(crate) async fn splice<A, B>(a: A, b: B, idle: Option<Duration>, mut drain: DrainWatch) -> Ended
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Rc::new(Cell::new(0u64));
+    let mut a = Activity {
+        inner: a,
+        seen: Rc::clone(&activity),
+    };
+    let mut b = Activity {
+        inner: b,
+        seen: Rc::clone(&activity),
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut a, &mut b) => match r {
+            Ok((ab, ba)) => Ended::Closed(ab, ba),
+            Err(e) => Ended::Error(e),
+        },
+        _ = idle_watch(&activity, idle) => Ended::Idle,
+        _ = drain.forced() => Ended::Drained,
+    }
+}
+
+/// Resolves when no read happened for a whole `idle` period (checked once per period, so the
+/// tunnel closes between one and two periods after the last byte).
+async fn idle_watch(activity: &Cell<u64>, idle: Option<Duration>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    let mut last = activity.get();
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = activity.get();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// Counts reads that returned data.
+struct Activity<S> {
+    inner: S,
+    seen: Rc<Cell<u64>>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            self.seen.set(self.seen.get().wrapping_add(1));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drain::Drain;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn copies_both_ways_until_close() {
+        let (mut client, a) = tokio::io::duplex(1024);
+        let (b, mut server) = tokio::io::duplex(1024);
+        let d = Drain::new();
+        let peers = async move {
+            client.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            server.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping");
+            server.write_all(b"pong").await.unwrap();
+            client.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"pong");
+        };
+        let (ended, ()) = tokio::join!(splice(a, b, None, d.watch()), async move {
+            peers.await;
+        });
+        assert!(matches!(ended, Ended::Closed(4, 4)), "{ended:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_tunnel_is_closed() {
+        let (_client, a) = tokio::io::duplex(1024);
+        let (b, _server) = tokio::io::duplex(1024);
+        let d = Drain::new();
+        let start = tokio::time::Instant::now();
+        let ended = splice(a, b, Some(Duration::from_secs(30)), d.watch()).await;
+        assert!(matches!(ended, Ended::Idle));
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+    }
+}
