@@ -1,1 +1,7 @@
+//! End-to-end tests: the proxy in process and as the real binary, against real upstreams
+//! (the bundled echo apps), driven by real clients (curl, nghttp, hyper, h2, tungstenite).
+//! Everything binds 127.0.0.1 port 0. See tests/README.md.
 
+mod routing;
+mod support;
+mod translate;

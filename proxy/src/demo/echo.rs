@@ -113,7 +113,18 @@ pub fn spawn_tcp_echo(addr: SocketAddr) -> std::io::Result<SocketAddr> {
 }
 
 async fn respond(name: Rc<str>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let head = req.method() == http::Method::HEAD;
     let mut resp = route(req).await;
+    if head {
+        // hyper's HTTP/2 server would send the body of a HEAD response; keep only the headers.
+        let (parts, _) = resp.into_parts();
+        resp = Response::from_parts(
+            parts,
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+    }
     if let Ok(v) = HeaderValue::from_str(&name) {
         resp.headers_mut().insert("x-upstream", v);
     }

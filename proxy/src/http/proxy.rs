@@ -15,6 +15,7 @@ use http::header::{CONNECTION, HOST, TE, TRAILER};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use sluice_config::UpstreamProtocol as ConfiguredProtocol;
 use std::cell::{Cell, RefCell};
@@ -200,6 +201,7 @@ async fn forward(
         .pick()
         .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.clone()))?;
     let downstream_version = parts.version;
+    let head = parts.method == Method::HEAD;
     let proto = match cluster.config.protocol {
         ConfiguredProtocol::Http1 => UpstreamProtocol::Http1,
         ConfiguredProtocol::Http2 => UpstreamProtocol::Http2,
@@ -285,10 +287,25 @@ async fn forward(
     } else {
         rparts.version = Version::HTTP_2;
     }
-    Ok(Response::from_parts(
-        rparts,
-        ResponseBody::upstream(rbody, lease),
-    ))
+    let bodyless = head
+        || rparts.status == StatusCode::NO_CONTENT
+        || rparts.status == StatusCode::NOT_MODIFIED;
+    if rparts.status == StatusCode::NO_CONTENT {
+        rparts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    let body = if bodyless {
+        // Responses to HEAD and 204/304 responses have no body whatever the upstream sends
+        // (RFC 9110 §6.4.1; hyper's HTTP/2 server would forward one). A clean end releases the
+        // connection; anything else closes it.
+        let mut lease = lease;
+        if rbody.is_end_stream() {
+            lease.release();
+        }
+        ResponseBody::empty()
+    } else {
+        ResponseBody::upstream(rbody, lease)
+    };
+    Ok(Response::from_parts(rparts, body))
 }
 
 fn is_grpc(h: &http::HeaderMap) -> bool {
