@@ -2,6 +2,10 @@
 //! (the bundled echo apps), driven by real clients (curl, nghttp, hyper, h2, tungstenite).
 //! Everything binds 127.0.0.1 port 0. See tests/README.md.
 
+mod lifecycle;
+mod limits;
+mod reload;
 mod routing;
 mod support;
 mod translate;
+mod upgrade_tcp;

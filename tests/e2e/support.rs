@@ -410,3 +410,89 @@ pub fn temp_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
     std::fs::write(&p, contents).unwrap();
     p
 }
+
+/// A blocking HTTP/1.1 keep-alive client for load loops (responses must have Content-Length).
+pub struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> Self {
+        KeepAlive { addr, conn: None }
+    }
+
+    /// Sends a GET on the open connection (or a new one) and reads the response.
+    pub fn get(&mut self, path: &str) -> std::io::Result<Resp> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect(self.addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            self.conn = Some(BufReader::new(s));
+        }
+        let result = self.exchange(path);
+        match &result {
+            Ok(r)
+                if r.header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close")) =>
+            {
+                self.conn = None
+            }
+            Err(_) => self.conn = None,
+            _ => {}
+        }
+        result
+    }
+
+    fn exchange(&mut self, path: &str) -> std::io::Result<Resp> {
+        let conn = self.conn.as_mut().expect("connected");
+        write!(conn.get_mut(), "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")?;
+        let mut line = String::new();
+        conn.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            conn.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        conn.read_exact(&mut body)?;
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+}

@@ -1,0 +1,216 @@
+//! The binary's lifecycle: graceful shutdown with requests in flight, a second signal, the drain
+//! timeout, bind errors, `validate` and `--version`.
+
+use crate::support::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn config(up: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, http: {{ route_table: main }} }}
+route_tables:
+  - name: main
+    virtual_hosts:
+      - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: / }}, cluster: up, timeout: 0s }}] }}
+clusters:
+  - {{ name: up, endpoints: [{up}] }}
+"#
+    )
+}
+
+/// Starts a request in the background and waits until the proxy has received it.
+fn in_flight(bin: &Binary, path: &str) -> std::thread::JoinHandle<std::io::Result<Resp>> {
+    let addr = bin.addr("main");
+    let before = bin.metric("sluice_downstream_requests_total{listener=\"main\"}");
+    let path = path.to_string();
+    let h = std::thread::spawn(move || KeepAlive::new(addr).get(&path));
+    eventually("request in flight", || {
+        (bin.metric("sluice_downstream_requests_total{listener=\"main\"}") > before).then_some(())
+    });
+    h
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let mut bin = Binary::start(&config(echo("up")), &["--drain-timeout", "20s"]);
+    let addr = bin.addr("main");
+    let req = in_flight(&bin, "/delay/1500");
+    let start = Instant::now();
+    bin.signal("TERM");
+    eventually("/ready turns 503", || {
+        (http_get(bin.admin, "/ready") == (503, "draining\n".into())).then_some(())
+    });
+    eventually("listener closed", || {
+        std::net::TcpStream::connect(addr).is_err().then_some(())
+    });
+    let r = req.join().unwrap().expect("in-flight request completed");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(bin.wait_exit(), 0);
+    assert!(
+        start.elapsed() >= Duration::from_millis(1000),
+        "exited before the request finished"
+    );
+    bin.wait_log("drained; exiting");
+}
+
+#[test]
+fn second_signal_exits_at_once() {
+    let mut bin = Binary::start(&config(echo("up")), &["--drain-timeout", "60s"]);
+    let req = in_flight(&bin, "/delay/30000");
+    bin.signal("TERM");
+    bin.wait_log("draining");
+    let start = Instant::now();
+    bin.signal("INT");
+    assert_eq!(bin.wait_exit(), 130);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(
+        req.join().unwrap().is_err(),
+        "the cut request cannot have succeeded"
+    );
+}
+
+#[test]
+fn drain_timeout_bounds_shutdown() {
+    let mut bin = Binary::start(&config(echo("up")), &["--drain-timeout", "300ms"]);
+    let req = in_flight(&bin, "/delay/30000");
+    let start = Instant::now();
+    bin.signal("TERM");
+    assert_eq!(bin.wait_exit(), 0);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    bin.wait_log("drain timeout: closing remaining connections");
+    assert!(req.join().unwrap().is_err());
+}
+
+#[test]
+fn bind_error_is_clear() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = temp_file(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            "admin: {{ address: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: l, address: 127.0.0.1:{port}, tcp: {{ cluster: c }} }}\nclusters:\n  - {{ name: c, endpoints: [127.0.0.1:9] }}\n"
+        ),
+    );
+    let out = Command::new(sluice_bin())
+        .args(["proxy", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("address 127.0.0.1:{port} already in use")),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_config_at_start_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = temp_file(
+        dir.path(),
+        "bad.yaml",
+        "listeners:\n  - name: l\n    address: nowhere\n",
+    );
+    let out = Command::new(sluice_bin())
+        .args(["proxy", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains(&format!(
+            "{}:3:14: listeners[0].address: invalid socket address syntax",
+            cfg.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_prints_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = temp_file(
+        dir.path(),
+        "good.yaml",
+        "listeners:\n  - { name: l, address: 127.0.0.1:1, tcp: { cluster: c } }\nclusters:\n  - { name: c, endpoints: [127.0.0.1:9] }\n",
+    );
+    let bad = temp_file(
+        dir.path(),
+        "bad.yaml",
+        "listeners:\n  - { name: l, address: 127.0.0.1:1, tcp: { cluster: nope } }\n  - { name: l, address: 127.0.0.1:2, http: { route_table: t } }\n",
+    );
+    let out = Command::new(sluice_bin())
+        .arg("validate")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}: ok\n", good.display())
+    );
+    let out = Command::new(sluice_bin())
+        .arg("validate")
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let b = bad.display();
+    assert!(
+        text.contains(&format!(
+            "{b}:3:7: listeners[1].name: duplicate name `l` (also used by listeners[0])"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{b}:2:45: listeners[0].tcp.cluster: unknown cluster `nope`"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{b}:3:46: listeners[1].http.route_table: unknown route table `t`"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn version_flag() {
+    let out = Command::new(sluice_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("sluice {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn examples_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            sluice_config::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "expected the bundled examples, found {n}");
+}
