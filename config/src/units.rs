@@ -37,11 +37,11 @@ impl Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.0;
-        if d.subsec_nanos() == 0 && d.as_secs() % 3600 == 0 && d.as_secs() > 0 {
+        if d.subsec_nanos() == 0 && d.as_secs().is_multiple_of(3600) && d.as_secs() > 0 {
             write!(f, "{}h", d.as_secs() / 3600)
         } else if d.subsec_nanos() == 0 {
             write!(f, "{}s", d.as_secs())
-        } else if d.subsec_nanos() % 1_000_000 == 0 {
+        } else if d.subsec_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
         } else {
             write!(f, "{}us", d.as_micros())
@@ -143,9 +143,9 @@ impl ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b >= 1 << 20 && b % (1 << 20) == 0 {
+        if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
             write!(f, "{}MiB", b >> 20)
-        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+        } else if b >= 1 << 10 && b.is_multiple_of(1 << 10) {
             write!(f, "{}KiB", b >> 10)
         } else {
             write!(f, "{b}B")

@@ -104,11 +104,11 @@ impl Validator {
         let mut bound: Vec<(SocketAddr, String)> = vec![(config.admin.address, "admin".into())];
         for (i, l) in config.listeners.iter().enumerate() {
             let path = format!("listeners[{i}].address");
-            if l.address.port() != 0 {
-                if let Some((_, other)) = bound.iter().find(|(a, _)| clashes(*a, l.address)) {
-                    self.err(path, format!("address {} clashes with {other}", l.address));
-                    continue;
-                }
+            if l.address.port() != 0
+                && let Some((_, other)) = bound.iter().find(|(a, _)| clashes(*a, l.address))
+            {
+                self.err(path, format!("address {} clashes with {other}", l.address));
+                continue;
             }
             bound.push((l.address, format!("listeners[{i}] ({})", l.name)));
         }
@@ -252,10 +252,10 @@ impl Validator {
                 "set only one of `cluster`, `weighted_clusters`, `redirect`, `direct_response`",
             ),
         }
-        if let Some(c) = &r.cluster {
-            if !clusters.contains(c.as_str()) {
-                self.err(format!("{p}.cluster"), format!("unknown cluster `{c}`"));
-            }
+        if let Some(c) = &r.cluster
+            && !clusters.contains(c.as_str())
+        {
+            self.err(format!("{p}.cluster"), format!("unknown cluster `{c}`"));
         }
         if let Some(wcs) = &r.weighted_clusters {
             if wcs.is_empty() {
@@ -307,21 +307,21 @@ impl Validator {
                     );
                 }
             }
-            if let Some(re) = &rw.regex {
-                if let Err(m) = search_regex(&re.pattern) {
-                    self.err(format!("{rp}.regex.pattern"), m);
-                }
+            if let Some(re) = &rw.regex
+                && let Err(m) = search_regex(&re.pattern)
+            {
+                self.err(format!("{rp}.regex.pattern"), m);
             }
-            if let Some(h) = &rw.host {
-                if let Err(m) = check_domain(h).and_then(|_| {
+            if let Some(h) = &rw.host
+                && let Err(m) = check_domain(h).and_then(|_| {
                     if h.contains('*') {
                         Err("must be a host name, not a pattern".to_string())
                     } else {
                         Ok(())
                     }
-                }) {
-                    self.err(format!("{rp}.host"), m);
-                }
+                })
+            {
+                self.err(format!("{rp}.host"), m);
             }
         }
         if r.timeout.is_some() && !forwards {
@@ -333,13 +333,13 @@ impl Validator {
         if let Some(rd) = &r.redirect {
             self.redirect(&format!("{p}.redirect"), rd, &r.matcher);
         }
-        if let Some(d) = &r.direct_response {
-            if !(200..=599).contains(&d.status) {
-                self.err(
-                    format!("{p}.direct_response.status"),
-                    "must be between 200 and 599",
-                );
-            }
+        if let Some(d) = &r.direct_response
+            && !(200..=599).contains(&d.status)
+        {
+            self.err(
+                format!("{p}.direct_response.status"),
+                "must be between 200 and 599",
+            );
         }
         self.mutation(&format!("{p}.request_headers"), &r.request_headers, true);
         self.mutation(&format!("{p}.response_headers"), &r.response_headers, false);
@@ -367,10 +367,10 @@ impl Validator {
                 }
             }
         }
-        if let Some(re) = &m.regex {
-            if let Err(msg) = full_match_regex(re) {
-                self.err(format!("{p}.regex"), msg);
-            }
+        if let Some(re) = &m.regex
+            && let Err(msg) = full_match_regex(re)
+        {
+            self.err(format!("{p}.regex"), msg);
         }
         for (i, method) in m.methods.iter().enumerate() {
             if !is_token(method) {
@@ -411,10 +411,10 @@ impl Validator {
                 "set exactly one of `exact`, `prefix`, `suffix`, `regex` or `present`",
             );
         }
-        if let Some(re) = &h.regex {
-            if let Err(msg) = full_match_regex(re) {
-                self.err(format!("{p}.regex"), msg);
-            }
+        if let Some(re) = &h.regex
+            && let Err(msg) = full_match_regex(re)
+        {
+            self.err(format!("{p}.regex"), msg);
         }
     }
 
@@ -437,10 +437,10 @@ impl Validator {
                 "set exactly one of `exact`, `prefix`, `regex` or `present`",
             );
         }
-        if let Some(re) = &q.regex {
-            if let Err(msg) = full_match_regex(re) {
-                self.err(format!("{p}.regex"), msg);
-            }
+        if let Some(re) = &q.regex
+            && let Err(msg) = full_match_regex(re)
+        {
+            self.err(format!("{p}.regex"), msg);
         }
     }
 
@@ -448,15 +448,16 @@ impl Validator {
         if !matches!(r.code, 301 | 302 | 303 | 307 | 308) {
             self.err(format!("{p}.code"), "must be 301, 302, 303, 307 or 308");
         }
-        if let Some(s) = &r.scheme {
-            if s != "http" && s != "https" {
-                self.err(format!("{p}.scheme"), "must be `http` or `https`");
-            }
+        if let Some(s) = &r.scheme
+            && s != "http"
+            && s != "https"
+        {
+            self.err(format!("{p}.scheme"), "must be `http` or `https`");
         }
-        if let Some(h) = &r.host {
-            if h.is_empty() || h.contains(['*', ':', '/']) || check_domain(h).is_err() {
-                self.err(format!("{p}.host"), format!("`{h}` is not a host name"));
-            }
+        if let Some(h) = &r.host
+            && (h.is_empty() || h.contains(['*', ':', '/']) || check_domain(h).is_err())
+        {
+            self.err(format!("{p}.host"), format!("`{h}` is not a host name"));
         }
         if r.path.is_some() && r.prefix_rewrite.is_some() {
             self.err(p, "set only one of `path` or `prefix_rewrite`");

@@ -2,5 +2,16 @@
 //! over Envoy's xDS v3 protocol. Nothing is implemented yet; the crate exists so the workspace
 //! has its final shape and the proxy and control plane share one config model from the start.
 
+// Nothing a peer or a config file controls may panic the data plane (tests may).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 /// The config model the control plane serves.
 pub use sluice_config as config;

@@ -7,6 +7,17 @@
 //! per-worker pool sends the request → the response streams back through `http::body`.
 //! [`state`] holds the live config; [`app`] starts, reloads and drains.
 
+// Nothing a peer or a config file controls may panic the data plane (tests may).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod admin;
 pub mod app;
 pub mod cluster;

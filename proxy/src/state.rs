@@ -48,7 +48,7 @@ pub struct ListenerSpec {
 #[derive(Debug)]
 pub enum ListenerKind {
     /// Serve HTTP and route.
-    Http(HttpSpec),
+    Http(Box<HttpSpec>),
     /// Proxy bytes to a cluster.
     Tcp(TcpSpec),
 }
@@ -110,7 +110,7 @@ impl Snapshot {
                         .get(&h.route_table)
                         .cloned()
                         .ok_or(CompileError::Invalid("listener route table"))?;
-                    ListenerKind::Http(http_spec(routes, h))
+                    ListenerKind::Http(Box::new(http_spec(routes, h)))
                 }
                 (None, Some(t)) => ListenerKind::Tcp(TcpSpec {
                     cluster: clusters

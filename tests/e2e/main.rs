@@ -2,6 +2,10 @@
 //! (the bundled echo apps), driven by real clients (curl, nghttp, hyper, h2, tungstenite).
 //! Everything binds 127.0.0.1 port 0. See tests/README.md.
 
+// These tests time a separate process, so they use the wall clock; helpers are `pub` for use
+// across the test modules.
+#![allow(clippy::disallowed_types, unreachable_pub)]
+
 mod lifecycle;
 mod limits;
 mod reload;

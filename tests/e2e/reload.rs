@@ -157,9 +157,7 @@ fn listeners_are_added_and_removed() {
     let (a, b) = (echo("a"), echo("b"));
     let tcp = tcp_echo();
     let bin = Binary::start(&config(1, "a", a, b, ""), &[]);
-    let extra = format!(
-        "  - {{ name: extra, address: 127.0.0.1:0, http: {{ route_table: main }} }}\n  - {{ name: raw, address: 127.0.0.1:0, tcp: {{ cluster: t }} }}"
-    );
+    let extra = "  - { name: extra, address: 127.0.0.1:0, http: { route_table: main } }\n  - { name: raw, address: 127.0.0.1:0, tcp: { cluster: t } }".to_string();
     let with_tcp = |v: u32, extra: &str| {
         format!(
             "{}  - {{ name: t, endpoints: [{tcp}] }}\n",

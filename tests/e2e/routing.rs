@@ -208,7 +208,7 @@ fn redirects() {
     assert_eq!(r.status, 308);
     assert_eq!(
         r.header("location"),
-        Some(format!("https://127.0.0.1/secure/x?y=1").as_str())
+        Some("https://127.0.0.1/secure/x?y=1".to_string().as_str())
     );
     let r = curl(&[&p.url("main", "/old/a/b?c")]);
     assert_eq!(r.status, 301);

@@ -30,10 +30,12 @@ pub(crate) enum UpstreamProtocol {
     Http2,
 }
 
+type PoolMap = HashMap<(u64, usize), Rc<EndpointPool>, BuildHasherDefault<IdHasher>>;
+
 /// All pools of one worker.
 #[derive(Debug, Default)]
 pub(crate) struct Pools {
-    map: RefCell<HashMap<(u64, usize), Rc<EndpointPool>, BuildHasherDefault<IdHasher>>>,
+    map: RefCell<PoolMap>,
 }
 
 impl Pools {
@@ -61,14 +63,6 @@ impl Pools {
             pool.sweep(now);
             pool.cluster.strong_count() > 0 || !pool.is_empty()
         });
-    }
-
-    /// Number of idle HTTP/1.1 connections and open HTTP/2 connections (for tests and admin).
-    #[cfg(test)]
-    pub(crate) fn counts(&self) -> (usize, usize) {
-        self.map.borrow().values().fold((0, 0), |(a, b), p| {
-            (a + p.idle_h1.borrow().len(), b + p.h2.borrow().len())
-        })
     }
 }
 
@@ -122,10 +116,10 @@ pub(crate) enum Lease {
 impl Lease {
     /// The response ended cleanly: an HTTP/1.1 connection may serve the next request.
     pub(crate) fn release(&mut self) {
-        if let Lease::H1 { sender, pool } = self {
-            if let Some(s) = sender.take() {
-                pool.put_h1(s);
-            }
+        if let Lease::H1 { sender, pool } = self
+            && let Some(s) = sender.take()
+        {
+            pool.put_h1(s);
         }
     }
 }

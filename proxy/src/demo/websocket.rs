@@ -52,14 +52,14 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let n = c
+            .iter()
+            .chain(std::iter::repeat(&0))
+            .take(3)
+            .fold(0u32, |n, &b| (n << 8) | u32::from(b));
         for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= c.len() {
-                out.push(T[((n >> shift) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
+            let sym = T.get(((n >> shift) & 63) as usize).copied().unwrap_or(b'=');
+            out.push(if i <= c.len() { sym as char } else { '=' });
         }
     }
     out
@@ -67,11 +67,14 @@ fn base64(data: &[u8]) -> String {
 
 async fn echo_frames<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) -> std::io::Result<()> {
     loop {
-        let mut head = [0u8; 2];
-        io.read_exact(&mut head).await?;
-        let opcode = head[0] & 0x0f;
-        let masked = head[1] & 0x80 != 0;
-        let mut len = u64::from(head[1] & 0x7f);
+        let [b0, b1] = {
+            let mut head = [0u8; 2];
+            io.read_exact(&mut head).await?;
+            head
+        };
+        let opcode = b0 & 0x0f;
+        let masked = b1 & 0x80 != 0;
+        let mut len = u64::from(b1 & 0x7f);
         if len == 126 {
             len = u64::from(io.read_u16().await?);
         } else if len == 127 {
@@ -87,8 +90,8 @@ async fn echo_frames<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) -> std::io::R
         let mut payload = vec![0u8; len as usize];
         io.read_exact(&mut payload).await?;
         if masked {
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= mask[i % 4];
+            for (b, m) in payload.iter_mut().zip(mask.iter().cycle()) {
+                *b ^= m;
             }
         }
         let reply_opcode = match opcode {
@@ -96,7 +99,7 @@ async fn echo_frames<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) -> std::io::R
             0xA => continue, // unsolicited pong
             op => op,        // text, binary, continuation, close
         };
-        let mut frame = vec![(head[0] & 0x80) | reply_opcode];
+        let mut frame = vec![(b0 & 0x80) | reply_opcode];
         match payload.len() {
             n if n < 126 => frame.push(n as u8),
             n if n <= 0xffff => {

@@ -64,12 +64,11 @@ impl ResponseBody {
 
     /// Releases the upstream connection for reuse once the body has been read to its end.
     fn release_if_done(&mut self) {
-        if let Inner::Upstream(b) = &self.inner {
-            if b.is_end_stream() {
-                if let Some(mut lease) = self.lease.take() {
-                    lease.release();
-                }
-            }
+        if let Inner::Upstream(b) = &self.inner
+            && b.is_end_stream()
+            && let Some(mut lease) = self.lease.take()
+        {
+            lease.release();
         }
     }
 }

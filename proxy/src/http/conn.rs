@@ -166,14 +166,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let this = &mut *self;
-        if let Some(new) = buf.filled().get(before..) {
-            if !new.is_empty() {
-                if this.state.on_read() {
-                    this.scan.start();
-                }
-                if this.scan.feed(new) {
-                    this.state.cl_te.store(true, Relaxed);
-                }
+        if let Some(new) = buf.filled().get(before..)
+            && !new.is_empty()
+        {
+            if this.state.on_read() {
+                this.scan.start();
+            }
+            if this.scan.feed(new) {
+                this.state.cl_te.store(true, Relaxed);
             }
         }
         Poll::Ready(Ok(()))

@@ -47,10 +47,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for h in &HOP_BY_HOP {
         headers.remove(h);
     }
-    if let Some(te) = headers.remove(header::TE) {
-        if has_token(&te, "trailers") {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
+    if let Some(te) = headers.remove(header::TE)
+        && has_token(&te, "trailers")
+    {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if let Some(up) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -107,23 +107,19 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) {
 }
 
 fn new_request_id() -> HeaderValue {
-    let mut b = fastrand::u128(..).to_be_bytes();
-    b[6] = (b[6] & 0x0f) | 0x40; // version 4
-    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 36];
-    let mut o = 0;
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out[o] = b'-';
-            o += 1;
-        }
-        out[o] = HEX[usize::from(byte >> 4)];
-        out[o + 1] = HEX[usize::from(byte & 0xf)];
-        o += 2;
-    }
+    // Version 4 (random) and the RFC 4122 variant bits.
+    let n = (fastrand::u128(..) & !(0xf000 << 64) & !(0xc << 60)) | (0x4000 << 64) | (0x8 << 60);
+    let hex = format!("{n:032x}");
+    let s = format!(
+        "{}-{}-{}-{}-{}",
+        hex.get(0..8).unwrap_or_default(),
+        hex.get(8..12).unwrap_or_default(),
+        hex.get(12..16).unwrap_or_default(),
+        hex.get(16..20).unwrap_or_default(),
+        hex.get(20..32).unwrap_or_default()
+    );
     // Hex digits and dashes are valid header bytes.
-    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

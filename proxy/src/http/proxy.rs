@@ -31,6 +31,9 @@ pub(crate) struct HttpConn {
     pub(crate) drain: Drain,
     /// The client's IP, formatted once for `x-forwarded-for`.
     client_ip: HeaderValue,
+    /// `Rc` around the shared `Arc` so the per-request clone is a non-atomic increment rather
+    /// than an atomic one on a counter every worker thread touches.
+    #[allow(clippy::redundant_allocation)]
     spec: RefCell<Rc<Arc<ListenerSpec>>>,
     generation: Cell<u64>,
 }
@@ -57,6 +60,7 @@ impl HttpConn {
 
     /// The listener's current compiled settings. Checks one atomic per request; only after a
     /// config swap does it look the listener up again.
+    #[allow(clippy::redundant_allocation)]
     fn spec(&self) -> Rc<Arc<ListenerSpec>> {
         let generation = self.worker.live.generation();
         if generation != self.generation.get() {
@@ -65,10 +69,10 @@ impl HttpConn {
             let name = self.spec.borrow().name.clone();
             // A listener that was removed keeps serving its open connections on its last
             // config while they drain.
-            if let Some(new) = snapshot.listeners.get(&name) {
-                if matches!(new.kind, ListenerKind::Http(_)) {
-                    *self.spec.borrow_mut() = Rc::new(Arc::clone(new));
-                }
+            if let Some(new) = snapshot.listeners.get(&name)
+                && matches!(new.kind, ListenerKind::Http(_))
+            {
+                *self.spec.borrow_mut() = Rc::new(Arc::clone(new));
             }
         }
         Rc::clone(&self.spec.borrow())

@@ -21,10 +21,7 @@ pub(crate) struct Detected {
 pub(crate) async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<Detected>> {
     let mut buf = [0u8; 24];
     let mut len = 0;
-    loop {
-        let Some(dst) = buf.get_mut(len..) else {
-            break;
-        };
+    while let Some(dst) = buf.get_mut(len..) {
         let n = stream.read(dst).await?;
         if n == 0 {
             return if len == 0 {

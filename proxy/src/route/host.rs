@@ -50,10 +50,10 @@ impl HostIndex {
             return Some(*vh);
         }
         let bare = strip_port(&host);
-        if bare.len() != host.len() {
-            if let Some(vh) = self.exact.get(bare) {
-                return Some(*vh);
-            }
+        if bare.len() != host.len()
+            && let Some(vh) = self.exact.get(bare)
+        {
+            return Some(*vh);
         }
         // A wildcard must stand for at least one character.
         for (suffix, vh) in &self.suffixes {
