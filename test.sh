@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs Sluice's whole test suite on a fresh Debian/Ubuntu machine: installs the real clients the
+# end-to-end tests drive (curl, nghttp, h2load) if they are missing, then checks formatting and
+# lints and runs every test. `.ci/run` calls this script.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need=()
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v sha256sum >/dev/null 2>&1 || need+=(coreutils)
+if ((${#need[@]})); then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "test.sh: installing ${need[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        $(printf '%s\n' "${need[@]}" | sort -u)
+fi
+
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
