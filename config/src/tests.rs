@@ -362,3 +362,46 @@ fn round_trips_through_yaml() {
     let text = serde_yaml_ng::to_string(&c).unwrap();
     assert_eq!(parse(&text, "again.yaml").unwrap(), c);
 }
+
+/// Mutated configs (bytes flipped, dropped, duplicated) must give errors, never panic. A cheap,
+/// deterministic stand-in for the fuzz target.
+#[test]
+fn mutated_configs_never_panic() {
+    let seeds = [
+        BASE,
+        include_str!("../../examples/gateway.yaml"),
+        include_str!("../../examples/demo.yaml"),
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let alphabet = b" -:[]{}\n*'\"/0123456789abcxyz.&!|>#";
+    for seed in seeds {
+        for _ in 0..400 {
+            let mut bytes = seed.as_bytes().to_vec();
+            for _ in 0..(next() % 6 + 1) {
+                let i = (next() as usize) % bytes.len().max(1);
+                match next() % 3 {
+                    0 => bytes[i] = alphabet[(next() as usize) % alphabet.len()],
+                    1 => {
+                        bytes.remove(i);
+                    }
+                    _ => {
+                        let end = (i + (next() as usize % 40)).min(bytes.len());
+                        let chunk = bytes[i..end].to_vec();
+                        bytes.splice(i..i, chunk);
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(e) = parse(&text, "fuzz.yaml") {
+                assert!(!e.0.is_empty());
+                assert!(e.to_string().starts_with("fuzz.yaml"), "{e}");
+            }
+        }
+    }
+}

@@ -214,3 +214,47 @@ fn examples_validate() {
     }
     assert!(n >= 4, "expected the bundled examples, found {n}");
 }
+
+#[test]
+fn sigterm_sends_goaway_and_finishes_http2_streams() {
+    let mut bin = Binary::start(&config(echo("up")), &["--drain-timeout", "20s"]);
+    let addr = bin.addr("main");
+    let before = bin.metric("sluice_downstream_requests_total{listener=\"main\"}");
+    let runtime = rt();
+    let (status, closed) = runtime.block_on(async {
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{addr}/delay/1000"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tokio::spawn(sender.send_request(req));
+        let bin = &bin;
+        tokio::task::spawn_blocking({
+            let admin = bin.admin;
+            move || {
+                eventually("request in flight", || {
+                    let m = http_get(admin, "/metrics").1;
+                    (metric_value(&m, "sluice_downstream_requests_total{listener=\"main\"}")
+                        > before)
+                        .then_some(())
+                })
+            }
+        })
+        .await
+        .unwrap();
+        bin.signal("TERM");
+        let resp = resp.await.unwrap().expect("stream finished after GOAWAY");
+        let status = resp.status().as_u16();
+        let (_, _) = collect(resp.into_body()).await;
+        // GOAWAY then close: the client connection ends cleanly.
+        let closed = tokio::time::timeout(DEADLINE, conn).await.is_ok();
+        (status, closed)
+    });
+    assert_eq!(status, 200);
+    assert!(closed, "HTTP/2 connection not closed after drain");
+    assert_eq!(bin.wait_exit(), 0);
+}

@@ -200,3 +200,31 @@ fn listeners_are_added_and_removed() {
         "in-flight requests finish on their config"
     );
 }
+
+#[test]
+fn pools_of_unchanged_clusters_survive_reloads() {
+    let (a, b) = (echo("a"), echo("b"));
+    let bin = Binary::start(&config(1, "a", a, b, ""), &[]);
+    // One client connection, so every request goes through the same worker and its pool.
+    let mut c = KeepAlive::new(bin.addr("main"));
+    let mut version_seen = |c: &mut KeepAlive, v: &str| {
+        eventually(&format!("version {v}"), || {
+            (c.get("/").ok()?.header("x-config-version") == Some(v)).then_some(())
+        })
+    };
+    let conns = || bin.metric("sluice_upstream_connections_total{cluster=\"a\"}");
+    c.get("/").unwrap();
+    assert_eq!(conns(), 1.0);
+    // Only a response header changes: cluster `a` and its pooled connection are kept.
+    bin.write_config(&config(2, "a", a, b, ""));
+    version_seen(&mut c, "2");
+    assert_eq!(conns(), 1.0, "an unchanged cluster lost its pool");
+    // Cluster `a` itself changes: a new pool, a new connection.
+    let changed = config(3, "a", a, b, "").replace(
+        "{ name: a, endpoints",
+        "{ name: a, connect_timeout: 2s, endpoints",
+    );
+    bin.write_config(&changed);
+    version_seen(&mut c, "3");
+    assert_eq!(conns(), 2.0);
+}
