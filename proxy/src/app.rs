@@ -186,6 +186,7 @@ impl Proxy {
                 let _ = w.tx.send(Command::Listen {
                     spec: Arc::clone(&spec),
                     socket,
+                    drain_timeout: options.drain_timeout,
                 });
             }
         }
@@ -469,6 +470,7 @@ impl ControlLoop {
                 let _ = w.tx.send(Command::Listen {
                     spec: Arc::clone(&spec),
                     socket,
+                    drain_timeout: timeout,
                 });
             }
         }

@@ -29,6 +29,8 @@ pub(crate) enum Command {
     Listen {
         spec: Arc<ListenerSpec>,
         socket: std::net::TcpListener,
+        /// Drain time for a listener of the same name this one replaces.
+        drain_timeout: Duration,
     },
     /// Stop accepting and drain the listener's connections (forced after the timeout).
     Unlisten {
@@ -85,7 +87,11 @@ async fn run(worker: Rc<Worker>, mut rx: mpsc::UnboundedReceiver<Command>) {
     });
     while let Some(cmd) = rx.recv().await {
         match cmd {
-            Command::Listen { spec, socket } => {
+            Command::Listen {
+                spec,
+                socket,
+                drain_timeout,
+            } => {
                 let listener = match tokio::net::TcpListener::from_std(socket) {
                     Ok(l) => l,
                     Err(e) => {
@@ -105,7 +111,7 @@ async fn run(worker: Rc<Worker>, mut rx: mpsc::UnboundedReceiver<Command>) {
                     Rc::clone(&active.stop),
                 ));
                 if let Some(old) = listeners.insert(spec.name.clone(), active) {
-                    retire(old, Duration::from_secs(30));
+                    retire(old, drain_timeout);
                 }
             }
             Command::Unlisten {

@@ -20,6 +20,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// Most times a request that was refused unsent is tried on another connection.
+const MAX_UNSENT_ATTEMPTS: usize = 8;
+
 /// Request body type sent upstream: the downstream body, streamed.
 pub(crate) type UpstreamBody = Incoming;
 
@@ -212,7 +215,9 @@ impl EndpointPool {
         loop {
             let (mut sender, reused) = match self.take_h1() {
                 Some(s) => (s, true),
-                None => (self.connect_h1(false).await?, false),
+                // Boxed: connecting is rare, and its future would otherwise inflate every
+                // request's (and every idle connection's) state.
+                None => (Box::pin(self.connect_h1(false)).await?, false),
             };
             if reused && sender.ready().await.is_err() {
                 continue;
@@ -284,7 +289,9 @@ impl EndpointPool {
         self: &Rc<Self>,
         mut req: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        loop {
+        // Each failed attempt removes a connection that refused the request unsent; bound the
+        // attempts anyway so a misbehaving upstream cannot spin this loop.
+        for _ in 0..MAX_UNSENT_ATTEMPTS {
             if let Some((mut sender, active, idle_since)) = self.pick_h2() {
                 active.set(active.get() + 1);
                 let lease = Lease::H2 { active, idle_since };
@@ -313,9 +320,11 @@ impl EndpointPool {
             }
             let _connecting = ConnectingGuard(self);
             self.h2_connecting.set(true);
-            let conn = self.connect_h2().await?;
+            let conn = Box::pin(self.connect_h2()).await?;
             self.h2.borrow_mut().push(conn);
         }
+        self.metrics.error("request");
+        Err(ProxyError::NoEndpoint(self.cluster_name.clone()))
     }
 
     #[allow(clippy::type_complexity)]

@@ -9,7 +9,7 @@
 //! | WebSocket upgrade on any path | frames echoed |
 //! | anything else | JSON: method, path, query, version, headers, body size and SHA-256, trailers |
 
-use crate::listener::detect::{self, Rewind};
+use crate::listener::detect;
 use crate::rt::LocalExec;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRAILER};
@@ -34,18 +34,18 @@ type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 pub async fn serve_echo(listener: TcpListener, name: &str) {
     let name: Rc<str> = Rc::from(name);
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let name = Rc::clone(&name);
         tokio::task::spawn_local(async move {
-            let Ok(Some(d)) = detect::detect(&mut stream).await else {
+            let Ok(Some(http2)) = detect::detect(&stream).await else {
                 return;
             };
-            let io = TokioIo::new(Rewind::new(stream, d.prefix));
+            let io = TokioIo::new(stream);
             let svc = service_fn(move |req| respond(Rc::clone(&name), req));
-            let result = if d.http2 {
+            let result = if http2 {
                 hyper::server::conn::http2::Builder::new(LocalExec)
                     .serve_connection(io, svc)
                     .await

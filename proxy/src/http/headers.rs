@@ -26,7 +26,15 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 /// only as `te: trailers` (the one value HTTP/2 allows, needed by gRPC). With `keep_upgrade`
 /// (a WebSocket handshake) `Connection: upgrade` and `Upgrade` are kept.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Parse `Connection` only when present: most requests have none.
+    // Most messages have none of these: one pass over the names is cheaper than a lookup per
+    // hop-by-hop name.
+    if !headers
+        .keys()
+        .any(|n| n == header::TE || HOP_BY_HOP.contains(n))
+    {
+        return;
+    }
+    // Parse `Connection` only when present.
     if let Some(conn) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = conn
             .to_str()
@@ -107,19 +115,22 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) {
 }
 
 fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     // Version 4 (random) and the RFC 4122 variant bits.
     let n = (fastrand::u128(..) & !(0xf000 << 64) & !(0xc << 60)) | (0x4000 << 64) | (0x8 << 60);
-    let hex = format!("{n:032x}");
-    let s = format!(
-        "{}-{}-{}-{}-{}",
-        hex.get(0..8).unwrap_or_default(),
-        hex.get(8..12).unwrap_or_default(),
-        hex.get(12..16).unwrap_or_default(),
-        hex.get(16..20).unwrap_or_default(),
-        hex.get(20..32).unwrap_or_default()
-    );
-    // Hex digits and dashes are valid header bytes.
-    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0"))
+    let mut out = Vec::with_capacity(36);
+    for (i, shift) in (0..32u32).rev().map(|k| k * 4).enumerate() {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push(b'-');
+        }
+        out.push(
+            HEX.get(((n >> shift) & 0xf) as usize)
+                .copied()
+                .unwrap_or(b'0'),
+        );
+    }
+    // Hex digits and dashes are valid header bytes; one allocation, no copy.
+    HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

@@ -266,7 +266,7 @@ async fn forward(
     let pool = conn.worker.pools.endpoint(cluster, index, addr);
     let req = Request::from_parts(parts, body);
     let (resp, lease) = if let Some(down) = downstream_upgrade {
-        let resp = with_timeout(f.timeout, cluster, pool.send_upgrade(req)).await?;
+        let resp = with_timeout(f.timeout, cluster, Box::pin(pool.send_upgrade(req))).await?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(upgrade::switch(resp, down, &conn.drain, vh, route));
         }

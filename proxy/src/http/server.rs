@@ -4,7 +4,7 @@
 use crate::drain::Drain;
 use crate::http::conn::{self, ConnIo, ConnState, Expired};
 use crate::http::proxy::{self, HttpConn};
-use crate::listener::detect::{self, Rewind};
+use crate::listener::detect;
 use crate::state::{HttpSpec, ListenerSpec};
 use crate::worker::Worker;
 use hyper::service::service_fn;
@@ -52,7 +52,7 @@ where
 
 /// Serves `stream` until it closes, times out or is drained.
 pub(crate) async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     spec: Arc<ListenerSpec>,
     http: &HttpSpec,
@@ -61,8 +61,8 @@ pub(crate) async fn serve(
 ) {
     let settings = &http.settings;
     let header_timeout = settings.request_header_timeout.get();
-    let detected = match tokio::time::timeout(header_timeout, detect::detect(&mut stream)).await {
-        Ok(Ok(Some(d))) => d,
+    let http2 = match tokio::time::timeout(header_timeout, detect::detect(&stream)).await {
+        Ok(Ok(Some(h2))) => h2,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "read failed before the first request");
@@ -74,11 +74,8 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let state = ConnState::new(!detected.http2, spec.metrics.clone());
-    let io = TokioIo::new(ConnIo::new(
-        Rewind::new(stream, detected.prefix),
-        Arc::clone(&state),
-    ));
+    let state = ConnState::new(!http2, spec.metrics.clone());
+    let io = TokioIo::new(ConnIo::new(stream, Arc::clone(&state)));
     let ctx = Rc::new(HttpConn::new(
         worker,
         Arc::clone(&state),
@@ -86,9 +83,19 @@ pub(crate) async fn serve(
         peer,
         Arc::clone(&spec),
     ));
-    let svc = service_fn(move |req| proxy::handle(Rc::clone(&ctx), req));
-    let result = if detected.http2 {
-        drive(http.h2.serve_connection(io, svc), &state, http, &drain).await
+    // hyper keeps one slot per connection for the request future, sized for it, for the life of
+    // the connection; boxing the future per request keeps idle connections small.
+    let svc = service_fn(move |req| Box::pin(proxy::handle(Rc::clone(&ctx), req)));
+    let result = if http2 {
+        // Boxed so that HTTP/1.1 connections (most of them) do not carry the larger HTTP/2
+        // state in their task.
+        Box::pin(drive(
+            http.h2.serve_connection(io, svc),
+            &state,
+            http,
+            &drain,
+        ))
+        .await
     } else {
         drive(
             http.h1.serve_connection(io, svc).with_upgrades(),
