@@ -3,7 +3,7 @@
 
 mod pool;
 
-pub(crate) use pool::{Lease, Pools, UpstreamProtocol};
+pub(crate) use pool::{EndpointPool, Lease, Pools, UpstreamProtocol};
 
 use crate::lb::{self, LoadBalancer};
 use crate::metrics::{ClusterMetrics, Metrics};

@@ -26,22 +26,34 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 /// only as `te: trailers` (the one value HTTP/2 allows, needed by gRPC). With `keep_upgrade`
 /// (a WebSocket handshake) `Connection: upgrade` and `Upgrade` are kept.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages have none of these: one pass over the names is cheaper than a lookup per
-    // hop-by-hop name.
-    if !headers
-        .keys()
-        .any(|n| n == header::TE || HOP_BY_HOP.contains(n))
-    {
+    // One pass over the names finds which hop-by-hop headers are present (usually none, or
+    // `Connection: keep-alive`); only those are looked up and removed.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == header::TE {
+            present |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    if present == 0 {
         return;
     }
-    // Parse `Connection` only when present.
     if let Some(conn) = headers.get(header::CONNECTION) {
+        // Tokens naming other headers; the common `keep-alive`/`close`/`upgrade` name none
+        // that is not already handled, so they cost no allocation.
         let named: Vec<HeaderName> = conn
             .to_str()
             .unwrap_or_default()
             .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case("keep-alive")
+                    && !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("upgrade")
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for n in named {
             headers.remove(n);
@@ -52,10 +64,13 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         None
     };
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
-    if let Some(te) = headers.remove(header::TE)
+    if present & (1 << HOP_BY_HOP.len()) != 0
+        && let Some(te) = headers.remove(header::TE)
         && has_token(&te, "trailers")
     {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -90,20 +105,23 @@ pub(crate) fn has_token(v: &HeaderValue, token: &str) -> bool {
 /// Appends the client address to `x-forwarded-for` (one header, comma-separated) and sets
 /// `x-forwarded-proto` to the scheme the client used (a client-sent value is not trusted).
 pub(crate) fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'static str) {
-    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    let value = if existing.peek().is_none() {
-        client_ip.clone()
-    } else {
-        let mut v = Vec::with_capacity(64);
-        for prev in existing {
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
+    match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Vacant(v) => {
+            v.insert(client_ip.clone());
         }
-        v.extend_from_slice(client_ip.as_bytes());
-        // Made only of valid header bytes.
-        HeaderValue::from_maybe_shared(Bytes::from(v)).unwrap_or_else(|_| client_ip.clone())
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), value);
+        header::Entry::Occupied(mut o) => {
+            let mut v = Vec::with_capacity(64);
+            for prev in o.iter() {
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+            }
+            v.extend_from_slice(client_ip.as_bytes());
+            // Made only of valid header bytes; replaces every previous value.
+            if let Ok(joined) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
+                o.insert(joined);
+            }
+        }
+    }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
 }
 
@@ -116,21 +134,29 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) {
 
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    // Version 4 (random) and the RFC 4122 variant bits.
-    let n = (fastrand::u128(..) & !(0xf000 << 64) & !(0xc << 60)) | (0x4000 << 64) | (0x8 << 60);
-    let mut out = Vec::with_capacity(36);
-    for (i, shift) in (0..32u32).rev().map(|k| k * 4).enumerate() {
-        if matches!(i, 8 | 12 | 16 | 20) {
-            out.push(b'-');
-        }
-        out.push(
-            HEX.get(((n >> shift) & 0xf) as usize)
-                .copied()
-                .unwrap_or(b'0'),
-        );
+    let mut b = fastrand::u128(..).to_be_bytes();
+    if let Some(x) = b.get_mut(6) {
+        *x = (*x & 0x0f) | 0x40; // version 4
     }
-    // Hex digits and dashes are valid header bytes; one allocation, no copy.
-    HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or(HeaderValue::from_static("0"))
+    if let Some(x) = b.get_mut(8) {
+        *x = (*x & 0x3f) | 0x80; // RFC 4122 variant
+    }
+    let mut out = [0u8; 36];
+    let mut slots = out.iter_mut();
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10)
+            && let Some(s) = slots.next()
+        {
+            *s = b'-';
+        }
+        for nibble in [byte >> 4, byte & 0xf] {
+            if let (Some(s), Some(h)) = (slots.next(), HEX.get(usize::from(nibble))) {
+                *s = *h;
+            }
+        }
+    }
+    // Hex digits and dashes are valid header bytes.
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

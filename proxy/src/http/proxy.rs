@@ -1,7 +1,7 @@
 //! The request path of an HTTP listener: check the request, route it, and either answer
 //! (direct response, redirect, error) or forward it upstream and stream the response back.
 
-use crate::cluster::{Lease, UpstreamProtocol};
+use crate::cluster::{EndpointPool, Lease, UpstreamProtocol};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
@@ -80,6 +80,11 @@ impl HttpConn {
 }
 
 /// hyper's service entry point for one request.
+///
+/// Everything up to the upstream call is synchronous ([`plan`]) and everything after it too
+/// ([`finish`]); only the upstream call is awaited here. Nesting async functions would copy the
+/// request into each one's state (rustc does not overlap them), and this future is moved into a
+/// box for every request.
 pub(crate) async fn handle(
     conn: Rc<HttpConn>,
     req: Request<Incoming>,
@@ -88,7 +93,34 @@ pub(crate) async fn handle(
     let spec = conn.spec();
     let http1 = req.version() != Version::HTTP_2;
     let result = match &spec.kind {
-        ListenerKind::Http(http) => route(&conn, http, req, smuggled).await,
+        ListenerKind::Http(http) => match plan(&conn, http, req, smuggled) {
+            Ok(Planned::Answer(resp)) => Ok(resp),
+            Ok(Planned::Forward(p)) => {
+                if let Some(down) = p.upgrade {
+                    // Rare: a dedicated connection, boxed to keep this future small.
+                    Box::pin(upgrade::forward(
+                        p.pool,
+                        p.request,
+                        down,
+                        &conn.drain,
+                        p.timeout,
+                        p.meta,
+                    ))
+                    .await
+                } else {
+                    let send = p.pool.send(p.request, p.proto);
+                    match MaybeTimeout::new(send, p.timeout).await {
+                        Some(Ok((resp, lease))) => Ok(finish(&p.meta, resp, lease)),
+                        Some(Err(e)) => Err(e),
+                        None => {
+                            p.meta.cluster.metrics.error("timeout");
+                            Err(ProxyError::UpstreamTimeout(p.timeout.unwrap_or_default()))
+                        }
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        },
         // Unreachable: `spec()` only ever holds HTTP listeners here.
         ListenerKind::Tcp(_) => Err(ProxyError::NoEndpoint(spec.name.clone())),
     };
@@ -118,12 +150,41 @@ fn reject_reason(e: &ProxyError) -> &'static str {
     }
 }
 
-async fn route(
+/// What to do with a request.
+enum Planned<'a> {
+    /// Answer now (direct response, redirect).
+    Answer(Response<ResponseBody>),
+    /// Send upstream.
+    Forward(Plan<'a>),
+}
+
+/// A request ready to go upstream, and what its response needs.
+pub(crate) struct Plan<'a> {
+    pub(crate) request: Request<Incoming>,
+    pub(crate) pool: Rc<EndpointPool>,
+    proto: UpstreamProtocol,
+    pub(crate) timeout: Option<std::time::Duration>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    pub(crate) meta: ResponseMeta<'a>,
+}
+
+/// What the response path needs from the request.
+pub(crate) struct ResponseMeta<'a> {
+    pub(crate) vh: &'a VirtualHost,
+    pub(crate) route: &'a Route,
+    pub(crate) cluster: &'a Arc<crate::cluster::Cluster>,
+    downstream_version: Version,
+    head: bool,
+    wants_trailers: bool,
+}
+
+/// Checks and routes the request; builds the upstream request when the route forwards.
+fn plan<'a>(
     conn: &HttpConn,
-    http: &HttpSpec,
+    http: &'a HttpSpec,
     req: Request<Incoming>,
     smuggled: bool,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<Planned<'a>, ProxyError> {
     if smuggled {
         return Err(ProxyError::ContentLengthWithTransferEncoding);
     }
@@ -155,11 +216,12 @@ async fn route(
         }
         Action::Forward(f) => {
             let authority = authority.clone();
-            return forward(conn, http, parts, body, authority, vh, route, f).await;
+            return plan_forward(conn, http, parts, body, authority, vh, route, f)
+                .map(Planned::Forward);
         }
     };
     apply_response_ops(vh, route, resp.headers_mut());
-    Ok(resp)
+    Ok(Planned::Answer(resp))
 }
 
 /// The request's authority: `:authority` (HTTP/2) or the absolute-form target, else the single
@@ -177,7 +239,7 @@ fn request_authority(parts: &Parts) -> Result<HeaderValue, ProxyError> {
     }
 }
 
-fn apply_response_ops(vh: &VirtualHost, route: &Route, headers: &mut http::HeaderMap) {
+pub(crate) fn apply_response_ops(vh: &VirtualHost, route: &Route, headers: &mut http::HeaderMap) {
     if !vh.response_headers.is_empty() {
         vh.response_headers.apply(headers);
     }
@@ -186,17 +248,18 @@ fn apply_response_ops(vh: &VirtualHost, route: &Route, headers: &mut http::Heade
     }
 }
 
+/// Picks the cluster and endpoint and rewrites the request for the upstream.
 #[allow(clippy::too_many_arguments)]
-async fn forward(
+fn plan_forward<'a>(
     conn: &HttpConn,
     http: &HttpSpec,
     mut parts: Parts,
     body: Incoming,
     authority: HeaderValue,
-    vh: &VirtualHost,
-    route: &Route,
-    f: &Forward,
-) -> Result<Response<ResponseBody>, ProxyError> {
+    vh: &'a VirtualHost,
+    route: &'a Route,
+    f: &'a Forward,
+) -> Result<Plan<'a>, ProxyError> {
     let cluster = f
         .backends
         .pick(fastrand::u64(..))
@@ -205,7 +268,6 @@ async fn forward(
         .pick()
         .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.clone()))?;
     let downstream_version = parts.version;
-    let head = parts.method == Method::HEAD;
     let proto = match cluster.config.protocol {
         ConfiguredProtocol::Http1 => UpstreamProtocol::Http1,
         ConfiguredProtocol::Http2 => UpstreamProtocol::Http2,
@@ -219,7 +281,7 @@ async fn forward(
         .headers
         .get(TE)
         .is_some_and(|v| headers::has_token(v, "trailers"));
-    let downstream_upgrade = if websocket {
+    let upgrade = if websocket {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
         None
@@ -239,12 +301,13 @@ async fn forward(
     }
     let authority = f.host_rewrite.clone().unwrap_or(authority);
     let path_and_query = upstream_path(&parts.uri, f, route);
-    let upstream_proto = if websocket {
+    // Upgrades always use an HTTP/1.1 connection of their own.
+    let wire = if upgrade.is_some() {
         UpstreamProtocol::Http1
     } else {
         proto
     };
-    match upstream_proto {
+    match wire {
         UpstreamProtocol::Http1 => {
             parts.uri = Uri::from(path_and_query);
             parts.headers.insert(HOST, authority);
@@ -262,27 +325,39 @@ async fn forward(
             parts.version = Version::HTTP_2;
         }
     }
+    let head = parts.method == Method::HEAD;
+    Ok(Plan {
+        request: Request::from_parts(parts, body),
+        pool: conn.worker.pools.endpoint(cluster, index, addr),
+        proto,
+        timeout: f.timeout,
+        upgrade,
+        meta: ResponseMeta {
+            vh,
+            route,
+            cluster,
+            downstream_version,
+            head,
+            wants_trailers,
+        },
+    })
+}
 
-    let pool = conn.worker.pools.endpoint(cluster, index, addr);
-    let req = Request::from_parts(parts, body);
-    let (resp, lease) = if let Some(down) = downstream_upgrade {
-        let resp = with_timeout(f.timeout, cluster, Box::pin(pool.send_upgrade(req))).await?;
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(upgrade::switch(resp, down, &conn.drain, vh, route));
-        }
-        (resp, Lease::None)
-    } else {
-        with_timeout(f.timeout, cluster, pool.send(req, proto)).await?
-    };
-
+/// Turns the upstream's response into the downstream response.
+pub(crate) fn finish(
+    meta: &ResponseMeta<'_>,
+    resp: Response<Incoming>,
+    lease: Lease,
+) -> Response<ResponseBody> {
     let (mut rparts, rbody) = resp.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers, false);
-    apply_response_ops(vh, route, &mut rparts.headers);
-    if downstream_version != Version::HTTP_2 {
+    apply_response_ops(meta.vh, meta.route, &mut rparts.headers);
+    if meta.downstream_version != Version::HTTP_2 {
         rparts.version = Version::HTTP_11;
         // HTTP/1.1 can carry trailers only when announced (hyper sends those named in
         // `Trailer`); gRPC servers over HTTP/2 do not announce theirs.
-        if wants_trailers && !rparts.headers.contains_key(TRAILER) && is_grpc(&rparts.headers) {
+        if meta.wants_trailers && !rparts.headers.contains_key(TRAILER) && is_grpc(&rparts.headers)
+        {
             rparts.headers.insert(
                 TRAILER,
                 HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
@@ -291,7 +366,7 @@ async fn forward(
     } else {
         rparts.version = Version::HTTP_2;
     }
-    let bodyless = head
+    let bodyless = meta.head
         || rparts.status == StatusCode::NO_CONTENT
         || rparts.status == StatusCode::NOT_MODIFIED;
     if rparts.status == StatusCode::NO_CONTENT {
@@ -309,7 +384,45 @@ async fn forward(
     } else {
         ResponseBody::upstream(rbody, lease)
     };
-    Ok(Response::from_parts(rparts, body))
+    Response::from_parts(rparts, body)
+}
+
+pin_project_lite::pin_project! {
+    /// A future with an optional deadline, built in place (no extra async frame, one copy).
+    /// Resolves to `None` when the deadline passes first.
+    struct MaybeTimeout<F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<F> MaybeTimeout<F> {
+    fn new(fut: F, timeout: Option<std::time::Duration>) -> Self {
+        MaybeTimeout {
+            fut,
+            sleep: timeout.map(tokio::time::sleep),
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for MaybeTimeout<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(v) = this.fut.poll(cx) {
+            return std::task::Poll::Ready(Some(v));
+        }
+        match this.sleep.as_pin_mut() {
+            Some(s) => s.poll(cx).map(|()| None),
+            None => std::task::Poll::Pending,
+        }
+    }
 }
 
 fn is_grpc(h: &http::HeaderMap) -> bool {
@@ -335,21 +448,4 @@ fn upstream_path(uri: &Uri, f: &Forward, route: &Route) -> PathAndQuery {
     // The rewrite is built from a valid path and validated config; fall back to the original
     // target rather than fail the request if a substitution produced something unusable.
     PathAndQuery::from_maybe_shared(Bytes::from(p)).unwrap_or_else(|_| original())
-}
-
-async fn with_timeout<T>(
-    timeout: Option<std::time::Duration>,
-    cluster: &crate::cluster::Cluster,
-    fut: impl std::future::Future<Output = Result<T, ProxyError>>,
-) -> Result<T, ProxyError> {
-    match timeout {
-        None => fut.await,
-        Some(d) => match tokio::time::timeout(d, fut).await {
-            Ok(r) => r,
-            Err(_) => {
-                cluster.metrics.error("timeout");
-                Err(ProxyError::UpstreamTimeout(d))
-            }
-        },
-    }
 }

@@ -2,18 +2,50 @@
 //! once the upstream answers `101 Switching Protocols` is the client switched, and then bytes
 //! flow both ways until either side closes.
 
+use crate::cluster::{EndpointPool, Lease};
 use crate::drain::Drain;
+use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
 use crate::http::headers;
+use crate::http::proxy::{ResponseMeta, finish};
 use crate::route::{Route, VirtualHost};
 use crate::tunnel::{self, Ended};
-use http::Response;
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Sends an upgrade request on a dedicated connection; switches on 101, otherwise returns the
+/// upstream's answer as a normal response.
+pub(crate) async fn forward(
+    pool: Rc<EndpointPool>,
+    req: Request<Incoming>,
+    downstream: OnUpgrade,
+    drain: &Drain,
+    timeout: Option<Duration>,
+    meta: ResponseMeta<'_>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let resp = match timeout {
+        None => pool.send_upgrade(req).await?,
+        Some(d) => match tokio::time::timeout(d, pool.send_upgrade(req)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                meta.cluster.metrics.error("timeout");
+                return Err(ProxyError::UpstreamTimeout(d));
+            }
+        },
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        Ok(switch(resp, downstream, drain, meta.vh, meta.route))
+    } else {
+        Ok(finish(&meta, resp, Lease::None))
+    }
+}
 
 /// Passes the upstream's 101 to the client and starts the tunnel in the background.
-pub(crate) fn switch(
+fn switch(
     mut upstream: Response<Incoming>,
     downstream: OnUpgrade,
     drain: &Drain,
