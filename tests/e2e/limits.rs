@@ -96,12 +96,7 @@ fn oversized_headers_over_http2_are_refused() {
     let p = setup("");
     let addr = p.addr("main");
     rt().block_on(async {
-        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = h2_connect(addr).await;
         let req = http::Request::get(format!("http://{addr}/"))
             .header("x-big", "a".repeat(10 * 1024))
             .body(http_body_util::Empty::<bytes::Bytes>::new())

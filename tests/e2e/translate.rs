@@ -100,12 +100,7 @@ fn h2_downstream_to_h1_upstream_streams_10mib_with_trailers() {
     let data = random_body();
     let sum = sha256_hex(&data);
     rt().block_on(async move {
-        let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = h2_connect(addr).await;
         let req = Request::post(format!("http://{addr}/echo"))
             .header("trailer", "x-checksum")
             .header("te", "trailers")
@@ -129,12 +124,7 @@ fn h2_to_h2_upload_is_hashed_by_upstream() {
     let data = random_body();
     let sum = sha256_hex(&data);
     rt().block_on(async move {
-        let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = h2_connect(addr).await;
         let req = Request::post(format!("http://{addr}/auto/upload"))
             .body(body_with_trailers(data, &sum))
             .unwrap();
@@ -236,12 +226,7 @@ fn head_204_304_have_no_body() {
         ] {
             let url = p.url("main", &format!("{prefix}{path}"));
             rt().block_on(async {
-                let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-                let (mut sender, conn) =
-                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                        .await
-                        .unwrap();
-                tokio::spawn(conn);
+                let mut sender = h2_connect(addr).await;
                 let req = Request::builder()
                     .method(method)
                     .uri(&url)

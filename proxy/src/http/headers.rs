@@ -18,6 +18,23 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("http2-settings"),
 ];
 
+/// The bit of a hop-by-hop name: its index in [`HOP_BY_HOP`], or the one after for `te`.
+/// A string match compiles to a length switch and one comparison, cheaper than comparing the
+/// name with each entry.
+fn hop_bit(name: &HeaderName) -> u16 {
+    match name.as_str() {
+        "connection" => 1,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "transfer-encoding" => 1 << 3,
+        "upgrade" => 1 << 4,
+        "proxy-authenticate" => 1 << 5,
+        "http2-settings" => 1 << 6,
+        "te" => 1 << 7,
+        _ => 0,
+    }
+}
+
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -28,18 +45,16 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names finds which hop-by-hop headers are present (usually none, or
     // `Connection: keep-alive`); only those are looked up and removed.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        } else if name == header::TE {
-            present |= 1 << HOP_BY_HOP.len();
-        }
-    }
+    let present = headers.keys().fold(0u16, |bits, name| bits | hop_bit(name));
     if present == 0 {
         return;
     }
-    if let Some(conn) = headers.get(header::CONNECTION) {
+    // `Connection: keep-alive` / `close` (what most upstreams send) names no other header.
+    let plain = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        b.eq_ignore_ascii_case(b"keep-alive") || b.eq_ignore_ascii_case(b"close")
+    };
+    if let Some(conn) = headers.get(header::CONNECTION).filter(|v| !plain(v)) {
         // Tokens naming other headers; the common `keep-alive`/`close`/`upgrade` name none
         // that is not already handled, so they cost no allocation.
         let named: Vec<HeaderName> = conn
@@ -190,6 +205,15 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn hop_bits_match_the_list() {
+        for (i, h) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_bit(h), 1 << i, "{h}");
+        }
+        assert_eq!(hop_bit(&header::TE), 1 << HOP_BY_HOP.len());
+        assert_eq!(hop_bit(&header::HOST), 0);
     }
 
     #[test]

@@ -289,6 +289,9 @@ fn plan_forward<'a>(
     parts.extensions.clear();
 
     headers::strip_hop_by_hop(&mut parts.headers, websocket);
+    // Room for x-forwarded-for/-proto, x-request-id and Host in one growth of hyper's
+    // exactly-sized map instead of several.
+    parts.headers.reserve(4);
     if !vh.request_headers.is_empty() {
         vh.request_headers.apply(&mut parts.headers);
     }

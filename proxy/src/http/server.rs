@@ -9,11 +9,13 @@ use crate::state::{HttpSpec, ListenerSpec};
 use crate::worker::Worker;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use tokio::net::TcpStream;
 
 /// A hyper connection that can be asked to finish gracefully.
@@ -122,29 +124,110 @@ enum Outcome {
     Forced,
 }
 
-async fn drive<C: Graceful>(conn: C, state: &ConnState, http: &HttpSpec, drain: &Drain) -> Outcome {
-    let settings = &http.settings;
-    tokio::pin!(conn);
-    let mut watch = drain.watch();
-    let timer = conn::expired(
-        state,
-        settings.request_header_timeout.get(),
-        settings.idle_timeout.get(),
-    );
-    tokio::pin!(timer);
-    tokio::select! {
-        r = conn.as_mut() => return Outcome::Done(r),
-        _ = watch.draining() => {}
-        e = timer.as_mut() => match e {
-            Expired::Header => return Outcome::HeaderTimeout,
-            Expired::Idle => {}
-        },
+// What the connection's watcher task asks of the connection (0: keep running).
+const GRACEFUL: u8 = 1;
+const HEADER_TIMEOUT: u8 = 2;
+const FORCED: u8 = 3;
+
+/// Set by the watcher task, read by the connection on every poll (a `Cell` read): the timers
+/// and the drain signal stay off the connection's hot path instead of being polled on each of
+/// its wake-ups, as `select!` would.
+#[derive(Debug, Default)]
+struct Signal {
+    state: Cell<u8>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    fn raise(&self, to: u8) {
+        if to > self.state.get() {
+            self.state.set(to);
+            if let Some(w) = self.waker.borrow().as_ref() {
+                w.wake_by_ref();
+            }
+        }
     }
-    // Drain or idle: HTTP/2 sends GOAWAY, HTTP/1.1 closes after the response in flight.
-    conn.as_mut().graceful();
-    tokio::select! {
-        r = conn.as_mut() => Outcome::Done(r),
-        _ = watch.forced() => Outcome::Forced,
+}
+
+/// Aborts the watcher when the connection ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches the header and idle timeouts and the listener's drain for one connection.
+fn spawn_watcher(
+    signal: &Rc<Signal>,
+    state: &Arc<ConnState>,
+    http: &HttpSpec,
+    drain: &Drain,
+) -> AbortOnDrop {
+    let (signal, state) = (Rc::clone(signal), Arc::clone(state));
+    let header = http.settings.request_header_timeout.get();
+    let idle = http.settings.idle_timeout.get();
+    let mut watch = drain.watch();
+    AbortOnDrop(tokio::task::spawn_local(async move {
+        tokio::select! {
+            e = conn::expired(&state, header, idle) => signal.raise(match e {
+                Expired::Header => HEADER_TIMEOUT,
+                Expired::Idle => GRACEFUL,
+            }),
+            _ = watch.draining() => signal.raise(GRACEFUL),
+        }
+        watch.forced().await;
+        signal.raise(FORCED);
+    }))
+}
+
+async fn drive<C: Graceful>(
+    conn: C,
+    state: &Arc<ConnState>,
+    http: &HttpSpec,
+    drain: &Drain,
+) -> Outcome {
+    let signal = Rc::new(Signal::default());
+    let _watcher = spawn_watcher(&signal, state, http, drain);
+    tokio::pin!(conn);
+    Drive {
+        conn: conn.as_mut(),
+        signal: &signal,
+        graceful: false,
+    }
+    .await
+}
+
+/// Polls the hyper connection, acting on the watcher's signal first. On a drain or idle
+/// timeout: HTTP/2 sends GOAWAY, HTTP/1.1 closes after the response in flight.
+struct Drive<'a, C> {
+    conn: Pin<&'a mut C>,
+    signal: &'a Signal,
+    graceful: bool,
+}
+
+impl<C: Graceful> Future for Drive<'_, C> {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = &mut *self;
+        {
+            let mut stored = this.signal.waker.borrow_mut();
+            if !stored.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *stored = Some(cx.waker().clone());
+            }
+        }
+        match this.signal.state.get() {
+            FORCED => return Poll::Ready(Outcome::Forced),
+            HEADER_TIMEOUT => return Poll::Ready(Outcome::HeaderTimeout),
+            GRACEFUL if !this.graceful => {
+                this.graceful = true;
+                this.conn.as_mut().graceful();
+            }
+            _ => {}
+        }
+        this.conn.as_mut().poll(cx).map(Outcome::Done)
     }
 }
 
