@@ -9,7 +9,6 @@ need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
-command -v sha256sum >/dev/null 2>&1 || need+=(coreutils)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

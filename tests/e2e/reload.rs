@@ -207,7 +207,7 @@ fn pools_of_unchanged_clusters_survive_reloads() {
     let bin = Binary::start(&config(1, "a", a, b, ""), &[]);
     // One client connection, so every request goes through the same worker and its pool.
     let mut c = KeepAlive::new(bin.addr("main"));
-    let mut version_seen = |c: &mut KeepAlive, v: &str| {
+    let version_seen = |c: &mut KeepAlive, v: &str| {
         eventually(&format!("version {v}"), || {
             (c.get("/").ok()?.header("x-config-version") == Some(v)).then_some(())
         })

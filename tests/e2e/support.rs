@@ -200,8 +200,9 @@ impl Binary {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
+        // The shell's built-in `kill`: no dependency on procps.
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -{sig} {}", self.child.id())])
             .status()
             .unwrap();
         assert!(status.success());
