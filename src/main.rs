@@ -2,6 +2,9 @@
 
 mod demo;
 
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_proxy::{Exit, Options, Proxy, Source};

@@ -139,11 +139,18 @@ impl Snapshot {
     }
 }
 
+/// hyper's own HTTP/1.1 header-count limit.
+const HYPER_DEFAULT_MAX_HEADERS: u32 = 100;
+
 fn http_spec(routes: Arc<RouteTable>, s: &config::HttpListener) -> HttpSpec {
     let mut h1 = http1::Builder::new();
+    // hyper parses up to 100 headers in a stack array; an explicit limit (even 100) makes it
+    // allocate and fill a vector per request, so it is only set when it differs.
+    if s.max_request_headers != HYPER_DEFAULT_MAX_HEADERS {
+        h1.max_headers(s.max_request_headers as usize);
+    }
     h1.keep_alive(true)
         .half_close(false)
-        .max_headers(s.max_request_headers as usize)
         // Validation bounds it to 1MiB; the same limit caps chunked trailers.
         .max_header_size(s.max_request_header_bytes.bytes() as usize)
         .max_buf_size((s.max_request_header_bytes.bytes() as usize).max(8192) + 8192)

@@ -133,7 +133,7 @@ impl Drop for Lease {
             let n = active.get().saturating_sub(1);
             active.set(n);
             if n == 0 {
-                idle_since.set(Instant::now());
+                idle_since.set(crate::rt::coarse_now());
             }
         }
         // An unreleased HTTP/1.1 sender is dropped here, which closes its connection: its
@@ -180,7 +180,7 @@ impl EndpointPool {
         if idle.len() < self.max_idle && !sender.is_closed() {
             idle.push(IdleH1 {
                 sender,
-                since: Instant::now(),
+                since: crate::rt::coarse_now(),
             });
         }
     }
@@ -188,7 +188,9 @@ impl EndpointPool {
     fn take_h1(&self) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut idle = self.idle_h1.borrow_mut();
         while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
+            if !c.sender.is_closed()
+                && crate::rt::coarse_now().duration_since(c.since) < self.idle_timeout
+            {
                 return Some(c.sender);
             }
         }
@@ -260,8 +262,9 @@ impl EndpointPool {
         upgrades: bool,
     ) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
         let io = TokioIo::new(self.connect_tcp().await?);
+        // hyper's default limit of 100 response headers: setting any limit explicitly would
+        // make it allocate a header vector per response.
         let (sender, conn) = http1::Builder::new()
-            .max_headers(200)
             .handshake(io)
             .await
             .map_err(|source| ProxyError::Handshake {

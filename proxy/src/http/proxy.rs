@@ -397,7 +397,7 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
         #[pin]
-        sleep: Option<tokio::time::Sleep>,
+        sleep: Option<crate::rt::Deadline>,
     }
 }
 
@@ -405,7 +405,7 @@ impl<F> MaybeTimeout<F> {
     fn new(fut: F, timeout: Option<std::time::Duration>) -> Self {
         MaybeTimeout {
             fut,
-            sleep: timeout.map(tokio::time::sleep),
+            sleep: timeout.map(crate::rt::Deadline::after),
         }
     }
 }

@@ -62,6 +62,12 @@ impl HeadScan {
                 self.line_len = 0;
                 return bytes.get(i + 1..).unwrap_or_default();
             }
+            // Only lines starting with `c` or `t` can be either header (or a CR ending the
+            // head); skip the rest of any other line at memchr speed.
+            if self.line_len == 0 && !matches!(b, b'c' | b'C' | b't' | b'T' | b'\r') {
+                self.collecting = false;
+                return bytes.get(i + 1..).unwrap_or_default();
+            }
             if let Some(slot) = self.line.get_mut(self.line_len) {
                 *slot = b.to_ascii_lowercase();
                 self.line_len += 1;
