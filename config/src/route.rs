@@ -65,7 +65,8 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
     /// Time allowed from forwarding the request until the upstream's response headers arrive;
-    /// on expiry the client gets 504. `0s` disables. Default `15s` (Envoy's default).
+    /// on expiry (checked every 20ms) the client gets 504. `0s` disables. Default `15s`
+    /// (Envoy's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Header changes on requests taking this route (applied after the virtual host's).
