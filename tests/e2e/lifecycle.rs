@@ -88,6 +88,15 @@ fn drain_timeout_bounds_shutdown() {
     assert!(req.join().unwrap().is_err());
 }
 
+/// Runs `sluice proxy -c cfg` to completion (for configs that make it exit at once).
+fn run_proxy(cfg: &std::path::Path) -> std::process::Output {
+    Command::new(sluice_bin())
+        .args(["proxy", "-c"])
+        .arg(cfg)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn bind_error_is_clear() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -100,11 +109,7 @@ fn bind_error_is_clear() {
             "admin: {{ address: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: l, address: 127.0.0.1:{port}, tcp: {{ cluster: c }} }}\nclusters:\n  - {{ name: c, endpoints: [127.0.0.1:9] }}\n"
         ),
     );
-    let out = Command::new(sluice_bin())
-        .args(["proxy", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_proxy(&cfg);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -121,11 +126,7 @@ fn invalid_config_at_start_names_file_line_and_field() {
         "bad.yaml",
         "listeners:\n  - name: l\n    address: nowhere\n",
     );
-    let out = Command::new(sluice_bin())
-        .args(["proxy", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_proxy(&cfg);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -66,6 +66,21 @@ async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<
     sender
 }
 
+/// The echo's `/echo` answer: the 10 MiB body back, with the request's checksum trailer.
+async fn assert_echoed_with_trailers(
+    resp: http::Response<hyper::body::Incoming>,
+    upstream: &str,
+    sum: &str,
+) {
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-upstream"], upstream);
+    let (body, trailers) = collect(resp.into_body()).await;
+    assert_eq!(body.len(), TEN_MIB);
+    assert_eq!(sha256_hex(&body), sum);
+    let trailers = trailers.expect("trailers forwarded across the protocol change");
+    assert_eq!(trailers["x-checksum"], sum);
+}
+
 #[test]
 fn h1_downstream_to_h2_upstream_streams_10mib_with_trailers() {
     let p = setup();
@@ -82,14 +97,8 @@ fn h1_downstream_to_h2_upstream_streams_10mib_with_trailers() {
             .body(body_with_trailers(data, &sum))
             .unwrap();
         let resp = sender.send_request(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["x-upstream"], "h2");
         assert_eq!(resp.version(), http::Version::HTTP_11);
-        let (body, trailers) = collect(resp.into_body()).await;
-        assert_eq!(body.len(), TEN_MIB);
-        assert_eq!(sha256_hex(&body), sum);
-        let trailers = trailers.expect("HTTP/2 trailers forwarded as HTTP/1.1 chunked trailers");
-        assert_eq!(trailers["x-checksum"], sum.as_str());
+        assert_echoed_with_trailers(resp, "h2", &sum).await;
     });
 }
 
@@ -107,13 +116,7 @@ fn h2_downstream_to_h1_upstream_streams_10mib_with_trailers() {
             .body(body_with_trailers(data, &sum))
             .unwrap();
         let resp = sender.send_request(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["x-upstream"], "h1");
-        let (body, trailers) = collect(resp.into_body()).await;
-        assert_eq!(body.len(), TEN_MIB);
-        assert_eq!(sha256_hex(&body), sum);
-        let trailers = trailers.expect("HTTP/1.1 chunked trailers forwarded as HTTP/2 trailers");
-        assert_eq!(trailers["x-checksum"], sum.as_str());
+        assert_echoed_with_trailers(resp, "h1", &sum).await;
     });
 }
 
