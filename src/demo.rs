@@ -43,7 +43,7 @@ pub(crate) fn print_usage(proxy: &Proxy) {
     let admin = proxy.admin_addr();
     println!(
         "\nSluice demo is running. Try:\n\
-         \n  curl -s http://{web}/hello                          # round robin over web-0 / web-1 (see x-upstream)\
+         \n  curl -si http://{web}/hello                         # 90% web (round robin web-0/web-1), 10% web-canary: see x-upstream\
          \n  curl -si http://{web}/api/users?id=7                # /api/ → api cluster over HTTP/2 (prefix rewritten to /v1/)\
          \n  curl -s --http2-prior-knowledge http://{web}/hello  # HTTP/2 downstream → HTTP/1.1 upstream\
          \n  curl -si -H 'x-canary: 1' http://{web}/hello        # header match → canary cluster\
