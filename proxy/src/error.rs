@@ -102,6 +102,20 @@ impl ProxyError {
         )
     }
 
+    /// The `reason` label of `sluice_downstream_rejected_total` for a request refused as a
+    /// protocol violation; `None` for every other failure.
+    pub fn rejection(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::MissingHost => Some("missing_host"),
+            ProxyError::MultipleHost => Some("multiple_host"),
+            ProxyError::ContentLengthWithTransferEncoding => {
+                Some("content_length_with_transfer_encoding")
+            }
+            ProxyError::ConnectNotSupported => Some("connect"),
+            _ => None,
+        }
+    }
+
     /// A short code for logs and metrics, after Envoy's response flags.
     pub fn flag(&self) -> &'static str {
         match self {

@@ -42,8 +42,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every family under the `sluice_` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("sluice");
-        let m = Metrics {
+        let mut m = Metrics {
             downstream_connections: Family::default(),
             downstream_connections_active: Family::default(),
             downstream_requests: Family::default(),
@@ -54,10 +53,10 @@ impl Metrics {
             upstream_connect_failures: Family::default(),
             upstream_errors: Family::default(),
             config_reloads: Family::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("sluice"),
         };
         // prometheus-client appends `_total` to counters.
-        let r = &mut registry;
+        let r = &mut m.registry;
         r.register(
             "downstream_connections",
             "Connections accepted, by listener",
@@ -108,12 +107,12 @@ impl Metrics {
             "Config reload attempts, by result",
             m.config_reloads.clone(),
         );
-        registry.register(
+        r.register(
             "build",
             "Sluice build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// Prometheus text exposition format 0.0.4.

@@ -172,8 +172,8 @@ fn full(b: Bytes) -> Response<Body> {
     Response::new(Full::new(b).map_err(|never| match never {}).boxed_unsync())
 }
 
-fn bad(msg: &'static str) -> Response<Body> {
-    let mut r = full(Bytes::from_static(msg.as_bytes()));
+fn bad(msg: impl Into<Bytes>) -> Response<Body> {
+    let mut r = full(msg.into());
     *r.status_mut() = StatusCode::BAD_REQUEST;
     r
 }
@@ -247,7 +247,7 @@ async fn reflect(req: Request<Incoming>) -> Response<Body> {
                 }
                 Err(f) => trailers = f.into_trailers().ok(),
             },
-            Err(e) => return bad_owned(format!("body error: {e}")),
+            Err(e) => return bad(format!("body error: {e}")),
         }
     }
     let json = serde_json::json!({
@@ -264,12 +264,6 @@ async fn reflect(req: Request<Incoming>) -> Response<Body> {
     let mut r = full(Bytes::from(serde_json::to_vec(&json).unwrap_or_default()));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-fn bad_owned(msg: String) -> Response<Body> {
-    let mut r = full(Bytes::from(msg));
-    *r.status_mut() = StatusCode::BAD_REQUEST;
     r
 }
 

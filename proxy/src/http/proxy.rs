@@ -109,14 +109,9 @@ pub(crate) async fn handle(
                     .await
                 } else {
                     let send = p.pool.send(p.request, p.proto);
-                    match MaybeTimeout::new(send, p.timeout).await {
-                        Some(Ok((resp, lease))) => Ok(finish(&p.meta, resp, lease)),
-                        Some(Err(e)) => Err(e),
-                        None => {
-                            p.meta.cluster.metrics.error("timeout");
-                            Err(ProxyError::UpstreamTimeout(p.timeout.unwrap_or_default()))
-                        }
-                    }
+                    RouteTimeout::new(send, p.timeout, p.meta.cluster)
+                        .await
+                        .map(|(resp, lease)| finish(&p.meta, resp, lease))
                 }
             }
             Err(e) => Err(e),
@@ -126,8 +121,8 @@ pub(crate) async fn handle(
     };
     let mut resp = result.unwrap_or_else(|e| {
         tracing::debug!(listener = %spec.name, error = %e, flag = e.flag(), side = ?e.side(), "request failed");
-        if e.side() == crate::error::Side::Downstream && e.flag() == "DPE" {
-            spec.metrics.rejected(reject_reason(&e));
+        if let Some(reason) = e.rejection() {
+            spec.metrics.rejected(reason);
         }
         respond::error(&e)
     });
@@ -138,16 +133,6 @@ pub(crate) async fn handle(
     spec.metrics.response(resp.status().as_u16());
     resp.body_mut().set_inflight(inflight);
     Ok(resp)
-}
-
-fn reject_reason(e: &ProxyError) -> &'static str {
-    match e {
-        ProxyError::MissingHost => "missing_host",
-        ProxyError::MultipleHost => "multiple_host",
-        ProxyError::ContentLengthWithTransferEncoding => "content_length_with_transfer_encoding",
-        ProxyError::ConnectNotSupported => "connect",
-        _ => "other",
-    }
 }
 
 /// What to do with a request.
@@ -262,7 +247,7 @@ fn plan_forward<'a>(
 ) -> Result<Plan<'a>, ProxyError> {
     let cluster = f
         .backends
-        .pick(fastrand::u64(..))
+        .pick(|| fastrand::u64(..))
         .ok_or_else(|| ProxyError::NoEndpoint(route.name.clone()))?;
     let (index, addr) = cluster
         .pick()
@@ -391,27 +376,37 @@ pub(crate) fn finish(
 }
 
 pin_project_lite::pin_project! {
-    /// A future with an optional deadline, built in place (no extra async frame, one copy).
-    /// Resolves to `None` when the deadline passes first.
-    struct MaybeTimeout<F> {
+    /// An upstream call under the route timeout, built in place (no extra async frame, one
+    /// copy). A timeout is counted on the cluster and becomes `UpstreamTimeout`.
+    pub(crate) struct RouteTimeout<'a, F> {
         #[pin]
         fut: F,
         #[pin]
-        sleep: Option<crate::rt::Deadline>,
+        deadline: Option<crate::rt::Deadline>,
+        timeout: Option<std::time::Duration>,
+        cluster: &'a crate::cluster::Cluster,
     }
 }
 
-impl<F> MaybeTimeout<F> {
-    fn new(fut: F, timeout: Option<std::time::Duration>) -> Self {
-        MaybeTimeout {
+impl<'a, F> RouteTimeout<'a, F> {
+    pub(crate) fn new(
+        fut: F,
+        timeout: Option<std::time::Duration>,
+        cluster: &'a crate::cluster::Cluster,
+    ) -> Self {
+        RouteTimeout {
             fut,
-            sleep: timeout.map(crate::rt::Deadline::after),
+            deadline: timeout.map(crate::rt::Deadline::after),
+            timeout,
+            cluster,
         }
     }
 }
 
-impl<F: std::future::Future> std::future::Future for MaybeTimeout<F> {
-    type Output = Option<F::Output>;
+impl<T, F: std::future::Future<Output = Result<T, ProxyError>>> std::future::Future
+    for RouteTimeout<'_, F>
+{
+    type Output = Result<T, ProxyError>;
 
     fn poll(
         self: std::pin::Pin<&mut Self>,
@@ -419,10 +414,15 @@ impl<F: std::future::Future> std::future::Future for MaybeTimeout<F> {
     ) -> std::task::Poll<Self::Output> {
         let this = self.project();
         if let std::task::Poll::Ready(v) = this.fut.poll(cx) {
-            return std::task::Poll::Ready(Some(v));
+            return std::task::Poll::Ready(v);
         }
-        match this.sleep.as_pin_mut() {
-            Some(s) => s.poll(cx).map(|()| None),
+        match this.deadline.as_pin_mut() {
+            Some(d) => d.poll(cx).map(|()| {
+                this.cluster.metrics.error("timeout");
+                Err(ProxyError::UpstreamTimeout(
+                    this.timeout.unwrap_or_default(),
+                ))
+            }),
             None => std::task::Poll::Pending,
         }
     }

@@ -7,7 +7,7 @@ use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
 use crate::http::headers;
-use crate::http::proxy::{ResponseMeta, finish};
+use crate::http::proxy::{ResponseMeta, RouteTimeout, finish};
 use crate::route::{Route, VirtualHost};
 use crate::tunnel::{self, Ended};
 use http::{Request, Response, StatusCode};
@@ -27,16 +27,7 @@ pub(crate) async fn forward(
     timeout: Option<Duration>,
     meta: ResponseMeta<'_>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let resp = match timeout {
-        None => pool.send_upgrade(req).await?,
-        Some(d) => match tokio::time::timeout(d, pool.send_upgrade(req)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                meta.cluster.metrics.error("timeout");
-                return Err(ProxyError::UpstreamTimeout(d));
-            }
-        },
-    };
+    let resp = RouteTimeout::new(pool.send_upgrade(req), timeout, meta.cluster).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         Ok(switch(resp, downstream, drain, meta.vh, meta.route))
     } else {

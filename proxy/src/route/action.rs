@@ -148,26 +148,16 @@ impl Action {
             timeout: (!timeout.is_zero()).then_some(timeout),
         }))
     }
-
-    pub(super) fn clusters(&self) -> Box<dyn Iterator<Item = &Arc<Cluster>> + '_> {
-        match self {
-            Action::Forward(f) => match &f.backends {
-                Backends::Single(c) => Box::new(std::iter::once(c)),
-                Backends::Weighted { clusters, .. } => Box::new(clusters.iter().map(|(c, _)| c)),
-            },
-            _ => Box::new(std::iter::empty()),
-        }
-    }
 }
 
 impl Backends {
-    /// Picks a cluster; `roll` is uniform over `u64` (a random number in production).
-    /// `None` only for an empty split, which compilation refuses.
-    pub fn pick(&self, roll: u64) -> Option<&Arc<Cluster>> {
+    /// Picks a cluster; `roll` yields a number uniform over `u64` (random in production) and
+    /// is only called for a split. `None` only for an empty split, which compilation refuses.
+    pub fn pick(&self, roll: impl FnOnce() -> u64) -> Option<&Arc<Cluster>> {
         match self {
             Backends::Single(c) => Some(c),
             Backends::Weighted { clusters, total } => {
-                let point = roll % total;
+                let point = roll() % total;
                 // Cumulative bounds: the first bound above `point` owns it.
                 let i = clusters.partition_point(|(_, bound)| *bound <= point);
                 clusters.get(i).map(|(c, _)| c)

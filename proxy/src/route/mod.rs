@@ -130,14 +130,6 @@ impl RouteTable {
         let route = vh.routes.iter().find(|r| r.matcher.matches(req))?;
         Some((vh, route))
     }
-
-    /// Every cluster this table can forward to.
-    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
-        self.virtual_hosts
-            .iter()
-            .flat_map(|vh| vh.routes.iter())
-            .flat_map(|r| r.action.clusters())
-    }
 }
 
 impl Route {

@@ -264,7 +264,7 @@ fn weighted_split_follows_weights() {
     let r = req("h", "/");
     let (_, f) = forward_of(&t, &r);
     let picks: Vec<String> = (0..8u64)
-        .map(|roll| f.backends.pick(roll).unwrap().name.clone())
+        .map(|roll| f.backends.pick(|| roll).unwrap().name.clone())
         .collect();
     assert_eq!(picks, ["a", "a", "a", "b", "a", "a", "a", "b"]);
 }
