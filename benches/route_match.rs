@@ -24,7 +24,6 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use sluice_proxy::route::{RequestHead, RouteTable};
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::Duration;
@@ -74,9 +73,12 @@ fn build(n: usize, catch_all: bool) -> RouteTable {
         Ok(c) => c,
         Err(e) => panic!("bench config does not parse: {e}"),
     };
-    let metrics = sluice_proxy::metrics::Metrics::new();
-    let clusters = sluice_proxy::cluster::build_registry(&cfg.clusters, &HashMap::new(), &metrics);
-    RouteTable::compile(&cfg.route_tables[0], &clusters).expect("route table compiles")
+    let metrics = std::sync::Arc::new(sluice_proxy::metrics::Metrics::new());
+    let mut clusters = sluice_proxy::cluster::Registry::new(metrics, 1);
+    for c in &cfg.clusters {
+        clusters.set_settings(c);
+    }
+    RouteTable::compile(&cfg.route_tables[0], &mut clusters).expect("route table compiles")
 }
 
 struct Case {

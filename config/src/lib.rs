@@ -19,6 +19,7 @@ mod cluster;
 mod error;
 mod listener;
 mod locate;
+mod resource;
 mod route;
 mod units;
 mod validate;
@@ -27,13 +28,14 @@ pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
 pub use error::{ConfigError, ConfigErrors, Issue};
 pub use listener::{Http2Settings, HttpListener, Listener, TcpListener};
 pub use locate::{Position, PositionIndex};
+pub use resource::{ClusterLoadAssignment, Resource, ResourceKey, ResourceType, Update, diff};
 pub use route::{
     DEFAULT_ROUTE_TIMEOUT, DirectResponse, HeaderList, HeaderMatcher, HeaderMutation,
     QueryParameterMatcher, Redirect, RegexRewrite, Rewrite, Route, RouteMatch, RouteTable,
     VirtualHost, WeightedCluster,
 };
 pub use units::{ByteSize, Duration, parse_byte_size, parse_duration};
-pub use validate::{REGEX_SIZE_LIMIT, full_match_regex, search_regex, validate};
+pub use validate::{REGEX_SIZE_LIMIT, full_match_regex, search_regex, validate, validate_resource};
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;

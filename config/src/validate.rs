@@ -2,9 +2,10 @@
 //! resources, duplicate names, address clashes, syntax of paths, regexes and header names).
 //! Collects every problem rather than stopping at the first.
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Endpoint};
 use crate::error::Issue;
 use crate::listener::{HttpListener, Listener};
+use crate::resource::Resource;
 use crate::route::{HeaderMatcher, HeaderMutation, Redirect, Route, RouteMatch, RouteTable};
 use crate::{Config, QueryParameterMatcher};
 use std::collections::{HashMap, HashSet};
@@ -41,12 +42,14 @@ fn first_line(s: &str) -> String {
 /// Checks a deserialised config; returns every problem found (empty when valid).
 pub fn validate(config: &Config) -> Vec<Issue> {
     let mut v = Validator::default();
-    let clusters: HashSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
-    let tables: HashSet<&str> = config
-        .route_tables
-        .iter()
-        .map(|t| t.name.as_str())
-        .collect();
+    let clusters = Refs::Known(config.clusters.iter().map(|c| c.name.as_str()).collect());
+    let tables = Refs::Known(
+        config
+            .route_tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect(),
+    );
 
     v.unique_names(
         "listeners",
@@ -67,8 +70,45 @@ pub fn validate(config: &Config) -> Vec<Issue> {
     }
     for (i, c) in config.clusters.iter().enumerate() {
         v.cluster(&format!("clusters[{i}]"), c);
+        if c.endpoints.is_empty() {
+            v.err(
+                format!("clusters[{i}].endpoints"),
+                "must list at least one endpoint",
+            );
+        }
+        v.endpoints(&format!("clusters[{i}].endpoints"), &c.endpoints);
     }
     v.issues
+}
+
+/// Checks one resource on its own, as a dynamic update (xDS, or one resource of a file) is
+/// checked: everything but references to other resources, which may arrive later (a route to a
+/// cluster not yet known answers 503 until it does). Paths start at the resource.
+pub fn validate_resource(resource: &Resource) -> Vec<Issue> {
+    let mut v = Validator::default();
+    match resource {
+        Resource::Listener(l) => v.listener("listener", l, &Refs::Any, &Refs::Any),
+        Resource::RouteTable(t) => v.route_table("route_table", t, &Refs::Any),
+        Resource::Cluster(c) => v.cluster("cluster", c),
+        Resource::Endpoints(e) => v.endpoints("endpoints", &e.endpoints),
+    }
+    v.issues
+}
+
+/// Names other resources may refer to: a known set (a whole file) or anything (one resource
+/// checked on its own).
+enum Refs<'a> {
+    Known(HashSet<&'a str>),
+    Any,
+}
+
+impl Refs<'_> {
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Refs::Known(set) => set.contains(name),
+            Refs::Any => true,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -114,13 +154,7 @@ impl Validator {
         }
     }
 
-    fn listener(
-        &mut self,
-        p: &str,
-        l: &Listener,
-        tables: &HashSet<&str>,
-        clusters: &HashSet<&str>,
-    ) {
+    fn listener(&mut self, p: &str, l: &Listener, tables: &Refs<'_>, clusters: &Refs<'_>) {
         match (&l.http, &l.tcp) {
             (Some(h), None) => self.http_listener(&format!("{p}.http"), h, tables),
             (None, Some(t)) => {
@@ -136,7 +170,7 @@ impl Validator {
         }
     }
 
-    fn http_listener(&mut self, p: &str, h: &HttpListener, tables: &HashSet<&str>) {
+    fn http_listener(&mut self, p: &str, h: &HttpListener, tables: &Refs<'_>) {
         if !tables.contains(h.route_table.as_str()) {
             self.err(
                 format!("{p}.route_table"),
@@ -197,7 +231,7 @@ impl Validator {
         }
     }
 
-    fn route_table(&mut self, p: &str, t: &RouteTable, clusters: &HashSet<&str>) {
+    fn route_table(&mut self, p: &str, t: &RouteTable, clusters: &Refs<'_>) {
         let vh_names = t.virtual_hosts.iter().map(|v| v.name.as_str());
         self.unique_names(&format!("{p}.virtual_hosts"), vh_names);
         let mut domains: HashMap<String, usize> = HashMap::new();
@@ -233,7 +267,7 @@ impl Validator {
         }
     }
 
-    fn route(&mut self, p: &str, r: &Route, clusters: &HashSet<&str>) {
+    fn route(&mut self, p: &str, r: &Route, clusters: &Refs<'_>) {
         self.route_match(&format!("{p}.match"), &r.matcher);
         let actions = [
             r.cluster.is_some(),
@@ -538,35 +572,35 @@ impl Validator {
         if c.connect_timeout.is_zero() {
             self.err(format!("{p}.connect_timeout"), "must be greater than 0s");
         }
-        if c.endpoints.is_empty() {
-            self.err(format!("{p}.endpoints"), "must list at least one endpoint");
-        }
-        let mut seen = HashSet::new();
-        for (i, e) in c.endpoints.iter().enumerate() {
-            if e.weight == 0 {
-                self.err(format!("{p}.endpoints[{i}].weight"), "must be at least 1");
-            }
-            if e.address.port() == 0 {
-                self.err(format!("{p}.endpoints[{i}]"), "port must not be 0");
-            }
-            if e.address.ip().is_unspecified() {
-                self.err(
-                    format!("{p}.endpoints[{i}]"),
-                    format!("{} is not a connectable address", e.address.ip()),
-                );
-            }
-            if !seen.insert(e.address) {
-                self.err(
-                    format!("{p}.endpoints[{i}]"),
-                    format!("duplicate endpoint {}", e.address),
-                );
-            }
-        }
         if c.pool.max_requests_per_http2_connection == 0 {
             self.err(
                 format!("{p}.pool.max_requests_per_http2_connection"),
                 "must be at least 1",
             );
+        }
+    }
+
+    fn endpoints(&mut self, p: &str, endpoints: &[Endpoint]) {
+        let mut seen = HashSet::new();
+        for (i, e) in endpoints.iter().enumerate() {
+            if e.weight == 0 {
+                self.err(format!("{p}[{i}].weight"), "must be at least 1");
+            }
+            if e.address.port() == 0 {
+                self.err(format!("{p}[{i}]"), "port must not be 0");
+            }
+            if e.address.ip().is_unspecified() {
+                self.err(
+                    format!("{p}[{i}]"),
+                    format!("{} is not a connectable address", e.address.ip()),
+                );
+            }
+            if !seen.insert(e.address) {
+                self.err(
+                    format!("{p}[{i}]"),
+                    format!("duplicate endpoint {}", e.address),
+                );
+            }
         }
     }
 }

@@ -1,8 +1,32 @@
 //! The one error type of the request path. Every failure carries the side that caused it and
 //! whether a retry could help; `http/respond.rs` is the only place it becomes a response.
 
+use http::StatusCode;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// Whether a failed request reached an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Provably not: safe to send again.
+    No,
+    /// Possibly (written, partly written, or the response was lost).
+    Maybe,
+}
+
+/// How a failure is reported and handled: who failed, whether the request went out, Envoy's
+/// response flag and the downstream status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Classification {
+    /// The side at fault.
+    pub side: Side,
+    /// Whether the request reached an upstream.
+    pub sent: Sent,
+    /// Response flag.
+    pub flag: &'static str,
+    /// Downstream status.
+    pub status: StatusCode,
+}
 
 /// Which side of the proxy a failure belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +62,9 @@ pub enum ProxyError {
     /// CONNECT is not proxied.
     #[error("CONNECT is not supported")]
     ConnectNotSupported,
+    /// The route's cluster is not (or no longer) configured.
+    #[error("cluster `{0}` is not configured")]
+    NoCluster(String),
     /// The cluster has no endpoint to pick.
     #[error("cluster `{0}` has no endpoint available")]
     NoEndpoint(String),
@@ -82,7 +109,7 @@ impl ProxyError {
             | ProxyError::MultipleHost
             | ProxyError::ContentLengthWithTransferEncoding
             | ProxyError::ConnectNotSupported => Side::Downstream,
-            ProxyError::NoEndpoint(_) => Side::Internal,
+            ProxyError::NoCluster(_) | ProxyError::NoEndpoint(_) => Side::Internal,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Handshake { .. }
@@ -94,12 +121,43 @@ impl ProxyError {
     /// True when the request provably did not reach the upstream application, so another attempt
     /// cannot duplicate it.
     pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::ConnectFailed { .. }
-                | ProxyError::ConnectTimeout { .. }
-                | ProxyError::Handshake { .. }
-        )
+        self.sent() == Sent::No
+    }
+
+    /// Whether any of the request reached an upstream.
+    pub fn sent(&self) -> Sent {
+        match self {
+            ProxyError::Upstream(_) | ProxyError::UpstreamTimeout(_) => Sent::Maybe,
+            _ => Sent::No,
+        }
+    }
+
+    /// The status the downstream gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::MissingHost
+            | ProxyError::MultipleHost
+            | ProxyError::ContentLengthWithTransferEncoding => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoCluster(_)
+            | ProxyError::NoEndpoint(_)
+            | ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Handshake { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Everything the request path decides from a failure, in one place.
+    pub fn classify(&self) -> Classification {
+        Classification {
+            side: self.side(),
+            sent: self.sent(),
+            flag: self.flag(),
+            status: self.status(),
+        }
     }
 
     /// The `reason` label of `sluice_downstream_rejected_total` for a request refused as a
@@ -124,11 +182,50 @@ impl ProxyError {
             | ProxyError::MultipleHost
             | ProxyError::ContentLengthWithTransferEncoding
             | ProxyError::ConnectNotSupported => "DPE",
+            ProxyError::NoCluster(_) => "NC",
             ProxyError::NoEndpoint(_) => "UH",
             ProxyError::ConnectFailed { .. } | ProxyError::Handshake { .. } => "UF",
             ProxyError::ConnectTimeout { .. } => "UF",
             ProxyError::UpstreamTimeout(_) => "UT",
             ProxyError::Upstream(_) => "UC",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let c = ProxyError::NoCluster("c".into()).classify();
+        assert_eq!(
+            c,
+            Classification {
+                side: Side::Internal,
+                sent: Sent::No,
+                flag: "NC",
+                status: StatusCode::SERVICE_UNAVAILABLE
+            }
+        );
+        let refused = ProxyError::ConnectFailed {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        assert_eq!(refused.classify().sent, Sent::No);
+        assert!(refused.retryable());
+        assert_eq!(refused.classify().flag, "UF");
+        let timeout = ProxyError::UpstreamTimeout(Duration::from_secs(1)).classify();
+        assert_eq!(
+            (timeout.sent, timeout.status),
+            (Sent::Maybe, StatusCode::GATEWAY_TIMEOUT)
+        );
+        let host = ProxyError::MissingHost.classify();
+        assert_eq!(
+            (host.side, host.status),
+            (Side::Downstream, StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(ProxyError::MissingHost.rejection(), Some("missing_host"));
+        assert_eq!(ProxyError::NoCluster("c".into()).rejection(), None);
     }
 }

@@ -1,11 +1,13 @@
 //! sluice-proxy: the Sluice data plane.
 //!
 //! A request's path through the modules: [`listener`] accepts and detects the protocol →
-//! `http::server` runs hyper with the listener's limits → `http::proxy` checks the request and
-//! asks [`route`] (a pure function of the request head) which route takes it → the route's
-//! action answers directly or picks a [`cluster`] and an endpoint ([`lb`]) → the cluster's
-//! per-worker pool sends the request → the response streams back through `http::body`.
-//! [`state`] holds the live config; [`app`] starts, reloads and drains.
+//! `http::server` runs hyper with the listener's limits → `http::forward` plans the request
+//! (checks, [`route`] — a pure function of the request head — and the upstream request) → the
+//! route's action answers directly or calls its [`cluster`] (`cluster::call`: pick an endpoint
+//! with [`lb`], admit, pool, send, classify) → `http::finish` turns the upstream response
+//! into the downstream one, whose body streams back through `http::body`.
+//! Config arrives from a [`source`] as resource updates; [`state`]'s one writer applies them;
+//! [`app`] starts, reloads and drains.
 
 // Nothing a peer or a config file controls may panic the data plane (tests may).
 #![cfg_attr(
@@ -27,12 +29,16 @@ pub mod error;
 pub mod http;
 pub mod lb;
 pub mod listener;
+mod local;
 pub mod metrics;
 pub mod route;
 mod rt;
+pub mod source;
 pub mod state;
 mod tunnel;
 mod worker;
 
-pub use app::{BoundListener, Exit, Options, Proxy, ReloadError, Source, StartError};
+pub use app::{Exit, Options, Proxy, ReloadError, StartError};
+pub use listener::BoundListener;
 pub use rt::LocalExec;
+pub use source::Source;

@@ -25,6 +25,7 @@ pub struct Metrics {
     upstream_connect_failures: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
     config_reloads: Family<Labels, Counter>,
+    config_resources: Family<Labels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -53,6 +54,7 @@ impl Metrics {
             upstream_connect_failures: Family::default(),
             upstream_errors: Family::default(),
             config_reloads: Family::default(),
+            config_resources: Family::default(),
             registry: Registry::with_prefix("sluice"),
         };
         // prometheus-client appends `_total` to counters.
@@ -106,6 +108,11 @@ impl Metrics {
             "config_reloads",
             "Config reload attempts, by result",
             m.config_reloads.clone(),
+        );
+        r.register(
+            "config_resource_updates",
+            "Resources in config updates, by type and result (accepted or rejected)",
+            m.config_resources.clone(),
         );
         r.register(
             "build",
@@ -162,6 +169,16 @@ impl Metrics {
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
     }
+
+    /// Counts one resource of an update (`accepted` or `rejected`).
+    pub(crate) fn config_resources(&self, kind: &'static str, result: &'static str) {
+        self.config_resources
+            .get_or_create(&vec![
+                ("type", kind.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
 }
 
 /// Per-listener handles.
@@ -212,6 +229,11 @@ pub struct ClusterMetrics {
 }
 
 impl ClusterMetrics {
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Counts an upstream failure by kind (rare path).
     pub fn error(&self, kind: &'static str) {
         self.errors

@@ -5,7 +5,8 @@
 use crate::cluster::Pools;
 use crate::drain::Drain;
 use crate::listener;
-use crate::state::{ListenerSpec, Live};
+use crate::local::Worker;
+use crate::state::Live;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,28 +16,11 @@ use tokio::sync::{Notify, mpsc, oneshot};
 /// How often idle upstream connections are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// State of one worker thread, shared by its tasks.
-#[derive(Debug)]
-pub(crate) struct Worker {
-    pub(crate) live: Arc<Live>,
-    pub(crate) pools: Pools,
-}
-
 /// Instructions from the control thread.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Start accepting on this worker's socket of a listener.
-    Listen {
-        spec: Arc<ListenerSpec>,
-        socket: std::net::TcpListener,
-        /// Drain time for a listener of the same name this one replaces.
-        drain_timeout: Duration,
-    },
-    /// Stop accepting and drain the listener's connections (forced after the timeout).
-    Unlisten {
-        name: String,
-        drain_timeout: Duration,
-    },
+    /// Start or stop a listener (from the listener reconciler).
+    Listener(listener::Command),
     /// Drain everything, reply on `done`, then stop the worker.
     Shutdown {
         drain_timeout: Duration,
@@ -50,6 +34,16 @@ pub(crate) struct WorkerHandle {
     pub(crate) tx: mpsc::UnboundedSender<Command>,
 }
 
+impl WorkerHandle {
+    /// Where the listener reconciler sends this worker's listener commands.
+    pub(crate) fn listener_sink(&self) -> listener::WorkerSink {
+        let tx = self.tx.clone();
+        Box::new(move |c| {
+            let _ = tx.send(Command::Listener(c));
+        })
+    }
+}
+
 /// Starts worker thread `id`.
 pub(crate) fn spawn(id: usize, live: Arc<Live>) -> std::io::Result<WorkerHandle> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -61,6 +55,7 @@ pub(crate) fn spawn(id: usize, live: Arc<Live>) -> std::io::Result<WorkerHandle>
         .spawn(move || {
             let local = tokio::task::LocalSet::new();
             let worker = Rc::new(Worker {
+                id,
                 live,
                 pools: Pools::default(),
             });
@@ -88,11 +83,11 @@ async fn run(worker: Rc<Worker>, mut rx: mpsc::UnboundedReceiver<Command>) {
     });
     while let Some(cmd) = rx.recv().await {
         match cmd {
-            Command::Listen {
+            Command::Listener(listener::Command::Listen {
                 spec,
                 socket,
                 drain_timeout,
-            } => {
+            }) => {
                 let listener = match tokio::net::TcpListener::from_std(socket) {
                     Ok(l) => l,
                     Err(e) => {
@@ -115,10 +110,10 @@ async fn run(worker: Rc<Worker>, mut rx: mpsc::UnboundedReceiver<Command>) {
                     retire(old, drain_timeout);
                 }
             }
-            Command::Unlisten {
+            Command::Listener(listener::Command::Unlisten {
                 name,
                 drain_timeout,
-            } => {
+            }) => {
                 if let Some(old) = listeners.remove(&name) {
                     retire(old, drain_timeout);
                 }

@@ -2,7 +2,8 @@
 //! are saturated: `/ready`, `/live`, `/listeners`, `/metrics` (`/stats/prometheus`),
 //! `/config_dump`, `/server_info`. Unauthenticated: bind it to loopback.
 
-use crate::app::Shared;
+use crate::listener::BoundListener;
+use crate::state::Live;
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
@@ -11,10 +12,30 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::time::Instant;
+
+/// What the admin API reads.
+#[derive(Debug)]
+pub(crate) struct AdminState {
+    pub(crate) live: Arc<Live>,
+    /// Bound listeners, kept current by the listener reconciler.
+    pub(crate) listeners: Arc<Mutex<Vec<BoundListener>>>,
+    pub(crate) started: Instant,
+    pub(crate) workers: usize,
+}
+
+impl AdminState {
+    pub(crate) fn listeners(&self) -> Vec<BoundListener> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
 
 /// Serves the admin API until the task is dropped.
-pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<AdminState>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -40,7 +61,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
     }
 }
 
-fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(shared: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let get_only = matches!(
         path,

@@ -1,73 +1,268 @@
-//! Clusters: the registry of named upstream groups (which survives config swaps for clusters
-//! whose config did not change) and, in [`pool`], the per-worker connection pools.
+//! Clusters: long-lived handles in a [`Registry`] that survive every config change, the
+//! upstream call ([`call`]: pick → admit → pool → send → classify), the per-worker connection
+//! pools keyed by endpoint address and transport ([`pool`]) and the one connector both the
+//! pools and the TCP proxy use ([`connect`]).
+//!
+//! A cluster's settings and its endpoint set sit behind separate atomic swaps, so an endpoint
+//! change (Envoy EDS) touches neither the settings nor any route table, and a settings change
+//! (CDS) keeps the endpoints. Each endpoint, keyed by address, carries shared state (health
+//! flags, active requests) that survives endpoint-set changes.
 
+pub(crate) mod call;
+pub(crate) mod connect;
+mod endpoint;
 mod pool;
 
-pub(crate) use pool::{EndpointPool, Lease, Pools, UpstreamProtocol};
+pub use endpoint::{Endpoint, EndpointSet, EndpointState, Health};
+pub(crate) use pool::{Lease, Pools, UpstreamProtocol};
 
-use crate::lb::{self, LoadBalancer};
 use crate::metrics::{ClusterMetrics, Metrics};
-use sluice_config as config;
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
+use connect::Connector;
+use sluice_config::{self as config, ClusterLoadAssignment};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A compiled cluster.
+/// A named cluster that outlives config changes. Routes and TCP listeners hold the handle; a
+/// handle whose settings are absent (the cluster is not, or no longer, configured) answers
+/// 503 with the `NC` flag, as Envoy does while a cluster warms.
 #[derive(Debug)]
-pub struct Cluster {
-    /// Unique per compiled cluster; a reload that leaves the cluster's config unchanged keeps the
-    /// same `Cluster` (and id), so its pooled connections survive.
-    pub id: u64,
-    /// Name from the config.
+pub struct ClusterHandle {
+    /// Name.
     pub name: String,
-    /// The config it was built from.
-    pub config: config::Cluster,
-    /// Endpoint addresses, in config order.
-    pub endpoints: Vec<SocketAddr>,
-    lb: Box<dyn LoadBalancer>,
+    settings: ArcSwapOption<ClusterSettings>,
+    endpoints: ArcSwap<EndpointSet>,
     /// Metric handles.
     pub metrics: ClusterMetrics,
 }
 
-impl Cluster {
-    /// Builds a cluster from its config.
-    pub fn new(cfg: &config::Cluster, metrics: &Metrics) -> Self {
-        let weights: Vec<u32> = cfg.endpoints.iter().map(|e| e.weight).collect();
-        Cluster {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            name: cfg.name.clone(),
-            endpoints: cfg.endpoints.iter().map(|e| e.address).collect(),
-            lb: lb::build(cfg.lb_policy, &weights),
-            metrics: metrics.cluster(&cfg.name),
-            config: cfg.clone(),
+/// A cluster's compiled settings (everything but its endpoints).
+#[derive(Debug)]
+pub struct ClusterSettings {
+    /// The config it was compiled from (its `endpoints` list is empty: they are a resource of
+    /// their own).
+    pub config: config::Cluster,
+    /// How connections are made and pooled.
+    pub transport: Transport,
+}
+
+/// How connections to a cluster's endpoints are made and pooled. Pools are keyed by endpoint
+/// address and [`Transport::key`], so clusters with the same transport share connections and a
+/// transport change starts fresh ones.
+#[derive(Debug)]
+pub struct Transport {
+    /// Identifies the settings below (pool key).
+    pub key: u64,
+    /// Opens connections.
+    pub(crate) connector: Connector,
+    /// An idle pooled connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// Most idle HTTP/1.1 connections per endpoint and worker.
+    pub max_idle: usize,
+    /// Most concurrent streams per upstream HTTP/2 connection.
+    pub max_h2_streams: u32,
+}
+
+impl Transport {
+    fn new(c: &config::Cluster) -> Self {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        c.connect_timeout.hash(&mut h);
+        c.pool.hash(&mut h);
+        Transport {
+            key: h.finish(),
+            connector: Connector::new(c.connect_timeout.get()),
+            idle_timeout: c.pool.idle_timeout.get(),
+            max_idle: c.pool.max_idle_per_endpoint as usize,
+            max_h2_streams: c.pool.max_requests_per_http2_connection,
+        }
+    }
+}
+
+impl ClusterHandle {
+    /// The current settings; `None` while the cluster is not configured.
+    pub fn settings(&self) -> Option<Arc<ClusterSettings>> {
+        self.settings.load_full()
+    }
+
+    /// The current settings without touching the reference count (request path).
+    pub(crate) fn settings_guard(&self) -> Guard<Option<Arc<ClusterSettings>>> {
+        self.settings.load()
+    }
+
+    /// The current endpoint set.
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
+        self.endpoints.load_full()
+    }
+
+    pub(crate) fn endpoints_guard(&self) -> Guard<Arc<EndpointSet>> {
+        self.endpoints.load()
+    }
+}
+
+/// What an update did to one resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// It did not exist before.
+    Added,
+    /// It replaced a different version.
+    Updated,
+    /// It was identical to the live version.
+    Unchanged,
+    /// It was removed.
+    Removed,
+}
+
+/// Every cluster handle by name. Owned by the state's one writer; workers see handles only
+/// through compiled routes and listeners.
+#[derive(Debug)]
+pub struct Registry {
+    clusters: HashMap<String, Arc<ClusterHandle>>,
+    metrics: Arc<Metrics>,
+    workers: usize,
+    next_version: u64,
+}
+
+impl Registry {
+    /// An empty registry; `workers` sizes the per-worker balancer state.
+    pub fn new(metrics: Arc<Metrics>, workers: usize) -> Self {
+        Registry {
+            clusters: HashMap::new(),
+            metrics,
+            workers: workers.max(1),
+            next_version: 1,
         }
     }
 
-    /// Picks an endpoint: its index and address.
-    pub fn pick(&self) -> Option<(usize, SocketAddr)> {
-        let i = self.lb.pick()?;
-        self.endpoints.get(i).map(|a| (i, *a))
+    /// The handle for `name`, created empty (no settings, no endpoints) when unknown, so a
+    /// route can refer to a cluster that has not arrived yet.
+    pub fn handle(&mut self, name: &str) -> Arc<ClusterHandle> {
+        if let Some(h) = self.clusters.get(name) {
+            return Arc::clone(h);
+        }
+        let h = Arc::new(ClusterHandle {
+            name: name.to_string(),
+            settings: ArcSwapOption::empty(),
+            endpoints: ArcSwap::from_pointee(EndpointSet::empty(self.workers)),
+            metrics: self.metrics.cluster(name),
+        });
+        self.clusters.insert(name.to_string(), Arc::clone(&h));
+        h
+    }
+
+    /// The handle for `name`, if any route, listener or resource knows it.
+    pub fn get(&self, name: &str) -> Option<&Arc<ClusterHandle>> {
+        self.clusters.get(name)
+    }
+
+    /// Sets a cluster's settings (its `endpoints` field is ignored).
+    pub fn set_settings(&mut self, cfg: &config::Cluster) -> Change {
+        let h = self.handle(&cfg.name);
+        let old = h.settings();
+        let cfg = config::Cluster {
+            endpoints: Vec::new(),
+            ..cfg.clone()
+        };
+        if old.as_ref().is_some_and(|o| o.config == cfg) {
+            return Change::Unchanged;
+        }
+        let policy_changed = old.as_ref().map(|o| o.config.lb_policy) != Some(cfg.lb_policy);
+        let settings = ClusterSettings {
+            transport: Transport::new(&cfg),
+            config: cfg,
+        };
+        let current = h.endpoints();
+        if policy_changed && current.version != 0 {
+            // The balancer is built with the endpoint set; rebuild it for the new policy.
+            let set = EndpointSet::build(
+                self.bump(),
+                current.endpoints.iter().map(|e| (e.address, e.weight)),
+                &current,
+                settings.config.lb_policy,
+                self.workers,
+            );
+            h.endpoints.store(Arc::new(set));
+        }
+        h.settings.store(Some(Arc::new(settings)));
+        if old.is_some() {
+            Change::Updated
+        } else {
+            Change::Added
+        }
+    }
+
+    /// Replaces a cluster's endpoints. Endpoints whose address stays keep their shared state
+    /// (health, active requests) and, in every worker, their pooled connections.
+    pub fn set_endpoints(&mut self, cla: &ClusterLoadAssignment) -> Change {
+        let h = self.handle(&cla.cluster_name);
+        let current = h.endpoints();
+        let same = current.endpoints.len() == cla.endpoints.len()
+            && current
+                .endpoints
+                .iter()
+                .zip(&cla.endpoints)
+                .all(|(a, b)| a.address == b.address && a.weight == b.weight);
+        if same && current.version != 0 {
+            return Change::Unchanged;
+        }
+        let policy = h.settings().map(|s| s.config.lb_policy).unwrap_or_default();
+        let set = EndpointSet::build(
+            self.bump(),
+            cla.endpoints.iter().map(|e| (e.address, e.weight)),
+            &current,
+            policy,
+            self.workers,
+        );
+        h.endpoints.store(Arc::new(set));
+        if current.version == 0 {
+            Change::Added
+        } else {
+            Change::Updated
+        }
+    }
+
+    /// Removes a cluster's settings: routes to it answer 503 (`NC`) until it returns.
+    pub fn remove_settings(&mut self, name: &str) -> Change {
+        match self.clusters.get(name) {
+            Some(h) if h.settings().is_some() => {
+                h.settings.store(None);
+                Change::Removed
+            }
+            _ => Change::Unchanged,
+        }
+    }
+
+    /// Removes a cluster's endpoints: it answers 503 (`UH`) until endpoints return.
+    pub fn remove_endpoints(&mut self, name: &str) -> Change {
+        match self.clusters.get(name) {
+            Some(h) if h.endpoints().version != 0 => {
+                h.endpoints
+                    .store(Arc::new(EndpointSet::empty(self.workers)));
+                Change::Removed
+            }
+            _ => Change::Unchanged,
+        }
+    }
+
+    /// Forgets handles nothing refers to and nothing configures.
+    pub fn collect_garbage(&mut self) {
+        self.clusters.retain(|_, h| {
+            Arc::strong_count(h) > 1 || h.settings().is_some() || h.endpoints().version != 0
+        });
+    }
+
+    /// Names and handles, for the admin API.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<ClusterHandle>)> {
+        self.clusters.iter()
+    }
+
+    fn bump(&mut self) -> u64 {
+        let v = self.next_version;
+        self.next_version += 1;
+        v
     }
 }
 
-/// Builds the cluster map for a new config, reusing every cluster of `previous` whose config is
-/// unchanged.
-pub fn build_registry(
-    configs: &[config::Cluster],
-    previous: &HashMap<String, Arc<Cluster>>,
-    metrics: &Metrics,
-) -> HashMap<String, Arc<Cluster>> {
-    configs
-        .iter()
-        .map(|cfg| {
-            let cluster = match previous.get(&cfg.name) {
-                Some(old) if old.config == *cfg => Arc::clone(old),
-                _ => Arc::new(Cluster::new(cfg, metrics)),
-            };
-            (cfg.name.clone(), cluster)
-        })
-        .collect()
-}
+#[cfg(test)]
+mod tests;

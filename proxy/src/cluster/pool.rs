@@ -1,9 +1,13 @@
-//! Per-worker upstream connection pools, one per (cluster, endpoint). Nothing here is shared
+//! Per-worker upstream connection pools, one per (endpoint address, transport settings), so a
+//! change to a cluster's endpoint set keeps the connections to every endpoint that stays, and
+//! clusters with the same endpoints and transport share connections. Nothing here is shared
 //! between threads, so there are no locks: HTTP/1.1 keeps a LIFO stack of idle keep-alive
 //! connections, HTTP/2 a few multiplexed connections opened as concurrency needs them.
 
-use crate::cluster::Cluster;
+use crate::cluster::connect::Connector;
+use crate::cluster::{Endpoint, EndpointState, Transport};
 use crate::error::ProxyError;
+use crate::metrics::ClusterMetrics;
 use crate::rt::LocalExec;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -16,7 +20,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -26,6 +29,23 @@ const MAX_UNSENT_ATTEMPTS: usize = 8;
 /// Request body type sent upstream: the downstream body, streamed.
 pub(crate) type UpstreamBody = Incoming;
 
+/// A request that failed; `request` is handed back when it was provably not sent (the
+/// connection could not be opened), so another attempt may send it elsewhere.
+#[derive(Debug)]
+pub(crate) struct SendError {
+    pub(crate) error: ProxyError,
+    pub(crate) request: Option<Request<UpstreamBody>>,
+}
+
+impl SendError {
+    fn sent(error: ProxyError) -> Self {
+        SendError {
+            error,
+            request: None,
+        }
+    }
+}
+
 /// The protocol chosen for one upstream request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum UpstreamProtocol {
@@ -33,7 +53,7 @@ pub(crate) enum UpstreamProtocol {
     Http2,
 }
 
-type PoolMap = HashMap<(u64, usize), Rc<EndpointPool>, BuildHasherDefault<IdHasher>>;
+type PoolMap = HashMap<(SocketAddr, u64), Rc<EndpointPool>, BuildHasherDefault<IdHasher>>;
 
 /// All pools of one worker.
 #[derive(Debug, Default)]
@@ -42,29 +62,28 @@ pub(crate) struct Pools {
 }
 
 impl Pools {
-    /// The pool for endpoint `index` of `cluster`.
-    pub(crate) fn endpoint(
-        &self,
-        cluster: &Arc<Cluster>,
-        index: usize,
-        addr: SocketAddr,
-    ) -> Rc<EndpointPool> {
-        let key = (cluster.id, index);
-        if let Some(p) = self.map.borrow().get(&key) {
+    /// The pool for `endpoint` under `transport`. A pool whose endpoint left every endpoint
+    /// set (and came back) starts afresh.
+    pub(crate) fn endpoint(&self, endpoint: &Endpoint, transport: &Transport) -> Rc<EndpointPool> {
+        let key = (endpoint.address, transport.key);
+        if let Some(p) = self.map.borrow().get(&key)
+            && p.endpoint.strong_count() > 0
+        {
             return Rc::clone(p);
         }
-        let pool = Rc::new(EndpointPool::new(cluster, addr));
+        let pool = Rc::new(EndpointPool::new(endpoint, transport));
         self.map.borrow_mut().insert(key, Rc::clone(&pool));
         pool
     }
 
-    /// Closes idle connections past their idle timeout and forgets pools of clusters that no
-    /// config references any more. Called periodically by the worker.
+    /// Closes idle connections past their idle timeout and every idle connection of endpoints
+    /// no endpoint set holds any more, and forgets the pools of such endpoints once nothing
+    /// uses them. Called periodically by the worker.
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
         self.map.borrow_mut().retain(|_, pool| {
             pool.sweep(now);
-            pool.cluster.strong_count() > 0 || !pool.is_empty()
+            pool.endpoint.strong_count() > 0 || !pool.is_empty() || Rc::strong_count(pool) > 1
         });
     }
 }
@@ -73,10 +92,9 @@ impl Pools {
 #[derive(Debug)]
 pub(crate) struct EndpointPool {
     addr: SocketAddr,
-    cluster: Weak<Cluster>,
-    cluster_name: String,
-    metrics: crate::metrics::ClusterMetrics,
-    connect_timeout: Duration,
+    /// Alive while some endpoint set holds the endpoint.
+    endpoint: Weak<EndpointState>,
+    connector: Connector,
     idle_timeout: Duration,
     max_idle: usize,
     max_h2_streams: u32,
@@ -142,17 +160,14 @@ impl Drop for Lease {
 }
 
 impl EndpointPool {
-    fn new(cluster: &Arc<Cluster>, addr: SocketAddr) -> Self {
-        let pool = &cluster.config.pool;
+    fn new(endpoint: &Endpoint, t: &Transport) -> Self {
         EndpointPool {
-            addr,
-            cluster: Arc::downgrade(cluster),
-            cluster_name: cluster.name.clone(),
-            metrics: cluster.metrics.clone(),
-            connect_timeout: cluster.config.connect_timeout.get(),
-            idle_timeout: pool.idle_timeout.get(),
-            max_idle: pool.max_idle_per_endpoint as usize,
-            max_h2_streams: pool.max_requests_per_http2_connection,
+            addr: endpoint.address,
+            endpoint: Arc::downgrade(&endpoint.state),
+            connector: t.connector.clone(),
+            idle_timeout: t.idle_timeout,
+            max_idle: t.max_idle,
+            max_h2_streams: t.max_h2_streams,
             idle_h1: RefCell::new(Vec::new()),
             h2: RefCell::new(Vec::new()),
             h2_connecting: Cell::new(false),
@@ -165,7 +180,12 @@ impl EndpointPool {
     }
 
     fn sweep(&self, now: Instant) {
-        let timeout = self.idle_timeout;
+        // The endpoint left every endpoint set: close its idle connections now.
+        let timeout = if self.endpoint.strong_count() == 0 {
+            Duration::ZERO
+        } else {
+            self.idle_timeout
+        };
         self.idle_h1
             .borrow_mut()
             .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
@@ -202,24 +222,34 @@ impl EndpointPool {
         self: &Rc<Self>,
         req: Request<UpstreamBody>,
         proto: UpstreamProtocol,
-    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        self.metrics.requests.inc();
+        metrics: &ClusterMetrics,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        metrics.requests.inc();
         match proto {
-            UpstreamProtocol::Http1 => self.send_h1(req).await,
-            UpstreamProtocol::Http2 => self.send_h2(req).await,
+            UpstreamProtocol::Http1 => self.send_h1(req, metrics).await,
+            UpstreamProtocol::Http2 => self.send_h2(req, metrics).await,
         }
     }
 
     async fn send_h1(
         self: &Rc<Self>,
         mut req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        metrics: &ClusterMetrics,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
         loop {
             let (mut sender, reused) = match self.take_h1() {
                 Some(s) => (s, true),
                 // Boxed: connecting is rare, and its future would otherwise inflate every
                 // request's (and every idle connection's) state.
-                None => (Box::pin(self.connect_h1(false)).await?, false),
+                None => match Box::pin(self.connect_h1(false, metrics)).await {
+                    Ok(s) => (s, false),
+                    Err(error) => {
+                        return Err(SendError {
+                            error,
+                            request: Some(req),
+                        });
+                    }
+                },
             };
             if reused && sender.ready().await.is_err() {
                 continue;
@@ -236,8 +266,8 @@ impl EndpointPool {
                     // Not written: a pooled connection closed under us. Try another.
                     Some(r) if reused => req = r,
                     _ => {
-                        self.metrics.error("request");
-                        return Err(ProxyError::Upstream(e.into_error()));
+                        metrics.error("request");
+                        return Err(SendError::sent(ProxyError::Upstream(e.into_error())));
                     }
                 },
             }
@@ -248,11 +278,12 @@ impl EndpointPool {
     pub(crate) async fn send_upgrade(
         &self,
         req: Request<UpstreamBody>,
+        metrics: &ClusterMetrics,
     ) -> Result<Response<Incoming>, ProxyError> {
-        self.metrics.requests.inc();
-        let mut sender = self.connect_h1(true).await?;
+        metrics.requests.inc();
+        let mut sender = self.connect_h1(true, metrics).await?;
         sender.send_request(req).await.map_err(|e| {
-            self.metrics.error("request");
+            metrics.error("request");
             ProxyError::Upstream(e)
         })
     }
@@ -260,8 +291,9 @@ impl EndpointPool {
     async fn connect_h1(
         &self,
         upgrades: bool,
+        metrics: &ClusterMetrics,
     ) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
-        let io = TokioIo::new(self.connect_tcp().await?);
+        let io = TokioIo::new(self.connector.connect(self.addr, metrics).await?);
         // hyper's default limit of 100 response headers: setting any limit explicitly would
         // make it allocate a header vector per response.
         let (sender, conn) = http1::Builder::new()
@@ -291,7 +323,8 @@ impl EndpointPool {
     async fn send_h2(
         self: &Rc<Self>,
         mut req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        metrics: &ClusterMetrics,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
         // Each failed attempt removes a connection that refused the request unsent; bound the
         // attempts anyway so a misbehaving upstream cannot spin this loop.
         for _ in 0..MAX_UNSENT_ATTEMPTS {
@@ -310,8 +343,8 @@ impl EndpointPool {
                             continue;
                         }
                         None => {
-                            self.metrics.error("request");
-                            return Err(ProxyError::Upstream(e.into_error()));
+                            metrics.error("request");
+                            return Err(SendError::sent(ProxyError::Upstream(e.into_error())));
                         }
                     },
                 }
@@ -323,11 +356,20 @@ impl EndpointPool {
             }
             let _connecting = ConnectingGuard(self);
             self.h2_connecting.set(true);
-            let conn = Box::pin(self.connect_h2()).await?;
-            self.h2.borrow_mut().push(conn);
+            match Box::pin(self.connect_h2(metrics)).await {
+                Ok(conn) => self.h2.borrow_mut().push(conn),
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        request: Some(req),
+                    });
+                }
+            }
         }
-        self.metrics.error("request");
-        Err(ProxyError::NoEndpoint(self.cluster_name.clone()))
+        metrics.error("request");
+        Err(SendError::sent(ProxyError::NoEndpoint(
+            metrics.name().to_string(),
+        )))
     }
 
     #[allow(clippy::type_complexity)]
@@ -352,8 +394,8 @@ impl EndpointPool {
             })
     }
 
-    async fn connect_h2(&self) -> Result<H2Conn, ProxyError> {
-        let io = TokioIo::new(self.connect_tcp().await?);
+    async fn connect_h2(&self, metrics: &ClusterMetrics) -> Result<H2Conn, ProxyError> {
+        let io = TokioIo::new(self.connector.connect(self.addr, metrics).await?);
         let (sender, conn) = http2::Builder::new(LocalExec)
             .initial_stream_window_size(65_535 * 4)
             .initial_connection_window_size(1 << 20)
@@ -378,31 +420,6 @@ impl EndpointPool {
             active: Rc::new(Cell::new(0)),
             idle_since: Rc::new(Cell::new(Instant::now())),
         })
-    }
-
-    async fn connect_tcp(&self) -> Result<TcpStream, ProxyError> {
-        let addr = self.addr;
-        let result = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await;
-        let stream = match result {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
-                self.metrics.connect_failures.inc();
-                tracing::debug!(cluster = %self.cluster_name, %addr, error = %source, "upstream connect failed");
-                return Err(ProxyError::ConnectFailed { addr, source });
-            }
-            Err(_) => {
-                self.metrics.connect_failures.inc();
-                tracing::debug!(cluster = %self.cluster_name, %addr, "upstream connect timed out");
-                return Err(ProxyError::ConnectTimeout {
-                    addr,
-                    timeout: self.connect_timeout,
-                });
-            }
-        };
-        // Requests are written whole by hyper; Nagle would only delay them.
-        let _ = stream.set_nodelay(true);
-        self.metrics.connections.inc();
-        Ok(stream)
     }
 }
 

@@ -3,6 +3,7 @@
 //! when the body is dropped the request stops counting as in flight.
 
 use crate::cluster::Lease;
+use crate::cluster::call::ActiveRequest;
 use crate::http::conn::InflightGuard;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -18,6 +19,8 @@ pub struct ResponseBody {
     lease: Option<Lease>,
     /// Keeps the downstream request counted as in flight until the body is done.
     inflight: Option<InflightGuard>,
+    /// Keeps the request counted as active on its upstream endpoint until the body is done.
+    active: Option<ActiveRequest>,
 }
 
 #[derive(Debug)]
@@ -43,9 +46,10 @@ impl ResponseBody {
     }
 
     /// The upstream's body; `lease` returns the connection to its pool when the body ends.
-    pub(crate) fn upstream(body: Incoming, lease: Lease) -> Self {
+    pub(crate) fn upstream(body: Incoming, lease: Lease, active: ActiveRequest) -> Self {
         let mut b = Self::new(Inner::Upstream(body));
         b.lease = Some(lease);
+        b.active = Some(active);
         b.release_if_done();
         b
     }
@@ -55,6 +59,7 @@ impl ResponseBody {
             inner,
             lease: None,
             inflight: None,
+            active: None,
         }
     }
 

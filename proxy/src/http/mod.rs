@@ -1,12 +1,16 @@
 //! The HTTP layer: hyper server connections (HTTP/1.1 and HTTP/2 on one port), header
-//! normalisation, upgrades, the request path ([`proxy`]) and `respond.rs`, the one place an
-//! error becomes a response.
+//! normalisation, upgrades, the request path ([`forward`]: plan → call → finish) and
+//! `respond.rs`, the one place an error becomes a response.
 
 pub mod body;
 pub(crate) mod conn;
+mod finish;
+pub(crate) mod forward;
 pub(crate) mod headers;
-pub(crate) mod proxy;
 pub(crate) mod respond;
 pub(crate) mod server;
 pub(crate) mod smuggle;
+mod spec;
 pub(crate) mod upgrade;
+
+pub use spec::HttpSpec;

@@ -13,52 +13,24 @@ const CLOSE: HeaderValue = HeaderValue::from_static("close");
 /// The response for a failed request. Downstream protocol errors also close the connection
 /// (RFC 9112 §6.3: after a framing error the connection cannot be trusted).
 pub(crate) fn error(err: &ProxyError) -> Response<ResponseBody> {
-    let (status, body, close) = match err {
-        ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no route\n", false),
-        ProxyError::MissingHost => (
-            StatusCode::BAD_REQUEST,
-            "bad request: missing Host header\n",
-            true,
-        ),
-        ProxyError::MultipleHost => (
-            StatusCode::BAD_REQUEST,
-            "bad request: multiple Host headers\n",
-            true,
-        ),
+    let (body, close) = match err {
+        ProxyError::NoRoute { .. } => ("no route\n", false),
+        ProxyError::MissingHost => ("bad request: missing Host header\n", true),
+        ProxyError::MultipleHost => ("bad request: multiple Host headers\n", true),
         ProxyError::ContentLengthWithTransferEncoding => (
-            StatusCode::BAD_REQUEST,
             "bad request: both Content-Length and Transfer-Encoding\n",
             true,
         ),
-        ProxyError::ConnectNotSupported => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "CONNECT is not supported\n",
-            false,
-        ),
-        ProxyError::NoEndpoint(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream\n",
-            false,
-        ),
+        ProxyError::ConnectNotSupported => ("CONNECT is not supported\n", false),
+        ProxyError::NoCluster(_) => ("no cluster\n", false),
+        ProxyError::NoEndpoint(_) => ("no healthy upstream\n", false),
         ProxyError::ConnectFailed { .. }
         | ProxyError::ConnectTimeout { .. }
-        | ProxyError::Handshake { .. } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error\n",
-            false,
-        ),
-        ProxyError::UpstreamTimeout(_) => (
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream request timeout\n",
-            false,
-        ),
-        ProxyError::Upstream(_) => (
-            StatusCode::BAD_GATEWAY,
-            "upstream reset or protocol error\n",
-            false,
-        ),
+        | ProxyError::Handshake { .. } => ("upstream connect error\n", false),
+        ProxyError::UpstreamTimeout(_) => ("upstream request timeout\n", false),
+        ProxyError::Upstream(_) => ("upstream reset or protocol error\n", false),
     };
-    let mut resp = text(status, Bytes::from_static(body.as_bytes()));
+    let mut resp = text(err.status(), Bytes::from_static(body.as_bytes()));
     if close {
         resp.headers_mut().insert(CONNECTION, CLOSE);
     }

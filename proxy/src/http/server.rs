@@ -2,11 +2,12 @@
 //! listener's limits, enforce the header and idle timeouts, and drain on request.
 
 use crate::drain::Drain;
+use crate::http::HttpSpec;
 use crate::http::conn::{self, ConnIo, ConnState, Expired};
-use crate::http::proxy::{self, HttpConn};
+use crate::http::forward::{self, HttpConn};
+use crate::listener::ListenerSpec;
 use crate::listener::detect;
-use crate::state::{HttpSpec, ListenerSpec};
-use crate::worker::Worker;
+use crate::local::Worker;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::cell::{Cell, RefCell};
@@ -87,7 +88,7 @@ pub(crate) async fn serve(
     ));
     // hyper keeps one slot per connection for the request future, sized for it, for the life of
     // the connection; boxing the future per request keeps idle connections small.
-    let svc = service_fn(move |req| Box::pin(proxy::handle(Rc::clone(&ctx), req)));
+    let svc = service_fn(move |req| Box::pin(forward::handle(Rc::clone(&ctx), req)));
     let result = if http2 {
         // Boxed so that HTTP/1.1 connections (most of them) do not carry the larger HTTP/2
         // state in their task.

@@ -2,36 +2,39 @@
 //! once the upstream answers `101 Switching Protocols` is the client switched, and then bytes
 //! flow both ways until either side closes.
 
-use crate::cluster::{EndpointPool, Lease};
+use crate::cluster::Lease;
+use crate::cluster::call::{self, Call, Upstream};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
+use crate::http::finish::{ResponseMeta, finish};
 use crate::http::headers;
-use crate::http::proxy::{ResponseMeta, RouteTimeout, finish};
 use crate::route::{Route, VirtualHost};
 use crate::tunnel::{self, Ended};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use std::rc::Rc;
-use std::time::Duration;
 
 /// Sends an upgrade request on a dedicated connection; switches on 101, otherwise returns the
 /// upstream's answer as a normal response.
 pub(crate) async fn forward(
-    pool: Rc<EndpointPool>,
+    call: Call<'_>,
     req: Request<Incoming>,
     downstream: OnUpgrade,
     drain: &Drain,
-    timeout: Option<Duration>,
     meta: ResponseMeta<'_>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let resp = RouteTimeout::new(pool.send_upgrade(req), timeout, meta.cluster).await?;
+    let (resp, active) = call::send_upgrade(call, req).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         Ok(switch(resp, downstream, drain, meta.vh, meta.route))
     } else {
-        Ok(finish(&meta, resp, Lease::None))
+        let upstream = Upstream {
+            response: resp,
+            lease: Lease::None,
+            active,
+        };
+        Ok(finish(&meta, upstream))
     }
 }
 

@@ -3,11 +3,15 @@
 //! HTTP server or the TCP proxy.
 
 pub(crate) mod detect;
+mod reconcile;
+mod spec;
 mod tcp;
 
+pub use reconcile::{BoundListener, Command, Reconciler, WorkerSink};
+pub use spec::{ListenerKind, ListenerSpec, TcpSpec};
+
 use crate::drain::Drain;
-use crate::state::{ListenerKind, ListenerSpec};
-use crate::worker::Worker;
+use crate::local::Worker;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
@@ -140,7 +144,7 @@ async fn serve(
         ListenerKind::Http(http) => {
             crate::http::server::serve(stream, peer, Arc::clone(&spec), http, worker, drain).await;
         }
-        ListenerKind::Tcp(tcp) => tcp::proxy(stream, peer, &spec, tcp, &drain).await,
+        ListenerKind::Tcp(tcp) => tcp::proxy(stream, peer, &spec, tcp, &worker, &drain).await,
     }
     spec.metrics.active.dec();
 }

@@ -2,12 +2,11 @@
 //! timeout), redirect, or answer directly. The decisions here are pure functions.
 
 use super::CompileError;
-use crate::cluster::Cluster;
+use crate::cluster::{ClusterHandle, Registry};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
 use sluice_config as config;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,11 +43,11 @@ pub struct Forward {
 #[derive(Debug)]
 pub enum Backends {
     /// All requests to one cluster.
-    Single(Arc<Cluster>),
+    Single(Arc<ClusterHandle>),
     /// Requests split by weight; `total` is the sum of the weights.
     Weighted {
         /// Clusters with cumulative weight upper bounds.
-        clusters: Vec<(Arc<Cluster>, u64)>,
+        clusters: Vec<(Arc<ClusterHandle>, u64)>,
         /// Sum of weights (> 0).
         total: u64,
     },
@@ -79,14 +78,9 @@ pub struct Redirect {
 impl Action {
     pub(super) fn compile(
         r: &config::Route,
-        clusters: &HashMap<String, Arc<Cluster>>,
+        clusters: &mut Registry,
     ) -> Result<Self, CompileError> {
-        let lookup = |name: &str| {
-            clusters
-                .get(name)
-                .cloned()
-                .ok_or_else(|| CompileError::UnknownCluster(name.to_string()))
-        };
+        let mut lookup = |name: &str| Ok::<_, CompileError>(clusters.handle(name));
         if let Some(d) = &r.direct_response {
             return Ok(Action::Direct {
                 status: StatusCode::from_u16(d.status)
@@ -153,7 +147,7 @@ impl Action {
 impl Backends {
     /// Picks a cluster; `roll` yields a number uniform over `u64` (random in production) and
     /// is only called for a split. `None` only for an empty split, which compilation refuses.
-    pub fn pick(&self, roll: impl FnOnce() -> u64) -> Option<&Arc<Cluster>> {
+    pub fn pick(&self, roll: impl FnOnce() -> u64) -> Option<&Arc<ClusterHandle>> {
         match self {
             Backends::Single(c) => Some(c),
             Backends::Weighted { clusters, total } => {

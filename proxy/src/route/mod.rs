@@ -10,12 +10,10 @@ mod tests;
 pub use action::{Action, Backends, Forward, HeaderOps};
 pub(crate) use host::strip_port;
 
-use crate::cluster::Cluster;
+use crate::cluster::Registry;
 use http::{HeaderMap, Method};
 use matcher::RouteMatcher;
 use sluice_config as config;
-use std::collections::HashMap;
-use std::sync::Arc;
 
 /// Why a validated config still could not be compiled (a bug or a resource that vanished).
 #[derive(Debug, thiserror::Error)]
@@ -84,10 +82,23 @@ pub struct Route {
 }
 
 impl RouteTable {
-    /// Compiles a validated route table against the clusters it may reference.
+    /// A table with no virtual host: every request gets 404. Stands in for a table a listener
+    /// names that has not arrived (or was removed).
+    pub fn empty(name: &str) -> Self {
+        let mut hosts = host::HostIndex::default();
+        hosts.finish();
+        RouteTable {
+            name: name.to_string(),
+            hosts,
+            virtual_hosts: Vec::new(),
+        }
+    }
+
+    /// Compiles a validated route table, resolving cluster names to long-lived handles (created
+    /// empty for clusters not configured yet).
     pub fn compile(
         table: &config::RouteTable,
-        clusters: &HashMap<String, Arc<Cluster>>,
+        clusters: &mut Registry,
     ) -> Result<Self, CompileError> {
         let mut hosts = host::HostIndex::default();
         let mut virtual_hosts = Vec::with_capacity(table.virtual_hosts.len());

@@ -9,8 +9,11 @@ fn table(yaml: &str) -> RouteTable {
         "route_tables:\n  - name: t\n    virtual_hosts:\n{yaml}\nclusters:\n  - {{ name: a, endpoints: [127.0.0.1:1] }}\n  - {{ name: b, endpoints: [127.0.0.1:2] }}\n"
     );
     let cfg = sluice_config::parse(&src, "t.yaml").unwrap_or_else(|e| panic!("{e}\n{src}"));
-    let clusters = crate::cluster::build_registry(&cfg.clusters, &HashMap::new(), &Metrics::new());
-    RouteTable::compile(&cfg.route_tables[0], &clusters).unwrap()
+    let mut clusters = crate::cluster::Registry::new(std::sync::Arc::new(Metrics::new()), 1);
+    for c in &cfg.clusters {
+        clusters.set_settings(c);
+    }
+    RouteTable::compile(&cfg.route_tables[0], &mut clusters).unwrap()
 }
 
 struct Req {

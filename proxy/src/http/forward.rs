@@ -1,21 +1,24 @@
-//! The request path of an HTTP listener: check the request, route it, and either answer
-//! (direct response, redirect, error) or forward it upstream and stream the response back.
+//! The request path of an HTTP listener: plan (check the request, route it, build the upstream
+//! request) → call (`cluster::call`, which owns pick, pool, send and classification) → finish
+//! (`http::finish`); or answer directly (direct response, redirect, error).
 
-use crate::cluster::{EndpointPool, Lease, UpstreamProtocol};
+use crate::cluster::UpstreamProtocol;
+use crate::cluster::call::{self, Call};
 use crate::drain::Drain;
 use crate::error::ProxyError;
+use crate::http::HttpSpec;
 use crate::http::body::ResponseBody;
 use crate::http::conn::ConnState;
+use crate::http::finish::{ResponseMeta, apply_response_ops, finish};
 use crate::http::{headers, respond, upgrade};
+use crate::listener::{ListenerKind, ListenerSpec};
+use crate::local::Worker;
 use crate::route::{Action, Forward, RequestHead, Route, VirtualHost};
-use crate::state::{HttpSpec, ListenerKind, ListenerSpec};
-use crate::worker::Worker;
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, TE, TRAILER};
+use http::header::{CONNECTION, HOST, TE};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use sluice_config::UpstreamProtocol as ConfiguredProtocol;
 use std::cell::{Cell, RefCell};
@@ -96,22 +99,20 @@ pub(crate) async fn handle(
         ListenerKind::Http(http) => match plan(&conn, http, req, smuggled) {
             Ok(Planned::Answer(resp)) => Ok(resp),
             Ok(Planned::Forward(p)) => {
+                let call = Call {
+                    pools: &conn.worker.pools,
+                    worker: conn.worker.id,
+                    cluster: p.meta.cluster,
+                    proto: p.proto,
+                    timeout: p.timeout,
+                };
                 if let Some(down) = p.upgrade {
                     // Rare: a dedicated connection, boxed to keep this future small.
-                    Box::pin(upgrade::forward(
-                        p.pool,
-                        p.request,
-                        down,
-                        &conn.drain,
-                        p.timeout,
-                        p.meta,
-                    ))
-                    .await
+                    Box::pin(upgrade::forward(call, p.request, down, &conn.drain, p.meta)).await
                 } else {
-                    let send = p.pool.send(p.request, p.proto);
-                    RouteTimeout::new(send, p.timeout, p.meta.cluster)
+                    call::send(call, p.request)
                         .await
-                        .map(|(resp, lease)| finish(&p.meta, resp, lease))
+                        .map(|up| finish(&p.meta, up))
                 }
             }
             Err(e) => Err(e),
@@ -146,21 +147,10 @@ enum Planned<'a> {
 /// A request ready to go upstream, and what its response needs.
 pub(crate) struct Plan<'a> {
     pub(crate) request: Request<Incoming>,
-    pub(crate) pool: Rc<EndpointPool>,
     proto: UpstreamProtocol,
     pub(crate) timeout: Option<std::time::Duration>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     pub(crate) meta: ResponseMeta<'a>,
-}
-
-/// What the response path needs from the request.
-pub(crate) struct ResponseMeta<'a> {
-    pub(crate) vh: &'a VirtualHost,
-    pub(crate) route: &'a Route,
-    pub(crate) cluster: &'a Arc<crate::cluster::Cluster>,
-    downstream_version: Version,
-    head: bool,
-    wants_trailers: bool,
 }
 
 /// Checks and routes the request; builds the upstream request when the route forwards.
@@ -224,16 +214,8 @@ fn request_authority(parts: &Parts) -> Result<HeaderValue, ProxyError> {
     }
 }
 
-pub(crate) fn apply_response_ops(vh: &VirtualHost, route: &Route, headers: &mut http::HeaderMap) {
-    if !vh.response_headers.is_empty() {
-        vh.response_headers.apply(headers);
-    }
-    if !route.response_headers.is_empty() {
-        route.response_headers.apply(headers);
-    }
-}
-
-/// Picks the cluster and endpoint and rewrites the request for the upstream.
+/// Picks the cluster (the endpoint is picked inside the call) and rewrites the request for
+/// the upstream.
 #[allow(clippy::too_many_arguments)]
 fn plan_forward<'a>(
     conn: &HttpConn,
@@ -249,11 +231,12 @@ fn plan_forward<'a>(
         .backends
         .pick(|| fastrand::u64(..))
         .ok_or_else(|| ProxyError::NoEndpoint(route.name.clone()))?;
-    let (index, addr) = cluster
-        .pick()
-        .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.clone()))?;
+    let configured = match &*cluster.settings_guard() {
+        Some(s) => s.config.protocol,
+        None => return Err(ProxyError::NoCluster(cluster.name.clone())),
+    };
     let downstream_version = parts.version;
-    let proto = match cluster.config.protocol {
+    let proto = match configured {
         ConfiguredProtocol::Http1 => UpstreamProtocol::Http1,
         ConfiguredProtocol::Http2 => UpstreamProtocol::Http2,
         ConfiguredProtocol::Auto if downstream_version == Version::HTTP_2 => {
@@ -316,7 +299,6 @@ fn plan_forward<'a>(
     let head = parts.method == Method::HEAD;
     Ok(Plan {
         request: Request::from_parts(parts, body),
-        pool: conn.worker.pools.endpoint(cluster, index, addr),
         proto,
         timeout: f.timeout,
         upgrade,
@@ -329,108 +311,6 @@ fn plan_forward<'a>(
             wants_trailers,
         },
     })
-}
-
-/// Turns the upstream's response into the downstream response.
-pub(crate) fn finish(
-    meta: &ResponseMeta<'_>,
-    resp: Response<Incoming>,
-    lease: Lease,
-) -> Response<ResponseBody> {
-    let (mut rparts, rbody) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut rparts.headers, false);
-    apply_response_ops(meta.vh, meta.route, &mut rparts.headers);
-    if meta.downstream_version != Version::HTTP_2 {
-        rparts.version = Version::HTTP_11;
-        // HTTP/1.1 can carry trailers only when announced (hyper sends those named in
-        // `Trailer`); gRPC servers over HTTP/2 do not announce theirs.
-        if meta.wants_trailers && !rparts.headers.contains_key(TRAILER) && is_grpc(&rparts.headers)
-        {
-            rparts.headers.insert(
-                TRAILER,
-                HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
-            );
-        }
-    } else {
-        rparts.version = Version::HTTP_2;
-    }
-    let bodyless = meta.head
-        || rparts.status == StatusCode::NO_CONTENT
-        || rparts.status == StatusCode::NOT_MODIFIED;
-    if rparts.status == StatusCode::NO_CONTENT {
-        rparts.headers.remove(http::header::CONTENT_LENGTH);
-    }
-    let body = if bodyless {
-        // Responses to HEAD and 204/304 responses have no body whatever the upstream sends
-        // (RFC 9110 §6.4.1; hyper's HTTP/2 server would forward one). A clean end releases the
-        // connection; anything else closes it.
-        let mut lease = lease;
-        if rbody.is_end_stream() {
-            lease.release();
-        }
-        ResponseBody::empty()
-    } else {
-        ResponseBody::upstream(rbody, lease)
-    };
-    Response::from_parts(rparts, body)
-}
-
-pin_project_lite::pin_project! {
-    /// An upstream call under the route timeout, built in place (no extra async frame, one
-    /// copy). A timeout is counted on the cluster and becomes `UpstreamTimeout`.
-    pub(crate) struct RouteTimeout<'a, F> {
-        #[pin]
-        fut: F,
-        #[pin]
-        deadline: Option<crate::rt::Deadline>,
-        timeout: Option<std::time::Duration>,
-        cluster: &'a crate::cluster::Cluster,
-    }
-}
-
-impl<'a, F> RouteTimeout<'a, F> {
-    pub(crate) fn new(
-        fut: F,
-        timeout: Option<std::time::Duration>,
-        cluster: &'a crate::cluster::Cluster,
-    ) -> Self {
-        RouteTimeout {
-            fut,
-            deadline: timeout.map(crate::rt::Deadline::after),
-            timeout,
-            cluster,
-        }
-    }
-}
-
-impl<T, F: std::future::Future<Output = Result<T, ProxyError>>> std::future::Future
-    for RouteTimeout<'_, F>
-{
-    type Output = Result<T, ProxyError>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let this = self.project();
-        if let std::task::Poll::Ready(v) = this.fut.poll(cx) {
-            return std::task::Poll::Ready(v);
-        }
-        match this.deadline.as_pin_mut() {
-            Some(d) => d.poll(cx).map(|()| {
-                this.cluster.metrics.error("timeout");
-                Err(ProxyError::UpstreamTimeout(
-                    this.timeout.unwrap_or_default(),
-                ))
-            }),
-            None => std::task::Poll::Pending,
-        }
-    }
-}
-
-fn is_grpc(h: &http::HeaderMap) -> bool {
-    h.get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// The upstream request target: origin form, rewritten if the route says so.

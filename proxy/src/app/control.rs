@@ -1,0 +1,153 @@
+//! The control loop, on the control thread: serves the admin API, feeds the file source's
+//! updates to the state writer (on file changes, `SIGHUP` and [`super::Proxy::reload`]), and
+//! drains on shutdown.
+
+use super::signals::{self, Terminate};
+use super::{Exit, Options, ReloadError};
+use crate::admin::{self, AdminState};
+use crate::source::file::{FileSource, Loaded};
+use crate::state::Writer;
+use crate::worker::WorkerHandle;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Requests from the [`super::Proxy`] handle.
+pub(super) enum Control {
+    Reload(oneshot::Sender<Result<(), ReloadError>>),
+    Shutdown,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Control::Reload(_) => "Reload",
+            Control::Shutdown => "Shutdown",
+        })
+    }
+}
+
+/// Coalesces bursts of file events (editors and Kubernetes volume updates write several).
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+pub(super) struct ControlLoop {
+    pub(super) admin: Arc<AdminState>,
+    pub(super) workers: Vec<WorkerHandle>,
+    pub(super) writer: Writer,
+    pub(super) source: FileSource,
+    pub(super) options: Options,
+}
+
+impl ControlLoop {
+    pub(super) async fn run(
+        mut self,
+        admin: std::net::TcpListener,
+        mut rx: mpsc::UnboundedReceiver<Control>,
+    ) -> Exit {
+        match tokio::net::TcpListener::from_std(admin) {
+            Ok(l) => {
+                tokio::spawn(admin::serve(l, Arc::clone(&self.admin)));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serve the admin API"),
+        }
+        let (mut hup, mut term) = signals::signals(self.options.handle_signals);
+        let (file_tx, mut file_rx) = mpsc::unbounded_channel::<()>();
+        let _watcher = if self.options.watch {
+            self.source.watch(file_tx)
+        } else {
+            None
+        };
+        let debounce = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(debounce);
+        let mut pending = false;
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Control::Reload(reply)) => {
+                        let _ = reply.send(self.reload(true));
+                    }
+                    Some(Control::Shutdown) | None => break,
+                },
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading config");
+                    let _ = self.reload(true);
+                }
+                _ = term.recv() => {
+                    tracing::info!("shutdown signal received");
+                    break;
+                }
+                Some(()) = file_rx.recv() => {
+                    pending = true;
+                    debounce.as_mut().reset(Instant::now() + DEBOUNCE);
+                }
+                _ = debounce.as_mut(), if pending => {
+                    pending = false;
+                    let _ = self.reload(false);
+                }
+            }
+        }
+        self.shutdown(&mut term).await
+    }
+
+    async fn shutdown(&mut self, term: &mut Terminate) -> Exit {
+        let timeout = self.options.drain_timeout;
+        self.admin.live.set_draining();
+        tracing::info!(drain_timeout = ?timeout, "draining: stopped accepting, waiting for in-flight requests");
+        let done = super::stop_workers(&self.workers, timeout);
+        let all = async {
+            for rx in done {
+                let _ = rx.await;
+            }
+        };
+        tokio::select! {
+            _ = all => {
+                tracing::info!("drained; exiting");
+                Exit::Drained
+            }
+            _ = term.recv() => {
+                tracing::warn!("second signal: exiting without waiting");
+                Exit::Forced
+            }
+        }
+    }
+
+    /// Reads the source and applies what changed. Invalid files change nothing; an invalid
+    /// resource (a listener whose address is taken, say) is rejected by name while the rest
+    /// apply. With `force` false an unchanged text is skipped.
+    fn reload(&mut self, force: bool) -> Result<(), ReloadError> {
+        let metrics = Arc::clone(&self.admin.live.metrics);
+        let config = match self.source.load(force) {
+            Ok(Loaded::Changed(c)) => c,
+            Ok(Loaded::Unchanged) => {
+                tracing::debug!("config unchanged");
+                return Ok(());
+            }
+            Err(errors) => {
+                metrics.config_reload("failure");
+                for line in errors.to_string().lines() {
+                    tracing::error!("config reload rejected, keeping the previous config: {line}");
+                }
+                return Err(ReloadError::Config(errors));
+            }
+        };
+        let update = FileSource::update(&config, self.writer.resources());
+        let applied = self.writer.apply(update);
+        if applied.is_ok() {
+            metrics.config_reload("success");
+            tracing::info!(
+                generation = self.admin.live.generation(),
+                changed = applied.changed(),
+                "config reloaded"
+            );
+            Ok(())
+        } else {
+            metrics.config_reload("failure");
+            let rejected: Vec<String> = applied.rejected().map(ToString::to_string).collect();
+            for r in &rejected {
+                tracing::error!("config reload: {r}; its previous version (if any) keeps serving");
+            }
+            Err(ReloadError::Rejected(rejected.join("\n")))
+        }
+    }
+}

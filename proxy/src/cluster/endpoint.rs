@@ -1,0 +1,139 @@
+//! Endpoints and endpoint sets. An [`EndpointSet`] is immutable and swapped whole; the
+//! [`EndpointState`] of each endpoint is shared across sets (keyed by address), so health and
+//! load survive endpoint-set changes.
+
+use crate::lb::{self, LoadBalancer, PickContext};
+use sluice_config::LbPolicy;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+
+/// One upstream address in one endpoint set.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Address.
+    pub address: SocketAddr,
+    /// Relative share of requests.
+    pub weight: u32,
+    /// Shared state, kept while the address stays in the set.
+    pub state: Arc<EndpointState>,
+}
+
+/// Why an endpoint is excluded from balancing (bit flags; none set means healthy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health(u8);
+
+impl Health {
+    /// Failed active health checking.
+    pub const FAILED_ACTIVE_HC: Health = Health(1);
+    /// Ejected by outlier detection.
+    pub const FAILED_OUTLIER: Health = Health(2);
+}
+
+/// State shared by every worker for one endpoint: what circuit breakers, outlier detection,
+/// health checks and load-aware balancers read and write.
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    health: AtomicU8,
+    active: AtomicU32,
+}
+
+impl EndpointState {
+    /// True when no health flag is set.
+    pub fn is_healthy(&self) -> bool {
+        self.health.load(Ordering::Relaxed) == 0
+    }
+
+    /// Sets a health flag.
+    pub fn set_unhealthy(&self, why: Health) {
+        self.health.fetch_or(why.0, Ordering::Relaxed);
+    }
+
+    /// Clears a health flag.
+    pub fn set_healthy(&self, why: Health) {
+        self.health.fetch_and(!why.0, Ordering::Relaxed);
+    }
+
+    /// Requests in flight to this endpoint, over all workers.
+    pub fn active_requests(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub(crate) fn admit(self: &Arc<Self>) -> ActiveRequest {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(Arc::clone(self))
+    }
+}
+
+/// Counts one request as active on its endpoint while alive.
+#[derive(Debug)]
+pub(crate) struct ActiveRequest(Arc<EndpointState>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An immutable set of endpoints with its balancer.
+#[derive(Debug)]
+pub struct EndpointSet {
+    /// 0 for "never set"; increases with every change.
+    pub version: u64,
+    /// The endpoints, in config order.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    lb: Box<dyn LoadBalancer>,
+}
+
+impl EndpointSet {
+    /// No endpoints.
+    pub fn empty(workers: usize) -> Self {
+        EndpointSet {
+            version: 0,
+            endpoints: Vec::new(),
+            lb: lb::build(LbPolicy::default(), &[], workers),
+        }
+    }
+
+    /// A set from (address, weight) pairs; addresses already in `previous` keep their state.
+    pub fn build(
+        version: u64,
+        endpoints: impl Iterator<Item = (SocketAddr, u32)>,
+        previous: &EndpointSet,
+        policy: LbPolicy,
+        workers: usize,
+    ) -> Self {
+        let endpoints: Vec<Arc<Endpoint>> = endpoints
+            .map(|(address, weight)| {
+                let state = previous
+                    .endpoints
+                    .iter()
+                    .find(|e| e.address == address)
+                    .map(|e| Arc::clone(&e.state))
+                    .unwrap_or_default();
+                Arc::new(Endpoint {
+                    address,
+                    weight,
+                    state,
+                })
+            })
+            .collect();
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        EndpointSet {
+            version,
+            lb: lb::build(policy, &weights, workers),
+            endpoints,
+        }
+    }
+
+    /// Picks an endpoint for one attempt.
+    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<&Arc<Endpoint>> {
+        self.lb.pick(&self.endpoints, ctx)
+    }
+
+    /// The endpoint with this address.
+    pub fn get(&self, address: SocketAddr) -> Option<&Arc<Endpoint>> {
+        self.endpoints.iter().find(|e| e.address == address)
+    }
+}

@@ -1,0 +1,81 @@
+//! The response side of a forwarded request: turns the upstream's response head into the
+//! downstream's (hop-by-hop headers, header operations, trailers announcement, bodies that must
+//! not exist) and wraps the body so the upstream connection is released when it ends.
+
+use crate::cluster::call::Upstream;
+use crate::http::body::ResponseBody;
+use crate::http::headers;
+use crate::route::{Route, VirtualHost};
+use http::header::TRAILER;
+use http::{HeaderValue, Response, StatusCode, Version};
+use http_body::Body as _;
+
+/// What the response path needs from the request.
+pub(crate) struct ResponseMeta<'a> {
+    pub(crate) vh: &'a VirtualHost,
+    pub(crate) route: &'a Route,
+    pub(crate) cluster: &'a crate::cluster::ClusterHandle,
+    pub(crate) downstream_version: Version,
+    pub(crate) head: bool,
+    pub(crate) wants_trailers: bool,
+}
+
+pub(crate) fn apply_response_ops(vh: &VirtualHost, route: &Route, headers: &mut http::HeaderMap) {
+    if !vh.response_headers.is_empty() {
+        vh.response_headers.apply(headers);
+    }
+    if !route.response_headers.is_empty() {
+        route.response_headers.apply(headers);
+    }
+}
+
+/// Turns the upstream's response into the downstream response.
+pub(crate) fn finish(meta: &ResponseMeta<'_>, upstream: Upstream) -> Response<ResponseBody> {
+    let Upstream {
+        response,
+        lease,
+        active,
+        ..
+    } = upstream;
+    let (mut rparts, rbody) = response.into_parts();
+    headers::strip_hop_by_hop(&mut rparts.headers, false);
+    apply_response_ops(meta.vh, meta.route, &mut rparts.headers);
+    if meta.downstream_version != Version::HTTP_2 {
+        rparts.version = Version::HTTP_11;
+        // HTTP/1.1 can carry trailers only when announced (hyper sends those named in
+        // `Trailer`); gRPC servers over HTTP/2 do not announce theirs.
+        if meta.wants_trailers && !rparts.headers.contains_key(TRAILER) && is_grpc(&rparts.headers)
+        {
+            rparts.headers.insert(
+                TRAILER,
+                HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+            );
+        }
+    } else {
+        rparts.version = Version::HTTP_2;
+    }
+    let bodyless = meta.head
+        || rparts.status == StatusCode::NO_CONTENT
+        || rparts.status == StatusCode::NOT_MODIFIED;
+    if rparts.status == StatusCode::NO_CONTENT {
+        rparts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    let body = if bodyless {
+        // Responses to HEAD and 204/304 responses have no body whatever the upstream sends
+        // (RFC 9110 §6.4.1; hyper's HTTP/2 server would forward one). A clean end releases the
+        // connection; anything else closes it.
+        let mut lease = lease;
+        if rbody.is_end_stream() {
+            lease.release();
+        }
+        ResponseBody::empty()
+    } else {
+        ResponseBody::upstream(rbody, lease, active)
+    };
+    Response::from_parts(rparts, body)
+}
+
+fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}

@@ -1,0 +1,61 @@
+//! Compiled HTTP listener settings: the route table and hyper's connection builders, prebuilt
+//! with the listener's limits.
+
+use crate::route::RouteTable;
+use crate::rt::LocalExec;
+use hyper::server::conn::{http1, http2};
+use sluice_config as config;
+use std::sync::Arc;
+
+/// Compiled HTTP listener settings.
+#[derive(Debug)]
+pub struct HttpSpec {
+    /// The route table.
+    pub routes: Arc<RouteTable>,
+    /// Settings from the config.
+    pub settings: config::HttpListener,
+    pub(crate) h1: http1::Builder,
+    pub(crate) h2: http2::Builder<LocalExec>,
+}
+
+/// hyper's own HTTP/1.1 header-count limit.
+const HYPER_DEFAULT_MAX_HEADERS: u32 = 100;
+
+impl HttpSpec {
+    /// Compiles an HTTP listener's settings with its route table.
+    pub fn compile(routes: Arc<RouteTable>, s: &config::HttpListener) -> HttpSpec {
+        let mut h1 = http1::Builder::new();
+        // hyper parses up to 100 headers in a stack array; an explicit limit (even 100) makes it
+        // allocate and fill a vector per request, so it is only set when it differs.
+        if s.max_request_headers != HYPER_DEFAULT_MAX_HEADERS {
+            h1.max_headers(s.max_request_headers as usize);
+        }
+        h1.keep_alive(true)
+            .half_close(false)
+            // Validation bounds it to 1MiB; the same limit caps chunked trailers.
+            .max_header_size(s.max_request_header_bytes.bytes() as usize)
+            .max_buf_size((s.max_request_header_bytes.bytes() as usize).max(8192) + 8192)
+            // The connection timer enforces the header timeout (one timer per connection, not a
+            // boxed sleep per request).
+            .header_read_timeout(None);
+        let mut h2 = http2::Builder::new(LocalExec);
+        let h2s = &s.http2;
+        h2.max_concurrent_streams(h2s.max_concurrent_streams)
+            .max_header_list_size(s.max_request_header_bytes.bytes() as u32)
+            .initial_stream_window_size(h2s.initial_stream_window_size.bytes() as u32)
+            .initial_connection_window_size(h2s.initial_connection_window_size.bytes() as u32)
+            .max_frame_size(h2s.max_frame_size.bytes() as u32)
+            .adaptive_window(false)
+            .max_send_buf_size(256 << 10)
+            // Rapid-reset (CVE-2023-44487) and MadeYouReset bounds, stricter than h2's defaults.
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(100)
+            .keep_alive_interval(None);
+        HttpSpec {
+            routes,
+            settings: s.clone(),
+            h1,
+            h2,
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Compiled listener settings: what a worker needs to accept and serve a listener's
+//! connections. HTTP settings are compiled by `http::spec`.
+
+use crate::cluster::{ClusterHandle, Registry};
+use crate::http::HttpSpec;
+use crate::metrics::{ListenerMetrics, Metrics};
+use crate::route::{CompileError, RouteTable};
+use sluice_config as config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A compiled listener.
+#[derive(Debug)]
+pub struct ListenerSpec {
+    /// Name.
+    pub name: String,
+    /// Configured address (port may be 0).
+    pub address: SocketAddr,
+    /// HTTP or TCP.
+    pub kind: ListenerKind,
+    /// Metric handles.
+    pub metrics: ListenerMetrics,
+}
+
+/// What a listener does with its connections.
+#[derive(Debug)]
+pub enum ListenerKind {
+    /// Serve HTTP and route.
+    Http(Box<HttpSpec>),
+    /// Proxy bytes to a cluster.
+    Tcp(TcpSpec),
+}
+
+/// Compiled TCP listener settings.
+#[derive(Debug)]
+pub struct TcpSpec {
+    /// Destination cluster.
+    pub cluster: Arc<ClusterHandle>,
+    /// Idle timeout, if any.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl ListenerSpec {
+    /// Compiles a listener; `route_table` resolves its HTTP route table by name.
+    pub fn compile(
+        l: &config::Listener,
+        route_table: impl FnOnce(&str) -> Arc<RouteTable>,
+        clusters: &mut Registry,
+        metrics: &Metrics,
+    ) -> Result<ListenerSpec, CompileError> {
+        let kind = match (&l.http, &l.tcp) {
+            (Some(h), None) => {
+                ListenerKind::Http(Box::new(HttpSpec::compile(route_table(&h.route_table), h)))
+            }
+            (None, Some(t)) => ListenerKind::Tcp(TcpSpec {
+                cluster: clusters.handle(&t.cluster),
+                idle_timeout: (!t.idle_timeout.is_zero()).then(|| t.idle_timeout.get()),
+            }),
+            _ => {
+                return Err(CompileError::Invalid(
+                    "listener without exactly one of http or tcp",
+                ));
+            }
+        };
+        Ok(ListenerSpec {
+            name: l.name.clone(),
+            address: l.address,
+            kind,
+            metrics: metrics.listener(&l.name),
+        })
+    }
+
+    /// `"http"` or `"tcp"`.
+    pub fn protocol(&self) -> &'static str {
+        match self.kind {
+            ListenerKind::Http(_) => "http",
+            ListenerKind::Tcp(_) => "tcp",
+        }
+    }
+
+    /// The HTTP route table's name, for HTTP listeners.
+    pub fn route_table(&self) -> Option<&str> {
+        match &self.kind {
+            ListenerKind::Http(h) => Some(&h.routes.name),
+            ListenerKind::Tcp(_) => None,
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Config sources: where resources come from. A source turns its input into
+//! `sluice_config::Update`s for the state's one writer. The file source ([`file`]) diffs the
+//! file into updates; the xDS client will be a second source feeding the same writer.
+
+pub mod file;
+
+pub use file::{FileSource, Source};

@@ -1,0 +1,277 @@
+//! The one writer of live state. [`Writer::apply`] takes an update of any resource types
+//! (from the file source today, from xDS next), checks each resource on its own, applies the
+//! valid ones and rejects the others by name, recompiles only what depends on what changed,
+//! and swaps one new snapshot in:
+//!
+//! | change | touches |
+//! |---|---|
+//! | a cluster's endpoints | the cluster handle's endpoint set (no route table, no listener, no pool of another endpoint) |
+//! | a cluster's settings | the cluster handle's settings |
+//! | a route table | that table and the HTTP listeners using it (no cluster, no pool) |
+//! | a listener | that listener (bound before the swap; a bind failure rejects it) |
+
+use super::{Live, Snapshot};
+use crate::cluster::{Change, Registry};
+use crate::listener::{ListenerSpec, Reconciler};
+use crate::metrics::Metrics;
+use crate::route::RouteTable;
+use sluice_config::{
+    self as config, Config, Resource, ResourceKey, ResourceType, Update, validate_resource,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+/// What an update did to one resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceResult {
+    /// Type.
+    pub kind: ResourceType,
+    /// Name.
+    pub name: String,
+    /// What changed, or why the resource was rejected (the previous version, if any, stays).
+    pub outcome: Result<Change, String>,
+}
+
+impl fmt::Display for ResourceResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.outcome {
+            Ok(change) => write!(f, "{} \"{}\": {change:?}", self.kind, self.name),
+            Err(why) => write!(f, "{} \"{}\" rejected: {why}", self.kind, self.name),
+        }
+    }
+}
+
+/// The result of one update.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    /// One entry per resource named by the update.
+    pub results: Vec<ResourceResult>,
+}
+
+impl Applied {
+    /// The rejected resources.
+    pub fn rejected(&self) -> impl Iterator<Item = &ResourceResult> {
+        self.results.iter().filter(|r| r.outcome.is_err())
+    }
+
+    /// True when nothing was rejected.
+    pub fn is_ok(&self) -> bool {
+        self.rejected().next().is_none()
+    }
+
+    /// True when some resource changed.
+    pub fn changed(&self) -> bool {
+        self.results
+            .iter()
+            .any(|r| matches!(r.outcome, Ok(c) if c != Change::Unchanged))
+    }
+}
+
+/// The only place live config changes.
+#[derive(Debug)]
+pub struct Writer {
+    pub(super) live: Arc<Live>,
+    admin: config::Admin,
+    resources: BTreeMap<ResourceKey, Resource>,
+    registry: Registry,
+    route_tables: HashMap<String, Arc<RouteTable>>,
+    listeners: HashMap<String, Arc<ListenerSpec>>,
+    reconciler: Reconciler,
+}
+
+impl Writer {
+    /// A writer for `live` (which starts empty), binding listeners through `reconciler`.
+    pub fn new(
+        live: Arc<Live>,
+        admin: config::Admin,
+        workers: usize,
+        reconciler: Reconciler,
+    ) -> Self {
+        Writer {
+            registry: Registry::new(Arc::clone(&live.metrics), workers),
+            live,
+            admin,
+            resources: BTreeMap::new(),
+            route_tables: HashMap::new(),
+            listeners: HashMap::new(),
+            reconciler,
+        }
+    }
+
+    /// The live resources.
+    pub fn resources(&self) -> &BTreeMap<ResourceKey, Resource> {
+        &self.resources
+    }
+
+    /// The cluster registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The listener reconciler (bound addresses).
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
+    }
+
+    /// Applies `update`: every valid resource takes effect, every invalid one is rejected by
+    /// name and its previous version (if any) keeps serving.
+    pub fn apply(&mut self, update: Update) -> Applied {
+        let metrics = Arc::clone(&self.live.metrics);
+        let mut results = Vec::new();
+        let mut upserts = update.upserts;
+        upserts.sort_by_key(Resource::kind);
+        let mut dirty_tables: HashSet<String> = HashSet::new();
+        let mut dirty_listeners: HashSet<String> = HashSet::new();
+
+        for r in upserts {
+            let outcome = self.upsert(&r, &mut dirty_tables, &mut dirty_listeners);
+            metrics.config_resource(r.kind().as_str(), outcome.is_ok());
+            if outcome.is_ok() {
+                self.resources.insert(r.key(), r.clone());
+            }
+            results.push(ResourceResult {
+                kind: r.kind(),
+                name: r.name().to_string(),
+                outcome,
+            });
+        }
+        for key in update.removals {
+            let change = self.remove(&key, &mut dirty_tables);
+            results.push(ResourceResult {
+                kind: key.0,
+                name: key.1,
+                outcome: Ok(change),
+            });
+        }
+        // Listeners whose route table changed are recompiled (their sockets stay).
+        for (name, spec) in &self.listeners {
+            if spec.route_table().is_some_and(|t| dirty_tables.contains(t)) {
+                dirty_listeners.insert(name.clone());
+            }
+        }
+        for name in dirty_listeners {
+            if let Some(Resource::Listener(l)) =
+                self.resources.get(&(ResourceType::Listener, name.clone()))
+                && let Ok(spec) = self.compile_listener(&l.clone())
+            {
+                self.listeners.insert(name, Arc::new(spec));
+            }
+        }
+        self.registry.collect_garbage();
+        self.publish();
+        Applied { results }
+    }
+
+    fn upsert(
+        &mut self,
+        r: &Resource,
+        dirty_tables: &mut HashSet<String>,
+        dirty_listeners: &mut HashSet<String>,
+    ) -> Result<Change, String> {
+        let issues = validate_resource(r);
+        if !issues.is_empty() {
+            return Err(issues
+                .iter()
+                .map(|i| format!("{}: {}", i.path, i.message))
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        let existed = self.resources.get(&r.key());
+        if existed == Some(r) {
+            return Ok(Change::Unchanged);
+        }
+        let change = if existed.is_some() {
+            Change::Updated
+        } else {
+            Change::Added
+        };
+        match r {
+            Resource::Cluster(c) => Ok(self.registry.set_settings(c)),
+            Resource::Endpoints(e) => Ok(self.registry.set_endpoints(e)),
+            Resource::RouteTable(t) => {
+                let table =
+                    RouteTable::compile(t, &mut self.registry).map_err(|e| e.to_string())?;
+                self.route_tables.insert(t.name.clone(), Arc::new(table));
+                dirty_tables.insert(t.name.clone());
+                Ok(change)
+            }
+            Resource::Listener(l) => {
+                let spec = self.compile_listener(l).map_err(|e| e.to_string())?;
+                let previous = self.listeners.get(&l.name);
+                self.reconciler
+                    .prepare(&spec, previous.map(|p| &**p))
+                    .map_err(|e| e.to_string())?;
+                self.listeners.insert(l.name.clone(), Arc::new(spec));
+                dirty_listeners.remove(&l.name);
+                Ok(change)
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &ResourceKey, dirty_tables: &mut HashSet<String>) -> Change {
+        if self.resources.remove(key).is_none() {
+            return Change::Unchanged;
+        }
+        let name = key.1.as_str();
+        match key.0 {
+            ResourceType::Cluster => self.registry.remove_settings(name),
+            ResourceType::Endpoints => self.registry.remove_endpoints(name),
+            ResourceType::RouteTable => {
+                // Listeners still naming it answer 404 until it returns.
+                self.route_tables
+                    .insert(name.to_string(), Arc::new(RouteTable::empty(name)));
+                dirty_tables.insert(name.to_string());
+                Change::Removed
+            }
+            ResourceType::Listener => {
+                self.listeners.remove(name);
+                Change::Removed
+            }
+        }
+    }
+
+    fn compile_listener(
+        &mut self,
+        l: &config::Listener,
+    ) -> Result<ListenerSpec, crate::route::CompileError> {
+        let tables = &mut self.route_tables;
+        ListenerSpec::compile(
+            l,
+            |name| {
+                Arc::clone(
+                    tables
+                        .entry(name.to_string())
+                        .or_insert_with(|| Arc::new(RouteTable::empty(name))),
+                )
+            },
+            &mut self.registry,
+            &self.live.metrics,
+        )
+    }
+
+    /// Swaps in a snapshot of the current state and tells the workers about listener changes.
+    fn publish(&mut self) {
+        let config = Config::from_resources(self.admin.clone(), self.resources.values());
+        let snapshot = Snapshot {
+            generation: self.live.generation() + 1,
+            config: Arc::new(config),
+            listeners: self.listeners.clone(),
+            route_tables: self.route_tables.clone(),
+            clusters: self
+                .registry
+                .iter()
+                .map(|(n, h)| (n.clone(), Arc::clone(h)))
+                .collect(),
+        };
+        self.live.swap(snapshot);
+        self.reconciler.commit(&self.listeners);
+    }
+}
+
+impl Metrics {
+    /// Counts one resource of an update, accepted or rejected.
+    pub(crate) fn config_resource(&self, kind: &'static str, accepted: bool) {
+        self.config_resources(kind, if accepted { "accepted" } else { "rejected" });
+    }
+}
