@@ -20,6 +20,7 @@ pub struct Metrics {
     downstream_requests: Family<Labels, Counter>,
     downstream_responses: Family<Labels, Counter>,
     downstream_rejected: Family<Labels, Counter>,
+    downstream_errors: Family<Labels, Counter>,
     upstream_requests: Family<Labels, Counter>,
     upstream_connections: Family<Labels, Counter>,
     upstream_connect_failures: Family<Labels, Counter>,
@@ -49,6 +50,7 @@ impl Metrics {
             downstream_requests: Family::default(),
             downstream_responses: Family::default(),
             downstream_rejected: Family::default(),
+            downstream_errors: Family::default(),
             upstream_requests: Family::default(),
             upstream_connections: Family::default(),
             upstream_connect_failures: Family::default(),
@@ -105,6 +107,11 @@ impl Metrics {
             m.upstream_errors.clone(),
         );
         r.register(
+            "downstream_error_responses",
+            "Responses Sluice generated for a failure, by listener and response flag (Envoy's: NR no route, NC no cluster, UH no healthy upstream, UF connect failure, UT timeout, UC upstream reset or protocol error, DPE downstream protocol error)",
+            m.downstream_errors.clone(),
+        );
+        r.register(
             "config_reloads",
             "Config reload attempts, by result",
             m.config_reloads.clone(),
@@ -147,6 +154,7 @@ impl Metrics {
             responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|c| self.downstream_responses.get_or_create(&class(c)).clone()),
             rejected: self.downstream_rejected.clone(),
+            errors: self.downstream_errors.clone(),
             name: name.to_string(),
         }
     }
@@ -192,10 +200,21 @@ pub struct ListenerMetrics {
     pub requests: Counter,
     responses: [Counter; 5],
     rejected: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
     name: String,
 }
 
 impl ListenerMetrics {
+    /// Counts a generated error response by response flag (rare path: looks the label up).
+    pub fn error(&self, flag: &'static str) {
+        self.errors
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("flag", flag.to_string()),
+            ])
+            .inc();
+    }
+
     /// Counts a response by status class.
     pub fn response(&self, status: u16) {
         let i = usize::from(status / 100).saturating_sub(1).min(4);

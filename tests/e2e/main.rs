@@ -9,6 +9,7 @@
 mod lifecycle;
 mod limits;
 mod reload;
+mod resources;
 mod routing;
 mod support;
 mod translate;

@@ -241,14 +241,35 @@ fn with_admin_addr(yaml: &str, admin: SocketAddr) -> String {
     }
 }
 
-/// Reads a sample's value from Prometheus text: `name{labels}` as printed.
+/// Reads a sample's value from Prometheus text: `name{labels}` as printed. Fails the test,
+/// listing the samples of the same family, when there is no such sample: a misspelt name or
+/// label must not read as 0.
 pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name_and_labels).then(|| v.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    metric_sample(text, name_and_labels).unwrap_or_else(|| {
+        let family = name_and_labels.split('{').next().unwrap_or(name_and_labels);
+        let similar: Vec<&str> = text.lines().filter(|l| l.starts_with(family)).collect();
+        panic!("no metric sample `{name_and_labels}`; samples of `{family}`: {similar:#?}")
+    })
+}
+
+/// A counter that may not have been created yet (no event of that label set): its value, or 0
+/// when absent. The family itself must exist.
+pub fn counter_or_zero(text: &str, name_and_labels: &str) -> f64 {
+    let family = name_and_labels.split('{').next().unwrap_or(name_and_labels);
+    let base = family.strip_suffix("_total").unwrap_or(family);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("# TYPE {base} "))),
+        "no metric family `{base}` in the exposition"
+    );
+    metric_sample(text, name_and_labels).unwrap_or(0.0)
+}
+
+fn metric_sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name_and_labels).then(|| v.parse().ok()).flatten()
+    })
 }
 
 /// A minimal blocking HTTP/1.1 GET (for the admin API). Returns status and body.

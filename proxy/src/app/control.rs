@@ -6,8 +6,9 @@ use super::signals::{self, Terminate};
 use super::{Exit, Options, ReloadError};
 use crate::admin::{self, AdminState};
 use crate::source::file::{FileSource, Loaded};
-use crate::state::Writer;
+use crate::state::{Applied, Writer};
 use crate::worker::WorkerHandle;
+use sluice_config::Update;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 /// Requests from the [`super::Proxy`] handle.
 pub(super) enum Control {
     Reload(oneshot::Sender<Result<(), ReloadError>>),
+    Apply(Update, oneshot::Sender<Applied>),
     Shutdown,
 }
 
@@ -23,6 +25,7 @@ impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Control::Reload(_) => "Reload",
+            Control::Apply(..) => "Apply",
             Control::Shutdown => "Shutdown",
         })
     }
@@ -66,6 +69,13 @@ impl ControlLoop {
                 msg = rx.recv() => match msg {
                     Some(Control::Reload(reply)) => {
                         let _ = reply.send(self.reload(true));
+                    }
+                    Some(Control::Apply(update, reply)) => {
+                        let applied = self.writer.apply(update);
+                        for r in applied.rejected() {
+                            tracing::error!("config update: {r}; its previous version (if any) keeps serving");
+                        }
+                        let _ = reply.send(applied);
                     }
                     Some(Control::Shutdown) | None => break,
                 },

@@ -10,10 +10,10 @@ use crate::admin::AdminState;
 use crate::listener::{self, BindError, BoundListener, Reconciler};
 use crate::metrics::Metrics;
 use crate::source::file::{FileSource, Loaded, Source};
-use crate::state::{Live, Snapshot, Writer};
+use crate::state::{Applied, Live, Snapshot, Writer};
 use crate::worker::{self, Command, WorkerHandle};
 use control::{Control, ControlLoop};
-use sluice_config::ConfigErrors;
+use sluice_config::{ConfigErrors, Update};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -170,6 +170,16 @@ impl Proxy {
             .send(Control::Reload(tx))
             .map_err(|_| ReloadError::Stopped)?;
         rx.blocking_recv().map_err(|_| ReloadError::Stopped)?
+    }
+
+    /// Applies a resource update through the state's one writer (as a dynamic source such as
+    /// xDS does), blocking until done: each resource is applied or rejected by name.
+    pub fn apply(&self, update: Update) -> Result<Applied, ReloadError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Control::Apply(update, tx))
+            .map_err(|_| ReloadError::Stopped)?;
+        rx.blocking_recv().map_err(|_| ReloadError::Stopped)
     }
 
     /// Starts a graceful shutdown; [`Proxy::wait`] returns when it is done.

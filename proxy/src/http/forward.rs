@@ -122,6 +122,7 @@ pub(crate) async fn handle(
     };
     let mut resp = result.unwrap_or_else(|e| {
         tracing::debug!(listener = %spec.name, error = %e, flag = e.flag(), side = ?e.side(), "request failed");
+        spec.metrics.error(e.flag());
         if let Some(reason) = e.rejection() {
             spec.metrics.rejected(reason);
         }
