@@ -72,6 +72,7 @@ impl RunArgs {
             drain_timeout: self.drain_timeout,
             handle_signals: true,
             watch,
+            filters: Vec::new(),
         }
     }
 }

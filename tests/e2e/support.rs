@@ -46,6 +46,14 @@ pub struct InProcess {
 impl InProcess {
     /// Starts a proxy with one worker from YAML (admin on port 0 unless the YAML sets it).
     pub fn start(yaml: &str) -> Self {
+        Self::start_with_filters(yaml, Vec::new())
+    }
+
+    /// Like [`InProcess::start`], with extra HTTP filters ahead of the configured ones.
+    pub fn start_with_filters(
+        yaml: &str,
+        filters: Vec<std::sync::Arc<dyn sluice_proxy::http::filters::HttpFilter>>,
+    ) -> Self {
         let yaml = with_admin(yaml);
         let proxy = Proxy::start(Options {
             source: Source::Inline {
@@ -56,6 +64,7 @@ impl InProcess {
             drain_timeout: Duration::from_secs(5),
             handle_signals: false,
             watch: false,
+            filters,
         })
         .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
         InProcess { proxy: Some(proxy) }

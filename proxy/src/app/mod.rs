@@ -7,6 +7,7 @@ mod control;
 mod signals;
 
 use crate::admin::AdminState;
+use crate::http::filters::HttpFilter;
 use crate::listener::{self, BindError, BoundListener, Reconciler};
 use crate::metrics::Metrics;
 use crate::source::file::{FileSource, Loaded, Source};
@@ -34,6 +35,9 @@ pub struct Options {
     pub handle_signals: bool,
     /// Watch the config file and reload when it changes.
     pub watch: bool,
+    /// Filters run before the configured ones on every HTTP listener (for programs that embed
+    /// Sluice, and tests).
+    pub filters: Vec<Arc<dyn HttpFilter>>,
 }
 
 /// Why the proxy did not start.
@@ -107,7 +111,13 @@ impl Proxy {
             options.drain_timeout,
             Arc::clone(&published),
         );
-        let mut writer = Writer::new(Arc::clone(&live), config.admin.clone(), workers, reconciler);
+        let mut writer = Writer::new(
+            Arc::clone(&live),
+            config.admin.clone(),
+            workers,
+            reconciler,
+            options.filters.clone(),
+        );
         let applied = writer.apply(FileSource::update(&config, &BTreeMap::new()));
         if !applied.is_ok() {
             let _ = stop_workers(&handles, Duration::ZERO);

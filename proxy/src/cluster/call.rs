@@ -44,6 +44,8 @@ pub(crate) struct Upstream {
     pub(crate) lease: Lease,
     /// Counts the request on its endpoint until the response body is done.
     pub(crate) active: ActiveRequest,
+    /// The endpoint that answered.
+    pub(crate) endpoint: SocketAddr,
 }
 
 /// One attempt: its number (1 = first) and the endpoints earlier attempts used.
@@ -76,6 +78,7 @@ async fn attempts(
                     response,
                     lease,
                     active,
+                    endpoint,
                 });
             }
             Err(SendError {
@@ -129,8 +132,8 @@ fn retry(error: &ProxyError, attempt: u32, max: u32) -> bool {
 pub(crate) async fn send_upgrade(
     call: Call<'_>,
     request: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, ActiveRequest), ProxyError> {
-    let (pool, active, _) = admit(
+) -> Result<(Response<Incoming>, ActiveRequest, SocketAddr), ProxyError> {
+    let (pool, active, endpoint) = admit(
         &call,
         &Attempts {
             number: 1,
@@ -143,7 +146,7 @@ pub(crate) async fn send_upgrade(
         call.cluster,
     )
     .await?;
-    Ok((resp, active))
+    Ok((resp, active, endpoint))
 }
 
 /// Picks an endpoint for a TCP connection and connects to it through the cluster's connector.

@@ -5,6 +5,8 @@
 use crate::cluster::Lease;
 use crate::cluster::call::ActiveRequest;
 use crate::http::conn::InflightGuard;
+use crate::http::filters::Outcome;
+use crate::http::finish::Tracker;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -21,6 +23,8 @@ pub struct ResponseBody {
     inflight: Option<InflightGuard>,
     /// Keeps the request counted as active on its upstream endpoint until the body is done.
     active: Option<ActiveRequest>,
+    /// Reports completion to the filter chain (only when a filter asks for it).
+    tracker: Option<Box<Tracker>>,
 }
 
 #[derive(Debug)]
@@ -60,6 +64,18 @@ impl ResponseBody {
             lease: None,
             inflight: None,
             active: None,
+            tracker: None,
+        }
+    }
+
+    /// Reports this response's completion through `tracker`.
+    pub(crate) fn track_completion(&mut self, tracker: Tracker) {
+        let mut tracker = Box::new(tracker);
+        if self.is_end_stream() {
+            // hyper never polls a body that is already at its end.
+            tracker.finish(Outcome::Complete);
+        } else {
+            self.tracker = Some(tracker);
         }
     }
 
@@ -78,15 +94,12 @@ impl ResponseBody {
     }
 }
 
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
+impl ResponseBody {
+    fn poll_inner(
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
+        let this = self.get_mut();
         match &mut this.inner {
             Inner::Empty => Poll::Ready(None),
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -105,6 +118,36 @@ impl Body for ResponseBody {
                 Poll::Ready(frame)
             }
         }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = self.as_mut().poll_inner(cx);
+        if let (Poll::Ready(frame), Some(_)) = (&polled, &self.tracker) {
+            let end = self.is_end_stream();
+            if let Some(t) = self.tracker.as_mut() {
+                match frame {
+                    Some(Ok(f)) => {
+                        if let Some(d) = f.data_ref() {
+                            t.sent(d.len());
+                        }
+                        if end {
+                            t.finish(Outcome::Complete);
+                        }
+                    }
+                    Some(Err(_)) => t.finish(Outcome::UpstreamReset),
+                    None => t.finish(Outcome::Complete),
+                }
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

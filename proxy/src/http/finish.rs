@@ -4,6 +4,7 @@
 
 use crate::cluster::call::Upstream;
 use crate::http::body::ResponseBody;
+use crate::http::filters::{Completion, FilterChain, Outcome, ResponseHead};
 use crate::http::headers;
 use crate::route::{Route, VirtualHost};
 use http::header::TRAILER;
@@ -15,18 +16,10 @@ pub(crate) struct ResponseMeta<'a> {
     pub(crate) vh: &'a VirtualHost,
     pub(crate) route: &'a Route,
     pub(crate) cluster: &'a crate::cluster::ClusterHandle,
+    pub(crate) filters: &'a FilterChain,
     pub(crate) downstream_version: Version,
     pub(crate) head: bool,
     pub(crate) wants_trailers: bool,
-}
-
-pub(crate) fn apply_response_ops(vh: &VirtualHost, route: &Route, headers: &mut http::HeaderMap) {
-    if !vh.response_headers.is_empty() {
-        vh.response_headers.apply(headers);
-    }
-    if !route.response_headers.is_empty() {
-        route.response_headers.apply(headers);
-    }
 }
 
 /// Turns the upstream's response into the downstream response.
@@ -39,7 +32,12 @@ pub(crate) fn finish(meta: &ResponseMeta<'_>, upstream: Upstream) -> Response<Re
     } = upstream;
     let (mut rparts, rbody) = response.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers, false);
-    apply_response_ops(meta.vh, meta.route, &mut rparts.headers);
+    meta.filters.on_response(&mut ResponseHead {
+        status: rparts.status,
+        headers: &mut rparts.headers,
+        virtual_host: meta.vh,
+        route: meta.route,
+    });
     if meta.downstream_version != Version::HTTP_2 {
         rparts.version = Version::HTTP_11;
         // HTTP/1.1 can carry trailers only when announced (hyper sends those named in
@@ -78,4 +76,64 @@ pub(crate) fn finish(meta: &ResponseMeta<'_>, upstream: Upstream) -> Response<Re
 fn is_grpc(h: &http::HeaderMap) -> bool {
     h.get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Reports a request's completion to the filter chain's completion hooks, once: when the
+/// response body ends, fails, or is dropped unfinished (the downstream went away).
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    chain: FilterChain,
+    started: tokio::time::Instant,
+    status: StatusCode,
+    upstream: Option<std::net::SocketAddr>,
+    flag: Option<&'static str>,
+    body_bytes: u64,
+    done: bool,
+}
+
+impl Tracker {
+    pub(crate) fn new(
+        chain: FilterChain,
+        started: tokio::time::Instant,
+        status: StatusCode,
+        upstream: Option<std::net::SocketAddr>,
+        flag: Option<&'static str>,
+    ) -> Self {
+        Tracker {
+            chain,
+            started,
+            status,
+            upstream,
+            flag,
+            body_bytes: 0,
+            done: false,
+        }
+    }
+
+    /// Counts body bytes handed downstream.
+    pub(crate) fn sent(&mut self, n: usize) {
+        self.body_bytes += n as u64;
+    }
+
+    /// Reports the outcome (only the first call counts).
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.chain.on_complete(&Completion {
+            status: self.status,
+            body_bytes: self.body_bytes,
+            duration: self.started.elapsed(),
+            upstream: self.upstream,
+            flag: self.flag,
+            outcome,
+        });
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.finish(Outcome::DownstreamGone);
+    }
 }

@@ -9,9 +9,10 @@ use crate::error::ProxyError;
 use crate::http::HttpSpec;
 use crate::http::body::ResponseBody;
 use crate::http::conn::ConnState;
-use crate::http::finish::{ResponseMeta, apply_response_ops, finish};
+use crate::http::filters::{RequestHead as FilterRequest, ResponseHead, Verdict, WaitFuture};
+use crate::http::finish::{ResponseMeta, Tracker, finish};
 use crate::http::{headers, respond, upgrade};
-use crate::listener::{ListenerKind, ListenerSpec};
+use crate::listener::{ConnContext, ListenerKind, ListenerSpec};
 use crate::local::Worker;
 use crate::route::{Action, Forward, RequestHead, Route, VirtualHost};
 use bytes::Bytes;
@@ -32,8 +33,8 @@ pub(crate) struct HttpConn {
     pub(crate) worker: Rc<Worker>,
     pub(crate) state: Arc<ConnState>,
     pub(crate) drain: Drain,
-    /// The client's IP, formatted once for `x-forwarded-for`.
-    client_ip: HeaderValue,
+    /// What the listener knows about the connection (peer, TLS, scheme).
+    pub(crate) info: ConnContext,
     /// `Rc` around the shared `Arc` so the per-request clone is a non-atomic increment rather
     /// than an atomic one on a counter every worker thread touches.
     #[allow(clippy::redundant_allocation)]
@@ -46,17 +47,15 @@ impl HttpConn {
         worker: Rc<Worker>,
         state: Arc<ConnState>,
         drain: Drain,
-        peer: std::net::SocketAddr,
+        info: ConnContext,
         spec: Arc<ListenerSpec>,
     ) -> Self {
-        let client_ip = HeaderValue::from_maybe_shared(Bytes::from(peer.ip().to_string()))
-            .unwrap_or(HeaderValue::from_static("unknown"));
         HttpConn {
             generation: Cell::new(worker.live.generation()),
             worker,
             state,
             drain,
-            client_ip,
+            info,
             spec: RefCell::new(Rc::new(spec)),
         }
     }
@@ -84,10 +83,10 @@ impl HttpConn {
 
 /// hyper's service entry point for one request.
 ///
-/// Everything up to the upstream call is synchronous ([`plan`]) and everything after it too
-/// ([`finish`]); only the upstream call is awaited here. Nesting async functions would copy the
-/// request into each one's state (rustc does not overlap them), and this future is moved into a
-/// box for every request.
+/// plan (synchronous: checks, routing, cluster choice) → request filters (synchronous unless a
+/// filter waits) → the upstream call (`cluster::call`, the one await on the common path) →
+/// finish (synchronous). Nesting async functions would copy the request into each one's state
+/// (rustc does not overlap them), and this future is moved into a box for every request.
 pub(crate) async fn handle(
     conn: Rc<HttpConn>,
     req: Request<Incoming>,
@@ -95,37 +94,62 @@ pub(crate) async fn handle(
     let (inflight, smuggled) = conn.state.begin_request();
     let spec = conn.spec();
     let http1 = req.version() != Version::HTTP_2;
-    let result = match &spec.kind {
-        ListenerKind::Http(http) => match plan(&conn, http, req, smuggled) {
-            Ok(Planned::Answer(resp)) => Ok(resp),
-            Ok(Planned::Forward(p)) => {
-                let call = Call {
-                    pools: &conn.worker.pools,
-                    worker: conn.worker.id,
-                    cluster: p.meta.cluster,
-                    proto: p.proto,
-                    timeout: p.timeout,
-                };
-                if let Some(down) = p.upgrade {
-                    // Rare: a dedicated connection, boxed to keep this future small.
-                    Box::pin(upgrade::forward(call, p.request, down, &conn.drain, p.meta)).await
-                } else {
-                    call::send(call, p.request)
-                        .await
-                        .map(|up| finish(&p.meta, up))
-                }
-            }
-            Err(e) => Err(e),
-        },
-        // Unreachable: `spec()` only ever holds HTTP listeners here.
-        ListenerKind::Tcp(_) => Err(ProxyError::NoEndpoint(spec.name.clone())),
+    let ListenerKind::Http(http) = &spec.kind else {
+        // Unreachable: `spec()` only ever holds HTTP listeners.
+        return Ok(respond::error(&ProxyError::NoRoute {
+            host: String::new(),
+            path: String::new(),
+        }));
     };
+    let started = http
+        .filters
+        .wants_completion()
+        .then(tokio::time::Instant::now);
+    let mut endpoint = None;
+    let result = match plan(&conn, http, req, smuggled) {
+        Ok(Planned::Answer(resp)) => Ok(resp),
+        Ok(Planned::Forward(mut p)) => {
+            let filtered = match request_filters(&conn, http, &mut p, 0) {
+                Ok(answer) => answer,
+                // Rare: a filter waits on a service; boxed to keep this future small.
+                Err((fut, next)) => Box::pin(wait_filters(&conn, http, &mut p, fut, next)).await,
+            };
+            match filtered {
+                Some(resp) => Ok(resp),
+                None => match upstream_request(&mut p) {
+                    Err(e) => Err(e),
+                    Ok(request) => {
+                        let call = Call {
+                            pools: &conn.worker.pools,
+                            worker: conn.worker.id,
+                            cluster: p.meta.cluster,
+                            proto: p.proto,
+                            timeout: p.forward.timeout,
+                        };
+                        if let Some(down) = p.upgrade.take() {
+                            // Rare: a dedicated connection, boxed to keep this future small.
+                            Box::pin(upgrade::forward(call, request, down, &conn.drain, p.meta))
+                                .await
+                        } else {
+                            call::send(call, request).await.map(|up| {
+                                endpoint = Some(up.endpoint);
+                                finish(&p.meta, up)
+                            })
+                        }
+                    }
+                },
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let mut flag = None;
     let mut resp = result.unwrap_or_else(|e| {
         tracing::debug!(listener = %spec.name, error = %e, flag = e.flag(), side = ?e.side(), "request failed");
         spec.metrics.error(e.flag());
         if let Some(reason) = e.rejection() {
             spec.metrics.rejected(reason);
         }
+        flag = Some(e.flag());
         respond::error(&e)
     });
     if http1 && conn.drain.is_draining() {
@@ -133,8 +157,82 @@ pub(crate) async fn handle(
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     spec.metrics.response(resp.status().as_u16());
+    if let Some(started) = started {
+        let status = resp.status();
+        resp.body_mut().track_completion(Tracker::new(
+            http.filters.clone(),
+            started,
+            status,
+            endpoint,
+            flag,
+        ));
+    }
     resp.body_mut().set_inflight(inflight);
     Ok(resp)
+}
+
+/// Runs the request filters from `from` on the planned request. `Ok(Some(resp))`: a filter
+/// answered; `Err`: a filter waits.
+fn request_filters(
+    conn: &HttpConn,
+    http: &HttpSpec,
+    p: &mut Plan<'_>,
+    from: usize,
+) -> Result<Option<Response<ResponseBody>>, (WaitFuture, usize)> {
+    let Some((parts, _)) = p.request.as_mut() else {
+        return Ok(None);
+    };
+    let mut head = FilterRequest {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &mut parts.headers,
+        conn: &conn.info,
+        virtual_host: p.meta.vh,
+        route: p.meta.route,
+    };
+    let answer = http.filters.on_request(&mut head, from)?;
+    Ok(answer.map(|r| filtered_answer(http, p.meta.vh, p.meta.route, r)))
+}
+
+/// Waits on a filter's future, then runs the rest of the chain (which may wait again).
+async fn wait_filters(
+    conn: &HttpConn,
+    http: &HttpSpec,
+    p: &mut Plan<'_>,
+    mut fut: WaitFuture,
+    mut next: usize,
+) -> Option<Response<ResponseBody>> {
+    loop {
+        match fut.await {
+            Verdict::Continue => {}
+            Verdict::Respond(r) => return Some(filtered_answer(http, p.meta.vh, p.meta.route, r)),
+            Verdict::Wait(f) => {
+                fut = f;
+                continue;
+            }
+        }
+        match request_filters(conn, http, p, next) {
+            Ok(answer) => return answer,
+            Err((f, n)) => (fut, next) = (f, n),
+        }
+    }
+}
+
+/// A filter's own answer gets the response filters like any local answer.
+fn filtered_answer(
+    http: &HttpSpec,
+    vh: &VirtualHost,
+    route: &Route,
+    mut resp: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let status = resp.status();
+    http.filters.on_response(&mut ResponseHead {
+        status,
+        headers: resp.headers_mut(),
+        virtual_host: vh,
+        route,
+    });
+    resp
 }
 
 /// What to do with a request.
@@ -145,11 +243,14 @@ enum Planned<'a> {
     Forward(Plan<'a>),
 }
 
-/// A request ready to go upstream, and what its response needs.
+/// A routed request on its way upstream, and what its response needs.
 pub(crate) struct Plan<'a> {
-    pub(crate) request: Request<Incoming>,
+    /// The request head (hop-by-hop headers removed) and body; taken by [`upstream_request`].
+    request: Option<(Parts, Incoming)>,
+    /// `Host`/`:authority` for the upstream (before a host rewrite).
+    authority: HeaderValue,
+    forward: &'a Forward,
     proto: UpstreamProtocol,
-    pub(crate) timeout: Option<std::time::Duration>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     pub(crate) meta: ResponseMeta<'a>,
 }
@@ -187,16 +288,22 @@ fn plan<'a>(
     let mut resp = match &route.action {
         Action::Direct { status, body } => respond::direct(*status, body.clone()),
         Action::Redirect(r) => {
-            let loc = r.location("http", host, head.path, head.query, route.matched_prefix());
+            let scheme = conn.info.scheme();
+            let loc = r.location(scheme, host, head.path, head.query, route.matched_prefix());
             respond::redirect(r.status, &loc)
         }
         Action::Forward(f) => {
             let authority = authority.clone();
-            return plan_forward(conn, http, parts, body, authority, vh, route, f)
-                .map(Planned::Forward);
+            return plan_forward(http, parts, body, authority, vh, route, f).map(Planned::Forward);
         }
     };
-    apply_response_ops(vh, route, resp.headers_mut());
+    let status = resp.status();
+    http.filters.on_response(&mut ResponseHead {
+        status,
+        headers: resp.headers_mut(),
+        virtual_host: vh,
+        route,
+    });
     Ok(Planned::Answer(resp))
 }
 
@@ -215,12 +322,10 @@ fn request_authority(parts: &Parts) -> Result<HeaderValue, ProxyError> {
     }
 }
 
-/// Picks the cluster (the endpoint is picked inside the call) and rewrites the request for
-/// the upstream.
-#[allow(clippy::too_many_arguments)]
+/// Picks the cluster (the endpoint is picked inside the call) and prepares the request for
+/// the request filters: upgrade detection, hop-by-hop headers removed.
 fn plan_forward<'a>(
-    conn: &HttpConn,
-    http: &HttpSpec,
+    http: &'a HttpSpec,
     mut parts: Parts,
     body: Incoming,
     authority: HeaderValue,
@@ -256,28 +361,46 @@ fn plan_forward<'a>(
         None
     };
     parts.extensions.clear();
-
     headers::strip_hop_by_hop(&mut parts.headers, websocket);
     // Room for x-forwarded-for/-proto, x-request-id and Host in one growth of hyper's
     // exactly-sized map instead of several.
     parts.headers.reserve(4);
-    if !vh.request_headers.is_empty() {
-        vh.request_headers.apply(&mut parts.headers);
-    }
-    if !route.request_headers.is_empty() {
-        route.request_headers.apply(&mut parts.headers);
-    }
-    headers::set_forwarded(&mut parts.headers, &conn.client_ip, "http");
-    if http.settings.generate_request_id {
-        headers::ensure_request_id(&mut parts.headers);
-    }
-    let authority = f.host_rewrite.clone().unwrap_or(authority);
-    let path_and_query = upstream_path(&parts.uri, f, route);
+    let head = parts.method == Method::HEAD;
+    Ok(Plan {
+        request: Some((parts, body)),
+        authority,
+        forward: f,
+        proto,
+        upgrade,
+        meta: ResponseMeta {
+            vh,
+            route,
+            cluster,
+            filters: &http.filters,
+            downstream_version,
+            head,
+            wants_trailers,
+        },
+    })
+}
+
+/// The request as the upstream gets it: target in origin form (HTTP/1.1) or with scheme and
+/// authority (HTTP/2), path and host rewrites applied.
+fn upstream_request(p: &mut Plan<'_>) -> Result<Request<Incoming>, ProxyError> {
+    let Some((mut parts, body)) = p.request.take() else {
+        return Err(ProxyError::NoEndpoint(p.meta.cluster.name.clone()));
+    };
+    let f = p.forward;
+    let authority = f
+        .host_rewrite
+        .clone()
+        .unwrap_or_else(|| p.authority.clone());
+    let path_and_query = upstream_path(&parts.uri, f, p.meta.route);
     // Upgrades always use an HTTP/1.1 connection of their own.
-    let wire = if upgrade.is_some() {
+    let wire = if p.upgrade.is_some() {
         UpstreamProtocol::Http1
     } else {
-        proto
+        p.proto
     };
     match wire {
         UpstreamProtocol::Http1 => {
@@ -297,21 +420,7 @@ fn plan_forward<'a>(
             parts.version = Version::HTTP_2;
         }
     }
-    let head = parts.method == Method::HEAD;
-    Ok(Plan {
-        request: Request::from_parts(parts, body),
-        proto,
-        timeout: f.timeout,
-        upgrade,
-        meta: ResponseMeta {
-            vh,
-            route,
-            cluster,
-            downstream_version,
-            head,
-            wants_trailers,
-        },
-    })
+    Ok(Request::from_parts(parts, body))
 }
 
 /// The upstream request target: origin form, rewritten if the route says so.

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub(crate) mod conn;
+pub mod filters;
 mod finish;
 pub(crate) mod forward;
 pub(crate) mod headers;

@@ -5,8 +5,8 @@ use crate::drain::Drain;
 use crate::http::HttpSpec;
 use crate::http::conn::{self, ConnIo, ConnState, Expired};
 use crate::http::forward::{self, HttpConn};
-use crate::listener::ListenerSpec;
 use crate::listener::detect;
+use crate::listener::{ConnContext, ListenerSpec};
 use crate::local::Worker;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -56,13 +56,14 @@ where
 /// Serves `stream` until it closes, times out or is drained.
 pub(crate) async fn serve(
     stream: TcpStream,
-    peer: SocketAddr,
+    conn: ConnContext,
     spec: Arc<ListenerSpec>,
     http: &HttpSpec,
     worker: Rc<Worker>,
     drain: Drain,
 ) {
     let settings = &http.settings;
+    let peer = conn.peer;
     let header_timeout = settings.request_header_timeout.get();
     let http2 = match tokio::time::timeout(header_timeout, detect::detect(&stream)).await {
         Ok(Ok(Some(h2))) => h2,
@@ -83,7 +84,7 @@ pub(crate) async fn serve(
         worker,
         Arc::clone(&state),
         drain.clone(),
-        peer,
+        conn,
         Arc::clone(&spec),
     ));
     // hyper keeps one slot per connection for the request future, sized for it, for the life of

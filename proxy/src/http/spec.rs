@@ -1,6 +1,7 @@
 //! Compiled HTTP listener settings: the route table and hyper's connection builders, prebuilt
 //! with the listener's limits.
 
+use crate::http::filters::{FilterChain, HttpFilter};
 use crate::route::RouteTable;
 use crate::rt::LocalExec;
 use hyper::server::conn::{http1, http2};
@@ -14,6 +15,8 @@ pub struct HttpSpec {
     pub routes: Arc<RouteTable>,
     /// Settings from the config.
     pub settings: config::HttpListener,
+    /// The listener's filter chain.
+    pub filters: FilterChain,
     pub(crate) h1: http1::Builder,
     pub(crate) h2: http2::Builder<LocalExec>,
 }
@@ -23,7 +26,11 @@ const HYPER_DEFAULT_MAX_HEADERS: u32 = 100;
 
 impl HttpSpec {
     /// Compiles an HTTP listener's settings with its route table.
-    pub fn compile(routes: Arc<RouteTable>, s: &config::HttpListener) -> HttpSpec {
+    pub fn compile(
+        routes: Arc<RouteTable>,
+        s: &config::HttpListener,
+        extra_filters: &[Arc<dyn HttpFilter>],
+    ) -> HttpSpec {
         let mut h1 = http1::Builder::new();
         // hyper parses up to 100 headers in a stack array; an explicit limit (even 100) makes it
         // allocate and fill a vector per request, so it is only set when it differs.
@@ -54,6 +61,7 @@ impl HttpSpec {
         HttpSpec {
             routes,
             settings: s.clone(),
+            filters: FilterChain::standard(extra_filters, s.generate_request_id),
             h1,
             h2,
         }

@@ -7,9 +7,9 @@ use crate::cluster::call::{self, Call, Upstream};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
+use crate::http::filters::ResponseHead;
 use crate::http::finish::{ResponseMeta, finish};
 use crate::http::headers;
-use crate::route::{Route, VirtualHost};
 use crate::tunnel::{self, Ended};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -25,14 +25,15 @@ pub(crate) async fn forward(
     drain: &Drain,
     meta: ResponseMeta<'_>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (resp, active) = call::send_upgrade(call, req).await?;
+    let (resp, active, endpoint) = call::send_upgrade(call, req).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        Ok(switch(resp, downstream, drain, meta.vh, meta.route))
+        Ok(switch(resp, downstream, drain, &meta))
     } else {
         let upstream = Upstream {
             response: resp,
             lease: Lease::None,
             active,
+            endpoint,
         };
         Ok(finish(&meta, upstream))
     }
@@ -43,13 +44,12 @@ fn switch(
     mut upstream: Response<Incoming>,
     downstream: OnUpgrade,
     drain: &Drain,
-    vh: &VirtualHost,
-    route: &Route,
+    meta: &ResponseMeta<'_>,
 ) -> Response<ResponseBody> {
     let upstream_io = hyper::upgrade::on(&mut upstream);
     let tracked = drain.track();
     let watch = drain.watch();
-    let route_name = route.name.clone();
+    let route_name = meta.route.name.clone();
     tokio::task::spawn_local(async move {
         let _tracked = tracked;
         let (down, up) = match tokio::try_join!(downstream, upstream_io) {
@@ -75,11 +75,11 @@ fn switch(
     });
     let (mut parts, _) = upstream.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, true);
-    if !vh.response_headers.is_empty() {
-        vh.response_headers.apply(&mut parts.headers);
-    }
-    if !route.response_headers.is_empty() {
-        route.response_headers.apply(&mut parts.headers);
-    }
+    meta.filters.on_response(&mut ResponseHead {
+        status: parts.status,
+        headers: &mut parts.headers,
+        virtual_host: meta.vh,
+        route: meta.route,
+    });
     Response::from_parts(parts, ResponseBody::empty())
 }

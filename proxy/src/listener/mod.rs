@@ -10,6 +10,51 @@ mod tcp;
 pub use reconcile::{BoundListener, Command, Reconciler, WorkerSink};
 pub use spec::{ListenerKind, ListenerSpec, TcpSpec};
 
+/// What the listener knows about an accepted connection; handed to `http` with the byte stream
+/// so that nothing on the request path assumes plaintext TCP.
+#[derive(Debug)]
+pub struct ConnContext {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+    /// TLS details when TLS was terminated in front of protocol detection (`None`: plaintext).
+    pub tls: Option<TlsInfo>,
+    /// The client's IP, formatted once per connection (for `x-forwarded-for`).
+    pub client_ip: http::HeaderValue,
+}
+
+/// What a TLS handshake established (filled in by the TLS work).
+#[derive(Clone, Debug, Default)]
+pub struct TlsInfo {
+    /// Server name the client asked for (SNI).
+    pub sni: Option<String>,
+    /// Negotiated application protocol (ALPN).
+    pub alpn: Option<Vec<u8>>,
+    /// The client certificate's identity (SPIFFE ID), when verified.
+    pub peer_identity: Option<String>,
+}
+
+impl ConnContext {
+    /// Context of a plaintext connection.
+    pub fn plaintext(peer: SocketAddr, local: SocketAddr) -> Self {
+        let client_ip =
+            http::HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.ip().to_string()))
+                .unwrap_or(http::HeaderValue::from_static("unknown"));
+        ConnContext {
+            peer,
+            local,
+            tls: None,
+            client_ip,
+        }
+    }
+
+    /// `https` when TLS was terminated, else `http`: how the client reached the listener.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
 use crate::drain::Drain;
 use crate::local::Worker;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -142,7 +187,9 @@ async fn serve(
     spec.metrics.active.inc();
     match &spec.kind {
         ListenerKind::Http(http) => {
-            crate::http::server::serve(stream, peer, Arc::clone(&spec), http, worker, drain).await;
+            let local = stream.local_addr().unwrap_or(spec.address);
+            let ctx = ConnContext::plaintext(peer, local);
+            crate::http::server::serve(stream, ctx, Arc::clone(&spec), http, worker, drain).await;
         }
         ListenerKind::Tcp(tcp) => tcp::proxy(stream, peer, &spec, tcp, &worker, &drain).await,
     }

@@ -3,6 +3,7 @@
 
 use crate::cluster::{ClusterHandle, Registry};
 use crate::http::HttpSpec;
+use crate::http::filters::HttpFilter;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::route::{CompileError, RouteTable};
 use sluice_config as config;
@@ -48,11 +49,14 @@ impl ListenerSpec {
         route_table: impl FnOnce(&str) -> Arc<RouteTable>,
         clusters: &mut Registry,
         metrics: &Metrics,
+        filters: &[Arc<dyn HttpFilter>],
     ) -> Result<ListenerSpec, CompileError> {
         let kind = match (&l.http, &l.tcp) {
-            (Some(h), None) => {
-                ListenerKind::Http(Box::new(HttpSpec::compile(route_table(&h.route_table), h)))
-            }
+            (Some(h), None) => ListenerKind::Http(Box::new(HttpSpec::compile(
+                route_table(&h.route_table),
+                h,
+                filters,
+            ))),
             (None, Some(t)) => ListenerKind::Tcp(TcpSpec {
                 cluster: clusters.handle(&t.cluster),
                 idle_timeout: (!t.idle_timeout.is_zero()).then(|| t.idle_timeout.get()),

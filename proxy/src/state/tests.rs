@@ -10,7 +10,7 @@ use std::time::Duration;
 fn writer() -> Writer {
     let live = Arc::new(Live::new(Snapshot::default(), Arc::new(Metrics::new())));
     let reconciler = Reconciler::new(Vec::new(), Duration::ZERO, Arc::new(Mutex::default()));
-    Writer::new(live, Default::default(), 1, reconciler)
+    Writer::new(live, Default::default(), 1, reconciler, Vec::new())
 }
 
 fn config(endpoints: &str, prefix: &str) -> Config {

@@ -12,6 +12,7 @@
 
 use super::{Live, Snapshot};
 use crate::cluster::{Change, Registry};
+use crate::http::filters::HttpFilter;
 use crate::listener::{ListenerSpec, Reconciler};
 use crate::metrics::Metrics;
 use crate::route::RouteTable;
@@ -78,6 +79,7 @@ pub struct Writer {
     route_tables: HashMap<String, Arc<RouteTable>>,
     listeners: HashMap<String, Arc<ListenerSpec>>,
     reconciler: Reconciler,
+    filters: Vec<Arc<dyn HttpFilter>>,
 }
 
 impl Writer {
@@ -87,6 +89,7 @@ impl Writer {
         admin: config::Admin,
         workers: usize,
         reconciler: Reconciler,
+        filters: Vec<Arc<dyn HttpFilter>>,
     ) -> Self {
         Writer {
             registry: Registry::new(Arc::clone(&live.metrics), workers),
@@ -96,6 +99,7 @@ impl Writer {
             route_tables: HashMap::new(),
             listeners: HashMap::new(),
             reconciler,
+            filters,
         }
     }
 
@@ -247,6 +251,7 @@ impl Writer {
             },
             &mut self.registry,
             &self.live.metrics,
+            &self.filters,
         )
     }
 

@@ -1,0 +1,199 @@
+//! HTTP filters: an ordered chain compiled per listener that sees each forwarded request's head
+//! (and may continue, answer now, or wait on a future — the shape external authorization and
+//! rate limiting need), each response head, and the request's completion (status, body bytes,
+//! duration, upstream endpoint, response flag, how it ended) — the hook access logs,
+//! histograms, outlier detection and EWMA use. One file per filter.
+//!
+//! Filters read their per-route settings from the matched route (as Envoy's
+//! `typed_per_filter_config`): the header-operation filter applies the virtual host's and the
+//! route's operations.
+
+mod forwarded;
+mod header_ops;
+mod request_id;
+
+pub use forwarded::Forwarded;
+pub use header_ops::HeaderOps;
+pub use request_id::RequestId;
+
+use crate::http::body::ResponseBody;
+use crate::listener::ConnContext;
+use crate::route::{Route, VirtualHost};
+use http::{HeaderMap, Method, Response, StatusCode, Uri};
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A filter's pending decision.
+pub type WaitFuture = Pin<Box<dyn Future<Output = Verdict>>>;
+
+/// What a request filter decides.
+pub enum Verdict {
+    /// Go on with the next filter (and then upstream).
+    Continue,
+    /// Answer the request now; later filters and the upstream are skipped.
+    Respond(Response<ResponseBody>),
+    /// Wait for the future (an authorization or rate-limit service, say), then act on its
+    /// verdict.
+    Wait(WaitFuture),
+}
+
+impl fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Continue => f.write_str("Continue"),
+            Verdict::Respond(r) => write!(f, "Respond({})", r.status()),
+            Verdict::Wait(_) => f.write_str("Wait"),
+        }
+    }
+}
+
+/// What a request filter sees: the routed request's head, which it may change.
+#[derive(Debug)]
+pub struct RequestHead<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// Target as received.
+    pub uri: &'a Uri,
+    /// Headers (hop-by-hop headers already removed).
+    pub headers: &'a mut HeaderMap,
+    /// The downstream connection.
+    pub conn: &'a ConnContext,
+    /// The matched virtual host.
+    pub virtual_host: &'a VirtualHost,
+    /// The matched route.
+    pub route: &'a Route,
+}
+
+/// What a response filter sees: the response head on its way downstream.
+#[derive(Debug)]
+pub struct ResponseHead<'a> {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers (hop-by-hop headers already removed).
+    pub headers: &'a mut HeaderMap,
+    /// The matched virtual host.
+    pub virtual_host: &'a VirtualHost,
+    /// The matched route.
+    pub route: &'a Route,
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response body was sent to its end.
+    Complete,
+    /// The upstream's body failed midway (reset or protocol error).
+    UpstreamReset,
+    /// The downstream went away (or reset the stream) before the body ended.
+    DownstreamGone,
+}
+
+/// A finished request, as the completion hook sees it.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// Status sent downstream.
+    pub status: StatusCode,
+    /// Response body bytes handed to the downstream connection.
+    pub body_bytes: u64,
+    /// From the request head's arrival to the end of the response.
+    pub duration: Duration,
+    /// The upstream endpoint that answered, for forwarded requests.
+    pub upstream: Option<SocketAddr>,
+    /// Envoy-style response flag of a failure Sluice answered (`NR`, `UF`, …).
+    pub flag: Option<&'static str>,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// One HTTP filter. Every method has a do-nothing default.
+pub trait HttpFilter: fmt::Debug + Send + Sync {
+    /// Called for each request about to be forwarded, in chain order.
+    fn on_request(&self, _req: &mut RequestHead<'_>) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// Called for each response head on its way downstream (forwarded, direct and redirect
+    /// responses), in chain order.
+    fn on_response(&self, _resp: &mut ResponseHead<'_>) {}
+
+    /// True when [`HttpFilter::on_complete`] does something (the request path only tracks
+    /// completion when some filter asks).
+    fn wants_completion(&self) -> bool {
+        false
+    }
+
+    /// Called once per request when its response ends, fails or is abandoned.
+    fn on_complete(&self, _done: &Completion) {}
+}
+
+/// An ordered, compiled filter chain.
+#[derive(Clone, Debug, Default)]
+pub struct FilterChain {
+    filters: Arc<[Arc<dyn HttpFilter>]>,
+    completion: bool,
+}
+
+impl FilterChain {
+    /// A chain of these filters, in order.
+    pub fn new(filters: Vec<Arc<dyn HttpFilter>>) -> Self {
+        let completion = filters.iter().any(|f| f.wants_completion());
+        FilterChain {
+            filters: filters.into(),
+            completion,
+        }
+    }
+
+    /// The standard chain of an HTTP listener: `extra` (embedders' and tests' filters) first,
+    /// then header operations, `x-forwarded-*`, and request ids when enabled.
+    pub fn standard(extra: &[Arc<dyn HttpFilter>], request_ids: bool) -> Self {
+        let mut filters: Vec<Arc<dyn HttpFilter>> = extra.to_vec();
+        filters.push(Arc::new(HeaderOps));
+        filters.push(Arc::new(Forwarded));
+        if request_ids {
+            filters.push(Arc::new(RequestId));
+        }
+        FilterChain::new(filters)
+    }
+
+    /// Runs the request filters from index `from`. `Err((future, next))` when filter
+    /// `next - 1` asked to wait.
+    pub(crate) fn on_request(
+        &self,
+        req: &mut RequestHead<'_>,
+        from: usize,
+    ) -> Result<Option<Response<ResponseBody>>, (WaitFuture, usize)> {
+        for (i, f) in self.filters.iter().enumerate().skip(from) {
+            match f.on_request(req) {
+                Verdict::Continue => {}
+                Verdict::Respond(r) => return Ok(Some(r)),
+                Verdict::Wait(fut) => return Err((fut, i + 1)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs the response filters.
+    pub(crate) fn on_response(&self, resp: &mut ResponseHead<'_>) {
+        for f in self.filters.iter() {
+            f.on_response(resp);
+        }
+    }
+
+    /// True when some filter has a completion hook.
+    pub(crate) fn wants_completion(&self) -> bool {
+        self.completion
+    }
+
+    pub(crate) fn on_complete(&self, done: &Completion) {
+        for f in self.filters.iter().filter(|f| f.wants_completion()) {
+            f.on_complete(done);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,19 @@
+//! Chain mechanics without sockets.
+
+use super::*;
+
+#[derive(Debug)]
+struct Tracks;
+
+impl HttpFilter for Tracks {
+    fn wants_completion(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn the_chain_knows_whether_completion_is_tracked() {
+    assert!(!FilterChain::standard(&[], true).wants_completion());
+    let with: Vec<Arc<dyn HttpFilter>> = vec![Arc::new(Tracks)];
+    assert!(FilterChain::standard(&with, false).wants_completion());
+}
