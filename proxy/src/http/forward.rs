@@ -106,41 +106,31 @@ pub(crate) async fn handle(
         .wants_completion()
         .then(tokio::time::Instant::now);
     let mut endpoint = None;
-    let result = match plan(&conn, http, req, smuggled) {
-        Ok(Planned::Answer(resp)) => Ok(resp),
-        Ok(Planned::Forward(mut p)) => {
-            let filtered = match request_filters(&conn, http, &mut p, 0) {
-                Ok(answer) => answer,
-                // Rare: a filter waits on a service; boxed to keep this future small.
-                Err((fut, next)) => Box::pin(wait_filters(&conn, http, &mut p, fut, next)).await,
-            };
-            match filtered {
-                Some(resp) => Ok(resp),
-                None => match upstream_request(&mut p) {
-                    Err(e) => Err(e),
-                    Ok(request) => {
-                        let call = Call {
-                            pools: &conn.worker.pools,
-                            worker: conn.worker.id,
-                            cluster: p.meta.cluster,
-                            proto: p.proto,
-                            timeout: p.forward.timeout,
-                        };
-                        if let Some(down) = p.upgrade.take() {
-                            // Rare: a dedicated connection, boxed to keep this future small.
-                            Box::pin(upgrade::forward(call, request, down, &conn.drain, p.meta))
-                                .await
-                        } else {
-                            call::send(call, request).await.map(|up| {
-                                endpoint = Some(up.endpoint);
-                                finish(&p.meta, up)
-                            })
-                        }
-                    }
-                },
-            }
+    // Each arm moves its payload out, so only the payload of the taken arm lives across the
+    // await.
+    let result = match prepare(&conn, http, req, smuggled) {
+        Step::Answer(r) => r,
+        Step::Send(send) => {
+            let Send {
+                call,
+                request,
+                meta,
+            } = send;
+            call::send(call, request).await.map(|up| {
+                endpoint = Some(up.endpoint);
+                finish(&meta, up)
+            })
         }
-        Err(e) => Err(e),
+        // Rare paths, boxed to keep this future small.
+        Step::Upgrade(send, down) => {
+            let Send {
+                call,
+                request,
+                meta,
+            } = send;
+            Box::pin(upgrade::forward(call, request, down, &conn.drain, meta)).await
+        }
+        Step::Wait(plan, fut, next) => Box::pin(after_wait(&conn, http, *plan, fut, next)).await,
     };
     let mut flag = None;
     let mut resp = result.unwrap_or_else(|e| {
@@ -171,6 +161,116 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
+/// What the synchronous part decided.
+enum Step<'a> {
+    /// Answered (direct response, redirect, a filter, or an error).
+    Answer(Result<Response<ResponseBody>, ProxyError>),
+    /// Forward upstream.
+    Send(Send<'a>),
+    /// Forward a WebSocket upgrade.
+    Upgrade(Send<'a>, hyper::upgrade::OnUpgrade),
+    /// A request filter waits; resume the chain at the index after it.
+    Wait(Box<Plan<'a>>, WaitFuture, usize),
+}
+
+/// A request ready for the upstream call.
+struct Send<'a> {
+    call: Call<'a>,
+    request: Request<Incoming>,
+    meta: ResponseMeta<'a>,
+}
+
+/// plan → request filters → the upstream request, all synchronous.
+fn prepare<'a>(
+    conn: &'a HttpConn,
+    http: &'a HttpSpec,
+    req: Request<Incoming>,
+    smuggled: bool,
+) -> Step<'a> {
+    match plan(conn, http, req, smuggled) {
+        Ok(Planned::Answer(resp)) => Step::Answer(Ok(resp)),
+        Ok(Planned::Forward(mut p)) => match request_filters(conn, http, &mut p, 0) {
+            Ok(Some(resp)) => Step::Answer(Ok(resp)),
+            Ok(None) => match into_send(conn, p) {
+                Ok((send, None)) => Step::Send(send),
+                Ok((send, Some(down))) => Step::Upgrade(send, down),
+                Err(e) => Step::Answer(Err(e)),
+            },
+            Err((fut, next)) => Step::Wait(Box::new(p), fut, next),
+        },
+        Err(e) => Step::Answer(Err(e)),
+    }
+}
+
+/// Builds the upstream request and the call for a planned, filtered request.
+#[allow(clippy::type_complexity)]
+fn into_send<'a>(
+    conn: &'a HttpConn,
+    p: Plan<'a>,
+) -> Result<(Send<'a>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
+    let Plan {
+        request,
+        authority,
+        forward,
+        proto,
+        upgrade,
+        meta,
+    } = p;
+    let request = upstream_request(request, &authority, forward, proto, &upgrade, &meta)?;
+    let call = Call {
+        pools: &conn.worker.pools,
+        worker: conn.worker.id,
+        cluster: meta.cluster,
+        proto,
+        timeout: forward.timeout,
+    };
+    Ok((
+        Send {
+            call,
+            request,
+            meta,
+        },
+        upgrade,
+    ))
+}
+
+/// The rest of a request whose filter waited: wait (again, if asked), finish the chain, call.
+async fn after_wait<'a>(
+    conn: &'a HttpConn,
+    http: &'a HttpSpec,
+    mut p: Plan<'a>,
+    mut fut: WaitFuture,
+    mut next: usize,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    loop {
+        match fut.await {
+            Verdict::Continue => {}
+            Verdict::Respond(r) => return Ok(filtered_answer(http, p.meta.vh, p.meta.route, r)),
+            Verdict::Wait(f) => {
+                fut = f;
+                continue;
+            }
+        }
+        match request_filters(conn, http, &mut p, next) {
+            Ok(Some(resp)) => return Ok(resp),
+            Ok(None) => break,
+            Err((f, n)) => (fut, next) = (f, n),
+        }
+    }
+    let (
+        Send {
+            call,
+            request,
+            meta,
+        },
+        upgrade,
+    ) = into_send(conn, p)?;
+    match upgrade {
+        None => call::send(call, request).await.map(|up| finish(&meta, up)),
+        Some(down) => Box::pin(upgrade::forward(call, request, down, &conn.drain, meta)).await,
+    }
+}
+
 /// Runs the request filters from `from` on the planned request. `Ok(Some(resp))`: a filter
 /// answered; `Err`: a filter waits.
 fn request_filters(
@@ -192,30 +292,6 @@ fn request_filters(
     };
     let answer = http.filters.on_request(&mut head, from)?;
     Ok(answer.map(|r| filtered_answer(http, p.meta.vh, p.meta.route, r)))
-}
-
-/// Waits on a filter's future, then runs the rest of the chain (which may wait again).
-async fn wait_filters(
-    conn: &HttpConn,
-    http: &HttpSpec,
-    p: &mut Plan<'_>,
-    mut fut: WaitFuture,
-    mut next: usize,
-) -> Option<Response<ResponseBody>> {
-    loop {
-        match fut.await {
-            Verdict::Continue => {}
-            Verdict::Respond(r) => return Some(filtered_answer(http, p.meta.vh, p.meta.route, r)),
-            Verdict::Wait(f) => {
-                fut = f;
-                continue;
-            }
-        }
-        match request_filters(conn, http, p, next) {
-            Ok(answer) => return answer,
-            Err((f, n)) => (fut, next) = (f, n),
-        }
-    }
 }
 
 /// A filter's own answer gets the response filters like any local answer.
@@ -386,21 +462,24 @@ fn plan_forward<'a>(
 
 /// The request as the upstream gets it: target in origin form (HTTP/1.1) or with scheme and
 /// authority (HTTP/2), path and host rewrites applied.
-fn upstream_request(p: &mut Plan<'_>) -> Result<Request<Incoming>, ProxyError> {
-    let Some((mut parts, body)) = p.request.take() else {
-        return Err(ProxyError::NoEndpoint(p.meta.cluster.name.clone()));
+fn upstream_request(
+    request: Option<(Parts, Incoming)>,
+    authority: &HeaderValue,
+    f: &Forward,
+    proto: UpstreamProtocol,
+    upgrade: &Option<hyper::upgrade::OnUpgrade>,
+    meta: &ResponseMeta<'_>,
+) -> Result<Request<Incoming>, ProxyError> {
+    let Some((mut parts, body)) = request else {
+        return Err(ProxyError::NoEndpoint(meta.cluster.name.clone()));
     };
-    let f = p.forward;
-    let authority = f
-        .host_rewrite
-        .clone()
-        .unwrap_or_else(|| p.authority.clone());
-    let path_and_query = upstream_path(&parts.uri, f, p.meta.route);
+    let authority = f.host_rewrite.clone().unwrap_or_else(|| authority.clone());
+    let path_and_query = upstream_path(&parts.uri, f, meta.route);
     // Upgrades always use an HTTP/1.1 connection of their own.
-    let wire = if p.upgrade.is_some() {
+    let wire = if upgrade.is_some() {
         UpstreamProtocol::Http1
     } else {
-        p.proto
+        proto
     };
     match wire {
         UpstreamProtocol::Http1 => {
