@@ -23,8 +23,10 @@
 pub mod admin;
 pub mod app;
 pub mod cluster;
+#[cfg(feature = "demo")]
 pub mod demo;
 mod drain;
+pub mod endpoint;
 pub mod error;
 pub mod http;
 pub mod lb;

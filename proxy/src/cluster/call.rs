@@ -3,9 +3,9 @@
 //! attempt, each attempt knows its number and deadline and the endpoints already tried, and
 //! every failure is classified in one place ([`ProxyError::classify`]).
 
-pub(crate) use super::endpoint::ActiveRequest;
 use super::pool::{EndpointPool, Lease, Pools, SendError, UpstreamBody, UpstreamProtocol};
 use super::{ClusterHandle, Transport};
+pub(crate) use crate::endpoint::ActiveRequest;
 use crate::error::{ProxyError, Sent};
 use crate::lb::PickContext;
 use http::{Request, Response};

@@ -13,7 +13,8 @@ pub(crate) mod connect;
 mod endpoint;
 mod pool;
 
-pub use endpoint::{Endpoint, EndpointSet, EndpointState, Health};
+pub use crate::endpoint::{Endpoint, EndpointState, Health};
+pub use endpoint::EndpointSet;
 pub(crate) use pool::{Lease, Pools, UpstreamProtocol};
 
 use crate::metrics::{ClusterMetrics, Metrics};

@@ -9,7 +9,7 @@ mod round_robin;
 
 pub use round_robin::RoundRobin;
 
-use crate::cluster::Endpoint;
+use crate::endpoint::Endpoint;
 use sluice_config::LbPolicy;
 use std::fmt;
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 //! read-modify-write and no allocation per pick.
 
 use super::{LoadBalancer, PickContext};
-use crate::cluster::Endpoint;
+use crate::endpoint::Endpoint;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -111,7 +111,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{EndpointState, Health};
+    use crate::endpoint::{EndpointState, Health};
     use std::net::SocketAddr;
 
     fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
