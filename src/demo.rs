@@ -13,7 +13,10 @@ pub(crate) fn prepare() -> anyhow::Result<Source> {
     let tcp: HashSet<&str> = config
         .listeners
         .iter()
-        .filter_map(|l| l.tcp.as_ref().map(|t| t.cluster.as_str()))
+        .filter_map(|l| match &l.kind {
+            sluice_config::ListenerKind::Tcp(t) => Some(t.cluster.as_str()),
+            sluice_config::ListenerKind::Http(_) => None,
+        })
         .collect();
     for c in &config.clusters {
         for (i, e) in c.endpoints.iter().enumerate() {

@@ -19,6 +19,7 @@ mod cluster;
 mod error;
 mod listener;
 mod locate;
+pub mod raw;
 mod resource;
 mod route;
 mod units;
@@ -26,13 +27,14 @@ mod validate;
 
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
 pub use error::{ConfigError, ConfigErrors, Issue};
-pub use listener::{Http2Settings, HttpListener, Listener, TcpListener};
+pub use listener::{Http2Settings, HttpListener, Listener, ListenerKind, TcpListener};
 pub use locate::{Position, PositionIndex};
+pub use raw::{RawConfig, RawListener, RawRoute, RawRouteTable, RawVirtualHost};
 pub use resource::{ClusterLoadAssignment, Resource, ResourceKey, ResourceType, Update, diff};
 pub use route::{
     DEFAULT_ROUTE_TIMEOUT, DirectResponse, HeaderList, HeaderMatcher, HeaderMutation,
-    QueryParameterMatcher, Redirect, RegexRewrite, Rewrite, Route, RouteMatch, RouteTable,
-    VirtualHost, WeightedCluster,
+    QueryParameterMatcher, Redirect, RegexRewrite, Rewrite, Route, RouteAction, RouteMatch,
+    RouteTable, VirtualHost, WeightedCluster,
 };
 pub use units::{ByteSize, Duration, parse_byte_size, parse_duration};
 pub use validate::{REGEX_SIZE_LIMIT, full_match_regex, search_regex, validate, validate_resource};
@@ -41,22 +43,51 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// A whole Sluice proxy configuration.
+/// A whole, validated Sluice proxy configuration: every "exactly one of" choice is an enum
+/// here, so users of the model never re-check impossible states. The YAML shape is
+/// [`RawConfig`]; [`parse`] validates it and builds this.
 #[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawConfig", into = "RawConfig")]
 pub struct Config {
     /// The admin listener.
-    #[serde(default)]
     pub admin: Admin,
     /// Listening sockets.
-    #[serde(default)]
     pub listeners: Vec<Listener>,
     /// Route tables referenced by HTTP listeners.
-    #[serde(default)]
     pub route_tables: Vec<RouteTable>,
     /// Upstream clusters referenced by routes and TCP listeners.
-    #[serde(default)]
     pub clusters: Vec<Cluster>,
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = String;
+    fn try_from(c: RawConfig) -> Result<Self, String> {
+        Ok(Config {
+            admin: c.admin,
+            listeners: c
+                .listeners
+                .into_iter()
+                .map(Listener::try_from)
+                .collect::<Result<_, _>>()?,
+            route_tables: c
+                .route_tables
+                .into_iter()
+                .map(RouteTable::try_from)
+                .collect::<Result<_, _>>()?,
+            clusters: c.clusters,
+        })
+    }
+}
+
+impl From<Config> for RawConfig {
+    fn from(c: Config) -> Self {
+        RawConfig {
+            admin: c.admin,
+            listeners: c.listeners.into_iter().map(Into::into).collect(),
+            route_tables: c.route_tables.into_iter().map(Into::into).collect(),
+            clusters: c.clusters,
+        }
+    }
 }
 
 /// The admin listener (`/ready`, `/live`, `/metrics`, `/listeners`). It is unauthenticated:
@@ -94,11 +125,12 @@ pub fn parse(source: &str, file: &str) -> Result<Config, ConfigErrors> {
     if source.trim().is_empty() {
         return Err(ConfigErrors::whole_file(file, "file is empty"));
     }
-    let config: Config =
+    let raw: RawConfig =
         serde_yaml_ng::from_str(source).map_err(|e| ConfigErrors::from_yaml(file, &e))?;
-    let issues = validate(&config);
+    let issues = validate(&raw);
     if issues.is_empty() {
-        Ok(config)
+        // Validation checked every "exactly one of", so this cannot fail; if it did, say so.
+        Config::try_from(raw).map_err(|e| ConfigErrors::whole_file(file, e))
     } else {
         let index = PositionIndex::build(source);
         Err(ConfigErrors::from_issues(file, &index, issues))

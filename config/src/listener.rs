@@ -1,25 +1,61 @@
 //! Listeners: where Sluice accepts connections and what it does with them (Envoy `Listener`
 //! with one filter chain holding an `HttpConnectionManager` or a `TcpProxy`).
 
+use crate::raw::RawListener;
 use crate::units::{ByteSize, Duration};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
-/// A listening socket. Exactly one of `http` or `tcp` is set.
+/// A listening socket (the YAML shape is [`RawListener`](crate::raw::RawListener)).
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawListener", into = "RawListener")]
 pub struct Listener {
     /// Unique name, used in logs, metrics and the admin API.
     pub name: String,
-    /// Address and port to bind, e.g. `0.0.0.0:8080` or `[::]:8080`. Port 0 picks a free port
-    /// (the admin API's `/listeners` shows which).
+    /// Address and port to bind.
     pub address: SocketAddr,
-    /// Serve HTTP/1.1 and HTTP/2 (h2c by prior knowledge) and route requests.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpListener>,
+    /// What it does with its connections.
+    pub kind: ListenerKind,
+}
+
+/// What a listener does: exactly one of these.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ListenerKind {
+    /// Serve HTTP/1.1 and HTTP/2 and route requests.
+    Http(HttpListener),
     /// Proxy raw TCP bytes to a cluster.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<TcpListener>,
+    Tcp(TcpListener),
+}
+
+impl TryFrom<RawListener> for Listener {
+    type Error = String;
+    fn try_from(l: RawListener) -> Result<Self, String> {
+        let kind = match (l.http, l.tcp) {
+            (Some(h), None) => ListenerKind::Http(h),
+            (None, Some(t)) => ListenerKind::Tcp(t),
+            _ => return Err("set exactly one of `http` or `tcp`".into()),
+        };
+        Ok(Listener {
+            name: l.name,
+            address: l.address,
+            kind,
+        })
+    }
+}
+
+impl From<Listener> for RawListener {
+    fn from(l: Listener) -> Self {
+        let (http, tcp) = match l.kind {
+            ListenerKind::Http(h) => (Some(h), None),
+            ListenerKind::Tcp(t) => (None, Some(t)),
+        };
+        RawListener {
+            name: l.name,
+            address: l.address,
+            http,
+            tcp,
+        }
+    }
 }
 
 /// HTTP serving settings (Envoy `HttpConnectionManager`).

@@ -1,15 +1,17 @@
 //! Route tables: virtual hosts chosen by `Host`, routes matched in order, and what each route
 //! does (Envoy `RouteConfiguration` → `VirtualHost` → `Route`).
 
+use crate::raw::{RawRoute, RawRouteTable, RawVirtualHost};
 use crate::units::Duration;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 
-/// A named set of virtual hosts (Envoy `RouteConfiguration`).
+/// A named set of virtual hosts (Envoy `RouteConfiguration`). The YAML shape is
+/// [`RawRouteTable`](crate::raw::RawRouteTable).
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawRouteTable", into = "RawRouteTable")]
 pub struct RouteTable {
     /// Unique name, referenced by HTTP listeners.
     pub name: String,
@@ -17,64 +19,161 @@ pub struct RouteTable {
     pub virtual_hosts: Vec<VirtualHost>,
 }
 
-/// A group of routes for a set of host names.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// A group of routes for a set of host names (see
+/// [`RawVirtualHost`](crate::raw::RawVirtualHost) for the fields' meaning).
+#[derive(Clone, Debug, PartialEq)]
 pub struct VirtualHost {
     /// Name, unique within the route table.
     pub name: String,
-    /// Host names served: exact (`api.example.com`), suffix wildcard (`*.example.com`), prefix
-    /// wildcard (`api.*`) or `*` for any. Matching is case-insensitive and ignores the port
-    /// unless the pattern has one. Exact beats suffix beats prefix beats `*`; among wildcards the
-    /// longest pattern wins.
+    /// Host names served.
     pub domains: Vec<String>,
     /// Routes, tried in order; the first match wins.
     pub routes: Vec<Route>,
-    /// Header changes on requests routed through this virtual host (applied before the route's).
-    #[serde(default, skip_serializing_if = "HeaderMutation::is_empty")]
+    /// Header changes on requests (applied before the route's).
     pub request_headers: HeaderMutation,
     /// Header changes on responses (applied before the route's).
-    #[serde(default, skip_serializing_if = "HeaderMutation::is_empty")]
     pub response_headers: HeaderMutation,
 }
 
-/// A match and an action. Exactly one of `cluster`, `weighted_clusters`, `redirect` or
-/// `direct_response` is set.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// A match and exactly one action (see [`RawRoute`](crate::raw::RawRoute) for the YAML).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Route {
     /// Optional name, used in logs and metrics.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Which requests this route takes.
-    #[serde(rename = "match")]
     pub matcher: RouteMatch,
-    /// Forward to this cluster.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<String>,
-    /// Split traffic across clusters in proportion to their weights.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weighted_clusters: Option<Vec<WeightedCluster>>,
-    /// Answer with a redirect.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redirect: Option<Redirect>,
-    /// Answer directly with a fixed status and body.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direct_response: Option<DirectResponse>,
-    /// Rewrite the path or host before forwarding (only with `cluster`/`weighted_clusters`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What it does with them.
+    pub action: RouteAction,
+    /// Rewrite the path or host before forwarding (forwarding actions only).
     pub rewrite: Option<Rewrite>,
-    /// Time allowed from forwarding the request until the upstream's response headers arrive;
-    /// on expiry (checked every 20ms) the client gets 504. `0s` disables. Default `15s`
-    /// (Envoy's default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Time allowed until the upstream's response headers; `None`: the default.
     pub timeout: Option<Duration>,
     /// Header changes on requests taking this route (applied after the virtual host's).
-    #[serde(default, skip_serializing_if = "HeaderMutation::is_empty")]
     pub request_headers: HeaderMutation,
     /// Header changes on responses (applied after the virtual host's).
-    #[serde(default, skip_serializing_if = "HeaderMutation::is_empty")]
     pub response_headers: HeaderMutation,
+}
+
+/// What a route does: exactly one of these.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RouteAction {
+    /// Forward to this cluster.
+    Cluster(String),
+    /// Split traffic across clusters in proportion to their weights.
+    WeightedClusters(Vec<WeightedCluster>),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer directly with a fixed status and body.
+    DirectResponse(DirectResponse),
+}
+
+impl TryFrom<RawRouteTable> for RouteTable {
+    type Error = String;
+    fn try_from(t: RawRouteTable) -> Result<Self, String> {
+        Ok(RouteTable {
+            name: t.name,
+            virtual_hosts: t
+                .virtual_hosts
+                .into_iter()
+                .map(VirtualHost::try_from)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl From<RouteTable> for RawRouteTable {
+    fn from(t: RouteTable) -> Self {
+        RawRouteTable {
+            name: t.name,
+            virtual_hosts: t.virtual_hosts.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<RawVirtualHost> for VirtualHost {
+    type Error = String;
+    fn try_from(v: RawVirtualHost) -> Result<Self, String> {
+        Ok(VirtualHost {
+            name: v.name,
+            domains: v.domains,
+            routes: v
+                .routes
+                .into_iter()
+                .map(Route::try_from)
+                .collect::<Result<_, _>>()?,
+            request_headers: v.request_headers,
+            response_headers: v.response_headers,
+        })
+    }
+}
+
+impl From<VirtualHost> for RawVirtualHost {
+    fn from(v: VirtualHost) -> Self {
+        RawVirtualHost {
+            name: v.name,
+            domains: v.domains,
+            routes: v.routes.into_iter().map(Into::into).collect(),
+            request_headers: v.request_headers,
+            response_headers: v.response_headers,
+        }
+    }
+}
+
+impl TryFrom<RawRoute> for Route {
+    type Error = String;
+    fn try_from(r: RawRoute) -> Result<Self, String> {
+        let action = match (
+            r.cluster,
+            r.weighted_clusters,
+            r.redirect,
+            r.direct_response,
+        ) {
+            (Some(c), None, None, None) => RouteAction::Cluster(c),
+            (None, Some(w), None, None) => RouteAction::WeightedClusters(w),
+            (None, None, Some(rd), None) => RouteAction::Redirect(rd),
+            (None, None, None, Some(d)) => RouteAction::DirectResponse(d),
+            _ => {
+                return Err(
+                    "set exactly one of `cluster`, `weighted_clusters`, `redirect`, \
+                            `direct_response`"
+                        .into(),
+                );
+            }
+        };
+        Ok(Route {
+            name: r.name,
+            matcher: r.matcher,
+            action,
+            rewrite: r.rewrite,
+            timeout: r.timeout,
+            request_headers: r.request_headers,
+            response_headers: r.response_headers,
+        })
+    }
+}
+
+impl From<Route> for RawRoute {
+    fn from(r: Route) -> Self {
+        let mut raw = RawRoute {
+            name: r.name,
+            matcher: r.matcher,
+            cluster: None,
+            weighted_clusters: None,
+            redirect: None,
+            direct_response: None,
+            rewrite: r.rewrite,
+            timeout: r.timeout,
+            request_headers: r.request_headers,
+            response_headers: r.response_headers,
+        };
+        match r.action {
+            RouteAction::Cluster(c) => raw.cluster = Some(c),
+            RouteAction::WeightedClusters(w) => raw.weighted_clusters = Some(w),
+            RouteAction::Redirect(rd) => raw.redirect = Some(rd),
+            RouteAction::DirectResponse(d) => raw.direct_response = Some(d),
+        }
+        raw
+    }
 }
 
 /// The default route timeout.

@@ -37,7 +37,9 @@ fn one_error(src: &str) -> String {
 fn base_is_valid_and_has_defaults() {
     let c = parse(BASE, "test.yaml").unwrap();
     assert_eq!(c.admin.address.to_string(), "127.0.0.1:7191");
-    let h = c.listeners[0].http.as_ref().unwrap();
+    let ListenerKind::Http(h) = &c.listeners[0].kind else {
+        panic!("an HTTP listener");
+    };
     assert_eq!(h.max_request_header_bytes, ByteSize::kib(60));
     assert_eq!(h.http2.max_concurrent_streams, 100);
     assert_eq!(h.request_header_timeout, Duration::from_secs(10));

@@ -2,12 +2,13 @@
 //! resources, duplicate names, address clashes, syntax of paths, regexes and header names).
 //! Collects every problem rather than stopping at the first.
 
+use crate::QueryParameterMatcher;
 use crate::cluster::{Cluster, Endpoint};
 use crate::error::Issue;
-use crate::listener::{HttpListener, Listener};
+use crate::listener::HttpListener;
+use crate::raw::{RawConfig, RawListener, RawRoute, RawRouteTable};
 use crate::resource::Resource;
-use crate::route::{HeaderMatcher, HeaderMutation, Redirect, Route, RouteMatch, RouteTable};
-use crate::{Config, QueryParameterMatcher};
+use crate::route::{HeaderMatcher, HeaderMutation, Redirect, RouteMatch};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -40,7 +41,7 @@ fn first_line(s: &str) -> String {
 }
 
 /// Checks a deserialised config; returns every problem found (empty when valid).
-pub fn validate(config: &Config) -> Vec<Issue> {
+pub fn validate(config: &RawConfig) -> Vec<Issue> {
     let mut v = Validator::default();
     let clusters = Refs::Known(config.clusters.iter().map(|c| c.name.as_str()).collect());
     let tables = Refs::Known(
@@ -87,8 +88,8 @@ pub fn validate(config: &Config) -> Vec<Issue> {
 pub fn validate_resource(resource: &Resource) -> Vec<Issue> {
     let mut v = Validator::default();
     match resource {
-        Resource::Listener(l) => v.listener("listener", l, &Refs::Any, &Refs::Any),
-        Resource::RouteTable(t) => v.route_table("route_table", t, &Refs::Any),
+        Resource::Listener(l) => v.listener("listener", &l.clone().into(), &Refs::Any, &Refs::Any),
+        Resource::RouteTable(t) => v.route_table("route_table", &t.clone().into(), &Refs::Any),
         Resource::Cluster(c) => v.cluster("cluster", c),
         Resource::Endpoints(e) => v.endpoints("endpoints", &e.endpoints),
     }
@@ -140,7 +141,7 @@ impl Validator {
         }
     }
 
-    fn addresses(&mut self, config: &Config) {
+    fn addresses(&mut self, config: &RawConfig) {
         let mut bound: Vec<(SocketAddr, String)> = vec![(config.admin.address, "admin".into())];
         for (i, l) in config.listeners.iter().enumerate() {
             let path = format!("listeners[{i}].address");
@@ -154,7 +155,7 @@ impl Validator {
         }
     }
 
-    fn listener(&mut self, p: &str, l: &Listener, tables: &Refs<'_>, clusters: &Refs<'_>) {
+    fn listener(&mut self, p: &str, l: &RawListener, tables: &Refs<'_>, clusters: &Refs<'_>) {
         match (&l.http, &l.tcp) {
             (Some(h), None) => self.http_listener(&format!("{p}.http"), h, tables),
             (None, Some(t)) => {
@@ -231,7 +232,7 @@ impl Validator {
         }
     }
 
-    fn route_table(&mut self, p: &str, t: &RouteTable, clusters: &Refs<'_>) {
+    fn route_table(&mut self, p: &str, t: &RawRouteTable, clusters: &Refs<'_>) {
         let vh_names = t.virtual_hosts.iter().map(|v| v.name.as_str());
         self.unique_names(&format!("{p}.virtual_hosts"), vh_names);
         let mut domains: HashMap<String, usize> = HashMap::new();
@@ -267,7 +268,7 @@ impl Validator {
         }
     }
 
-    fn route(&mut self, p: &str, r: &Route, clusters: &Refs<'_>) {
+    fn route(&mut self, p: &str, r: &RawRoute, clusters: &Refs<'_>) {
         self.route_match(&format!("{p}.match"), &r.matcher);
         let actions = [
             r.cluster.is_some(),

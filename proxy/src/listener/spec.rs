@@ -5,7 +5,7 @@ use crate::cluster::{ClusterHandle, Registry};
 use crate::http::HttpSpec;
 use crate::http::filters::HttpFilter;
 use crate::metrics::{ListenerMetrics, Metrics};
-use crate::route::{CompileError, RouteTable};
+use crate::route::RouteTable;
 use sluice_config as config;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,29 +50,24 @@ impl ListenerSpec {
         clusters: &mut Registry,
         metrics: &Metrics,
         filters: &[Arc<dyn HttpFilter>],
-    ) -> Result<ListenerSpec, CompileError> {
-        let kind = match (&l.http, &l.tcp) {
-            (Some(h), None) => ListenerKind::Http(Box::new(HttpSpec::compile(
+    ) -> ListenerSpec {
+        let kind = match &l.kind {
+            config::ListenerKind::Http(h) => ListenerKind::Http(Box::new(HttpSpec::compile(
                 route_table(&h.route_table),
                 h,
                 filters,
             ))),
-            (None, Some(t)) => ListenerKind::Tcp(TcpSpec {
+            config::ListenerKind::Tcp(t) => ListenerKind::Tcp(TcpSpec {
                 cluster: clusters.handle(&t.cluster),
                 idle_timeout: (!t.idle_timeout.is_zero()).then(|| t.idle_timeout.get()),
             }),
-            _ => {
-                return Err(CompileError::Invalid(
-                    "listener without exactly one of http or tcp",
-                ));
-            }
         };
-        Ok(ListenerSpec {
+        ListenerSpec {
             name: l.name.clone(),
             address: l.address,
             kind,
             metrics: metrics.listener(&l.name),
-        })
+        }
     }
 
     /// `"http"` or `"tcp"`.

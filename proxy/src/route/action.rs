@@ -6,7 +6,7 @@ use crate::cluster::{ClusterHandle, Registry};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
-use sluice_config as config;
+use sluice_config::{self as config, RouteAction};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,34 +80,33 @@ impl Action {
         r: &config::Route,
         clusters: &mut Registry,
     ) -> Result<Self, CompileError> {
-        let mut lookup = |name: &str| Ok::<_, CompileError>(clusters.handle(name));
-        if let Some(d) = &r.direct_response {
-            return Ok(Action::Direct {
-                status: StatusCode::from_u16(d.status)
-                    .map_err(|_| CompileError::Invalid("status"))?,
-                body: Bytes::from(d.body.clone().unwrap_or_default()),
-            });
-        }
-        if let Some(rd) = &r.redirect {
-            return Ok(Action::Redirect(Redirect {
-                scheme: rd.scheme.clone(),
-                host: rd.host.clone(),
-                port: rd.port,
-                path: rd.path.clone(),
-                prefix_rewrite: rd.prefix_rewrite.clone(),
-                status: StatusCode::from_u16(rd.code)
-                    .map_err(|_| CompileError::Invalid("redirect code"))?,
-                strip_query: rd.strip_query,
-            }));
-        }
-        let backends = match (&r.cluster, &r.weighted_clusters) {
-            (Some(c), _) => Backends::Single(lookup(c)?),
-            (None, Some(wcs)) => {
+        let backends = match &r.action {
+            RouteAction::DirectResponse(d) => {
+                return Ok(Action::Direct {
+                    status: StatusCode::from_u16(d.status)
+                        .map_err(|_| CompileError::Invalid("status"))?,
+                    body: Bytes::from(d.body.clone().unwrap_or_default()),
+                });
+            }
+            RouteAction::Redirect(rd) => {
+                return Ok(Action::Redirect(Redirect {
+                    scheme: rd.scheme.clone(),
+                    host: rd.host.clone(),
+                    port: rd.port,
+                    path: rd.path.clone(),
+                    prefix_rewrite: rd.prefix_rewrite.clone(),
+                    status: StatusCode::from_u16(rd.code)
+                        .map_err(|_| CompileError::Invalid("redirect code"))?,
+                    strip_query: rd.strip_query,
+                }));
+            }
+            RouteAction::Cluster(c) => Backends::Single(clusters.handle(c)),
+            RouteAction::WeightedClusters(wcs) => {
                 let mut total = 0u64;
                 let mut list = Vec::with_capacity(wcs.len());
                 for w in wcs.iter().filter(|w| w.weight > 0) {
                     total += u64::from(w.weight);
-                    list.push((lookup(&w.cluster)?, total));
+                    list.push((clusters.handle(&w.cluster), total));
                 }
                 if total == 0 {
                     return Err(CompileError::Invalid(
@@ -119,7 +118,6 @@ impl Action {
                     total,
                 }
             }
-            (None, None) => return Err(CompileError::Invalid("route without an action")),
         };
         let rw = r.rewrite.clone().unwrap_or_default();
         let path_rewrite = match (rw.prefix, rw.regex) {

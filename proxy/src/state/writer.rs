@@ -157,8 +157,8 @@ impl Writer {
         for name in dirty_listeners {
             if let Some(Resource::Listener(l)) =
                 self.resources.get(&(ResourceType::Listener, name.clone()))
-                && let Ok(spec) = self.compile_listener(&l.clone())
             {
+                let spec = self.compile_listener(&l.clone());
                 self.listeners.insert(name, Arc::new(spec));
             }
         }
@@ -201,7 +201,7 @@ impl Writer {
                 Ok(change)
             }
             Resource::Listener(l) => {
-                let spec = self.compile_listener(l).map_err(|e| e.to_string())?;
+                let spec = self.compile_listener(l);
                 let previous = self.listeners.get(&l.name);
                 self.reconciler
                     .prepare(&spec, previous.map(|p| &**p))
@@ -235,10 +235,7 @@ impl Writer {
         }
     }
 
-    fn compile_listener(
-        &mut self,
-        l: &config::Listener,
-    ) -> Result<ListenerSpec, crate::route::CompileError> {
+    fn compile_listener(&mut self, l: &config::Listener) -> ListenerSpec {
         let tables = &mut self.route_tables;
         ListenerSpec::compile(
             l,
