@@ -56,7 +56,7 @@ pub enum StartError {
     #[error("{0}")]
     Compile(#[from] CompileError),
     /// A listener or the admin address could not be bound.
-    #[error("{0}")]
+    #[error(transparent)]
     Bind(#[from] BindError),
     /// Threads or runtimes could not be created.
     #[error("cannot start: {0}")]
@@ -73,7 +73,7 @@ pub enum ReloadError {
     #[error("{0}")]
     Compile(#[from] CompileError),
     /// A new listener could not be bound.
-    #[error("{0}")]
+    #[error(transparent)]
     Bind(#[from] BindError),
     /// The proxy is shutting down.
     #[error("the proxy is shutting down")]
@@ -161,12 +161,11 @@ impl Proxy {
         let workers = options.workers.max(1);
         let metrics = Arc::new(Metrics::new());
         let snapshot = Snapshot::compile(config, None, &metrics, 1)?;
-        let (mut admin_sockets, admin) = listener::bind(snapshot.config.admin.address, 1)?;
-        let admin_socket = admin_sockets.pop().ok_or(BindError::InUse(admin))?;
+        let (admin_socket, admin) = listener::bind_admin(snapshot.config.admin.address)?;
         let mut bound = HashMap::new();
         let mut sockets = Vec::new();
         for spec in snapshot.listeners.values() {
-            let (socks, actual) = listener::bind(spec.address, workers)?;
+            let (socks, actual) = listener::bind_spec(spec, workers)?;
             bound.insert(
                 spec.name.clone(),
                 Bound {
@@ -432,7 +431,7 @@ impl ControlLoop {
                 .get(&spec.name)
                 .is_some_and(|b| b.configured == spec.address && b.protocol == spec.protocol());
             if !unchanged {
-                let (socks, actual) = listener::bind(spec.address, self.workers.len())?;
+                let (socks, actual) = listener::bind_spec(spec, self.workers.len())?;
                 new_sockets.push((Arc::clone(spec), socks, actual));
             }
         }
