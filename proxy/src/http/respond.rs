@@ -10,8 +10,10 @@ use http::{HeaderValue, Response, StatusCode};
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
 
-/// The response for a failed request. Downstream protocol errors also close the connection
-/// (RFC 9112 §6.3: after a framing error the connection cannot be trusted).
+/// The response for a failed request. Every answer to a malformed or unsupported request also
+/// closes the connection (RFC 9112 §6.3: after a framing error the connection cannot be
+/// trusted); only "no route" keeps it, the request itself being well formed. (hyper drops
+/// `Connection` from HTTP/2 responses.)
 pub(crate) fn error(err: &ProxyError) -> Response<ResponseBody> {
     let (status, body, close) = match err {
         ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no route\n", false),
@@ -33,7 +35,7 @@ pub(crate) fn error(err: &ProxyError) -> Response<ResponseBody> {
         ProxyError::ConnectNotSupported => (
             StatusCode::METHOD_NOT_ALLOWED,
             "CONNECT is not supported\n",
-            false,
+            true,
         ),
         ProxyError::NoEndpoint(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
