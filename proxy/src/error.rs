@@ -71,6 +71,23 @@ pub enum ProxyError {
     /// The upstream reset, closed or sent a malformed response.
     #[error("upstream request failed: {0}")]
     Upstream(hyper::Error),
+    /// The downstream request body failed while it was being forwarded (the upstream call
+    /// failed because of it, not because of the upstream).
+    #[error("request body failed: {0:?}")]
+    RequestBody(BodyFault),
+    /// The upstream's response is one a proxy must not forward (a `101` nobody asked for, both
+    /// `Content-Length` and `Transfer-Encoding`).
+    #[error("invalid upstream response: {0}")]
+    InvalidResponse(&'static str),
+}
+
+/// How a downstream request body failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFault {
+    /// HTTP/1.1 framing error: a malformed chunk size, chunk extension or line ending.
+    BadChunked,
+    /// The client closed the connection or reset the stream before the body ended.
+    Incomplete,
 }
 
 impl ProxyError {
@@ -81,13 +98,15 @@ impl ProxyError {
             | ProxyError::MissingHost
             | ProxyError::MultipleHost
             | ProxyError::ContentLengthWithTransferEncoding
-            | ProxyError::ConnectNotSupported => Side::Downstream,
+            | ProxyError::ConnectNotSupported
+            | ProxyError::RequestBody(_) => Side::Downstream,
             ProxyError::NoEndpoint(_) => Side::Internal,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::UpstreamTimeout(_)
-            | ProxyError::Upstream(_) => Side::Upstream,
+            | ProxyError::Upstream(_)
+            | ProxyError::InvalidResponse(_) => Side::Upstream,
         }
     }
 
@@ -112,6 +131,8 @@ impl ProxyError {
                 Some("content_length_with_transfer_encoding")
             }
             ProxyError::ConnectNotSupported => Some("connect"),
+            ProxyError::RequestBody(BodyFault::BadChunked) => Some("bad_chunked_body"),
+            ProxyError::RequestBody(BodyFault::Incomplete) => Some("incomplete_body"),
             _ => None,
         }
     }
@@ -123,12 +144,14 @@ impl ProxyError {
             ProxyError::MissingHost
             | ProxyError::MultipleHost
             | ProxyError::ContentLengthWithTransferEncoding
-            | ProxyError::ConnectNotSupported => "DPE",
+            | ProxyError::ConnectNotSupported
+            | ProxyError::RequestBody(_) => "DPE",
             ProxyError::NoEndpoint(_) => "UH",
             ProxyError::ConnectFailed { .. } | ProxyError::Handshake { .. } => "UF",
             ProxyError::ConnectTimeout { .. } => "UF",
             ProxyError::UpstreamTimeout(_) => "UT",
             ProxyError::Upstream(_) => "UC",
+            ProxyError::InvalidResponse(_) => "UPE",
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 const MAX_UNSENT_ATTEMPTS: usize = 8;
 
 /// Request body type sent upstream: the downstream body, streamed.
-pub(crate) type UpstreamBody = Incoming;
+pub(crate) type UpstreamBody = crate::http::reqbody::RequestBody;
 
 /// The protocol chosen for one upstream request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,10 +235,9 @@ impl EndpointPool {
                 Err(mut e) => match e.take_message() {
                     // Not written: a pooled connection closed under us. Try another.
                     Some(r) if reused => req = r,
-                    _ => {
-                        self.metrics.error("request");
-                        return Err(ProxyError::Upstream(e.into_error()));
-                    }
+                    // Counted by the request path, which can tell a failure of the downstream
+                    // request body (the client's fault) from the upstream's.
+                    _ => return Err(ProxyError::Upstream(e.into_error())),
                 },
             }
         }
@@ -309,10 +308,8 @@ impl EndpointPool {
                                 .retain(|c| !c.sender.is_closed() && c.sender.is_ready());
                             continue;
                         }
-                        None => {
-                            self.metrics.error("request");
-                            return Err(ProxyError::Upstream(e.into_error()));
-                        }
+                        // Counted by the request path (see `send_h1`).
+                        None => return Err(ProxyError::Upstream(e.into_error())),
                     },
                 }
             }

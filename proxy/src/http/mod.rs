@@ -6,6 +6,7 @@ pub mod body;
 pub(crate) mod conn;
 pub(crate) mod headers;
 pub(crate) mod proxy;
+pub(crate) mod reqbody;
 pub(crate) mod respond;
 pub(crate) mod server;
 pub(crate) mod smuggle;

@@ -6,12 +6,13 @@ use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
 use crate::http::conn::ConnState;
+use crate::http::reqbody::{FaultNote, RequestBody};
 use crate::http::{headers, respond, upgrade};
 use crate::route::{Action, Forward, RequestHead, Route, VirtualHost};
 use crate::state::{HttpSpec, ListenerKind, ListenerSpec};
 use crate::worker::Worker;
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, TE, TRAILER};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -109,9 +110,16 @@ pub(crate) async fn handle(
                     .await
                 } else {
                     let send = p.pool.send(p.request, p.proto);
+                    let fault = p.fault;
                     RouteTimeout::new(send, p.timeout, p.meta.cluster)
                         .await
-                        .map(|(resp, lease)| finish(&p.meta, resp, lease))
+                        .map_err(|e| upstream_failure(e, fault.as_ref(), p.meta.cluster))
+                        .and_then(|(resp, lease)| {
+                            // On an invalid response the lease drops here: the upstream
+                            // connection is closed, never pooled.
+                            check_response(&p.meta, &resp)?;
+                            Ok(finish(&p.meta, resp, lease))
+                        })
                 }
             }
             Err(e) => Err(e),
@@ -145,7 +153,9 @@ enum Planned<'a> {
 
 /// A request ready to go upstream, and what its response needs.
 pub(crate) struct Plan<'a> {
-    pub(crate) request: Request<Incoming>,
+    pub(crate) request: Request<RequestBody>,
+    /// Where the request body notes how it failed (only when it has a body).
+    fault: Option<FaultNote>,
     pub(crate) pool: Rc<EndpointPool>,
     proto: UpstreamProtocol,
     pub(crate) timeout: Option<std::time::Duration>,
@@ -314,8 +324,10 @@ fn plan_forward<'a>(
         }
     }
     let head = parts.method == Method::HEAD;
+    let (body, fault) = RequestBody::new(body);
     Ok(Plan {
         request: Request::from_parts(parts, body),
+        fault,
         pool: conn.worker.pools.endpoint(cluster, index, addr),
         proto,
         timeout: f.timeout,
@@ -329,6 +341,54 @@ fn plan_forward<'a>(
             wants_trailers,
         },
     })
+}
+
+/// Classifies a failed upstream call: when the downstream request body broke first, the
+/// failure is the client's (400), otherwise the upstream's (502, counted on the cluster).
+pub(crate) fn upstream_failure(
+    e: ProxyError,
+    fault: Option<&FaultNote>,
+    cluster: &crate::cluster::Cluster,
+) -> ProxyError {
+    match e {
+        ProxyError::Upstream(err) => match fault.and_then(|f| f.get()) {
+            Some(f) => {
+                tracing::debug!(error = %err, "upstream call failed on the request body");
+                ProxyError::RequestBody(f)
+            }
+            None => {
+                cluster.metrics.error("request");
+                ProxyError::Upstream(err)
+            }
+        },
+        other => other,
+    }
+}
+
+/// Refuses upstream responses a proxy must not forward: `101` to a request that asked for no
+/// upgrade (RFC 9110 §15.2.2; over HTTP/2 it does not exist, RFC 9113 §8.6), both
+/// `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3: a possible response-splitting
+/// attempt).
+/// Counted as `invalid_response` on the cluster.
+pub(crate) fn check_response(
+    meta: &ResponseMeta<'_>,
+    resp: &Response<Incoming>,
+) -> Result<(), ProxyError> {
+    let h = resp.headers();
+    let why = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        Some("101 Switching Protocols to a request without an upgrade")
+    } else if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+        Some("both Content-Length and Transfer-Encoding")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => {
+            meta.cluster.metrics.error("invalid_response");
+            Err(ProxyError::InvalidResponse(why))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Turns the upstream's response into the downstream response.

@@ -1,7 +1,7 @@
 //! The one place a failure or a configured answer becomes a response: status, body and the
 //! connection handling the RFCs ask for.
 
-use crate::error::ProxyError;
+use crate::error::{BodyFault, ProxyError};
 use crate::http::body::ResponseBody;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, LOCATION};
@@ -54,7 +54,17 @@ pub(crate) fn error(err: &ProxyError) -> Response<ResponseBody> {
             "upstream request timeout\n",
             false,
         ),
-        ProxyError::Upstream(_) => (
+        ProxyError::RequestBody(BodyFault::Incomplete) => (
+            StatusCode::BAD_REQUEST,
+            "bad request: incomplete request body\n",
+            true,
+        ),
+        ProxyError::RequestBody(BodyFault::BadChunked) => (
+            StatusCode::BAD_REQUEST,
+            "bad request: malformed chunked body\n",
+            true,
+        ),
+        ProxyError::Upstream(_) | ProxyError::InvalidResponse(_) => (
             StatusCode::BAD_GATEWAY,
             "upstream reset or protocol error\n",
             false,

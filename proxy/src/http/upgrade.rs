@@ -7,7 +7,8 @@ use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
 use crate::http::headers;
-use crate::http::proxy::{ResponseMeta, RouteTimeout, finish};
+use crate::http::proxy::{ResponseMeta, RouteTimeout, check_response, finish};
+use crate::http::reqbody::RequestBody;
 use crate::route::{Route, VirtualHost};
 use crate::tunnel::{self, Ended};
 use http::{Request, Response, StatusCode};
@@ -21,7 +22,7 @@ use std::time::Duration;
 /// upstream's answer as a normal response.
 pub(crate) async fn forward(
     pool: Rc<EndpointPool>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     downstream: OnUpgrade,
     drain: &Drain,
     timeout: Option<Duration>,
@@ -31,6 +32,7 @@ pub(crate) async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         Ok(switch(resp, downstream, drain, meta.vh, meta.route))
     } else {
+        check_response(&meta, &resp)?;
         Ok(finish(&meta, resp, Lease::None))
     }
 }

@@ -1,0 +1,94 @@
+//! The request body sent upstream: the downstream body, streamed, with a note of how it failed.
+//!
+//! When the downstream body breaks (a malformed chunk, the client closing mid-body), the upstream call fails too, and hyper reports it as an upstream error: an
+//! HTTP/1.1 upstream connection ends with a "user body" error, an HTTP/2 stream is reset by us.
+//! The fault recorded here lets the request path answer the client's mistake as a 400 instead
+//! of blaming the upstream with a 502. The note is shared (`Rc<Cell>`) between the body, which
+//! hyper's upstream connection task polls, and the request future; it is allocated only for
+//! requests that have a body.
+
+use crate::error::BodyFault;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+
+/// Where the fault is noted; read by the request path after a failed upstream call.
+pub(crate) type FaultNote = Rc<Cell<Option<BodyFault>>>;
+
+/// The body of a forwarded request.
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    fault: Option<FaultNote>,
+}
+
+impl RequestBody {
+    /// Wraps the downstream body; returns the note to read after a failure (`None` when the
+    /// body is already complete: nothing can fail).
+    pub(crate) fn new(inner: Incoming) -> (Self, Option<FaultNote>) {
+        let fault = (!inner.is_end_stream()).then(FaultNote::default);
+        let note = fault.clone();
+        (RequestBody { inner, fault }, note)
+    }
+
+    fn note(&self, f: BodyFault) {
+        if let Some(n) = &self.fault {
+            n.set(Some(f));
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match frame {
+            Some(Err(e)) => {
+                let fault = classify(&e);
+                tracing::debug!(error = %e, ?fault, "downstream request body failed");
+                self.note(fault);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Some(Ok(f)) => Poll::Ready(Some(Ok(f))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An HTTP/1.1 body that ended at EOF, or an HTTP/2 stream the client reset, is incomplete;
+/// any other body error is bad framing.
+fn classify(e: &hyper::Error) -> BodyFault {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                BodyFault::Incomplete
+            } else {
+                BodyFault::BadChunked
+            };
+        }
+        source = s.source();
+    }
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return BodyFault::Incomplete;
+    }
+    // HTTP/2: a reset or protocol error on the client's stream.
+    BodyFault::Incomplete
+}

@@ -1,0 +1,319 @@
+//! Protocol conformance found by outside testing: malformed request bodies, what an upstream
+//! may not send, connection reuse after an invalid response, HTTP/2 ↔ HTTP/1.1 field and
+//! trailer translation, and HTTP/2 frame rules. Wire-format tests use raw bytes on both sides:
+//! the request bytes, what the client gets, what the upstream receives.
+
+use crate::support::*;
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A raw HTTP/1.1 upstream: answers each request with the next scripted response (a plain 200
+/// once the script runs out), keeps connections open unless told to close, counts connections
+/// and records every request's bytes.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Scripted {
+    pub fn start(script: Vec<Vec<u8>>) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let (c, r) = (Arc::clone(&connections), Arc::clone(&requests));
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (r, script) = (Arc::clone(&r), Arc::clone(&script));
+                std::thread::spawn(move || serve_scripted(s, &r, &script));
+            }
+        });
+        Scripted {
+            addr,
+            connections,
+            requests,
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn request(&self, i: usize) -> String {
+        let r = self.requests.lock().unwrap();
+        String::from_utf8_lossy(&r[i]).into_owned()
+    }
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+fn serve_scripted(
+    mut s: TcpStream,
+    requests: &Mutex<Vec<Vec<u8>>>,
+    script: &Mutex<VecDeque<Vec<u8>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(n) = read_request(&mut s, &mut buf) else {
+            return;
+        };
+        let req: Vec<u8> = buf.drain(..n).collect();
+        requests.lock().unwrap().push(req);
+        let resp = script.lock().unwrap().pop_front();
+        let resp = resp.unwrap_or_else(|| OK.to_vec());
+        if s.write_all(&resp).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one whole request (head, then a Content-Length or chunked body) into `buf`; returns
+/// its length.
+fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    let mut chunk = [0u8; 65536];
+    loop {
+        if let Some(n) = request_len(buf) {
+            return Some(n);
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn request_len(buf: &[u8]) -> Option<usize> {
+    let head_end = find(buf, b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        // The last chunk, then the trailer section up to its empty line.
+        let body = &buf[head_end..];
+        let last = if body.starts_with(b"0\r\n") {
+            0
+        } else {
+            find(body, b"\r\n0\r\n")? + 2
+        };
+        let end = find(&body[last..], b"\r\n\r\n")? + 4;
+        return Some(head_end + last + end);
+    }
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (buf.len() >= head_end + len).then_some(head_end + len)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn proxy_to(upstream: SocketAddr, protocol: &str) -> InProcess {
+    InProcess::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    http: {{ route_table: main }}
+route_tables:
+  - name: main
+    virtual_hosts:
+      - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: / }}, cluster: up }}] }}
+clusters:
+  - {{ name: up, protocol: {protocol}, endpoints: [{upstream}] }}
+"#
+    ))
+}
+
+fn metric(p: &InProcess, name_and_labels: &str) -> f64 {
+    metric_value(&p.metrics(), name_and_labels)
+}
+
+fn rejected(p: &InProcess, reason: &str) -> f64 {
+    metric(
+        p,
+        &format!("sluice_downstream_rejected_total{{listener=\"main\",reason=\"{reason}\"}}"),
+    )
+}
+
+fn upstream_errors(p: &InProcess, kind: &str) -> f64 {
+    metric(
+        p,
+        &format!("sluice_upstream_errors_total{{cluster=\"up\",kind=\"{kind}\"}}"),
+    )
+}
+
+/// Asserts a single response with `status`, `Connection: close`, and a closed connection.
+fn assert_rejected_and_closed(out: &str, closed: bool, status: u16, what: &str) {
+    assert!(
+        out.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{what}: {out}"
+    );
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{what}: {out}"
+    );
+    assert!(closed, "{what}: connection left open");
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{what}: {out}");
+}
+
+#[test]
+fn malformed_chunked_request_bodies_get_400_and_close() {
+    let up = echo("up");
+    let p = proxy_to(up, "http1");
+    let ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "a".repeat(20 * 1024));
+    let cases: [(&str, &[u8]); 10] = [
+        ("invalid size", b"zz\r\nhello\r\n0\r\n\r\n"),
+        ("empty size", b"\r\nhello\r\n0\r\n\r\n"),
+        (
+            "overflowing size",
+            b"10000000000000000\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("0x prefix", b"0x5\r\nhello\r\n0\r\n\r\n"),
+        ("leading space", b" 5\r\nhello\r\n0\r\n\r\n"),
+        ("bare CR in extension", b"5;a\rb\r\nhello\r\n0\r\n\r\n"),
+        ("overlong extension", ext.as_bytes()),
+        ("bare LF after size", b"5\nhello\r\n0\r\n\r\n"),
+        ("bare LF after data", b"5\r\nhello\n0\r\n\r\n"),
+        ("bare LF everywhere", b"5\nhello\n0\n\n"),
+    ];
+    for (what, body) in cases {
+        let mut req = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        req.extend_from_slice(body);
+        // A second request behind it must not be answered: the connection closes.
+        req.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (out, closed) = raw_exchange(p.addr("main"), &req, Duration::from_secs(10));
+        assert_rejected_and_closed(&out, closed, 400, what);
+    }
+    assert_eq!(rejected(&p, "bad_chunked_body"), cases.len() as f64);
+    assert_eq!(
+        upstream_errors(&p, "request"),
+        0.0,
+        "blamed on the upstream"
+    );
+    // A well-formed chunked body (with an extension and a trailer) still goes through.
+    let (out, _) = raw_exchange(
+        p.addr("main"),
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5;name=value\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert!(out.contains("\"body_bytes\":5"), "{out}");
+}
+
+#[test]
+fn malformed_chunked_request_body_to_http2_upstream_gets_400() {
+    let up = echo("up");
+    let p = proxy_to(up, "http2");
+    let (out, closed) = raw_exchange(
+        p.addr("main"),
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert_rejected_and_closed(&out, closed, 400, "HTTP/2 upstream");
+    assert_eq!(rejected(&p, "bad_chunked_body"), 1.0);
+    assert_eq!(upstream_errors(&p, "request"), 0.0);
+}
+
+#[test]
+fn upstream_response_with_content_length_and_transfer_encoding_is_502() {
+    let up = Scripted::start(vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+    ]);
+    let p = proxy_to(up.addr, "http1");
+    let (out, _) = raw_exchange(
+        p.addr("main"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(out.starts_with("HTTP/1.1 502 "), "{out}");
+    assert!(!out.contains("hello"), "{out}");
+    assert!(up.request(0).starts_with("GET / HTTP/1.1\r\n"));
+    assert_eq!(upstream_errors(&p, "invalid_response"), 1.0);
+    // That connection was discarded: the next request opens another.
+    let (out, _) = raw_exchange(
+        p.addr("main"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert_eq!(up.connections(), 2);
+}
+
+#[test]
+fn unsolicited_101_from_upstream_is_502() {
+    let up = Scripted::start(vec![
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+            .to_vec(),
+    ]);
+    let p = proxy_to(up.addr, "http1");
+    let (out, _) = raw_exchange(
+        p.addr("main"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(out.starts_with("HTTP/1.1 502 "), "{out}");
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+    assert_eq!(upstream_errors(&p, "invalid_response"), 1.0);
+    // Other informational responses are skipped; the final one is forwarded.
+    let up = Scripted::start(vec![
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+    ]);
+    let p = proxy_to(up.addr, "http1");
+    let (out, _) = raw_exchange(
+        p.addr("main"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert!(out.ends_with("ok"), "{out}");
+}
+
+#[test]
+fn connection_with_an_invalid_response_is_never_reused() {
+    let too_many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let too_big = format!("x-big: {}\r\n", "a".repeat(512 * 1024));
+    let invalid = [
+        ("too many header fields", format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{too_many}\r\nok")),
+        ("header section too large", format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{too_big}\r\nok")),
+        ("conflicting lengths", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok".to_string()),
+        ("Content-Length with Transfer-Encoding", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_string()),
+        ("unsolicited 101", "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n".to_string()),
+        ("bad chunked body", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_string()),
+    ];
+    // Each invalid response is followed by a good one on a fresh connection.
+    let script = invalid
+        .iter()
+        .flat_map(|(_, r)| [r.clone().into_bytes(), OK.to_vec()])
+        .collect();
+    let up = Scripted::start(script);
+    let p = proxy_to(up.addr, "http1");
+    for (i, (what, _)) in invalid.iter().enumerate() {
+        // A new client connection each time (a broken response body closes the client's).
+        let mut client = KeepAlive::new(p.addr("main"));
+        let first = client.get("/");
+        assert!(
+            first.as_ref().map_or(true, |r| r.status == 502),
+            "{what}: {first:?}"
+        );
+        let mut client = KeepAlive::new(p.addr("main"));
+        assert_eq!(client.get("/").unwrap().status, 200, "{what}");
+        assert_eq!(
+            up.connections(),
+            i + 2,
+            "{what}: the connection that sent it was used again"
+        );
+    }
+    // A good connection is reused.
+    let mut client = KeepAlive::new(p.addr("main"));
+    assert_eq!(client.get("/").unwrap().status, 200);
+    assert_eq!(up.connections(), invalid.len() + 1);
+}
