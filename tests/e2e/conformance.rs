@@ -317,3 +317,42 @@ fn connection_with_an_invalid_response_is_never_reused() {
     assert_eq!(client.get("/").unwrap().status, 200);
     assert_eq!(up.connections(), invalid.len() + 1);
 }
+
+/// Sends `req` over HTTP/2 (prior knowledge) and returns the status and body.
+fn h2_send(
+    addr: SocketAddr,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> (u16, String) {
+    rt().block_on(async {
+        let mut sender = h2_connect(addr).await;
+        let resp = sender.send_request(req).await.expect("response");
+        let status = resp.status().as_u16();
+        let (body, _) = collect(resp.into_body()).await;
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+#[test]
+fn http2_cookie_fields_are_joined_for_http1_upstreams() {
+    let up = Scripted::start(vec![]);
+    let p = proxy_to(up.addr, "http1");
+    let addr = p.addr("main");
+    let req = http::Request::get(format!("http://{addr}/"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("cookie", "c=3")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(h2_send(addr, req).0, 200);
+    let sent = up.request(0).to_ascii_lowercase();
+    assert_eq!(sent.matches("cookie:").count(), 1, "{sent}");
+    assert!(sent.contains("\r\ncookie: a=1; b=2; c=3\r\n"), "{sent}");
+    // HTTP/1.1 → HTTP/2: the one field stays one field.
+    let echo = echo("up");
+    let p = proxy_to(echo, "http2");
+    let r = curl(&["-H", "Cookie: a=1; b=2", &p.url("main", "/")]);
+    assert_eq!(
+        r.json()["headers"]["cookie"],
+        serde_json::json!(["a=1; b=2"])
+    );
+}

@@ -307,6 +307,9 @@ fn plan_forward<'a>(
     };
     match wire {
         UpstreamProtocol::Http1 => {
+            if downstream_version == Version::HTTP_2 {
+                headers::join_cookies(&mut parts.headers);
+            }
             parts.uri = Uri::from(path_and_query);
             parts.headers.insert(HOST, authority);
             parts.version = Version::HTTP_11;
