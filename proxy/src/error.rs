@@ -75,8 +75,12 @@ pub enum ProxyError {
     /// failed because of it, not because of the upstream).
     #[error("request body failed: {0:?}")]
     RequestBody(BodyFault),
+    /// A request field value with leading or trailing whitespace (RFC 9113 §8.2.1, RFC 9110
+    /// §5.5): malformed, never forwarded.
+    #[error("request field value with leading or trailing whitespace")]
+    InvalidFieldValue,
     /// The upstream's response is one a proxy must not forward (a `101` nobody asked for, both
-    /// `Content-Length` and `Transfer-Encoding`).
+    /// `Content-Length` and `Transfer-Encoding`, a malformed field value).
     #[error("invalid upstream response: {0}")]
     InvalidResponse(&'static str),
 }
@@ -88,6 +92,8 @@ pub enum BodyFault {
     BadChunked,
     /// The client closed the connection or reset the stream before the body ended.
     Incomplete,
+    /// A trailer field that may not be forwarded (a value with leading or trailing whitespace).
+    InvalidTrailer,
 }
 
 impl ProxyError {
@@ -99,7 +105,8 @@ impl ProxyError {
             | ProxyError::MultipleHost
             | ProxyError::ContentLengthWithTransferEncoding
             | ProxyError::ConnectNotSupported
-            | ProxyError::RequestBody(_) => Side::Downstream,
+            | ProxyError::RequestBody(_)
+            | ProxyError::InvalidFieldValue => Side::Downstream,
             ProxyError::NoEndpoint(_) => Side::Internal,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
@@ -133,6 +140,8 @@ impl ProxyError {
             ProxyError::ConnectNotSupported => Some("connect"),
             ProxyError::RequestBody(BodyFault::BadChunked) => Some("bad_chunked_body"),
             ProxyError::RequestBody(BodyFault::Incomplete) => Some("incomplete_body"),
+            ProxyError::RequestBody(BodyFault::InvalidTrailer) => Some("invalid_trailer"),
+            ProxyError::InvalidFieldValue => Some("invalid_field_value"),
             _ => None,
         }
     }
@@ -145,7 +154,8 @@ impl ProxyError {
             | ProxyError::MultipleHost
             | ProxyError::ContentLengthWithTransferEncoding
             | ProxyError::ConnectNotSupported
-            | ProxyError::RequestBody(_) => "DPE",
+            | ProxyError::RequestBody(_)
+            | ProxyError::InvalidFieldValue => "DPE",
             ProxyError::NoEndpoint(_) => "UH",
             ProxyError::ConnectFailed { .. } | ProxyError::Handshake { .. } => "UF",
             ProxyError::ConnectTimeout { .. } => "UF",

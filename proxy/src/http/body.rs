@@ -73,14 +73,19 @@ impl ResponseBody {
     }
 }
 
+/// Why a response body was cut off by the proxy.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream trailer field with leading or trailing whitespace")]
+struct InvalidTrailer;
+
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         match &mut this.inner {
             Inner::Empty => Poll::Ready(None),
@@ -93,11 +98,20 @@ impl Body for ResponseBody {
                             lease.release();
                         }
                     }
+                    Some(Ok(f))
+                        if f.trailers_ref()
+                            .is_some_and(|t| !crate::http::fields::valid_trailers(t)) =>
+                    {
+                        // Malformed (RFC 9113 §8.2.1): never forwarded; the response is cut
+                        // off (a reset stream, or an HTTP/1.1 body without its last chunk).
+                        this.lease = None;
+                        return Poll::Ready(Some(Err(Box::new(InvalidTrailer))));
+                    }
                     Some(Ok(_)) => this.release_if_done(),
                     // A broken body means a broken connection: drop it, never pool it.
                     Some(Err(_)) => this.lease = None,
                 }
-                Poll::Ready(frame)
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
         }
     }

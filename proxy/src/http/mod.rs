@@ -4,6 +4,7 @@
 
 pub mod body;
 pub(crate) mod conn;
+pub(crate) mod fields;
 pub(crate) mod headers;
 pub(crate) mod proxy;
 pub(crate) mod reqbody;

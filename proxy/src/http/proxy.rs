@@ -7,7 +7,7 @@ use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
 use crate::http::conn::ConnState;
 use crate::http::reqbody::{FaultNote, RequestBody};
-use crate::http::{headers, respond, upgrade};
+use crate::http::{fields, headers, respond, upgrade};
 use crate::route::{Action, Forward, RequestHead, Route, VirtualHost};
 use crate::state::{HttpSpec, ListenerKind, ListenerSpec};
 use crate::worker::Worker;
@@ -187,6 +187,10 @@ fn plan<'a>(
         return Err(ProxyError::ConnectNotSupported);
     }
     let (parts, body) = req.into_parts();
+    // The HTTP/1.1 parser strips surrounding whitespace; HTTP/2 delivers values as sent.
+    if parts.version == Version::HTTP_2 && !fields::valid_fields(&parts.headers) {
+        return Err(ProxyError::InvalidFieldValue);
+    }
     let authority = request_authority(&parts)?;
     let host = authority.to_str().unwrap_or_default();
     let head = RequestHead {
@@ -371,7 +375,7 @@ pub(crate) fn upstream_failure(
 /// Refuses upstream responses a proxy must not forward: `101` to a request that asked for no
 /// upgrade (RFC 9110 §15.2.2; over HTTP/2 it does not exist, RFC 9113 §8.6), both
 /// `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3: a possible response-splitting
-/// attempt).
+/// attempt), and HTTP/2 field values with leading or trailing whitespace (RFC 9113 §8.2.1).
 /// Counted as `invalid_response` on the cluster.
 pub(crate) fn check_response(
     meta: &ResponseMeta<'_>,
@@ -382,6 +386,8 @@ pub(crate) fn check_response(
         Some("101 Switching Protocols to a request without an upgrade")
     } else if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
         Some("both Content-Length and Transfer-Encoding")
+    } else if resp.version() == Version::HTTP_2 && !fields::valid_fields(h) {
+        Some("field value with leading or trailing whitespace")
     } else {
         None
     };

@@ -1,6 +1,7 @@
 //! The request body sent upstream: the downstream body, streamed, with a note of how it failed.
 //!
-//! When the downstream body breaks (a malformed chunk, the client closing mid-body), the upstream call fails too, and hyper reports it as an upstream error: an
+//! When the downstream body breaks (a malformed chunk, the client closing mid-body, a malformed
+//! trailer field), the upstream call fails too, and hyper reports it as an upstream error: an
 //! HTTP/1.1 upstream connection ends with a "user body" error, an HTTP/2 stream is reset by us.
 //! The fault recorded here lets the request path answer the client's mistake as a 400 instead
 //! of blaming the upstream with a 502. The note is shared (`Rc<Cell>`) between the body, which
@@ -42,6 +43,11 @@ impl RequestBody {
     }
 }
 
+/// Why the forwarded body was cut off (the upstream side sees this as the body's error).
+#[derive(Debug, thiserror::Error)]
+#[error("downstream request body: {0:?}")]
+pub(crate) struct DownstreamBodyError(pub(crate) BodyFault);
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -58,7 +64,16 @@ impl Body for RequestBody {
                 self.note(fault);
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            Some(Ok(f)) => Poll::Ready(Some(Ok(f))),
+            Some(Ok(f)) => match f.trailers_ref() {
+                Some(t) if !crate::http::fields::valid_trailers(t) => {
+                    tracing::debug!("downstream request trailers with an invalid field");
+                    self.note(BodyFault::InvalidTrailer);
+                    Poll::Ready(Some(Err(Box::new(DownstreamBodyError(
+                        BodyFault::InvalidTrailer,
+                    )))))
+                }
+                _ => Poll::Ready(Some(Ok(f))),
+            },
             None => Poll::Ready(None),
         }
     }

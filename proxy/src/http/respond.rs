@@ -64,6 +64,16 @@ pub(crate) fn error(err: &ProxyError) -> Response<ResponseBody> {
             "bad request: malformed chunked body\n",
             true,
         ),
+        ProxyError::RequestBody(BodyFault::InvalidTrailer) => (
+            StatusCode::BAD_REQUEST,
+            "bad request: invalid trailer field\n",
+            true,
+        ),
+        ProxyError::InvalidFieldValue => (
+            StatusCode::BAD_REQUEST,
+            "bad request: invalid header field value\n",
+            true,
+        ),
         ProxyError::Upstream(_) | ProxyError::InvalidResponse(_) => (
             StatusCode::BAD_GATEWAY,
             "upstream reset or protocol error\n",
