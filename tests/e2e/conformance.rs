@@ -624,3 +624,78 @@ fn http2_field_values_with_surrounding_whitespace_are_never_forwarded() {
         Ok(t) => assert!(t.as_ref().is_none_or(|t| !t.contains_key("x-t")), "{t:?}"),
     }
 }
+
+// ---- HTTP/2 → HTTP/1.1 trailers (unannounced by the HTTP/2 peer) ----
+
+#[test]
+fn http2_request_trailers_reach_an_http1_upstream_as_chunked_trailers() {
+    let up = Scripted::start(vec![]);
+    let p = proxy_to(up.addr, "http1");
+    let addr = p.addr("main");
+    for (i, content_length) in [None, Some("5")].into_iter().enumerate() {
+        let status = rt().block_on(async {
+            let mut t = http::HeaderMap::new();
+            t.insert("x-checksum", http::HeaderValue::from_static("abc"));
+            t.append("x-other", http::HeaderValue::from_static("1"));
+            let frames: Vec<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                Ok(http_body::Frame::data(bytes::Bytes::from_static(b"hel"))),
+                Ok(http_body::Frame::data(bytes::Bytes::from_static(b"lo"))),
+                Ok(http_body::Frame::trailers(t)),
+            ];
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            let mut sender = h2_connect(addr).await;
+            let mut req = http::Request::post(format!("http://{addr}/"));
+            if let Some(cl) = content_length {
+                req = req.header("content-length", cl);
+            }
+            let resp = sender.send_request(req.body(body).unwrap()).await.unwrap();
+            resp.status().as_u16()
+        });
+        assert_eq!(status, 200);
+        let sent = up.request(i);
+        let lower = sent.to_ascii_lowercase();
+        assert!(
+            lower.contains("\r\ntransfer-encoding: chunked\r\n"),
+            "{sent}"
+        );
+        assert!(!lower.contains("content-length"), "{sent}");
+        assert!(
+            lower.contains("\r\ntrailer: x-checksum, x-other\r\n"),
+            "{sent}"
+        );
+        assert!(
+            sent.ends_with("\r\n0\r\nx-checksum: abc\r\nx-other: 1\r\n\r\n"),
+            "{sent}"
+        );
+    }
+}
+
+#[test]
+fn http2_upstream_response_trailers_reach_an_http1_client_that_accepts_them() {
+    let up = h2_upstream(vec![], vec![("x-checksum", "abc")]);
+    let p = proxy_to(up, "http2");
+    let (out, _) = raw_exchange(
+        p.addr("main"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    let lower = out.to_ascii_lowercase();
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert!(
+        lower.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{out}"
+    );
+    assert!(lower.contains("\r\ntrailer: x-checksum\r\n"), "{out}");
+    assert!(
+        out.ends_with("\r\n2\r\nok\r\n0\r\nx-checksum: abc\r\n\r\n"),
+        "{out}"
+    );
+    // Without `TE: trailers` the client gets the body alone.
+    let (out, _) = raw_exchange(
+        p.addr("main"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert!(!out.contains("x-checksum"), "{out}");
+}

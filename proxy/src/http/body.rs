@@ -4,6 +4,7 @@
 
 use crate::cluster::Lease;
 use crate::http::conn::InflightGuard;
+use crate::http::trailers::{Replay, Replayable};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -18,6 +19,8 @@ pub struct ResponseBody {
     lease: Option<Lease>,
     /// Keeps the downstream request counted as in flight until the body is done.
     inflight: Option<InflightGuard>,
+    /// Frames read ahead to find trailers (`http/trailers.rs`), sent first.
+    replay: Option<Box<Replay>>,
 }
 
 #[derive(Debug)]
@@ -55,6 +58,7 @@ impl ResponseBody {
             inner,
             lease: None,
             inflight: None,
+            replay: None,
         }
     }
 
@@ -87,6 +91,12 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(r) = this.replay.as_mut() {
+            match r.next() {
+                Some(item) => return Poll::Ready(item),
+                None => this.replay = None,
+            }
+        }
         match &mut this.inner {
             Inner::Empty => Poll::Ready(None),
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -117,6 +127,9 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(r) = &self.replay {
+            return r.is_end();
+        }
         match &self.inner {
             Inner::Empty => true,
             Inner::Full(b) => b.is_none(),
@@ -125,10 +138,20 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.replay.is_some() {
+            // Part of the body has been read ahead: its length is no longer the inner's.
+            return SizeHint::default();
+        }
         match &self.inner {
             Inner::Empty => SizeHint::with_exact(0),
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Inner::Upstream(b) => b.size_hint(),
         }
+    }
+}
+
+impl Replayable for ResponseBody {
+    fn set_replay(&mut self, replay: Replay) {
+        self.replay = Some(Box::new(replay));
     }
 }

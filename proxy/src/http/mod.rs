@@ -11,4 +11,5 @@ pub(crate) mod reqbody;
 pub(crate) mod respond;
 pub(crate) mod server;
 pub(crate) mod smuggle;
+pub(crate) mod trailers;
 pub(crate) mod upgrade;

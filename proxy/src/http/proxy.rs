@@ -7,7 +7,7 @@ use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
 use crate::http::conn::ConnState;
 use crate::http::reqbody::{FaultNote, RequestBody};
-use crate::http::{fields, headers, respond, upgrade};
+use crate::http::{fields, headers, respond, trailers, upgrade};
 use crate::route::{Action, Forward, RequestHead, Route, VirtualHost};
 use crate::state::{HttpSpec, ListenerKind, ListenerSpec};
 use crate::worker::Worker;
@@ -109,17 +109,30 @@ pub(crate) async fn handle(
                     ))
                     .await
                 } else {
-                    let send = p.pool.send(p.request, p.proto);
                     let fault = p.fault;
-                    RouteTimeout::new(send, p.timeout, p.meta.cluster)
-                        .await
+                    let sent = if p.announce_trailers {
+                        // Rare (HTTP/2 → HTTP/1.1 with a body): boxed.
+                        let send = Box::pin(announce_then_send(&p.pool, p.request, p.proto));
+                        RouteTimeout::new(send, p.timeout, p.meta.cluster).await
+                    } else {
+                        let send = p.pool.send(p.request, p.proto);
+                        RouteTimeout::new(send, p.timeout, p.meta.cluster).await
+                    };
+                    match sent
                         .map_err(|e| upstream_failure(e, fault.as_ref(), p.meta.cluster))
                         .and_then(|(resp, lease)| {
                             // On an invalid response the lease drops here: the upstream
                             // connection is closed, never pooled.
                             check_response(&p.meta, &resp)?;
                             Ok(finish(&p.meta, resp, lease))
-                        })
+                        }) {
+                        Ok(resp) if announces_trailers(&p.meta, &resp) => {
+                            let (mut parts, mut body) = resp.into_parts();
+                            Box::pin(trailers::announce(&mut parts.headers, &mut body)).await;
+                            Ok(Response::from_parts(parts, body))
+                        }
+                        other => other,
+                    }
                 }
             }
             Err(e) => Err(e),
@@ -156,6 +169,9 @@ pub(crate) struct Plan<'a> {
     pub(crate) request: Request<RequestBody>,
     /// Where the request body notes how it failed (only when it has a body).
     fault: Option<FaultNote>,
+    /// HTTP/2 → HTTP/1.1 with a body and no `Trailer` header: find and announce its trailers
+    /// (`http/trailers.rs`).
+    announce_trailers: bool,
     pub(crate) pool: Rc<EndpointPool>,
     proto: UpstreamProtocol,
     pub(crate) timeout: Option<std::time::Duration>,
@@ -171,6 +187,8 @@ pub(crate) struct ResponseMeta<'a> {
     downstream_version: Version,
     head: bool,
     wants_trailers: bool,
+    /// The request goes to the upstream over HTTP/2.
+    upstream_http2: bool,
 }
 
 /// Checks and routes the request; builds the upstream request when the route forwards.
@@ -332,9 +350,21 @@ fn plan_forward<'a>(
     }
     let head = parts.method == Method::HEAD;
     let (body, fault) = RequestBody::new(body);
+    let announce_trailers = downstream_version == Version::HTTP_2
+        && wire == UpstreamProtocol::Http1
+        && fault.is_some()
+        && !parts.headers.contains_key(TRAILER);
+    if downstream_version == Version::HTTP_2
+        && wire == UpstreamProtocol::Http1
+        && parts.headers.contains_key(TRAILER)
+    {
+        // Announced trailers need chunked framing, which a Content-Length would rule out.
+        parts.headers.remove(CONTENT_LENGTH);
+    }
     Ok(Plan {
         request: Request::from_parts(parts, body),
         fault,
+        announce_trailers,
         pool: conn.worker.pools.endpoint(cluster, index, addr),
         proto,
         timeout: f.timeout,
@@ -346,8 +376,30 @@ fn plan_forward<'a>(
             downstream_version,
             head,
             wants_trailers,
+            upstream_http2: wire == UpstreamProtocol::Http2,
         },
     })
+}
+
+/// Reads the request body ahead to announce its trailers, then sends it.
+async fn announce_then_send(
+    pool: &Rc<EndpointPool>,
+    req: Request<RequestBody>,
+    proto: UpstreamProtocol,
+) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let (mut parts, mut body) = req.into_parts();
+    trailers::announce(&mut parts.headers, &mut body).await;
+    pool.send(Request::from_parts(parts, body), proto).await
+}
+
+/// True when an HTTP/2 upstream's response goes to an HTTP/1.1 client that accepts trailers,
+/// with a body and no `Trailer` header: its trailers must be found and announced.
+fn announces_trailers(meta: &ResponseMeta<'_>, resp: &Response<ResponseBody>) -> bool {
+    meta.wants_trailers
+        && meta.downstream_version != Version::HTTP_2
+        && meta.upstream_http2
+        && !resp.headers().contains_key(TRAILER)
+        && !http_body::Body::is_end_stream(resp.body())
 }
 
 /// Classifies a failed upstream call: when the downstream request body broke first, the

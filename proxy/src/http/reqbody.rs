@@ -9,6 +9,7 @@
 //! requests that have a body.
 
 use crate::error::BodyFault;
+use crate::http::trailers::{Replay, Replayable};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -25,6 +26,8 @@ pub(crate) type FaultNote = Rc<Cell<Option<BodyFault>>>;
 pub(crate) struct RequestBody {
     inner: Incoming,
     fault: Option<FaultNote>,
+    /// Frames read ahead to find trailers (`http/trailers.rs`), sent first.
+    replay: Option<Box<Replay>>,
 }
 
 impl RequestBody {
@@ -33,7 +36,12 @@ impl RequestBody {
     pub(crate) fn new(inner: Incoming) -> (Self, Option<FaultNote>) {
         let fault = (!inner.is_end_stream()).then(FaultNote::default);
         let note = fault.clone();
-        (RequestBody { inner, fault }, note)
+        let body = RequestBody {
+            inner,
+            fault,
+            replay: None,
+        };
+        (body, note)
     }
 
     fn note(&self, f: BodyFault) {
@@ -56,6 +64,12 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(r) = self.replay.as_mut() {
+            match r.next() {
+                Some(item) => return Poll::Ready(item),
+                None => self.replay = None,
+            }
+        }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match frame {
             Some(Err(e)) => {
@@ -79,11 +93,24 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.replay {
+            Some(r) => r.is_end(),
+            None => self.inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.replay {
+            // Part of the body has been read ahead: its length is no longer the inner's.
+            Some(_) => SizeHint::default(),
+            None => self.inner.size_hint(),
+        }
+    }
+}
+
+impl Replayable for RequestBody {
+    fn set_replay(&mut self, replay: Replay) {
+        self.replay = Some(Box::new(replay));
     }
 }
 
