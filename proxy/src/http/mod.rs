@@ -3,6 +3,7 @@
 //! error becomes a response.
 
 pub mod body;
+pub(crate) mod chunked;
 pub(crate) mod conn;
 pub(crate) mod fields;
 pub(crate) mod headers;
