@@ -536,6 +536,15 @@ fn h2_upstream(
     headers: Vec<(&'static str, &'static str)>,
     trailers: Vec<(&'static str, &'static str)>,
 ) -> SocketAddr {
+    h2_upstream_with_interim(None, headers, trailers)
+}
+
+/// [`h2_upstream`], sending an interim (1xx) response first.
+fn h2_upstream_with_interim(
+    interim: Option<u16>,
+    headers: Vec<(&'static str, &'static str)>,
+    trailers: Vec<(&'static str, &'static str)>,
+) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();
@@ -552,6 +561,10 @@ fn h2_upstream(
                         return;
                     };
                     while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        if let Some(code) = interim {
+                            let r = http::Response::builder().status(code).body(()).unwrap();
+                            respond.send_informational(r).unwrap();
+                        }
                         let mut resp = http::Response::builder().status(200);
                         for (k, v) in &headers {
                             resp = resp.header(*k, *v);
@@ -711,4 +724,20 @@ fn http2_upstream_response_trailers_reach_an_http1_client_that_accepts_them() {
     );
     assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
     assert!(!out.contains("x-checksum"), "{out}");
+}
+
+#[test]
+fn interim_101_from_an_http2_upstream_is_never_forwarded() {
+    // RFC 9113 §8.6: HTTP/2 has no 101. The h2 crate takes it as an interim response and
+    // skips it (documented departure); what matters here is that it never reaches the client.
+    let up = h2_upstream_with_interim(Some(101), vec![], vec![]);
+    let p = proxy_to(up, "http2");
+    let (out, _) = raw_exchange(
+        p.addr("main"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+    assert!(out.ends_with("\r\n2\r\nok\r\n0\r\n\r\n"), "{out}");
 }
