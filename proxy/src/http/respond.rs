@@ -101,8 +101,12 @@ pub(crate) fn redirect(status: StatusCode, location: &str) -> Response<ResponseB
             resp.headers_mut().insert(LOCATION, v);
         }
         // The parts come from the request and validated config; a value that still is not a
-        // valid header (a control byte in the host) gets a plain 400.
-        Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
+        // valid header (a control byte in the host) gets a plain 400, which, like every answer
+        // to a malformed request, closes the connection.
+        Err(_) => {
+            *resp.status_mut() = StatusCode::BAD_REQUEST;
+            resp.headers_mut().insert(CONNECTION, CLOSE);
+        }
     }
     resp
 }
@@ -112,4 +116,38 @@ fn text(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, TEXT);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::BodyFault;
+
+    #[test]
+    fn answers_to_malformed_requests_close_the_connection() {
+        let malformed = [
+            ProxyError::MissingHost,
+            ProxyError::MultipleHost,
+            ProxyError::ContentLengthWithTransferEncoding,
+            ProxyError::ConnectNotSupported,
+            ProxyError::RequestBody(BodyFault::BadChunked),
+            ProxyError::RequestBody(BodyFault::Incomplete),
+            ProxyError::RequestBody(BodyFault::InvalidTrailer),
+            ProxyError::InvalidFieldValue,
+        ];
+        for e in &malformed {
+            assert_eq!(e.side(), crate::error::Side::Downstream, "{e}");
+            assert!(e.rejection().is_some(), "{e}");
+            assert_eq!(error(e).headers()[CONNECTION], "close", "{e}");
+        }
+        let r = redirect(StatusCode::FOUND, "http://a\u{1}/");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.headers()[CONNECTION], "close");
+        // A well-formed request nobody routes keeps its connection.
+        let no_route = ProxyError::NoRoute {
+            host: "h".into(),
+            path: "/".into(),
+        };
+        assert!(error(&no_route).headers().get(CONNECTION).is_none());
+    }
 }
