@@ -697,7 +697,7 @@ fn http2_request_trailers_reach_an_http1_upstream_as_chunked_trailers() {
 }
 
 #[test]
-fn http2_upstream_response_trailers_reach_an_http1_client_that_accepts_them() {
+fn unannounced_response_trailers_reach_an_http1_client_that_accepts_them() {
     let up = h2_upstream(vec![], vec![("x-checksum", "abc")]);
     let p = proxy_to(up, "http2");
     let (out, _) = raw_exchange(
@@ -715,6 +715,30 @@ fn http2_upstream_response_trailers_reach_an_http1_client_that_accepts_them() {
     assert!(
         out.ends_with("\r\n2\r\nok\r\n0\r\nx-checksum: abc\r\n\r\n"),
         "{out}"
+    );
+    // Likewise from an HTTP/1.1 upstream that did not announce its trailers.
+    let h1 = Scripted::start(vec![
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-checksum: abc\r\n\r\n".to_vec(),
+    ]);
+    let p1 = proxy_to(h1.addr, "http1");
+    let (out, _) = raw_exchange(
+        p1.addr("main"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("\r\ntrailer: x-checksum\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("\r\n2\r\nok\r\n0\r\nx-checksum: abc\r\n\r\n"),
+        "{out}"
+    );
+    assert!(
+        h1.request(0)
+            .to_ascii_lowercase()
+            .contains("\r\nte: trailers\r\n")
     );
     // Without `TE: trailers` the client gets the body alone.
     let (out, _) = raw_exchange(

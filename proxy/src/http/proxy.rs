@@ -392,12 +392,13 @@ async fn announce_then_send(
     pool.send(Request::from_parts(parts, body), proto).await
 }
 
-/// True when an HTTP/2 upstream's response goes to an HTTP/1.1 client that accepts trailers,
-/// with a body and no `Trailer` header: its trailers must be found and announced.
+/// True when a response that may end with trailers (from an HTTP/2 upstream, or chunked from
+/// an HTTP/1.1 one) goes to an HTTP/1.1 client that accepts trailers, with a body and no
+/// `Trailer` header: its trailers must be found and announced.
 fn announces_trailers(meta: &ResponseMeta<'_>, resp: &Response<ResponseBody>) -> bool {
     meta.wants_trailers
         && meta.downstream_version != Version::HTTP_2
-        && meta.upstream_http2
+        && (meta.upstream_http2 || !resp.headers().contains_key(CONTENT_LENGTH))
         && !resp.headers().contains_key(TRAILER)
         && !http_body::Body::is_end_stream(resp.body())
 }

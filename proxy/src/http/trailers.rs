@@ -1,11 +1,13 @@
-//! Trailers from HTTP/2 to HTTP/1.1, in both directions.
+//! Trailers into HTTP/1.1 messages: HTTP/2 → HTTP/1.1 in both directions, and chunked
+//! HTTP/1.1 upstream responses.
 //!
 //! hyper's HTTP/1.1 encoder (`proto/h1/encode.rs`, 1.12, the newest release) sends only the
 //! trailer fields named in the message's `Trailer` header, which it reads when it writes the
 //! head; there is no option to send undeclared ones, and no way to hand it a pre-encoded
 //! chunked body. HTTP/2 peers rarely announce their trailers. So when an HTTP/2 message without
 //! a `Trailer` header is about to become an HTTP/1.1 message that could carry trailers (a
-//! request to an HTTP/1.1 upstream; a response to an HTTP/1.1 client that sent `TE: trailers`),
+//! request to an HTTP/1.1 upstream; a response, from an HTTP/2 upstream or chunked from an
+//! HTTP/1.1 one, to an HTTP/1.1 client that sent `TE: trailers`),
 //! Sluice reads ahead up to [`LEARN_LIMIT`] bytes of its body before the head is written. If the
 //! body ends within that with trailers, their names go into a `Trailer` header (and a
 //! `Content-Length`, which would rule out chunked framing, is dropped); the frames read are then
