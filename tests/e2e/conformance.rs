@@ -590,22 +590,57 @@ fn h2_upstream_with_interim(
     addr
 }
 
+/// The RST_STREAM error code the proxy sent on `stream`, if any.
+fn reset_code(frames: &[RawFrame], stream: u32) -> Option<u32> {
+    frames
+        .iter()
+        .find(|f| f.0 == RST_STREAM && f.2 == stream)
+        .map(|f| u32::from_be_bytes([f.3[0], f.3[1], f.3[2], f.3[3]]))
+}
+
 #[test]
 fn http2_field_values_with_surrounding_whitespace_are_never_forwarded() {
-    // Request header, downstream HTTP/2: 400, nothing reaches the upstream.
+    // Request header, downstream HTTP/2: a malformed stream (RFC 9113 §8.1.1), reset with
+    // PROTOCOL_ERROR; nothing reaches the upstream, and the connection serves on.
     let up = Scripted::start(vec![]);
     let p = proxy_to(up.addr, "http1");
     let addr = p.addr("main");
-    for bad in [" v", "v ", "\tv", "v\t"] {
-        let req = http::Request::get(format!("http://{addr}/"))
-            .header("x-bad", http::HeaderValue::from_str(bad).unwrap())
-            .body(http_body_util::Full::default())
+    let mut s = h2_raw(addr);
+    for (i, bad) in [" v", "v ", "\tv", "v\t"].into_iter().enumerate() {
+        let mut block = request_block(false);
+        block.extend(literal("x-bad", bad));
+        let stream = 1 + 2 * i as u32;
+        s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, stream, &block))
             .unwrap();
-        assert_eq!(h2_send(addr, req).0, 400, "{bad:?}");
     }
+    s.write_all(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        9,
+        &request_block(false),
+    ))
+    .unwrap();
+    s.write_all(&frame(GOAWAY, 0, 0, &[0; 8])).unwrap();
+    let frames = read_frames(&mut s);
+    for stream in [1, 3, 5, 7] {
+        assert_eq!(
+            reset_code(&frames, stream),
+            Some(PROTOCOL_ERROR),
+            "{frames:?}"
+        );
+    }
+    assert_eq!(data_text(&frames, 9), "ok", "{frames:?}");
     assert_eq!(rejected(&p, "invalid_field_value"), 4.0);
+    assert_eq!(
+        up.requests.lock().unwrap().len(),
+        1,
+        "only the valid request"
+    );
     // Request trailer: the upstream never gets a complete request (its trailer section is
-    // never sent) and the client gets 400.
+    // never sent) and the stream is reset (or, had a response started, cut off).
+    let up = Scripted::start(vec![]);
+    let p = proxy_to(up.addr, "http1");
+    let addr = p.addr("main");
     let status = rt().block_on(async {
         let mut t = http::HeaderMap::new();
         t.insert("x-t", http::HeaderValue::from_static("v "));
@@ -621,7 +656,9 @@ fn http2_field_values_with_surrounding_whitespace_are_never_forwarded() {
             .unwrap();
         sender.send_request(req).await.map(|r| r.status().as_u16())
     });
-    assert!(matches!(status, Ok(400) | Err(_)), "{status:?}");
+    let err = format!("{status:?}");
+    assert!(err.contains("PROTOCOL_ERROR"), "{err}");
+    assert_eq!(rejected(&p, "invalid_trailer"), 1.0);
     assert_eq!(
         up.requests.lock().unwrap().len(),
         0,

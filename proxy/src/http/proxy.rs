@@ -20,7 +20,6 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use sluice_config::UpstreamProtocol as ConfiguredProtocol;
 use std::cell::{Cell, RefCell};
-use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -89,7 +88,7 @@ impl HttpConn {
 pub(crate) async fn handle(
     conn: Rc<HttpConn>,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody>, StreamReset> {
     let (inflight, smuggled) = conn.state.begin_request();
     let spec = conn.spec();
     let http1 = req.version() != Version::HTTP_2;
@@ -140,13 +139,20 @@ pub(crate) async fn handle(
         // Unreachable: `spec()` only ever holds HTTP listeners here.
         ListenerKind::Tcp(_) => Err(ProxyError::NoEndpoint(spec.name.clone())),
     };
-    let mut resp = result.unwrap_or_else(|e| {
-        tracing::debug!(listener = %spec.name, error = %e, flag = e.flag(), side = ?e.side(), "request failed");
-        if let Some(reason) = e.rejection() {
-            spec.metrics.rejected(reason);
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(listener = %spec.name, error = %e, flag = e.flag(), side = ?e.side(), "request failed");
+            if let Some(reason) = e.rejection() {
+                spec.metrics.rejected(reason);
+            }
+            if !http1 && let Some(reason) = respond::stream_reset(&e) {
+                // hyper resets the stream with the reason in the service's error.
+                return Err(StreamReset(h2::Error::from(reason)));
+            }
+            respond::error(&e)
         }
-        respond::error(&e)
-    });
+    };
     if http1 && conn.drain.is_draining() {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -155,6 +161,12 @@ pub(crate) async fn handle(
     resp.body_mut().set_inflight(inflight);
     Ok(resp)
 }
+
+/// The service's error: an HTTP/2 stream to reset instead of answered (hyper resets it with
+/// the `h2::Reason` it finds in the error's source chain). HTTP/1.1 requests never get one.
+#[derive(Debug, thiserror::Error)]
+#[error("stream reset: {0}")]
+pub(crate) struct StreamReset(#[source] h2::Error);
 
 /// What to do with a request.
 enum Planned<'a> {

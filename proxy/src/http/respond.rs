@@ -87,6 +87,18 @@ pub(crate) fn error(err: &ProxyError) -> Response<ResponseBody> {
     resp
 }
 
+/// The stream error to answer an HTTP/2 request with instead of a response: a malformed
+/// request is a stream error of type PROTOCOL_ERROR (RFC 9113 §8.1.1). hyper resets the stream
+/// with the `h2::Reason` it finds in the service's error.
+pub(crate) fn stream_reset(err: &ProxyError) -> Option<h2::Reason> {
+    match err {
+        ProxyError::InvalidFieldValue | ProxyError::RequestBody(BodyFault::InvalidTrailer) => {
+            Some(h2::Reason::PROTOCOL_ERROR)
+        }
+        _ => None,
+    }
+}
+
 /// A configured direct response.
 pub(crate) fn direct(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
     text(status, body)
@@ -135,6 +147,11 @@ mod tests {
             ProxyError::RequestBody(BodyFault::InvalidTrailer),
             ProxyError::InvalidFieldValue,
         ];
+        assert_eq!(
+            stream_reset(&ProxyError::InvalidFieldValue),
+            Some(h2::Reason::PROTOCOL_ERROR)
+        );
+        assert_eq!(stream_reset(&ProxyError::MissingHost), None);
         for e in &malformed {
             assert_eq!(e.side(), crate::error::Side::Downstream, "{e}");
             assert!(e.rejection().is_some(), "{e}");
