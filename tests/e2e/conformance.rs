@@ -237,6 +237,36 @@ fn malformed_chunked_request_body_to_http2_upstream_gets_400() {
 }
 
 #[test]
+fn request_body_cut_short_by_the_client_is_not_an_upstream_error() {
+    let up = echo("up");
+    let p = proxy_to(up, "http1");
+    for (what, req) in [
+        (
+            "content-length",
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello"[..],
+        ),
+        (
+            "chunked",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        ),
+    ] {
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.write_all(req).unwrap();
+        // The client stops sending (half-close) but still reads.
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let (out, _) = read_until_close(&mut s, Duration::from_secs(10));
+        assert!(
+            out.is_empty() || out.starts_with("HTTP/1.1 400 "),
+            "{what}: {out}"
+        );
+    }
+    eventually("both counted", || {
+        (rejected(&p, "incomplete_body") == 2.0).then_some(())
+    });
+    assert_eq!(upstream_errors(&p, "request"), 0.0);
+}
+
+#[test]
 fn upstream_response_with_content_length_and_transfer_encoding_is_502() {
     let up = Scripted::start(vec![
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),

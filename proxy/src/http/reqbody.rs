@@ -114,23 +114,21 @@ impl Replayable for RequestBody {
     }
 }
 
-/// An HTTP/1.1 body that ended at EOF, or an HTTP/2 stream the client reset, is incomplete;
-/// any other body error is bad framing.
+/// A framing error from hyper's HTTP/1.1 decoder (or from `ConnIo`'s chunked check) is bad
+/// chunking; anything else (EOF before the end, a reset connection, an HTTP/2 stream the client
+/// reset) means the client went away mid-body.
 fn classify(e: &hyper::Error) -> BodyFault {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return if io.kind() == std::io::ErrorKind::UnexpectedEof {
-                BodyFault::Incomplete
-            } else {
-                BodyFault::BadChunked
+            return match io.kind() {
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
+                    BodyFault::BadChunked
+                }
+                _ => BodyFault::Incomplete,
             };
         }
         source = s.source();
     }
-    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
-        return BodyFault::Incomplete;
-    }
-    // HTTP/2: a reset or protocol error on the client's stream.
     BodyFault::Incomplete
 }
