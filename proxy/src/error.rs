@@ -98,6 +98,29 @@ pub enum ProxyError {
     /// The upstream reset, closed or sent a malformed response.
     #[error("upstream request failed: {0}")]
     Upstream(hyper::Error),
+    /// The downstream request body failed while it was being forwarded (the upstream call
+    /// failed because of it, not because of the upstream).
+    #[error("request body failed: {0:?}")]
+    RequestBody(BodyFault),
+    /// A request field value with leading or trailing whitespace (RFC 9113 §8.2.1, RFC 9110
+    /// §5.5): malformed, never forwarded.
+    #[error("request field value with leading or trailing whitespace")]
+    InvalidFieldValue,
+    /// The upstream's response is one a proxy must not forward (a `101` nobody asked for, both
+    /// `Content-Length` and `Transfer-Encoding`, a malformed field value).
+    #[error("invalid upstream response: {0}")]
+    InvalidResponse(&'static str),
+}
+
+/// How a downstream request body failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFault {
+    /// HTTP/1.1 framing error: a malformed chunk size, chunk extension or line ending.
+    BadChunked,
+    /// The client closed the connection or reset the stream before the body ended.
+    Incomplete,
+    /// A trailer field that may not be forwarded (a value with leading or trailing whitespace).
+    InvalidTrailer,
 }
 
 impl ProxyError {
@@ -108,13 +131,16 @@ impl ProxyError {
             | ProxyError::MissingHost
             | ProxyError::MultipleHost
             | ProxyError::ContentLengthWithTransferEncoding
-            | ProxyError::ConnectNotSupported => Side::Downstream,
+            | ProxyError::ConnectNotSupported
+            | ProxyError::RequestBody(_)
+            | ProxyError::InvalidFieldValue => Side::Downstream,
             ProxyError::NoCluster(_) | ProxyError::NoEndpoint(_) => Side::Internal,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::UpstreamTimeout(_)
-            | ProxyError::Upstream(_) => Side::Upstream,
+            | ProxyError::Upstream(_)
+            | ProxyError::InvalidResponse(_) => Side::Upstream,
         }
     }
 
@@ -127,7 +153,10 @@ impl ProxyError {
     /// Whether any of the request reached an upstream.
     pub fn sent(&self) -> Sent {
         match self {
-            ProxyError::Upstream(_) | ProxyError::UpstreamTimeout(_) => Sent::Maybe,
+            ProxyError::Upstream(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::InvalidResponse(_)
+            | ProxyError::RequestBody(_) => Sent::Maybe,
             _ => Sent::No,
         }
     }
@@ -138,7 +167,9 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::MissingHost
             | ProxyError::MultipleHost
-            | ProxyError::ContentLengthWithTransferEncoding => StatusCode::BAD_REQUEST,
+            | ProxyError::ContentLengthWithTransferEncoding
+            | ProxyError::RequestBody(_)
+            | ProxyError::InvalidFieldValue => StatusCode::BAD_REQUEST,
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoCluster(_)
             | ProxyError::NoEndpoint(_)
@@ -146,7 +177,7 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Handshake { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream(_) | ProxyError::InvalidResponse(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -170,6 +201,10 @@ impl ProxyError {
                 Some("content_length_with_transfer_encoding")
             }
             ProxyError::ConnectNotSupported => Some("connect"),
+            ProxyError::RequestBody(BodyFault::BadChunked) => Some("bad_chunked_body"),
+            ProxyError::RequestBody(BodyFault::Incomplete) => Some("incomplete_body"),
+            ProxyError::RequestBody(BodyFault::InvalidTrailer) => Some("invalid_trailer"),
+            ProxyError::InvalidFieldValue => Some("invalid_field_value"),
             _ => None,
         }
     }
@@ -181,13 +216,16 @@ impl ProxyError {
             ProxyError::MissingHost
             | ProxyError::MultipleHost
             | ProxyError::ContentLengthWithTransferEncoding
-            | ProxyError::ConnectNotSupported => "DPE",
+            | ProxyError::ConnectNotSupported
+            | ProxyError::RequestBody(_)
+            | ProxyError::InvalidFieldValue => "DPE",
             ProxyError::NoCluster(_) => "NC",
             ProxyError::NoEndpoint(_) => "UH",
             ProxyError::ConnectFailed { .. } | ProxyError::Handshake { .. } => "UF",
             ProxyError::ConnectTimeout { .. } => "UF",
             ProxyError::UpstreamTimeout(_) => "UT",
             ProxyError::Upstream(_) => "UC",
+            ProxyError::InvalidResponse(_) => "UPE",
         }
     }
 }

@@ -112,10 +112,23 @@ fn bind_error_is_clear() {
     let out = run_proxy(&cfg);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(&format!("address 127.0.0.1:{port} already in use")),
-        "{err}"
+    let want = format!("listener \"l\": address 127.0.0.1:{port} already in use");
+    assert!(err.contains(&want), "{err}");
+    assert_eq!(err.matches("already in use").count(), 1, "repeated: {err}");
+    // The admin port, likewise named once.
+    let cfg = temp_file(
+        dir.path(),
+        "a.yaml",
+        &format!(
+            "admin: {{ address: 127.0.0.1:{port} }}\nlisteners:\n  - {{ name: l, address: 127.0.0.1:0, tcp: {{ cluster: c }} }}\nclusters:\n  - {{ name: c, endpoints: [127.0.0.1:9] }}\n"
+        ),
     );
+    let out = run_proxy(&cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let want = format!("admin: address 127.0.0.1:{port} already in use");
+    assert!(err.contains(&want), "{err}");
+    assert_eq!(err.matches("already in use").count(), 1, "repeated: {err}");
 }
 
 #[test]

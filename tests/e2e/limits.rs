@@ -198,12 +198,26 @@ fn invalid_header_bytes_are_rejected() {
 #[test]
 fn connect_method_is_refused() {
     let p = setup("");
-    let (out, _) = raw_exchange(
+    // No `Connection: close` from the client, and a request pipelined behind: the 405 still
+    // closes the connection, and nothing after the CONNECT is read.
+    let (out, closed) = raw_exchange(
         p.addr("main"),
-        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
         Duration::from_secs(5),
     );
     assert!(out.starts_with("HTTP/1.1 405 "), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+    assert!(closed, "connection left open after a refused CONNECT");
+    assert_eq!(
+        out.matches("HTTP/1.1").count(),
+        1,
+        "a second response: {out}"
+    );
+    assert_eq!(rejected(&p, "connect"), 1.0);
+    assert_eq!(upstream_requests(&p), 0.0);
 }
 
 #[test]

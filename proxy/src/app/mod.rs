@@ -47,7 +47,7 @@ pub enum StartError {
     #[error("{0}")]
     Config(ConfigErrors),
     /// The admin address could not be bound.
-    #[error("admin: {0}")]
+    #[error(transparent)]
     Bind(#[from] BindError),
     /// A resource could not be applied (a listener whose address is taken, say).
     #[error("{0}")]
@@ -99,8 +99,7 @@ impl Proxy {
             Loaded::Unchanged => return Err(StartError::Rejected("no config".into())),
         };
         let workers = options.workers.max(1);
-        let (mut admin_sockets, admin) = listener::bind(config.admin.address, 1)?;
-        let admin_socket = admin_sockets.pop().ok_or(BindError::InUse(admin))?;
+        let (admin_socket, admin) = listener::bind_admin(config.admin.address)?;
         let live = Arc::new(Live::new(Snapshot::default(), Arc::new(Metrics::new())));
         let handles = (0..workers)
             .map(|i| worker::spawn(i, Arc::clone(&live)))

@@ -7,8 +7,12 @@ use super::pool::{EndpointPool, Lease, Pools, SendError, UpstreamBody, UpstreamP
 use super::{ClusterHandle, Transport};
 pub(crate) use crate::endpoint::ActiveRequest;
 use crate::error::{ProxyError, Sent};
+use crate::http::fields;
+use crate::http::reqbody::FaultNote;
 use crate::lb::PickContext;
-use http::{Request, Response};
+use crate::metrics::ClusterMetrics;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +38,9 @@ pub(crate) struct Call<'a> {
     pub(crate) proto: UpstreamProtocol,
     /// The route timeout (until response headers).
     pub(crate) timeout: Option<Duration>,
+    /// Where the request body notes how it failed: a failure of the downstream body is the
+    /// client's, not the upstream's.
+    pub(crate) body_fault: Option<&'a FaultNote>,
 }
 
 /// A response head from an upstream and what holds its connection and endpoint.
@@ -74,6 +81,9 @@ async fn attempts(
         let result = pool.send(request, call.proto, &call.cluster.metrics).await;
         match result {
             Ok((response, lease)) => {
+                // An invalid response drops its lease here: the connection is closed, never
+                // pooled.
+                check_response(&response, &call.cluster.metrics)?;
                 return Ok(Upstream {
                     response,
                     lease,
@@ -91,7 +101,7 @@ async fn attempts(
                         request = r;
                         attempts.tried.push(endpoint);
                     }
-                    _ => return Err(error),
+                    _ => return Err(blame(error, call.body_fault, &call.cluster.metrics)),
                 }
             }
         }
@@ -119,6 +129,53 @@ fn admit(
         .ok_or_else(|| ProxyError::NoEndpoint(call.cluster.name.clone()))?;
     let pool = call.pools.endpoint(endpoint, &settings.transport);
     Ok((pool, endpoint.state.admit(), endpoint.address))
+}
+
+/// Who failed: when the downstream request body broke first, the upstream call's failure is
+/// the client's (400, counted as a rejection); otherwise the upstream's (502, counted on the
+/// cluster).
+fn blame(error: ProxyError, fault: Option<&FaultNote>, metrics: &ClusterMetrics) -> ProxyError {
+    match error {
+        ProxyError::Upstream(err) => match fault.and_then(|f| f.get()) {
+            Some(f) => {
+                tracing::debug!(error = %err, "upstream call failed on the request body");
+                ProxyError::RequestBody(f)
+            }
+            None => {
+                metrics.error("request");
+                ProxyError::Upstream(err)
+            }
+        },
+        other => other,
+    }
+}
+
+/// Refuses upstream responses a proxy must not forward: `101` to a request that asked for no
+/// upgrade (RFC 9110 §15.2.2; over HTTP/2 it does not exist, RFC 9113 §8.6), both
+/// `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3: a possible response-splitting
+/// attempt), and HTTP/2 field values with leading or trailing whitespace (RFC 9113 §8.2.1).
+/// Counted as `invalid_response` on the cluster.
+pub(crate) fn check_response(
+    resp: &Response<Incoming>,
+    metrics: &ClusterMetrics,
+) -> Result<(), ProxyError> {
+    let h = resp.headers();
+    let why = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        Some("101 Switching Protocols to a request without an upgrade")
+    } else if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+        Some("both Content-Length and Transfer-Encoding")
+    } else if resp.version() == Version::HTTP_2 && !fields::valid_fields(h) {
+        Some("field value with leading or trailing whitespace")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => {
+            metrics.error("invalid_response");
+            Err(ProxyError::InvalidResponse(why))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Whether a failed attempt is tried again: only when the request provably was not sent and

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 const MAX_UNSENT_ATTEMPTS: usize = 8;
 
 /// Request body type sent upstream: the downstream body, streamed.
-pub(crate) type UpstreamBody = Incoming;
+pub(crate) type UpstreamBody = crate::http::reqbody::RequestBody;
 
 /// A request that failed; `request` is handed back when it was provably not sent (the
 /// connection could not be opened), so another attempt may send it elsewhere.
@@ -265,10 +265,9 @@ impl EndpointPool {
                 Err(mut e) => match e.take_message() {
                     // Not written: a pooled connection closed under us. Try another.
                     Some(r) if reused => req = r,
-                    _ => {
-                        metrics.error("request");
-                        return Err(SendError::sent(ProxyError::Upstream(e.into_error())));
-                    }
+                    // Counted by the upstream call (`cluster::call`), which can tell a failure
+                    // of the downstream request body (the client's fault) from the upstream's.
+                    _ => return Err(SendError::sent(ProxyError::Upstream(e.into_error()))),
                 },
             }
         }
@@ -342,8 +341,8 @@ impl EndpointPool {
                                 .retain(|c| !c.sender.is_closed() && c.sender.is_ready());
                             continue;
                         }
+                        // Counted by the upstream call (see `send_h1`).
                         None => {
-                            metrics.error("request");
                             return Err(SendError::sent(ProxyError::Upstream(e.into_error())));
                         }
                     },

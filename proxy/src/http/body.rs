@@ -1,17 +1,21 @@
 //! The response body handed to hyper: empty, a fixed buffer, or the upstream's body streamed
 //! through. When the upstream body ends cleanly its connection goes back to the pool at once;
-//! when the body is dropped the request stops counting as in flight.
+//! when the body is dropped the request stops counting as in flight (and as active on its
+//! upstream endpoint), and the filter chain's completion hook hears how it ended.
 
 use crate::cluster::Lease;
 use crate::cluster::call::ActiveRequest;
 use crate::http::conn::InflightGuard;
 use crate::http::filters::Outcome;
 use crate::http::finish::Tracker;
+use crate::http::trailers::{Replay, Replayable};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Body of every response Sluice sends downstream.
 #[derive(Debug)]
@@ -25,6 +29,8 @@ pub struct ResponseBody {
     active: Option<ActiveRequest>,
     /// Reports completion to the filter chain (only when a filter asks for it).
     tracker: Option<Box<Tracker>>,
+    /// Frames read ahead to find trailers (`http/trailers.rs`), sent first.
+    replay: Option<Box<Replay>>,
 }
 
 #[derive(Debug)]
@@ -65,6 +71,7 @@ impl ResponseBody {
             inflight: None,
             active: None,
             tracker: None,
+            replay: None,
         }
     }
 
@@ -92,14 +99,18 @@ impl ResponseBody {
             lease.release();
         }
     }
-}
 
-impl ResponseBody {
     fn poll_inner(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(r) = this.replay.as_mut() {
+            match r.next() {
+                Some(item) => return Poll::Ready(item),
+                None => this.replay = None,
+            }
+        }
         match &mut this.inner {
             Inner::Empty => Poll::Ready(None),
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -111,24 +122,38 @@ impl ResponseBody {
                             lease.release();
                         }
                     }
+                    Some(Ok(f))
+                        if f.trailers_ref()
+                            .is_some_and(|t| !crate::http::fields::valid_trailers(t)) =>
+                    {
+                        // Malformed (RFC 9113 §8.2.1): never forwarded; the response is cut
+                        // off (a reset stream, or an HTTP/1.1 body without its last chunk).
+                        this.lease = None;
+                        return Poll::Ready(Some(Err(Box::new(InvalidTrailer))));
+                    }
                     Some(Ok(_)) => this.release_if_done(),
                     // A broken body means a broken connection: drop it, never pool it.
                     Some(Err(_)) => this.lease = None,
                 }
-                Poll::Ready(frame)
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
         }
     }
 }
 
+/// Why a response body was cut off by the proxy.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream trailer field with leading or trailing whitespace")]
+struct InvalidTrailer;
+
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = self.as_mut().poll_inner(cx);
         if let (Poll::Ready(frame), Some(_)) = (&polled, &self.tracker) {
             let end = self.is_end_stream();
@@ -151,6 +176,9 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(r) = &self.replay {
+            return r.is_end();
+        }
         match &self.inner {
             Inner::Empty => true,
             Inner::Full(b) => b.is_none(),
@@ -159,10 +187,20 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.replay.is_some() {
+            // Part of the body has been read ahead: its length is no longer the inner's.
+            return SizeHint::default();
+        }
         match &self.inner {
             Inner::Empty => SizeHint::with_exact(0),
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Inner::Upstream(b) => b.size_hint(),
         }
+    }
+}
+
+impl Replayable for ResponseBody {
+    fn set_replay(&mut self, replay: Replay) {
+        self.replay = Some(Box::new(replay));
     }
 }

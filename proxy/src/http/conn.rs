@@ -3,6 +3,7 @@
 //! coarse timer per connection enforces the header and idle timeouts from this state, so no
 //! timer is armed per request.
 
+use crate::http::chunked::ChunkedScan;
 use crate::http::smuggle::HeadScan;
 use crate::metrics::ListenerMetrics;
 use std::io;
@@ -139,12 +140,17 @@ pub(crate) async fn expired(
     }
 }
 
-/// The downstream socket, reporting reads to the connection state and scanning HTTP/1.1 heads.
+/// The downstream socket, reporting reads to the connection state and scanning HTTP/1.1 heads
+/// and chunked request bodies.
 #[derive(Debug)]
 pub(crate) struct ConnIo<S> {
     inner: S,
     state: Arc<ConnState>,
     scan: HeadScan,
+    chunked: ChunkedScan,
+    /// A chunked body broke the grammar: the bytes from the violation on are never handed to
+    /// hyper, and the next read fails.
+    poisoned: bool,
 }
 
 impl<S> ConnIo<S> {
@@ -153,6 +159,8 @@ impl<S> ConnIo<S> {
             inner,
             state,
             scan: HeadScan::default(),
+            chunked: ChunkedScan::default(),
+            poisoned: false,
         }
     }
 }
@@ -163,21 +171,52 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.poisoned {
+            return Poll::Ready(Err(malformed_chunked()));
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let this = &mut *self;
+        let mut cut = None;
         if let Some(new) = buf.filled().get(before..)
             && !new.is_empty()
         {
             if this.state.on_read() {
                 this.scan.start();
+                this.chunked.reset();
             }
-            if this.scan.feed(new) {
+            let (cl_te, body) = this.scan.feed_split(new);
+            if cl_te {
                 this.state.cl_te.store(true, Relaxed);
             }
+            let (offset, body) = match body {
+                Some(rest) => {
+                    // Content-Length + Transfer-Encoding is refused anyway (400).
+                    if this.scan.saw_transfer_encoding() && !cl_te {
+                        this.chunked.start();
+                    }
+                    (new.len() - rest.len(), rest)
+                }
+                None => (0, new),
+            };
+            cut = this.chunked.feed(body).map(|at| before + offset + at);
+        }
+        if let Some(valid) = cut {
+            this.poisoned = true;
+            if valid == before {
+                // Nothing valid in this read (an empty read would look like EOF).
+                return Poll::Ready(Err(malformed_chunked()));
+            }
+            buf.set_filled(valid);
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// The read error that ends a request whose chunked body breaks RFC 9112 §7.1; hyper reports it
+/// as a body error, which the request path answers with 400 (`bad_chunked_body`).
+fn malformed_chunked() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "malformed chunked request body")
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {

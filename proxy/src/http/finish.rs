@@ -20,6 +20,8 @@ pub(crate) struct ResponseMeta<'a> {
     pub(crate) downstream_version: Version,
     pub(crate) head: bool,
     pub(crate) wants_trailers: bool,
+    /// The request goes to the upstream over HTTP/2.
+    pub(crate) upstream_http2: bool,
 }
 
 /// Turns the upstream's response into the downstream response.

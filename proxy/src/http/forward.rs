@@ -11,19 +11,20 @@ use crate::http::body::ResponseBody;
 use crate::http::conn::ConnState;
 use crate::http::filters::{RequestHead as FilterRequest, ResponseHead, Verdict, WaitFuture};
 use crate::http::finish::{ResponseMeta, Tracker, finish};
+use crate::http::reqbody::{FaultNote, RequestBody};
+use crate::http::{fields, trailers};
 use crate::http::{headers, respond, upgrade};
 use crate::listener::{ConnContext, ListenerKind, ListenerSpec};
 use crate::local::Worker;
 use crate::route::{Action, Forward, RequestHead, Route, VirtualHost};
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, TE};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use sluice_config::UpstreamProtocol as ConfiguredProtocol;
 use std::cell::{Cell, RefCell};
-use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -90,7 +91,7 @@ impl HttpConn {
 pub(crate) async fn handle(
     conn: Rc<HttpConn>,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody>, StreamReset> {
     let (inflight, smuggled) = conn.state.begin_request();
     let spec = conn.spec();
     let http1 = req.version() != Version::HTTP_2;
@@ -115,11 +116,28 @@ pub(crate) async fn handle(
                 call,
                 request,
                 meta,
+                fault,
+                announce,
             } = send;
-            call::send(call, request).await.map(|up| {
+            let call = Call {
+                body_fault: fault.as_ref(),
+                ..call
+            };
+            let sent = if announce {
+                // Rare (HTTP/2 → HTTP/1.1 with a body): boxed.
+                Box::pin(announce_then_send(call, request)).await
+            } else {
+                call::send(call, request).await
+            };
+            match sent.map(|up| {
                 endpoint = Some(up.endpoint);
                 finish(&meta, up)
-            })
+            }) {
+                Ok(resp) if announces_trailers(&meta, &resp) => {
+                    Ok(Box::pin(announce_response(resp)).await)
+                }
+                other => other,
+            }
         }
         // Rare paths, boxed to keep this future small.
         Step::Upgrade(send, down) => {
@@ -127,21 +145,29 @@ pub(crate) async fn handle(
                 call,
                 request,
                 meta,
+                ..
             } = send;
             Box::pin(upgrade::forward(call, request, down, &conn.drain, meta)).await
         }
         Step::Wait(plan, fut, next) => Box::pin(after_wait(&conn, http, *plan, fut, next)).await,
     };
     let mut flag = None;
-    let mut resp = result.unwrap_or_else(|e| {
-        tracing::debug!(listener = %spec.name, error = %e, flag = e.flag(), side = ?e.side(), "request failed");
-        spec.metrics.error(e.flag());
-        if let Some(reason) = e.rejection() {
-            spec.metrics.rejected(reason);
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(listener = %spec.name, error = %e, flag = e.flag(), side = ?e.side(), "request failed");
+            spec.metrics.error(e.flag());
+            if let Some(reason) = e.rejection() {
+                spec.metrics.rejected(reason);
+            }
+            if !http1 && let Some(reason) = respond::stream_reset(&e) {
+                // hyper resets the stream with the reason in the service's error.
+                return Err(StreamReset(h2::Error::from(reason)));
+            }
+            flag = Some(e.flag());
+            respond::error(&e)
         }
-        flag = Some(e.flag());
-        respond::error(&e)
-    });
+    };
     if http1 && conn.drain.is_draining() {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -173,11 +199,50 @@ enum Step<'a> {
     Wait(Box<Plan<'a>>, WaitFuture, usize),
 }
 
+/// The service's error: an HTTP/2 stream to reset instead of answered (hyper resets it with
+/// the `h2::Reason` it finds in the error's source chain). HTTP/1.1 requests never get one.
+#[derive(Debug, thiserror::Error)]
+#[error("stream reset: {0}")]
+pub(crate) struct StreamReset(#[source] h2::Error);
+
 /// A request ready for the upstream call.
 struct Send<'a> {
     call: Call<'a>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     meta: ResponseMeta<'a>,
+    /// Where the request body notes how it failed (only when it has a body).
+    fault: Option<FaultNote>,
+    /// HTTP/2 → HTTP/1.1 with a body and no `Trailer` header: find and announce its trailers
+    /// (`http/trailers.rs`) before sending.
+    announce: bool,
+}
+
+/// Reads the request body ahead to announce its trailers, then sends it.
+async fn announce_then_send(
+    call: Call<'_>,
+    req: Request<RequestBody>,
+) -> Result<call::Upstream, ProxyError> {
+    let (mut parts, mut body) = req.into_parts();
+    trailers::announce(&mut parts.headers, &mut body).await;
+    call::send(call, Request::from_parts(parts, body)).await
+}
+
+/// Reads the response body ahead to announce its trailers (see [`announces_trailers`]).
+async fn announce_response(resp: Response<ResponseBody>) -> Response<ResponseBody> {
+    let (mut parts, mut body) = resp.into_parts();
+    trailers::announce(&mut parts.headers, &mut body).await;
+    Response::from_parts(parts, body)
+}
+
+/// True when a response that may end with trailers (from an HTTP/2 upstream, or chunked from
+/// an HTTP/1.1 one) goes to an HTTP/1.1 client that accepts trailers, with a body and no
+/// `Trailer` header: its trailers must be found and announced.
+fn announces_trailers(meta: &ResponseMeta<'_>, resp: &Response<ResponseBody>) -> bool {
+    meta.wants_trailers
+        && meta.downstream_version != Version::HTTP_2
+        && (meta.upstream_http2 || !resp.headers().contains_key(CONTENT_LENGTH))
+        && !resp.headers().contains_key(TRAILER)
+        && !http_body::Body::is_end_stream(resp.body())
 }
 
 /// plan → request filters → the upstream request, all synchronous.
@@ -210,25 +275,30 @@ fn into_send<'a>(
 ) -> Result<(Send<'a>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
     let Plan {
         request,
+        fault,
         authority,
         forward,
         proto,
         upgrade,
         meta,
     } = p;
-    let request = upstream_request(request, &authority, forward, proto, &upgrade, &meta)?;
+    let (request, announce) =
+        upstream_request(request, &authority, forward, proto, &upgrade, &meta, &fault)?;
     let call = Call {
         pools: &conn.worker.pools,
         worker: conn.worker.id,
         cluster: meta.cluster,
         proto,
         timeout: forward.timeout,
+        body_fault: None,
     };
     Ok((
         Send {
             call,
             request,
             meta,
+            fault,
+            announce,
         },
         upgrade,
     ))
@@ -262,11 +332,27 @@ async fn after_wait<'a>(
             call,
             request,
             meta,
+            fault,
+            announce,
         },
         upgrade,
     ) = into_send(conn, p)?;
+    let call = Call {
+        body_fault: fault.as_ref(),
+        ..call
+    };
     match upgrade {
-        None => call::send(call, request).await.map(|up| finish(&meta, up)),
+        None => {
+            let sent = if announce {
+                announce_then_send(call, request).await
+            } else {
+                call::send(call, request).await
+            };
+            match sent.map(|up| finish(&meta, up)) {
+                Ok(resp) if announces_trailers(&meta, &resp) => Ok(announce_response(resp).await),
+                other => other,
+            }
+        }
         Some(down) => Box::pin(upgrade::forward(call, request, down, &conn.drain, meta)).await,
     }
 }
@@ -322,7 +408,9 @@ enum Planned<'a> {
 /// A routed request on its way upstream, and what its response needs.
 pub(crate) struct Plan<'a> {
     /// The request head (hop-by-hop headers removed) and body; taken by [`upstream_request`].
-    request: Option<(Parts, Incoming)>,
+    request: Option<(Parts, RequestBody)>,
+    /// Where the request body notes how it failed (only when it has a body).
+    fault: Option<FaultNote>,
     /// `Host`/`:authority` for the upstream (before a host rewrite).
     authority: HeaderValue,
     forward: &'a Forward,
@@ -345,6 +433,10 @@ fn plan<'a>(
         return Err(ProxyError::ConnectNotSupported);
     }
     let (parts, body) = req.into_parts();
+    // The HTTP/1.1 parser strips surrounding whitespace; HTTP/2 delivers values as sent.
+    if parts.version == Version::HTTP_2 && !fields::valid_fields(&parts.headers) {
+        return Err(ProxyError::InvalidFieldValue);
+    }
     let authority = request_authority(&parts)?;
     let host = authority.to_str().unwrap_or_default();
     let head = RequestHead {
@@ -442,8 +534,12 @@ fn plan_forward<'a>(
     // exactly-sized map instead of several.
     parts.headers.reserve(4);
     let head = parts.method == Method::HEAD;
+    let (body, fault) = RequestBody::new(body);
+    // Upgrades always use an HTTP/1.1 connection of their own.
+    let upstream_http2 = proto == UpstreamProtocol::Http2 && upgrade.is_none();
     Ok(Plan {
         request: Some((parts, body)),
+        fault,
         authority,
         forward: f,
         proto,
@@ -456,20 +552,23 @@ fn plan_forward<'a>(
             downstream_version,
             head,
             wants_trailers,
+            upstream_http2,
         },
     })
 }
 
 /// The request as the upstream gets it: target in origin form (HTTP/1.1) or with scheme and
 /// authority (HTTP/2), path and host rewrites applied.
+/// Also says whether the request's trailers must be found and announced first.
 fn upstream_request(
-    request: Option<(Parts, Incoming)>,
+    request: Option<(Parts, RequestBody)>,
     authority: &HeaderValue,
     f: &Forward,
     proto: UpstreamProtocol,
     upgrade: &Option<hyper::upgrade::OnUpgrade>,
     meta: &ResponseMeta<'_>,
-) -> Result<Request<Incoming>, ProxyError> {
+    fault: &Option<FaultNote>,
+) -> Result<(Request<RequestBody>, bool), ProxyError> {
     let Some((mut parts, body)) = request else {
         return Err(ProxyError::NoEndpoint(meta.cluster.name.clone()));
     };
@@ -483,6 +582,9 @@ fn upstream_request(
     };
     match wire {
         UpstreamProtocol::Http1 => {
+            if meta.downstream_version == Version::HTTP_2 {
+                headers::join_cookies(&mut parts.headers);
+            }
             parts.uri = Uri::from(path_and_query);
             parts.headers.insert(HOST, authority);
             parts.version = Version::HTTP_11;
@@ -499,7 +601,14 @@ fn upstream_request(
             parts.version = Version::HTTP_2;
         }
     }
-    Ok(Request::from_parts(parts, body))
+    let from_h2_to_h1 =
+        meta.downstream_version == Version::HTTP_2 && wire == UpstreamProtocol::Http1;
+    let announce = from_h2_to_h1 && fault.is_some() && !parts.headers.contains_key(TRAILER);
+    if from_h2_to_h1 && parts.headers.contains_key(TRAILER) {
+        // Announced trailers need chunked framing, which a Content-Length would rule out.
+        parts.headers.remove(CONTENT_LENGTH);
+    }
+    Ok((Request::from_parts(parts, body), announce))
 }
 
 /// The upstream request target: origin form, rewritten if the route says so.

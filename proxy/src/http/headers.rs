@@ -140,6 +140,27 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, pr
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
 }
 
+/// Joins several `cookie` fields into one, separated by `; `, as an HTTP/2 request may split
+/// them but HTTP/1.1 allows only one (RFC 9113 §8.2.3). One field or none: nothing to do.
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    if let header::Entry::Occupied(mut o) = headers.entry(header::COOKIE) {
+        if o.iter().nth(1).is_none() {
+            return;
+        }
+        let mut v = Vec::with_capacity(128);
+        for (i, c) in o.iter().enumerate() {
+            if i > 0 {
+                v.extend_from_slice(b"; ");
+            }
+            v.extend_from_slice(c.as_bytes());
+        }
+        // Made only of valid header bytes; replaces every previous value.
+        if let Ok(joined) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
+            o.insert(joined);
+        }
+    }
+}
+
 /// Adds a random UUID v4 `x-request-id` unless the request has one.
 pub(crate) fn ensure_request_id(headers: &mut HeaderMap) {
     if !headers.contains_key(&X_REQUEST_ID) {
@@ -253,6 +274,17 @@ mod tests {
         let mut h = HeaderMap::new();
         set_forwarded(&mut h, &ip, "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+    }
+
+    #[test]
+    fn cookies_are_joined() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2; c=3");
+        let mut h = map(&[("cookie", "a=1; b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1; b=2");
     }
 
     #[test]

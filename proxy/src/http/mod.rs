@@ -3,15 +3,19 @@
 //! `respond.rs`, the one place an error becomes a response.
 
 pub mod body;
+pub(crate) mod chunked;
 pub(crate) mod conn;
+pub(crate) mod fields;
 pub mod filters;
 mod finish;
 pub(crate) mod forward;
 pub(crate) mod headers;
+pub(crate) mod reqbody;
 pub(crate) mod respond;
 pub(crate) mod server;
 pub(crate) mod smuggle;
 mod spec;
+pub(crate) mod trailers;
 pub(crate) mod upgrade;
 
 pub use spec::HttpSpec;

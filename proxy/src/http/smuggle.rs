@@ -32,7 +32,15 @@ impl HeadScan {
     }
 
     /// Feeds bytes read from the connection; returns true once the head has shown both headers.
-    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> bool {
+    #[cfg(test)]
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> bool {
+        self.feed_split(bytes).0
+    }
+
+    /// Like [`HeadScan::feed`]; also returns, when the head ends within `bytes`, the bytes after
+    /// it (the start of the body, possibly empty).
+    pub(crate) fn feed_split<'a>(&mut self, mut bytes: &'a [u8]) -> (bool, Option<&'a [u8]>) {
+        let was_active = self.active;
         while self.active && !bytes.is_empty() {
             if self.collecting {
                 bytes = self.collect(bytes);
@@ -47,7 +55,14 @@ impl HeadScan {
                 }
             }
         }
-        self.saw_cl && self.saw_te
+        let rest = (was_active && !self.active).then_some(bytes);
+        (self.saw_cl && self.saw_te, rest)
+    }
+
+    /// The head had a `Transfer-Encoding` header: hyper accepts such a request only with a
+    /// chunked body.
+    pub(crate) fn saw_transfer_encoding(&self) -> bool {
+        self.saw_te
     }
 
     /// Collects the start of a line; returns the unconsumed rest.
@@ -57,7 +72,7 @@ impl HeadScan {
                 // An empty line (or a lone CR) ends the head.
                 if self.line_len == 0 || (self.line_len == 1 && self.line[0] == b'\r') {
                     self.active = false;
-                    return &[];
+                    return bytes.get(i + 1..).unwrap_or_default();
                 }
                 self.line_len = 0;
                 return bytes.get(i + 1..).unwrap_or_default();
@@ -132,6 +147,26 @@ mod tests {
             b"Transfer-Encoding: x\r\n",
             b"\r\n"
         ]));
+    }
+
+    #[test]
+    fn the_body_start_is_returned_once() {
+        let mut s = HeadScan::default();
+        s.start();
+        assert_eq!(
+            s.feed_split(b"POST / HTTP/1.1\r\nTransfer-Enc"),
+            (false, None)
+        );
+        assert_eq!(
+            s.feed_split(b"oding: chunked\r\n\r\n5\r\nhel"),
+            (false, Some(&b"5\r\nhel"[..]))
+        );
+        assert!(s.saw_transfer_encoding());
+        assert_eq!(s.feed_split(b"lo\r\n"), (false, None));
+        s.start();
+        assert_eq!(s.feed_split(b"GET / HTTP/1.1\r\n\r"), (false, None));
+        assert_eq!(s.feed_split(b"\n"), (false, Some(&b""[..])));
+        assert!(!s.saw_transfer_encoding());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::http::body::ResponseBody;
 use crate::http::filters::ResponseHead;
 use crate::http::finish::{ResponseMeta, finish};
 use crate::http::headers;
+use crate::http::reqbody::RequestBody;
 use crate::tunnel::{self, Ended};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,7 +21,7 @@ use hyper_util::rt::TokioIo;
 /// upstream's answer as a normal response.
 pub(crate) async fn forward(
     call: Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     downstream: OnUpgrade,
     drain: &Drain,
     meta: ResponseMeta<'_>,
@@ -29,6 +30,7 @@ pub(crate) async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         Ok(switch(resp, downstream, drain, &meta))
     } else {
+        call::check_response(&resp, &call.cluster.metrics)?;
         let upstream = Upstream {
             response: resp,
             lease: Lease::None,

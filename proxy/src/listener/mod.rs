@@ -66,9 +66,39 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-/// Why a listener could not be bound.
+/// What a socket is bound for: named in every bind error.
+#[derive(Clone, Copy, Debug)]
+pub enum BindOwner<'a> {
+    /// A configured listener, by name.
+    Listener(&'a str),
+    /// The admin API.
+    Admin,
+}
+
+impl std::fmt::Display for BindOwner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindOwner::Listener(name) => write!(f, "listener {name:?}"),
+            BindOwner::Admin => f.write_str("admin"),
+        }
+    }
+}
+
+/// Why a listener (or the admin API) could not be bound: `listener "public": address
+/// 127.0.0.1:18080 already in use`. The cause is part of the message, not a `source()`, so an
+/// error-chain printer (`{:#}`) shows it once.
 #[derive(Debug, thiserror::Error)]
-pub enum BindError {
+#[error("{owner}: {kind}")]
+pub struct BindError {
+    /// `listener "NAME"` or `admin`.
+    pub owner: String,
+    /// What went wrong.
+    pub kind: BindErrorKind,
+}
+
+/// The cause of a [`BindError`].
+#[derive(Debug, thiserror::Error)]
+pub enum BindErrorKind {
     /// Another socket holds the address.
     #[error("address {0} already in use")]
     InUse(SocketAddr),
@@ -79,37 +109,67 @@ pub enum BindError {
     #[error("address {0} is not available on this host")]
     NotAvailable(SocketAddr),
     /// Anything else.
-    #[error("cannot bind {addr}: {source}")]
+    #[error("cannot bind {addr}: {error}")]
     Other {
         /// Address.
         addr: SocketAddr,
-        /// Cause.
-        source: io::Error,
+        /// Cause (in the message, deliberately not a `source`).
+        error: io::Error,
     },
 }
 
 impl BindError {
-    fn new(addr: SocketAddr, e: io::Error) -> Self {
-        match e.kind() {
-            io::ErrorKind::AddrInUse => BindError::InUse(addr),
-            io::ErrorKind::PermissionDenied => BindError::Permission(addr),
-            io::ErrorKind::AddrNotAvailable => BindError::NotAvailable(addr),
-            _ => BindError::Other { addr, source: e },
+    fn new(owner: BindOwner<'_>, addr: SocketAddr, e: io::Error) -> Self {
+        let kind = match e.kind() {
+            io::ErrorKind::AddrInUse => BindErrorKind::InUse(addr),
+            io::ErrorKind::PermissionDenied => BindErrorKind::Permission(addr),
+            io::ErrorKind::AddrNotAvailable => BindErrorKind::NotAvailable(addr),
+            _ => BindErrorKind::Other { addr, error: e },
+        };
+        BindError {
+            owner: owner.to_string(),
+            kind,
         }
     }
+
+    /// `addr` is already in use.
+    pub fn in_use(owner: BindOwner<'_>, addr: SocketAddr) -> Self {
+        BindError {
+            owner: owner.to_string(),
+            kind: BindErrorKind::InUse(addr),
+        }
+    }
+}
+
+/// Binds a configured listener's `count` sockets (see [`bind`]).
+pub fn bind_spec(
+    spec: &ListenerSpec,
+    count: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), BindError> {
+    bind(BindOwner::Listener(&spec.name), spec.address, count)
+}
+
+/// Binds the admin API's one socket.
+pub fn bind_admin(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), BindError> {
+    let (mut sockets, bound) = bind(BindOwner::Admin, addr, 1)?;
+    let socket = sockets
+        .pop()
+        .ok_or_else(|| BindError::in_use(BindOwner::Admin, addr))?;
+    Ok((socket, bound))
 }
 
 /// Binds `count` sockets to `addr` with `SO_REUSEPORT`. With port 0 the first socket picks the
 /// port and the others join it. Returns the sockets and the bound address.
 pub fn bind(
+    owner: BindOwner<'_>,
     addr: SocketAddr,
     count: usize,
 ) -> Result<(Vec<std::net::TcpListener>, SocketAddr), BindError> {
     let mut sockets = Vec::with_capacity(count.max(1));
     let mut bound = addr;
     for _ in 0..count.max(1) {
-        let s = bind_one(bound).map_err(|e| BindError::new(addr, e))?;
-        bound = s.local_addr().map_err(|e| BindError::new(addr, e))?;
+        let s = bind_one(bound).map_err(|e| BindError::new(owner, addr, e))?;
+        bound = s.local_addr().map_err(|e| BindError::new(owner, addr, e))?;
         sockets.push(s);
     }
     Ok((sockets, bound))

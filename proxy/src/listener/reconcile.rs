@@ -2,7 +2,7 @@
 //! (so a bind failure rejects the listener and changes nothing), then tells the workers to
 //! start accepting on new sockets and to drain listeners that were removed or moved.
 
-use super::{BindError, ListenerSpec, bind};
+use super::{BindError, ListenerSpec, bind_spec};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -100,7 +100,7 @@ impl Reconciler {
             self.pending.remove(&spec.name);
             return Ok(());
         }
-        let (sockets, actual) = bind(spec.address, self.workers.len())?;
+        let (sockets, actual) = bind_spec(spec, self.workers.len())?;
         self.pending.insert(spec.name.clone(), (sockets, actual));
         Ok(())
     }

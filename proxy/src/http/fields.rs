@@ -1,0 +1,46 @@
+//! Field rules Sluice enforces itself, where its HTTP libraries let a malformed field through.
+//!
+//! RFC 9113 §8.2.1 (and RFC 9110 §5.5): a field value must not start or end with whitespace
+//! (SP or HTAB). The HTTP/1.1 parser strips such whitespace as optional whitespace, so only
+//! HTTP/2 messages (requests from clients, responses and trailers from HTTP/2 upstreams) can
+//! carry it; the `h2` crate accepts them. A message with one is malformed and never forwarded.
+
+use http::{HeaderMap, HeaderValue};
+
+/// True when the value has no leading or trailing SP/HTAB.
+pub(crate) fn valid_value(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !matches!(b.first(), Some(b' ' | b'\t')) && !matches!(b.last(), Some(b' ' | b'\t'))
+}
+
+/// True when every value in the field section is valid.
+pub(crate) fn valid_fields(h: &HeaderMap) -> bool {
+    h.values().all(valid_value)
+}
+
+/// True when a trailer section may be forwarded. Pseudo-headers never reach a `HeaderMap` (the
+/// `h2` crate drops them from trailers; see docs/architecture.md), so only values are checked.
+pub(crate) fn valid_trailers(h: &HeaderMap) -> bool {
+    valid_fields(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_or_trailing_whitespace_is_invalid() {
+        for bad in [" a", "a ", "\ta", "a\t", " "] {
+            assert!(
+                !valid_value(&HeaderValue::from_str(bad).unwrap()),
+                "{bad:?}"
+            );
+        }
+        for good in ["a", "a b", "a\tb", ""] {
+            assert!(
+                valid_value(&HeaderValue::from_str(good).unwrap()),
+                "{good:?}"
+            );
+        }
+    }
+}

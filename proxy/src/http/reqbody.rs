@@ -1,0 +1,134 @@
+//! The request body sent upstream: the downstream body, streamed, with a note of how it failed.
+//!
+//! When the downstream body breaks (a malformed chunk, the client closing mid-body, a malformed
+//! trailer field), the upstream call fails too, and hyper reports it as an upstream error: an
+//! HTTP/1.1 upstream connection ends with a "user body" error, an HTTP/2 stream is reset by us.
+//! The fault recorded here lets the request path answer the client's mistake as a 400 instead
+//! of blaming the upstream with a 502. The note is shared (`Rc<Cell>`) between the body, which
+//! hyper's upstream connection task polls, and the request future; it is allocated only for
+//! requests that have a body.
+
+use crate::error::BodyFault;
+use crate::http::trailers::{Replay, Replayable};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+
+/// Where the fault is noted; read by the request path after a failed upstream call.
+pub(crate) type FaultNote = Rc<Cell<Option<BodyFault>>>;
+
+/// The body of a forwarded request.
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    fault: Option<FaultNote>,
+    /// Frames read ahead to find trailers (`http/trailers.rs`), sent first.
+    replay: Option<Box<Replay>>,
+}
+
+impl RequestBody {
+    /// Wraps the downstream body; returns the note to read after a failure (`None` when the
+    /// body is already complete: nothing can fail).
+    pub(crate) fn new(inner: Incoming) -> (Self, Option<FaultNote>) {
+        let fault = (!inner.is_end_stream()).then(FaultNote::default);
+        let note = fault.clone();
+        let body = RequestBody {
+            inner,
+            fault,
+            replay: None,
+        };
+        (body, note)
+    }
+
+    fn note(&self, f: BodyFault) {
+        if let Some(n) = &self.fault {
+            n.set(Some(f));
+        }
+    }
+}
+
+/// Why the forwarded body was cut off (the upstream side sees this as the body's error).
+#[derive(Debug, thiserror::Error)]
+#[error("downstream request body: {0:?}")]
+pub(crate) struct DownstreamBodyError(pub(crate) BodyFault);
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(r) = self.replay.as_mut() {
+            match r.next() {
+                Some(item) => return Poll::Ready(item),
+                None => self.replay = None,
+            }
+        }
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match frame {
+            Some(Err(e)) => {
+                let fault = classify(&e);
+                tracing::debug!(error = %e, ?fault, "downstream request body failed");
+                self.note(fault);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Some(Ok(f)) => match f.trailers_ref() {
+                Some(t) if !crate::http::fields::valid_trailers(t) => {
+                    tracing::debug!("downstream request trailers with an invalid field");
+                    self.note(BodyFault::InvalidTrailer);
+                    Poll::Ready(Some(Err(Box::new(DownstreamBodyError(
+                        BodyFault::InvalidTrailer,
+                    )))))
+                }
+                _ => Poll::Ready(Some(Ok(f))),
+            },
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.replay {
+            Some(r) => r.is_end(),
+            None => self.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.replay {
+            // Part of the body has been read ahead: its length is no longer the inner's.
+            Some(_) => SizeHint::default(),
+            None => self.inner.size_hint(),
+        }
+    }
+}
+
+impl Replayable for RequestBody {
+    fn set_replay(&mut self, replay: Replay) {
+        self.replay = Some(Box::new(replay));
+    }
+}
+
+/// A framing error from hyper's HTTP/1.1 decoder (or from `ConnIo`'s chunked check) is bad
+/// chunking; anything else (EOF before the end, a reset connection, an HTTP/2 stream the client
+/// reset) means the client went away mid-body.
+fn classify(e: &hyper::Error) -> BodyFault {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
+                    BodyFault::BadChunked
+                }
+                _ => BodyFault::Incomplete,
+            };
+        }
+        source = s.source();
+    }
+    BodyFault::Incomplete
+}
