@@ -192,3 +192,32 @@ fn a_route_to_an_unknown_cluster_answers_503_nc_until_it_arrives() {
     assert_eq!(c.status, 503);
     assert!(c.text().contains("no healthy upstream"));
 }
+
+#[test]
+fn a_grpc_request_gets_a_grpc_status_for_a_local_failure() {
+    let a = echo("a");
+    let p = InProcess::start(&yaml(a));
+    p.proxy()
+        .apply(upsert(vec![route_table("ghost", "1")]))
+        .unwrap();
+    let url = p.url("l", "/helloworld.Greeter/SayHello");
+    let c = curl(&[
+        "--http2-prior-knowledge",
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        &url,
+    ]);
+    assert_eq!(c.status, 200);
+    assert_eq!(
+        c.header("grpc-status"),
+        Some("14"),
+        "UNAVAILABLE for 503 NC"
+    );
+    assert_eq!(c.header("grpc-message"), Some("no cluster"));
+    // A plain request to the same route still gets the HTTP answer.
+    assert_eq!(curl(&[&p.url("l", "/")]).status, 503);
+}

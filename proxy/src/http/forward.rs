@@ -12,6 +12,7 @@ use crate::http::conn::ConnState;
 use crate::http::filters::{RequestHead as FilterRequest, ResponseHead, Verdict, WaitFuture};
 use crate::http::finish::{ResponseMeta, Tracker, finish};
 use crate::http::reqbody::{FaultNote, RequestBody};
+use crate::http::respond::ErrorContext;
 use crate::http::{fields, trailers};
 use crate::http::{headers, respond, upgrade};
 use crate::listener::{ConnContext, ListenerKind, ListenerSpec};
@@ -95,12 +96,14 @@ pub(crate) async fn handle(
     let (inflight, smuggled) = conn.state.begin_request();
     let spec = conn.spec();
     let http1 = req.version() != Version::HTTP_2;
+    let error_ctx = ErrorContext::of(req.headers());
     let ListenerKind::Http(http) = &spec.kind else {
         // Unreachable: `spec()` only ever holds HTTP listeners.
-        return Ok(respond::error(&ProxyError::NoRoute {
+        let no_route = ProxyError::NoRoute {
             host: String::new(),
             path: String::new(),
-        }));
+        };
+        return Ok(respond::error(&no_route, error_ctx));
     };
     let started = http
         .filters
@@ -165,7 +168,7 @@ pub(crate) async fn handle(
                 return Err(StreamReset(h2::Error::from(reason)));
             }
             flag = Some(e.flag());
-            respond::error(&e)
+            respond::error(&e, error_ctx)
         }
     };
     if http1 && conn.drain.is_draining() {

@@ -14,7 +14,10 @@ const CLOSE: HeaderValue = HeaderValue::from_static("close");
 /// closes the connection (RFC 9112 §6.3: after a framing error the connection cannot be
 /// trusted); only "no route" keeps it, the request itself being well formed. (hyper drops
 /// `Connection` from HTTP/2 responses.)
-pub(crate) fn error(err: &ProxyError) -> Response<ResponseBody> {
+///
+/// `ctx` is what the request said about how it wants failures: a gRPC request that can be
+/// answered without closing the connection gets a gRPC status instead (see [`grpc_error`]).
+pub(crate) fn error(err: &ProxyError, ctx: ErrorContext) -> Response<ResponseBody> {
     let (body, close) = match err {
         ProxyError::NoRoute { .. } => ("no route\n", false),
         ProxyError::MissingHost => ("bad request: missing Host header\n", true),
@@ -44,9 +47,52 @@ pub(crate) fn error(err: &ProxyError) -> Response<ResponseBody> {
             ("upstream reset or protocol error\n", false)
         }
     };
+    if ctx.grpc && !close {
+        return grpc_error(err.status(), body.trim_end());
+    }
     let mut resp = text(err.status(), Bytes::from_static(body.as_bytes()));
     if close {
         resp.headers_mut().insert(CONNECTION, CLOSE);
+    }
+    resp
+}
+
+/// What the request tells the error path.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ErrorContext {
+    /// The request is gRPC (`content-type: application/grpc…`).
+    pub(crate) grpc: bool,
+}
+
+impl ErrorContext {
+    pub(crate) fn of(headers: &http::HeaderMap) -> Self {
+        ErrorContext {
+            grpc: headers
+                .get(CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+        }
+    }
+}
+
+/// A gRPC "trailers-only" answer: HTTP 200 with `grpc-status` and `grpc-message` in the head and
+/// no body, the status mapped from the HTTP status as gRPC's HTTP-to-gRPC mapping (and Envoy's
+/// local replies) do: 400 → INTERNAL, 401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED,
+/// 404 → UNIMPLEMENTED, 429/502/503/504 → UNAVAILABLE, anything else → UNKNOWN.
+pub(crate) fn grpc_error(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    let code: &'static str = match status.as_u16() {
+        400 => "13",
+        401 => "16",
+        403 => "7",
+        404 => "12",
+        429 | 502 | 503 | 504 => "14",
+        _ => "2",
+    };
+    let mut resp = Response::new(ResponseBody::empty());
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from_static(code));
+    if let Ok(m) = HeaderValue::from_str(message) {
+        h.insert("grpc-message", m);
     }
     resp
 }
@@ -119,7 +165,17 @@ mod tests {
         for e in &malformed {
             assert_eq!(e.side(), crate::error::Side::Downstream, "{e}");
             assert!(e.rejection().is_some(), "{e}");
-            assert_eq!(error(e).headers()[CONNECTION], "close", "{e}");
+            assert_eq!(
+                error(e, ErrorContext::default()).headers()[CONNECTION],
+                "close",
+                "{e}"
+            );
+            let grpc = ErrorContext { grpc: true };
+            assert_eq!(
+                error(e, grpc).status(),
+                e.status(),
+                "closing answers stay plain HTTP"
+            );
         }
         let r = redirect(StatusCode::FOUND, "http://a\u{1}/");
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
@@ -129,6 +185,45 @@ mod tests {
             host: "h".into(),
             path: "/".into(),
         };
-        assert!(error(&no_route).headers().get(CONNECTION).is_none());
+        assert!(
+            error(&no_route, ErrorContext::default())
+                .headers()
+                .get(CONNECTION)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn grpc_requests_get_a_grpc_status() {
+        let grpc = ErrorContext { grpc: true };
+        let cases = [
+            (
+                ProxyError::NoRoute {
+                    host: "h".into(),
+                    path: "/".into(),
+                },
+                "12",
+            ),
+            (ProxyError::NoCluster("c".into()), "14"),
+            (
+                ProxyError::UpstreamTimeout(std::time::Duration::from_secs(1)),
+                "14",
+            ),
+        ];
+        for (e, code) in cases {
+            let r = error(&e, grpc);
+            assert_eq!(r.status(), StatusCode::OK, "{e}");
+            assert_eq!(r.headers()["grpc-status"], code, "{e}");
+            assert_eq!(r.headers()[CONTENT_TYPE], "application/grpc");
+            assert!(r.headers().contains_key("grpc-message"));
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert!(ErrorContext::of(&h).grpc);
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        assert!(!ErrorContext::of(&h).grpc);
     }
 }
