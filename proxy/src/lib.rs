@@ -22,25 +22,26 @@
 
 pub mod admin;
 pub mod app;
+mod clock;
 pub mod cluster;
 #[cfg(feature = "demo")]
 pub mod demo;
 mod drain;
 pub mod endpoint;
 pub mod error;
+mod exec;
 pub mod http;
 pub mod lb;
 pub mod listener;
 mod local;
 pub mod metrics;
 pub mod route;
-mod rt;
 pub mod source;
 pub mod state;
 mod tunnel;
 mod worker;
 
 pub use app::{Exit, Options, Proxy, ReloadError, StartError};
+pub use exec::LocalExec;
 pub use listener::BoundListener;
-pub use rt::LocalExec;
 pub use source::Source;

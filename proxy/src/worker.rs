@@ -71,7 +71,7 @@ struct Active {
 
 async fn run(worker: Rc<Worker>, mut rx: mpsc::UnboundedReceiver<Command>) {
     let mut listeners: HashMap<String, Active> = HashMap::new();
-    tokio::task::spawn_local(crate::rt::run_coarse_clock());
+    tokio::task::spawn_local(crate::clock::run_coarse_clock());
     let sweeper = Rc::clone(&worker);
     tokio::task::spawn_local(async move {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);

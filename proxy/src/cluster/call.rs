@@ -239,7 +239,7 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
         #[pin]
-        deadline: Option<crate::rt::Deadline>,
+        deadline: Option<crate::clock::Deadline>,
         timeout: Option<Duration>,
         cluster: &'a ClusterHandle,
     }
@@ -249,7 +249,7 @@ impl<'a, F> RouteTimeout<'a, F> {
     fn new(fut: F, timeout: Option<Duration>, cluster: &'a ClusterHandle) -> Self {
         RouteTimeout {
             fut,
-            deadline: timeout.map(crate::rt::Deadline::after),
+            deadline: timeout.map(crate::clock::Deadline::after),
             timeout,
             cluster,
         }

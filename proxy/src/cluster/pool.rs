@@ -7,8 +7,8 @@
 use crate::cluster::connect::Connector;
 use crate::cluster::{Endpoint, EndpointState, Transport};
 use crate::error::ProxyError;
+use crate::exec::LocalExec;
 use crate::metrics::ClusterMetrics;
-use crate::rt::LocalExec;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -151,7 +151,7 @@ impl Drop for Lease {
             let n = active.get().saturating_sub(1);
             active.set(n);
             if n == 0 {
-                idle_since.set(crate::rt::coarse_now());
+                idle_since.set(crate::clock::coarse_now());
             }
         }
         // An unreleased HTTP/1.1 sender is dropped here, which closes its connection: its
@@ -200,7 +200,7 @@ impl EndpointPool {
         if idle.len() < self.max_idle && !sender.is_closed() {
             idle.push(IdleH1 {
                 sender,
-                since: crate::rt::coarse_now(),
+                since: crate::clock::coarse_now(),
             });
         }
     }
@@ -209,7 +209,7 @@ impl EndpointPool {
         let mut idle = self.idle_h1.borrow_mut();
         while let Some(c) = idle.pop() {
             if !c.sender.is_closed()
-                && crate::rt::coarse_now().duration_since(c.since) < self.idle_timeout
+                && crate::clock::coarse_now().duration_since(c.since) < self.idle_timeout
             {
                 return Some(c.sender);
             }

@@ -9,8 +9,8 @@
 //! | WebSocket upgrade on any path | frames echoed |
 //! | anything else | JSON: method, path, query, version, headers, body size and SHA-256, trailers |
 
+use crate::exec::LocalExec;
 use crate::listener::detect;
-use crate::rt::LocalExec;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRAILER};
 use http::{HeaderMap, Request, Response, StatusCode};

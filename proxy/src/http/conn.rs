@@ -36,7 +36,7 @@ impl ConnState {
     pub(crate) fn new(http1: bool, metrics: ListenerMetrics) -> Arc<Self> {
         Arc::new(ConnState {
             http1,
-            base: crate::rt::coarse_now(),
+            base: crate::clock::coarse_now(),
             inflight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
@@ -46,7 +46,9 @@ impl ConnState {
     }
 
     fn since_base(&self) -> u64 {
-        crate::rt::coarse_now().duration_since(self.base).as_nanos() as u64
+        crate::clock::coarse_now()
+            .duration_since(self.base)
+            .as_nanos() as u64
     }
 
     fn at(&self, nanos: u64) -> Instant {

@@ -5,7 +5,7 @@
 use crate::cluster::call::Upstream;
 use crate::http::body::ResponseBody;
 use crate::http::filters::{Completion, FilterChain, Outcome, ResponseHead};
-use crate::http::headers;
+use crate::http::{decide, headers};
 use crate::route::{Route, VirtualHost};
 use http::header::TRAILER;
 use http::{HeaderValue, Response, StatusCode, Version};
@@ -54,9 +54,7 @@ pub(crate) fn finish(meta: &ResponseMeta<'_>, upstream: Upstream) -> Response<Re
     } else {
         rparts.version = Version::HTTP_2;
     }
-    let bodyless = meta.head
-        || rparts.status == StatusCode::NO_CONTENT
-        || rparts.status == StatusCode::NOT_MODIFIED;
+    let bodyless = decide::bodyless(meta.head, rparts.status);
     if rparts.status == StatusCode::NO_CONTENT {
         rparts.headers.remove(http::header::CONTENT_LENGTH);
     }

@@ -13,8 +13,8 @@ use crate::http::filters::{RequestHead as FilterRequest, ResponseHead, Verdict, 
 use crate::http::finish::{ResponseMeta, Tracker, finish};
 use crate::http::reqbody::{FaultNote, RequestBody};
 use crate::http::respond::ErrorContext;
+use crate::http::{decide, headers, respond, upgrade};
 use crate::http::{fields, trailers};
-use crate::http::{headers, respond, upgrade};
 use crate::listener::{ConnContext, ListenerKind, ListenerSpec};
 use crate::local::Worker;
 use crate::route::{Action, Forward, RequestHead, Route, VirtualHost};
@@ -24,7 +24,6 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use sluice_config::UpstreamProtocol as ConfiguredProtocol;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -241,11 +240,14 @@ async fn announce_response(resp: Response<ResponseBody>) -> Response<ResponseBod
 /// an HTTP/1.1 one) goes to an HTTP/1.1 client that accepts trailers, with a body and no
 /// `Trailer` header: its trailers must be found and announced.
 fn announces_trailers(meta: &ResponseMeta<'_>, resp: &Response<ResponseBody>) -> bool {
-    meta.wants_trailers
-        && meta.downstream_version != Version::HTTP_2
-        && (meta.upstream_http2 || !resp.headers().contains_key(CONTENT_LENGTH))
-        && !resp.headers().contains_key(TRAILER)
-        && !http_body::Body::is_end_stream(resp.body())
+    decide::announce_response_trailers(
+        meta.wants_trailers,
+        meta.downstream_version,
+        meta.upstream_http2,
+        resp.headers().contains_key(CONTENT_LENGTH),
+        resp.headers().contains_key(TRAILER),
+        http_body::Body::is_end_stream(resp.body()),
+    )
 }
 
 /// plan → request filters → the upstream request, all synchronous.
@@ -513,14 +515,7 @@ fn plan_forward<'a>(
         None => return Err(ProxyError::NoCluster(cluster.name.clone())),
     };
     let downstream_version = parts.version;
-    let proto = match configured {
-        ConfiguredProtocol::Http1 => UpstreamProtocol::Http1,
-        ConfiguredProtocol::Http2 => UpstreamProtocol::Http2,
-        ConfiguredProtocol::Auto if downstream_version == Version::HTTP_2 => {
-            UpstreamProtocol::Http2
-        }
-        ConfiguredProtocol::Auto => UpstreamProtocol::Http1,
-    };
+    let proto = decide::upstream_protocol(configured, downstream_version);
     let websocket = headers::is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
     let wants_trailers = parts
         .headers
@@ -538,8 +533,7 @@ fn plan_forward<'a>(
     parts.headers.reserve(4);
     let head = parts.method == Method::HEAD;
     let (body, fault) = RequestBody::new(body);
-    // Upgrades always use an HTTP/1.1 connection of their own.
-    let upstream_http2 = proto == UpstreamProtocol::Http2 && upgrade.is_none();
+    let upstream_http2 = decide::wire_protocol(proto, upgrade.is_some()) == UpstreamProtocol::Http2;
     Ok(Plan {
         request: Some((parts, body)),
         fault,
@@ -577,12 +571,7 @@ fn upstream_request(
     };
     let authority = f.host_rewrite.clone().unwrap_or_else(|| authority.clone());
     let path_and_query = upstream_path(&parts.uri, f, meta.route);
-    // Upgrades always use an HTTP/1.1 connection of their own.
-    let wire = if upgrade.is_some() {
-        UpstreamProtocol::Http1
-    } else {
-        proto
-    };
+    let wire = decide::wire_protocol(proto, upgrade.is_some());
     match wire {
         UpstreamProtocol::Http1 => {
             if meta.downstream_version == Version::HTTP_2 {
@@ -606,7 +595,12 @@ fn upstream_request(
     }
     let from_h2_to_h1 =
         meta.downstream_version == Version::HTTP_2 && wire == UpstreamProtocol::Http1;
-    let announce = from_h2_to_h1 && fault.is_some() && !parts.headers.contains_key(TRAILER);
+    let announce = decide::announce_request_trailers(
+        meta.downstream_version,
+        wire,
+        fault.is_some(),
+        parts.headers.contains_key(TRAILER),
+    );
     if from_h2_to_h1 && parts.headers.contains_key(TRAILER) {
         // Announced trailers need chunked framing, which a Content-Length would rule out.
         parts.headers.remove(CONTENT_LENGTH);

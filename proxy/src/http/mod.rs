@@ -5,6 +5,7 @@
 pub mod body;
 pub(crate) mod chunked;
 pub(crate) mod conn;
+mod decide;
 pub(crate) mod fields;
 pub mod filters;
 mod finish;

@@ -1,9 +1,9 @@
 //! Compiled HTTP listener settings: the route table and hyper's connection builders, prebuilt
 //! with the listener's limits.
 
+use crate::exec::LocalExec;
 use crate::http::filters::{FilterChain, HttpFilter};
 use crate::route::RouteTable;
-use crate::rt::LocalExec;
 use hyper::server::conn::{http1, http2};
 use sluice_config as config;
 use std::sync::Arc;

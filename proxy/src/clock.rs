@@ -1,20 +1,6 @@
-//! Runtime glue: the executor hyper uses to spawn HTTP/2 stream tasks on the current worker.
-
-use std::future::Future;
-
-/// Spawns onto the current thread's `LocalSet`. Each worker is a single-threaded runtime, so
-/// request-path state can use `Rc`/`Cell` instead of atomics and locks.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
-}
+//! The worker's coarse clock and coarse deadlines: a per-thread clock refreshed every
+//! [`COARSE_TICK`] (reading a cell is cheaper than reading the clock, several times per request)
+//! and a slab of deadlines it wakes, instead of a tokio timer registered per request.
 
 thread_local! {
     /// The worker's coarse clock, refreshed every [`COARSE_TICK`] by [`run_coarse_clock`].
