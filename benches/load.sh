@@ -16,7 +16,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT_DIR=${OUT_DIR:-$ROOT/benches/out}
 DURATION=${DURATION:-10}         # seconds of wrk and of h2load per target (split in ROUNDS)
 ROUNDS=${ROUNDS:-2}              # interleaved slices per target for wrk and h2load
-LAT_DURATION=${LAT_DURATION:-10} # seconds recorded by the fixed-rate latency client
+LAT_DURATION=${LAT_DURATION:-36} # seconds recorded by the fixed-rate latency client, per target
+LAT_ROUNDS=${LAT_ROUNDS:-12}     # interleaved slices those are split into (tail latency drifts
+                                 # over seconds; short slices give every target the same drift)
 RATE=${RATE:-2000}               # fixed rate, requests/s
 IDLE_CONNS=${IDLE_CONNS:-10000}  # idle keep-alive connections held for the RSS test
 WRK_CONNS=${WRK_CONNS:-50}
@@ -537,11 +539,12 @@ put meta.origin_time_wait "$tw"
 log "connections to the origin in TIME_WAIT after the throughput tests: $tw"
 
 # --- latency at a fixed rate -----------------------------------------------------------------
-# Also interleaved: ROUNDS runs of LAT_DURATION/ROUNDS seconds per target (each after a 1 s
-# warm-up), percentiles computed over all recorded requests of a target.
-LAT_PER=$(((LAT_DURATION + ROUNDS - 1) / ROUNDS))
-log "latency: $RATE req/s open loop, $ROUNDS × ${LAT_PER}s per target"
-for ((round = 1; round <= ROUNDS; round++)); do
+# Also interleaved: LAT_ROUNDS runs of LAT_DURATION/LAT_ROUNDS seconds per target (each after a
+# 1 s warm-up), percentiles computed over all recorded requests of a target.
+LAT_PER=$(((LAT_DURATION + LAT_ROUNDS - 1) / LAT_ROUNDS))
+put meta.lat_rounds "$LAT_ROUNDS"
+log "latency: $RATE req/s open loop, $LAT_ROUNDS × ${LAT_PER}s per target"
+for ((round = 1; round <= LAT_ROUNDS; round++)); do
     for t in "${TARGETS[@]}"; do
         url="http://127.0.0.1:${H1[$t]}/"
         out=$RUN/$t.latency.r$round.txt
