@@ -34,6 +34,7 @@ pub mod http;
 pub mod lb;
 pub mod listener;
 mod local;
+mod message;
 pub mod metrics;
 pub mod route;
 pub mod source;

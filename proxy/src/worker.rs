@@ -6,7 +6,6 @@ use crate::cluster::Pools;
 use crate::drain::Drain;
 use crate::listener;
 use crate::local::Worker;
-use crate::state::Live;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -45,7 +44,7 @@ impl WorkerHandle {
 }
 
 /// Starts worker thread `id`.
-pub(crate) fn spawn(id: usize, live: Arc<Live>) -> std::io::Result<WorkerHandle> {
+pub(crate) fn spawn(id: usize) -> std::io::Result<WorkerHandle> {
     let (tx, rx) = mpsc::unbounded_channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -56,7 +55,6 @@ pub(crate) fn spawn(id: usize, live: Arc<Live>) -> std::io::Result<WorkerHandle>
             let local = tokio::task::LocalSet::new();
             let worker = Rc::new(Worker {
                 id,
-                live,
                 pools: Pools::default(),
             });
             local.block_on(&runtime, run(worker, rx));
@@ -67,6 +65,8 @@ pub(crate) fn spawn(id: usize, live: Arc<Live>) -> std::io::Result<WorkerHandle>
 struct Active {
     stop: Rc<Notify>,
     drain: Drain,
+    /// The listener's settings, shared with its accept loop and connections.
+    current: Rc<listener::Current>,
 }
 
 async fn run(worker: Rc<Worker>, mut rx: mpsc::UnboundedReceiver<Command>) {
@@ -98,16 +98,22 @@ async fn run(worker: Rc<Worker>, mut rx: mpsc::UnboundedReceiver<Command>) {
                 let active = Active {
                     stop: Rc::new(Notify::new()),
                     drain: Drain::new(),
+                    current: listener::Current::new(Arc::clone(&spec)),
                 };
                 tokio::task::spawn_local(listener::accept_loop(
                     listener,
-                    Arc::clone(&spec),
+                    Rc::clone(&active.current),
                     Rc::clone(&worker),
                     active.drain.clone(),
                     Rc::clone(&active.stop),
                 ));
                 if let Some(old) = listeners.insert(spec.name.clone(), active) {
                     retire(old, drain_timeout);
+                }
+            }
+            Command::Listener(listener::Command::Update { spec }) => {
+                if let Some(active) = listeners.get(&spec.name) {
+                    active.current.update(spec);
                 }
             }
             Command::Listener(listener::Command::Unlisten {

@@ -29,7 +29,7 @@ impl HttpFilter for Recorder {
             .append("x-filter-order", self.name.parse().unwrap());
         match req.uri.path() {
             "/deny" if self.name == "first" => {
-                let mut r = http::Response::new(sluice_proxy::http::body::ResponseBody::empty());
+                let mut r = http::Response::new(bytes::Bytes::new());
                 *r.status_mut() = http::StatusCode::FORBIDDEN;
                 Verdict::Respond(r)
             }

@@ -102,7 +102,7 @@ impl Proxy {
         let (admin_socket, admin) = listener::bind_admin(config.admin.address)?;
         let live = Arc::new(Live::new(Snapshot::default(), Arc::new(Metrics::new())));
         let handles = (0..workers)
-            .map(|i| worker::spawn(i, Arc::clone(&live)))
+            .map(worker::spawn)
             .collect::<Result<Vec<_>, _>>()?;
         let published: Arc<Mutex<Vec<BoundListener>>> = Arc::default();
         let reconciler = Reconciler::new(

@@ -7,9 +7,9 @@ use super::pool::{EndpointPool, Lease, Pools, SendError, UpstreamBody, UpstreamP
 use super::{ClusterHandle, Transport};
 pub(crate) use crate::endpoint::ActiveRequest;
 use crate::error::{ProxyError, Sent};
-use crate::http::fields;
-use crate::http::reqbody::FaultNote;
 use crate::lb::PickContext;
+use crate::message::fields;
+use crate::message::reqbody::FaultNote;
 use crate::metrics::ClusterMetrics;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Request, Response, StatusCode, Version};

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 const MAX_UNSENT_ATTEMPTS: usize = 8;
 
 /// Request body type sent upstream: the downstream body, streamed.
-pub(crate) type UpstreamBody = crate::http::reqbody::RequestBody;
+pub(crate) type UpstreamBody = crate::message::reqbody::RequestBody;
 
 /// A request that failed; `request` is handed back when it was provably not sent (the
 /// connection could not be opened), so another attempt may send it elsewhere.

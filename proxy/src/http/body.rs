@@ -6,10 +6,10 @@
 use crate::cluster::Lease;
 use crate::cluster::call::ActiveRequest;
 use crate::http::conn::InflightGuard;
-use crate::http::filters::Outcome;
-use crate::http::finish::Tracker;
-use crate::http::trailers::{Replay, Replayable};
+use crate::http::filters::{Completion, FilterChain, Outcome};
+use crate::message::trailers::{Replay, Replayable};
 use bytes::Bytes;
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
@@ -29,7 +29,7 @@ pub struct ResponseBody {
     active: Option<ActiveRequest>,
     /// Reports completion to the filter chain (only when a filter asks for it).
     tracker: Option<Box<Tracker>>,
-    /// Frames read ahead to find trailers (`http/trailers.rs`), sent first.
+    /// Frames read ahead to find trailers (`message/trailers.rs`), sent first.
     replay: Option<Box<Replay>>,
 }
 
@@ -124,7 +124,7 @@ impl ResponseBody {
                     }
                     Some(Ok(f))
                         if f.trailers_ref()
-                            .is_some_and(|t| !crate::http::fields::valid_trailers(t)) =>
+                            .is_some_and(|t| !crate::message::fields::valid_trailers(t)) =>
                     {
                         // Malformed (RFC 9113 §8.2.1): never forwarded; the response is cut
                         // off (a reset stream, or an HTTP/1.1 body without its last chunk).
@@ -202,5 +202,65 @@ impl Body for ResponseBody {
 impl Replayable for ResponseBody {
     fn set_replay(&mut self, replay: Replay) {
         self.replay = Some(Box::new(replay));
+    }
+}
+
+/// Reports a request's completion to the filter chain's completion hooks, once: when the
+/// response body ends, fails, or is dropped unfinished (the downstream went away).
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    chain: FilterChain,
+    started: tokio::time::Instant,
+    status: StatusCode,
+    upstream: Option<std::net::SocketAddr>,
+    flag: Option<&'static str>,
+    body_bytes: u64,
+    done: bool,
+}
+
+impl Tracker {
+    pub(crate) fn new(
+        chain: FilterChain,
+        started: tokio::time::Instant,
+        status: StatusCode,
+        upstream: Option<std::net::SocketAddr>,
+        flag: Option<&'static str>,
+    ) -> Self {
+        Tracker {
+            chain,
+            started,
+            status,
+            upstream,
+            flag,
+            body_bytes: 0,
+            done: false,
+        }
+    }
+
+    /// Counts body bytes handed downstream.
+    pub(crate) fn sent(&mut self, n: usize) {
+        self.body_bytes += n as u64;
+    }
+
+    /// Reports the outcome (only the first call counts).
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.chain.on_complete(&Completion {
+            status: self.status,
+            body_bytes: self.body_bytes,
+            duration: self.started.elapsed(),
+            upstream: self.upstream,
+            flag: self.flag,
+            outcome,
+        });
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.finish(Outcome::DownstreamGone);
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::cluster::call::Upstream;
 use crate::http::body::ResponseBody;
-use crate::http::filters::{Completion, FilterChain, Outcome, ResponseHead};
+use crate::http::filters::{FilterChain, ResponseHead};
 use crate::http::{decide, headers};
 use crate::route::{Route, VirtualHost};
 use http::header::TRAILER;
@@ -76,64 +76,4 @@ pub(crate) fn finish(meta: &ResponseMeta<'_>, upstream: Upstream) -> Response<Re
 fn is_grpc(h: &http::HeaderMap) -> bool {
     h.get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// Reports a request's completion to the filter chain's completion hooks, once: when the
-/// response body ends, fails, or is dropped unfinished (the downstream went away).
-#[derive(Debug)]
-pub(crate) struct Tracker {
-    chain: FilterChain,
-    started: tokio::time::Instant,
-    status: StatusCode,
-    upstream: Option<std::net::SocketAddr>,
-    flag: Option<&'static str>,
-    body_bytes: u64,
-    done: bool,
-}
-
-impl Tracker {
-    pub(crate) fn new(
-        chain: FilterChain,
-        started: tokio::time::Instant,
-        status: StatusCode,
-        upstream: Option<std::net::SocketAddr>,
-        flag: Option<&'static str>,
-    ) -> Self {
-        Tracker {
-            chain,
-            started,
-            status,
-            upstream,
-            flag,
-            body_bytes: 0,
-            done: false,
-        }
-    }
-
-    /// Counts body bytes handed downstream.
-    pub(crate) fn sent(&mut self, n: usize) {
-        self.body_bytes += n as u64;
-    }
-
-    /// Reports the outcome (only the first call counts).
-    pub(crate) fn finish(&mut self, outcome: Outcome) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        self.chain.on_complete(&Completion {
-            status: self.status,
-            body_bytes: self.body_bytes,
-            duration: self.started.elapsed(),
-            upstream: self.upstream,
-            flag: self.flag,
-            outcome,
-        });
-    }
-}
-
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        self.finish(Outcome::DownstreamGone);
-    }
 }

@@ -6,17 +6,17 @@ use crate::cluster::UpstreamProtocol;
 use crate::cluster::call::{self, Call};
 use crate::drain::Drain;
 use crate::error::ProxyError;
-use crate::http::HttpSpec;
 use crate::http::body::ResponseBody;
+use crate::http::body::Tracker;
 use crate::http::conn::ConnState;
 use crate::http::filters::{RequestHead as FilterRequest, ResponseHead, Verdict, WaitFuture};
-use crate::http::finish::{ResponseMeta, Tracker, finish};
-use crate::http::reqbody::{FaultNote, RequestBody};
+use crate::http::finish::{ResponseMeta, finish};
 use crate::http::respond::ErrorContext;
+use crate::http::{ConnContext, CurrentSpec, HttpSpec};
 use crate::http::{decide, headers, respond, upgrade};
-use crate::http::{fields, trailers};
-use crate::listener::{ConnContext, ListenerKind, ListenerSpec};
 use crate::local::Worker;
+use crate::message::reqbody::{FaultNote, RequestBody};
+use crate::message::{fields, trailers};
 use crate::route::{Action, Forward, RequestHead, Route, VirtualHost};
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER};
@@ -24,7 +24,6 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -36,11 +35,10 @@ pub(crate) struct HttpConn {
     pub(crate) drain: Drain,
     /// What the listener knows about the connection (peer, TLS, scheme).
     pub(crate) info: ConnContext,
-    /// `Rc` around the shared `Arc` so the per-request clone is a non-atomic increment rather
-    /// than an atomic one on a counter every worker thread touches.
-    #[allow(clippy::redundant_allocation)]
-    spec: RefCell<Rc<Arc<ListenerSpec>>>,
-    generation: Cell<u64>,
+    /// The listener's current settings on this worker (replaced by the worker when the
+    /// listener's config changes; a removed listener's connections keep the last ones while
+    /// they drain).
+    spec: Rc<CurrentSpec>,
 }
 
 impl HttpConn {
@@ -49,36 +47,15 @@ impl HttpConn {
         state: Arc<ConnState>,
         drain: Drain,
         info: ConnContext,
-        spec: Arc<ListenerSpec>,
+        spec: Rc<CurrentSpec>,
     ) -> Self {
         HttpConn {
-            generation: Cell::new(worker.live.generation()),
             worker,
             state,
             drain,
             info,
-            spec: RefCell::new(Rc::new(spec)),
+            spec,
         }
-    }
-
-    /// The listener's current compiled settings. Checks one atomic per request; only after a
-    /// config swap does it look the listener up again.
-    #[allow(clippy::redundant_allocation)]
-    fn spec(&self) -> Rc<Arc<ListenerSpec>> {
-        let generation = self.worker.live.generation();
-        if generation != self.generation.get() {
-            self.generation.set(generation);
-            let snapshot = self.worker.live.snapshot();
-            let name = self.spec.borrow().name.clone();
-            // A listener that was removed keeps serving its open connections on its last
-            // config while they drain.
-            if let Some(new) = snapshot.listeners.get(&name)
-                && matches!(new.kind, ListenerKind::Http(_))
-            {
-                *self.spec.borrow_mut() = Rc::new(Arc::clone(new));
-            }
-        }
-        Rc::clone(&self.spec.borrow())
     }
 }
 
@@ -93,17 +70,10 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, StreamReset> {
     let (inflight, smuggled) = conn.state.begin_request();
-    let spec = conn.spec();
+    let spec = conn.spec.get();
+    let http: &HttpSpec = &spec;
     let http1 = req.version() != Version::HTTP_2;
     let error_ctx = ErrorContext::of(req.headers());
-    let ListenerKind::Http(http) = &spec.kind else {
-        // Unreachable: `spec()` only ever holds HTTP listeners.
-        let no_route = ProxyError::NoRoute {
-            host: String::new(),
-            path: String::new(),
-        };
-        return Ok(respond::error(&no_route, error_ctx));
-    };
     let started = http
         .filters
         .wants_completion()
@@ -217,7 +187,7 @@ struct Send<'a> {
     /// Where the request body notes how it failed (only when it has a body).
     fault: Option<FaultNote>,
     /// HTTP/2 → HTTP/1.1 with a body and no `Trailer` header: find and announce its trailers
-    /// (`http/trailers.rs`) before sending.
+    /// (`message/trailers.rs`) before sending.
     announce: bool,
 }
 
@@ -408,8 +378,10 @@ fn filtered_answer(
     http: &HttpSpec,
     vh: &VirtualHost,
     route: &Route,
-    mut resp: Response<ResponseBody>,
+    answer: Response<Bytes>,
 ) -> Response<ResponseBody> {
+    let (parts, body) = answer.into_parts();
+    let mut resp = Response::from_parts(parts, ResponseBody::full(body));
     let status = resp.status();
     http.filters.on_response(&mut ResponseHead {
         status,

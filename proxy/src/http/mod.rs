@@ -5,18 +5,18 @@
 pub mod body;
 pub(crate) mod chunked;
 pub(crate) mod conn;
+mod context;
 mod decide;
-pub(crate) mod fields;
 pub mod filters;
 mod finish;
 pub(crate) mod forward;
 pub(crate) mod headers;
-pub(crate) mod reqbody;
 pub(crate) mod respond;
 pub(crate) mod server;
 pub(crate) mod smuggle;
 mod spec;
-pub(crate) mod trailers;
 pub(crate) mod upgrade;
 
+pub use context::{ConnContext, TlsInfo};
+pub(crate) use spec::CurrentSpec;
 pub use spec::HttpSpec;

@@ -1,12 +1,11 @@
-//! Serving one downstream HTTP connection: detect HTTP/1.1 or HTTP/2, run hyper with the
-//! listener's limits, enforce the header and idle timeouts, and drain on request.
+//! Serving one downstream HTTP connection: run hyper (HTTP/1.1 or HTTP/2, as the listener
+//! detected) with the listener's limits over any byte stream, enforce the header and idle
+//! timeouts, and drain on request.
 
 use crate::drain::Drain;
-use crate::http::HttpSpec;
 use crate::http::conn::{self, ConnIo, ConnState, Expired};
 use crate::http::forward::{self, HttpConn};
-use crate::listener::detect;
-use crate::listener::{ConnContext, ListenerSpec};
+use crate::http::{ConnContext, CurrentSpec, HttpSpec};
 use crate::local::Worker;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -17,7 +16,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A hyper connection that can be asked to finish gracefully.
 trait Graceful: Future<Output = hyper::Result<()>> {
@@ -53,39 +52,29 @@ where
     }
 }
 
-/// Serves `stream` until it closes, times out or is drained.
-pub(crate) async fn serve(
-    stream: TcpStream,
+/// Serves `stream` (HTTP/2 when `http2`, else HTTP/1.1) until it closes, times out or is
+/// drained.
+pub(crate) async fn serve<S>(
+    stream: S,
+    http2: bool,
     conn: ConnContext,
-    spec: Arc<ListenerSpec>,
-    http: &HttpSpec,
+    current: Rc<CurrentSpec>,
     worker: Rc<Worker>,
     drain: Drain,
-) {
-    let settings = &http.settings;
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let spec = current.get();
+    let http: &HttpSpec = &spec;
     let peer = conn.peer;
-    let header_timeout = settings.request_header_timeout.get();
-    let http2 = match tokio::time::timeout(header_timeout, detect::detect(&stream)).await {
-        Ok(Ok(Some(h2))) => h2,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "read failed before the first request");
-            return;
-        }
-        Err(_) => {
-            spec.metrics.rejected("header_timeout");
-            tracing::debug!(%peer, "no request within the header timeout");
-            return;
-        }
-    };
-    let state = ConnState::new(!http2, spec.metrics.clone());
+    let state = ConnState::new(!http2, http.metrics.clone());
     let io = TokioIo::new(ConnIo::new(stream, Arc::clone(&state)));
     let ctx = Rc::new(HttpConn::new(
         worker,
         Arc::clone(&state),
         drain.clone(),
         conn,
-        Arc::clone(&spec),
+        current,
     ));
     // hyper keeps one slot per connection for the request future, sized for it, for the life of
     // the connection; boxing the future per request keeps idle connections small.
@@ -111,9 +100,9 @@ pub(crate) async fn serve(
     };
     match result {
         Outcome::Done(Ok(())) => {}
-        Outcome::Done(Err(e)) => classify(&spec, peer, &e),
+        Outcome::Done(Err(e)) => classify(http, peer, &e),
         Outcome::HeaderTimeout => {
-            spec.metrics.rejected("header_timeout");
+            http.metrics.rejected("header_timeout");
             tracing::debug!(%peer, "request head not complete within the header timeout");
         }
         Outcome::Forced => tracing::debug!(%peer, "connection closed by forced drain"),
@@ -234,7 +223,7 @@ impl<C: Graceful> Future for Drive<'_, C> {
 }
 
 /// Counts and logs why hyper ended a connection with an error.
-fn classify(spec: &ListenerSpec, peer: SocketAddr, e: &hyper::Error) {
+fn classify(spec: &HttpSpec, peer: SocketAddr, e: &hyper::Error) {
     let reason = if e.is_parse_too_large() {
         Some("headers_too_large")
     } else if e.is_parse() {

@@ -1,16 +1,24 @@
-//! Compiled HTTP listener settings: the route table and hyper's connection builders, prebuilt
-//! with the listener's limits.
+//! Compiled HTTP listener settings: the route table, the filter chain and hyper's connection
+//! builders, prebuilt with the listener's limits; and [`CurrentSpec`], through which a worker's
+//! connections of one listener see the listener's current settings.
 
 use crate::exec::LocalExec;
 use crate::http::filters::{FilterChain, HttpFilter};
+use crate::metrics::ListenerMetrics;
 use crate::route::RouteTable;
 use hyper::server::conn::{http1, http2};
 use sluice_config as config;
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// Compiled HTTP listener settings.
 #[derive(Debug)]
 pub struct HttpSpec {
+    /// The listener's name.
+    pub name: String,
+    /// The listener's metric handles.
+    pub metrics: ListenerMetrics,
     /// The route table.
     pub routes: Arc<RouteTable>,
     /// Settings from the config.
@@ -27,6 +35,8 @@ const HYPER_DEFAULT_MAX_HEADERS: u32 = 100;
 impl HttpSpec {
     /// Compiles an HTTP listener's settings with its route table.
     pub fn compile(
+        name: &str,
+        metrics: ListenerMetrics,
         routes: Arc<RouteTable>,
         s: &config::HttpListener,
         extra_filters: &[Arc<dyn HttpFilter>],
@@ -59,11 +69,39 @@ impl HttpSpec {
             .max_local_error_reset_streams(100)
             .keep_alive_interval(None);
         HttpSpec {
+            name: name.to_string(),
+            metrics,
             routes,
             settings: s.clone(),
             filters: FilterChain::standard(extra_filters, s.generate_request_id),
             h1,
             h2,
         }
+    }
+}
+
+/// The current settings of one bound HTTP listener on one worker, shared by its accept loop and
+/// its connections. The worker replaces them when the listener's config changes (pushed by the
+/// listener reconciler), so a request reads them with a `RefCell` borrow and an `Rc` clone: no
+/// atomic, no look-up in the live state.
+#[derive(Debug)]
+#[allow(clippy::redundant_allocation)] // the `Rc` makes the per-request clone non-atomic
+pub(crate) struct CurrentSpec(RefCell<Rc<Arc<HttpSpec>>>);
+
+impl CurrentSpec {
+    pub(crate) fn new(spec: Arc<HttpSpec>) -> Rc<Self> {
+        Rc::new(CurrentSpec(RefCell::new(Rc::new(spec))))
+    }
+
+    /// The current settings. `Rc` around the shared `Arc` so the per-request clone is a
+    /// non-atomic increment rather than an atomic one on a counter every worker touches.
+    #[allow(clippy::redundant_allocation)]
+    pub(crate) fn get(&self) -> Rc<Arc<HttpSpec>> {
+        Rc::clone(&self.0.borrow())
+    }
+
+    /// Replaces the settings; requests already running keep the ones they started with.
+    pub(crate) fn set(&self, spec: Arc<HttpSpec>) {
+        *self.0.borrow_mut() = Rc::new(spec);
     }
 }

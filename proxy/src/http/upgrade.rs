@@ -10,7 +10,7 @@ use crate::http::body::ResponseBody;
 use crate::http::filters::ResponseHead;
 use crate::http::finish::{ResponseMeta, finish};
 use crate::http::headers;
-use crate::http::reqbody::RequestBody;
+use crate::message::reqbody::RequestBody;
 use crate::tunnel::{self, Ended};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;

@@ -10,54 +10,11 @@ mod tcp;
 pub use reconcile::{BoundListener, Command, Reconciler, WorkerSink};
 pub use spec::{ListenerKind, ListenerSpec, TcpSpec};
 
-/// What the listener knows about an accepted connection; handed to `http` with the byte stream
-/// so that nothing on the request path assumes plaintext TCP.
-#[derive(Debug)]
-pub struct ConnContext {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The address the client connected to.
-    pub local: SocketAddr,
-    /// TLS details when TLS was terminated in front of protocol detection (`None`: plaintext).
-    pub tls: Option<TlsInfo>,
-    /// The client's IP, formatted once per connection (for `x-forwarded-for`).
-    pub client_ip: http::HeaderValue,
-}
-
-/// What a TLS handshake established (filled in by the TLS work).
-#[derive(Clone, Debug, Default)]
-pub struct TlsInfo {
-    /// Server name the client asked for (SNI).
-    pub sni: Option<String>,
-    /// Negotiated application protocol (ALPN).
-    pub alpn: Option<Vec<u8>>,
-    /// The client certificate's identity (SPIFFE ID), when verified.
-    pub peer_identity: Option<String>,
-}
-
-impl ConnContext {
-    /// Context of a plaintext connection.
-    pub fn plaintext(peer: SocketAddr, local: SocketAddr) -> Self {
-        let client_ip =
-            http::HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.ip().to_string()))
-                .unwrap_or(http::HeaderValue::from_static("unknown"));
-        ConnContext {
-            peer,
-            local,
-            tls: None,
-            client_ip,
-        }
-    }
-
-    /// `https` when TLS was terminated, else `http`: how the client reached the listener.
-    pub fn scheme(&self) -> &'static str {
-        if self.tls.is_some() { "https" } else { "http" }
-    }
-}
-
 use crate::drain::Drain;
+use crate::http::{ConnContext, CurrentSpec, HttpSpec};
 use crate::local::Worker;
 use socket2::{Domain, Protocol, Socket, Type};
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -188,10 +145,45 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// A bound listener's current settings on one worker, shared by its accept loop and (for HTTP)
+/// its connections. The worker replaces them when the reconciler pushes a changed config for
+/// the same sockets; a removed or rebound listener's connections keep their last settings while
+/// they drain.
+#[derive(Debug)]
+pub(crate) struct Current {
+    spec: RefCell<Arc<ListenerSpec>>,
+    http: Option<Rc<CurrentSpec>>,
+}
+
+impl Current {
+    pub(crate) fn new(spec: Arc<ListenerSpec>) -> Rc<Self> {
+        let http = match &spec.kind {
+            ListenerKind::Http(h) => Some(CurrentSpec::new(Arc::clone(h))),
+            ListenerKind::Tcp(_) => None,
+        };
+        Rc::new(Current {
+            spec: RefCell::new(spec),
+            http,
+        })
+    }
+
+    /// New settings for the same sockets (the kind never changes: that rebinds).
+    pub(crate) fn update(&self, spec: Arc<ListenerSpec>) {
+        if let (Some(cell), ListenerKind::Http(h)) = (&self.http, &spec.kind) {
+            cell.set(Arc::clone(h));
+        }
+        *self.spec.borrow_mut() = spec;
+    }
+
+    fn get(&self) -> Arc<ListenerSpec> {
+        Arc::clone(&self.spec.borrow())
+    }
+}
+
 /// Accepts connections on one worker's socket until `stop` is notified.
 pub(crate) async fn accept_loop(
     listener: tokio::net::TcpListener,
-    spec: Arc<ListenerSpec>,
+    current: Rc<Current>,
     worker: Rc<Worker>,
     drain: Drain,
     stop: Rc<Notify>,
@@ -201,18 +193,19 @@ pub(crate) async fn accept_loop(
             _ = stop.notified() => return,
             r = listener.accept() => r,
         };
+        let spec = current.get();
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let current = current_spec(&worker, &spec);
                 let tracked = drain.track();
                 let worker = Rc::clone(&worker);
                 let drain = drain.clone();
+                let http = current.http.clone();
                 let span = tracing::debug_span!("conn", listener = %spec.name, %peer);
                 tokio::task::spawn_local(
                     async move {
                         let _tracked = tracked;
-                        serve(stream, peer, current, worker, drain).await;
+                        serve(stream, peer, spec, http, worker, drain).await;
                     }
                     .instrument(span),
                 );
@@ -226,32 +219,51 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// The listener's settings from the current config, or the ones it was bound with if the
-/// listener has since been removed or replaced (its sockets are then draining).
-fn current_spec(worker: &Worker, bound: &Arc<ListenerSpec>) -> Arc<ListenerSpec> {
-    let snapshot = worker.live.snapshot();
-    match snapshot.listeners.get(&bound.name) {
-        Some(s) if s.address == bound.address && s.protocol() == bound.protocol() => Arc::clone(s),
-        _ => Arc::clone(bound),
-    }
-}
-
 async fn serve(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     spec: Arc<ListenerSpec>,
+    http_spec: Option<Rc<CurrentSpec>>,
     worker: Rc<Worker>,
     drain: Drain,
 ) {
     spec.metrics.connections.inc();
     spec.metrics.active.inc();
-    match &spec.kind {
-        ListenerKind::Http(http) => {
-            let local = stream.local_addr().unwrap_or(spec.address);
-            let ctx = ConnContext::plaintext(peer, local);
-            crate::http::server::serve(stream, ctx, Arc::clone(&spec), http, worker, drain).await;
+    match (&spec.kind, http_spec) {
+        (ListenerKind::Http(http), Some(current)) => {
+            if let Some(http2) = detect_protocol(&stream, peer, http, &spec).await {
+                let local = stream.local_addr().unwrap_or(spec.address);
+                let ctx = ConnContext::plaintext(peer, local);
+                crate::http::server::serve(stream, http2, ctx, current, worker, drain).await;
+            }
         }
-        ListenerKind::Tcp(tcp) => tcp::proxy(stream, peer, &spec, tcp, &worker, &drain).await,
+        (ListenerKind::Tcp(tcp), _) => tcp::proxy(stream, peer, &spec, tcp, &worker, &drain).await,
+        // Unreachable: HTTP listeners always have their settings cell.
+        (ListenerKind::Http(_), None) => {}
     }
     spec.metrics.active.dec();
+}
+
+/// Waits (within the header timeout) for the first bytes and tells HTTP/2 (the client preface)
+/// from HTTP/1.x, without consuming anything. `None`: the connection closed, failed or timed out.
+async fn detect_protocol(
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    http: &HttpSpec,
+    spec: &ListenerSpec,
+) -> Option<bool> {
+    let header_timeout = http.settings.request_header_timeout.get();
+    match tokio::time::timeout(header_timeout, detect::detect(stream)).await {
+        Ok(Ok(Some(h2))) => Some(h2),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "read failed before the first request");
+            None
+        }
+        Err(_) => {
+            spec.metrics.rejected("header_timeout");
+            tracing::debug!(%peer, "no request within the header timeout");
+            None
+        }
+    }
 }

@@ -21,6 +21,12 @@ pub enum Command {
         /// Drain time for the listener it replaces.
         drain_timeout: Duration,
     },
+    /// New settings for a listener whose sockets stay: its accept loop and connections use them
+    /// from now on.
+    Update {
+        /// The listener's new settings.
+        spec: Arc<ListenerSpec>,
+    },
     /// Stop accepting and drain the listener's connections (forced after the timeout).
     Unlisten {
         /// The listener.
@@ -57,6 +63,8 @@ pub struct Reconciler {
     bound: HashMap<String, Bound>,
     /// Sockets bound for listeners not yet handed to the workers.
     pending: HashMap<String, (Vec<std::net::TcpListener>, SocketAddr)>,
+    /// The settings the workers have, by listener.
+    committed: HashMap<String, Arc<ListenerSpec>>,
     published: Arc<Mutex<Vec<BoundListener>>>,
 }
 
@@ -81,6 +89,7 @@ impl Reconciler {
             drain_timeout,
             bound: HashMap::new(),
             pending: HashMap::new(),
+            committed: HashMap::new(),
             published,
         }
     }
@@ -105,8 +114,23 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Hands newly bound sockets to the workers and drains listeners no longer in `listeners`.
+    /// Hands newly bound sockets to the workers, pushes changed settings for sockets that stay,
+    /// and drains listeners no longer in `listeners`.
     pub fn commit(&mut self, listeners: &HashMap<String, Arc<ListenerSpec>>) {
+        for (name, spec) in listeners {
+            let changed = self
+                .committed
+                .get(name)
+                .is_none_or(|old| !Arc::ptr_eq(old, spec));
+            if changed && !self.pending.contains_key(name) && self.bound.contains_key(name) {
+                for w in &self.workers {
+                    w(Command::Update {
+                        spec: Arc::clone(spec),
+                    });
+                }
+            }
+        }
+        self.committed = listeners.clone();
         let removed: Vec<String> = self
             .bound
             .keys()

@@ -28,7 +28,7 @@ pub struct ListenerSpec {
 #[derive(Debug)]
 pub enum ListenerKind {
     /// Serve HTTP and route.
-    Http(Box<HttpSpec>),
+    Http(Arc<HttpSpec>),
     /// Proxy bytes to a cluster.
     Tcp(TcpSpec),
 }
@@ -52,7 +52,9 @@ impl ListenerSpec {
         filters: &[Arc<dyn HttpFilter>],
     ) -> ListenerSpec {
         let kind = match &l.kind {
-            config::ListenerKind::Http(h) => ListenerKind::Http(Box::new(HttpSpec::compile(
+            config::ListenerKind::Http(h) => ListenerKind::Http(Arc::new(HttpSpec::compile(
+                &l.name,
+                metrics.listener(&l.name),
                 route_table(&h.route_table),
                 h,
                 filters,

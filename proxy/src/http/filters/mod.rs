@@ -16,9 +16,9 @@ pub use forwarded::Forwarded;
 pub use header_ops::HeaderOps;
 pub use request_id::RequestId;
 
-use crate::http::body::ResponseBody;
-use crate::listener::ConnContext;
+use crate::http::ConnContext;
 use crate::route::{Route, VirtualHost};
+use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use std::fmt;
 use std::future::Future;
@@ -34,8 +34,9 @@ pub type WaitFuture = Pin<Box<dyn Future<Output = Verdict>>>;
 pub enum Verdict {
     /// Go on with the next filter (and then upstream).
     Continue,
-    /// Answer the request now; later filters and the upstream are skipped.
-    Respond(Response<ResponseBody>),
+    /// Answer the request now with this (small, complete) response; later filters and the
+    /// upstream are skipped.
+    Respond(Response<Bytes>),
     /// Wait for the future (an authorization or rate-limit service, say), then act on its
     /// verdict.
     Wait(WaitFuture),
@@ -165,7 +166,7 @@ impl FilterChain {
         &self,
         req: &mut RequestHead<'_>,
         from: usize,
-    ) -> Result<Option<Response<ResponseBody>>, (WaitFuture, usize)> {
+    ) -> Result<Option<Response<Bytes>>, (WaitFuture, usize)> {
         for (i, f) in self.filters.iter().enumerate().skip(from) {
             match f.on_request(req) {
                 Verdict::Continue => {}

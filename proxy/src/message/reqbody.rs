@@ -9,7 +9,7 @@
 //! requests that have a body.
 
 use crate::error::BodyFault;
-use crate::http::trailers::{Replay, Replayable};
+use crate::message::trailers::{Replay, Replayable};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -26,7 +26,7 @@ pub(crate) type FaultNote = Rc<Cell<Option<BodyFault>>>;
 pub(crate) struct RequestBody {
     inner: Incoming,
     fault: Option<FaultNote>,
-    /// Frames read ahead to find trailers (`http/trailers.rs`), sent first.
+    /// Frames read ahead to find trailers (`message/trailers.rs`), sent first.
     replay: Option<Box<Replay>>,
 }
 
@@ -79,7 +79,7 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Some(Ok(f)) => match f.trailers_ref() {
-                Some(t) if !crate::http::fields::valid_trailers(t) => {
+                Some(t) if !crate::message::fields::valid_trailers(t) => {
                     tracing::debug!("downstream request trailers with an invalid field");
                     self.note(BodyFault::InvalidTrailer);
                     Poll::Ready(Some(Err(Box::new(DownstreamBodyError(

@@ -1,0 +1,51 @@
+//! What the listener hands `http` with each connection's byte stream: the addresses and, once
+//! TLS terminates in front of protocol detection, the TLS details (SNI, ALPN, peer identity).
+//! The request path takes the scheme from here, never from a literal.
+
+use std::net::SocketAddr;
+
+/// What the listener knows about an accepted connection; handed to `http` with the byte stream
+/// so that nothing on the request path assumes plaintext TCP.
+#[derive(Debug)]
+pub struct ConnContext {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+    /// TLS details when TLS was terminated in front of protocol detection (`None`: plaintext).
+    /// Boxed: every idle connection keeps its context, and most are plaintext.
+    pub tls: Option<Box<TlsInfo>>,
+    /// The client's IP, formatted once per connection (for `x-forwarded-for`).
+    pub client_ip: http::HeaderValue,
+}
+
+/// What a TLS handshake established (filled in by the TLS work).
+#[derive(Clone, Debug, Default)]
+pub struct TlsInfo {
+    /// Server name the client asked for (SNI).
+    pub sni: Option<String>,
+    /// Negotiated application protocol (ALPN).
+    pub alpn: Option<Vec<u8>>,
+    /// The client certificate's identity (SPIFFE ID), when verified.
+    pub peer_identity: Option<String>,
+}
+
+impl ConnContext {
+    /// Context of a plaintext connection.
+    pub fn plaintext(peer: SocketAddr, local: SocketAddr) -> Self {
+        let client_ip =
+            http::HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.ip().to_string()))
+                .unwrap_or(http::HeaderValue::from_static("unknown"));
+        ConnContext {
+            peer,
+            local,
+            tls: None,
+            client_ip,
+        }
+    }
+
+    /// `https` when TLS was terminated, else `http`: how the client reached the listener.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
