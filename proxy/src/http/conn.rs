@@ -45,6 +45,11 @@ impl ConnState {
         })
     }
 
+    /// HTTP/1.1 (else HTTP/2), as the listener detected.
+    pub(crate) fn is_http1(&self) -> bool {
+        self.http1
+    }
+
     fn since_base(&self) -> u64 {
         crate::clock::coarse_now()
             .duration_since(self.base)

@@ -15,8 +15,6 @@ pub struct ConnContext {
     /// TLS details when TLS was terminated in front of protocol detection (`None`: plaintext).
     /// Boxed: every idle connection keeps its context, and most are plaintext.
     pub tls: Option<Box<TlsInfo>>,
-    /// The client's IP, formatted once per connection (for `x-forwarded-for`).
-    pub client_ip: http::HeaderValue,
 }
 
 /// What a TLS handshake established (filled in by the TLS work).
@@ -33,14 +31,10 @@ pub struct TlsInfo {
 impl ConnContext {
     /// Context of a plaintext connection.
     pub fn plaintext(peer: SocketAddr, local: SocketAddr) -> Self {
-        let client_ip =
-            http::HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.ip().to_string()))
-                .unwrap_or(http::HeaderValue::from_static("unknown"));
         ConnContext {
             peer,
             local,
             tls: None,
-            client_ip,
         }
     }
 

@@ -35,6 +35,8 @@ pub(crate) struct HttpConn {
     pub(crate) drain: Drain,
     /// What the listener knows about the connection (peer, TLS, scheme).
     pub(crate) info: ConnContext,
+    /// The client's IP, formatted once per connection (for `x-forwarded-for`).
+    pub(crate) client_ip: HeaderValue,
     /// The listener's current settings on this worker (replaced by the worker when the
     /// listener's config changes; a removed listener's connections keep the last ones while
     /// they drain).
@@ -42,20 +44,34 @@ pub(crate) struct HttpConn {
 }
 
 impl HttpConn {
+    /// The listener's current settings (an `Rc` clone).
+    #[allow(clippy::redundant_allocation)]
+    pub(crate) fn spec(&self) -> Rc<Arc<HttpSpec>> {
+        self.spec.get()
+    }
+
+    /// The shared state of a new connection (built by the listener, which hands it to
+    /// `http::server::serve` with the byte stream: one pointer, so the connection's task stays
+    /// small).
     pub(crate) fn new(
         worker: Rc<Worker>,
-        state: Arc<ConnState>,
         drain: Drain,
         info: ConnContext,
         spec: Rc<CurrentSpec>,
-    ) -> Self {
-        HttpConn {
+        http2: bool,
+    ) -> Rc<Self> {
+        let state = ConnState::new(!http2, spec.get().metrics.clone());
+        let client_ip =
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(info.peer.ip().to_string()))
+                .unwrap_or(HeaderValue::from_static("unknown"));
+        Rc::new(HttpConn {
             worker,
             state,
             drain,
             info,
+            client_ip,
             spec,
-        }
+        })
     }
 }
 
@@ -366,6 +382,7 @@ fn request_filters(
         uri: &parts.uri,
         headers: &mut parts.headers,
         conn: &conn.info,
+        client_ip: &conn.client_ip,
         virtual_host: p.meta.vh,
         route: p.meta.route,
     };

@@ -18,5 +18,6 @@ mod spec;
 pub(crate) mod upgrade;
 
 pub use context::{ConnContext, TlsInfo};
+pub(crate) use forward::HttpConn;
 pub(crate) use spec::CurrentSpec;
 pub use spec::HttpSpec;

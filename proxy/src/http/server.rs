@@ -3,10 +3,9 @@
 //! timeouts, and drain on request.
 
 use crate::drain::Drain;
+use crate::http::HttpSpec;
 use crate::http::conn::{self, ConnIo, ConnState, Expired};
 use crate::http::forward::{self, HttpConn};
-use crate::http::{ConnContext, CurrentSpec, HttpSpec};
-use crate::local::Worker;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::cell::{Cell, RefCell};
@@ -52,52 +51,39 @@ where
     }
 }
 
-/// Serves `stream` (HTTP/2 when `http2`, else HTTP/1.1) until it closes, times out or is
-/// drained.
-pub(crate) async fn serve<S>(
-    stream: S,
-    http2: bool,
-    conn: ConnContext,
-    current: Rc<CurrentSpec>,
-    worker: Rc<Worker>,
-    drain: Drain,
-) where
+/// Serves `stream` for `conn` (HTTP/2 or HTTP/1.1, as the listener detected) until it closes,
+/// times out or is drained.
+pub(crate) async fn serve<S>(stream: S, conn: Rc<HttpConn>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let spec = current.get();
+    let spec = conn.spec();
     let http: &HttpSpec = &spec;
-    let peer = conn.peer;
-    let state = ConnState::new(!http2, http.metrics.clone());
-    let io = TokioIo::new(ConnIo::new(stream, Arc::clone(&state)));
-    let ctx = Rc::new(HttpConn::new(
-        worker,
-        Arc::clone(&state),
-        drain.clone(),
-        conn,
-        current,
-    ));
+    let io = TokioIo::new(ConnIo::new(stream, Arc::clone(&conn.state)));
+    let ctx = Rc::clone(&conn);
     // hyper keeps one slot per connection for the request future, sized for it, for the life of
     // the connection; boxing the future per request keeps idle connections small.
     let svc = service_fn(move |req| Box::pin(forward::handle(Rc::clone(&ctx), req)));
-    let result = if http2 {
+    let result = if !conn.state.is_http1() {
         // Boxed so that HTTP/1.1 connections (most of them) do not carry the larger HTTP/2
         // state in their task.
         Box::pin(drive(
             http.h2.serve_connection(io, svc),
-            &state,
+            &conn.state,
             http,
-            &drain,
+            &conn.drain,
         ))
         .await
     } else {
         drive(
             http.h1.serve_connection(io, svc).with_upgrades(),
-            &state,
+            &conn.state,
             http,
-            &drain,
+            &conn.drain,
         )
         .await
     };
+    let peer = conn.info.peer;
     match result {
         Outcome::Done(Ok(())) => {}
         Outcome::Done(Err(e)) => classify(http, peer, &e),

@@ -15,7 +15,8 @@ pub(crate) struct HeadScan {
     active: bool,
     /// First bytes of the current line (lowercased), while still collecting them.
     line: [u8; WANT],
-    line_len: usize,
+    /// `u8`: every connection carries this scanner, and a byte fits `WANT`.
+    line_len: u8,
     collecting: bool,
     saw_cl: bool,
     saw_te: bool,
@@ -83,12 +84,15 @@ impl HeadScan {
                 self.collecting = false;
                 return bytes.get(i + 1..).unwrap_or_default();
             }
-            if let Some(slot) = self.line.get_mut(self.line_len) {
+            if let Some(slot) = self.line.get_mut(usize::from(self.line_len)) {
                 *slot = b.to_ascii_lowercase();
                 self.line_len += 1;
             }
-            if self.line_len == WANT || b == b':' {
-                let start = self.line.get(..self.line_len).unwrap_or_default();
+            if usize::from(self.line_len) == WANT || b == b':' {
+                let start = self
+                    .line
+                    .get(..usize::from(self.line_len))
+                    .unwrap_or_default();
                 if start.starts_with(CL) {
                     self.saw_cl = true;
                 } else if start.starts_with(TE) {

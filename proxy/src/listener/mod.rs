@@ -11,7 +11,7 @@ pub use reconcile::{BoundListener, Command, Reconciler, WorkerSink};
 pub use spec::{ListenerKind, ListenerSpec, TcpSpec};
 
 use crate::drain::Drain;
-use crate::http::{ConnContext, CurrentSpec, HttpSpec};
+use crate::http::{ConnContext, CurrentSpec, HttpConn, HttpSpec};
 use crate::local::Worker;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::cell::RefCell;
@@ -200,12 +200,12 @@ pub(crate) async fn accept_loop(
                 let tracked = drain.track();
                 let worker = Rc::clone(&worker);
                 let drain = drain.clone();
-                let http = current.http.clone();
                 let span = tracing::debug_span!("conn", listener = %spec.name, %peer);
+                let current = Rc::clone(&current);
                 tokio::task::spawn_local(
                     async move {
                         let _tracked = tracked;
-                        serve(stream, peer, spec, http, worker, drain).await;
+                        serve(stream, peer, current, worker, drain).await;
                     }
                     .instrument(span),
                 );
@@ -219,22 +219,25 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Serves one accepted connection. Its future is the connection task's, kept for the life of
+/// the connection: every argument and every value held across an await costs each connection.
 async fn serve(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    spec: Arc<ListenerSpec>,
-    http_spec: Option<Rc<CurrentSpec>>,
+    current: Rc<Current>,
     worker: Rc<Worker>,
     drain: Drain,
 ) {
+    let spec = current.get();
     spec.metrics.connections.inc();
     spec.metrics.active.inc();
-    match (&spec.kind, http_spec) {
+    match (&spec.kind, current.http.clone()) {
         (ListenerKind::Http(http), Some(current)) => {
             if let Some(http2) = detect_protocol(&stream, peer, http, &spec).await {
                 let local = stream.local_addr().unwrap_or(spec.address);
                 let ctx = ConnContext::plaintext(peer, local);
-                crate::http::server::serve(stream, http2, ctx, current, worker, drain).await;
+                let conn = HttpConn::new(worker, drain, ctx, current, http2);
+                crate::http::server::serve(stream, conn).await;
             }
         }
         (ListenerKind::Tcp(tcp), _) => tcp::proxy(stream, peer, &spec, tcp, &worker, &drain).await,

@@ -10,7 +10,7 @@ pub struct Forwarded;
 
 impl HttpFilter for Forwarded {
     fn on_request(&self, req: &mut RequestHead<'_>) -> Verdict {
-        headers::set_forwarded(req.headers, &req.conn.client_ip, req.conn.scheme());
+        headers::set_forwarded(req.headers, req.client_ip, req.conn.scheme());
         Verdict::Continue
     }
 }

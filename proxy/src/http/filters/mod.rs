@@ -63,6 +63,8 @@ pub struct RequestHead<'a> {
     pub headers: &'a mut HeaderMap,
     /// The downstream connection.
     pub conn: &'a ConnContext,
+    /// The client's IP, formatted once per connection.
+    pub client_ip: &'a http::HeaderValue,
     /// The matched virtual host.
     pub virtual_host: &'a VirtualHost,
     /// The matched route.
