@@ -130,6 +130,39 @@ fn invalid_config_is_rejected_and_old_config_keeps_serving() {
     wait_version(addr, 3);
 }
 
+/// A broken config next to a busy log file is reported once: events for other files in the
+/// directory are ignored, and the same text is not re-read and re-reported until it changes.
+#[test]
+fn a_broken_config_is_reported_once_whatever_else_changes_in_its_directory() {
+    let (a, b) = (echo("a"), echo("b"));
+    let mut bin = Binary::start(&config(1, "a", a, b, ""), &[]);
+    let addr = bin.addr("main");
+    let bad = config(2, "a", a, b, "").replace("prefix: /", "prefix: nope");
+    bin.write_config(&bad);
+    bin.wait_log("config reload rejected");
+    let log = bin.dir.path().join("sluice.log");
+    for i in 0..50 {
+        std::fs::write(&log, format!("line {i}\n")).unwrap();
+    }
+    // The same broken text written again: an event for the file itself, but nothing new.
+    bin.write_config(&bad);
+    bin.wait_log("nothing to do");
+    assert_eq!(
+        bin.metric("sluice_config_reloads_total{result=\"failure\"}"),
+        1.0
+    );
+    bin.write_config(&config(3, "b", a, b, ""));
+    wait_version(addr, 3);
+    assert_eq!(
+        bin.metric("sluice_config_reloads_total{result=\"failure\"}"),
+        1.0
+    );
+    assert_eq!(
+        bin.metric("sluice_config_reloads_total{result=\"success\"}"),
+        1.0
+    );
+}
+
 #[test]
 fn sighup_reloads_without_file_watching() {
     let (a, b) = (echo("a"), echo("b"));

@@ -130,7 +130,9 @@ impl ControlLoop {
         let config = match self.source.load(force) {
             Ok(Loaded::Changed(c)) => c,
             Ok(Loaded::Unchanged) => {
-                tracing::debug!("config unchanged");
+                tracing::info!(
+                    "config file event, but the text is the one last read (applied or rejected): nothing to do"
+                );
                 return Ok(());
             }
             Err(errors) => {
