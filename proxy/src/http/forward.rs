@@ -86,7 +86,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, StreamReset> {
     let (inflight, smuggled) = conn.state.begin_request();
-    let spec = conn.spec.get();
+    let spec = conn.spec();
     let http: &HttpSpec = &spec;
     let http1 = req.version() != Version::HTTP_2;
     let error_ctx = ErrorContext::of(req.headers());

@@ -14,7 +14,7 @@ use crate::drain::Drain;
 use crate::http::{ConnContext, CurrentSpec, HttpConn, HttpSpec};
 use crate::local::Worker;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -153,6 +153,9 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 pub(crate) struct Current {
     spec: RefCell<Arc<ListenerSpec>>,
     http: Option<Rc<CurrentSpec>>,
+    /// The socket's bound address, set once by the accept loop: a connection's local address
+    /// unless the listener is bound to a wildcard IP.
+    bound: Cell<Option<SocketAddr>>,
 }
 
 impl Current {
@@ -164,6 +167,7 @@ impl Current {
         Rc::new(Current {
             spec: RefCell::new(spec),
             http,
+            bound: Cell::new(None),
         })
     }
 
@@ -178,6 +182,15 @@ impl Current {
     fn get(&self) -> Arc<ListenerSpec> {
         Arc::clone(&self.spec.borrow())
     }
+
+    /// A connection's local address: the bound one, read once per socket, unless that is a
+    /// wildcard (then one `getsockname` for this connection).
+    fn local_addr(&self, stream: &tokio::net::TcpStream, fallback: SocketAddr) -> SocketAddr {
+        match self.bound.get() {
+            Some(a) if !a.ip().is_unspecified() => a,
+            _ => stream.local_addr().unwrap_or(fallback),
+        }
+    }
 }
 
 /// Accepts connections on one worker's socket until `stop` is notified.
@@ -188,19 +201,20 @@ pub(crate) async fn accept_loop(
     drain: Drain,
     stop: Rc<Notify>,
 ) {
+    current.bound.set(listener.local_addr().ok());
     loop {
         let accepted = tokio::select! {
             _ = stop.notified() => return,
             r = listener.accept() => r,
         };
-        let spec = current.get();
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let tracked = drain.track();
                 let worker = Rc::clone(&worker);
                 let drain = drain.clone();
-                let span = tracing::debug_span!("conn", listener = %spec.name, %peer);
+                let span =
+                    tracing::debug_span!("conn", listener = %current.spec.borrow().name, %peer);
                 let current = Rc::clone(&current);
                 tokio::task::spawn_local(
                     async move {
@@ -212,7 +226,7 @@ pub(crate) async fn accept_loop(
             }
             Err(e) => {
                 // Out of file descriptors or memory: pause instead of spinning on the error.
-                tracing::warn!(listener = %spec.name, error = %e, "accept failed");
+                tracing::warn!(listener = %current.spec.borrow().name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -232,11 +246,11 @@ async fn serve(
     spec.metrics.connections.inc();
     spec.metrics.active.inc();
     match (&spec.kind, current.http.clone()) {
-        (ListenerKind::Http(http), Some(current)) => {
+        (ListenerKind::Http(http), Some(http_current)) => {
             if let Some(http2) = detect_protocol(&stream, peer, http, &spec).await {
-                let local = stream.local_addr().unwrap_or(spec.address);
+                let local = current.local_addr(&stream, spec.address);
                 let ctx = ConnContext::plaintext(peer, local);
-                let conn = HttpConn::new(worker, drain, ctx, current, http2);
+                let conn = HttpConn::new(worker, drain, ctx, http_current, http2);
                 crate::http::server::serve(stream, conn).await;
             }
         }
