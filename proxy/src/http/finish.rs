@@ -4,7 +4,7 @@
 
 use crate::cluster::call::Upstream;
 use crate::http::body::ResponseBody;
-use crate::http::filters::{FilterChain, ResponseHead};
+use crate::http::filters::FilterChain;
 use crate::http::{decide, headers};
 use crate::route::{Route, VirtualHost};
 use http::header::TRAILER;
@@ -34,12 +34,9 @@ pub(crate) fn finish(meta: &ResponseMeta<'_>, upstream: Upstream) -> Response<Re
     } = upstream;
     let (mut rparts, rbody) = response.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers, false);
-    meta.filters.on_response(&mut ResponseHead {
-        status: rparts.status,
-        headers: &mut rparts.headers,
-        virtual_host: meta.vh,
-        route: meta.route,
-    });
+    let status = rparts.status;
+    meta.filters
+        .on_response(status, &mut rparts.headers, meta.vh, meta.route);
     if meta.downstream_version != Version::HTTP_2 {
         rparts.version = Version::HTTP_11;
         // HTTP/1.1 can carry trailers only when announced (hyper sends those named in

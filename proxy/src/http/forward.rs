@@ -9,7 +9,7 @@ use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
 use crate::http::body::Tracker;
 use crate::http::conn::ConnState;
-use crate::http::filters::{RequestHead as FilterRequest, ResponseHead, Verdict, WaitFuture};
+use crate::http::filters::{RequestHead as FilterRequest, Verdict, WaitFuture};
 use crate::http::finish::{ResponseMeta, finish};
 use crate::http::respond::ErrorContext;
 use crate::http::{ConnContext, CurrentSpec, HttpSpec};
@@ -400,12 +400,8 @@ fn filtered_answer(
     let (parts, body) = answer.into_parts();
     let mut resp = Response::from_parts(parts, ResponseBody::full(body));
     let status = resp.status();
-    http.filters.on_response(&mut ResponseHead {
-        status,
-        headers: resp.headers_mut(),
-        virtual_host: vh,
-        route,
-    });
+    http.filters
+        .on_response(status, resp.headers_mut(), vh, route);
     resp
 }
 
@@ -478,12 +474,8 @@ fn plan<'a>(
         }
     };
     let status = resp.status();
-    http.filters.on_response(&mut ResponseHead {
-        status,
-        headers: resp.headers_mut(),
-        virtual_host: vh,
-        route,
-    });
+    http.filters
+        .on_response(status, resp.headers_mut(), vh, route);
     Ok(Planned::Answer(resp))
 }
 

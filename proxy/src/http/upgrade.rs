@@ -7,7 +7,6 @@ use crate::cluster::call::{self, Call, Upstream};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
-use crate::http::filters::ResponseHead;
 use crate::http::finish::{ResponseMeta, finish};
 use crate::http::headers;
 use crate::message::reqbody::RequestBody;
@@ -77,11 +76,8 @@ fn switch(
     });
     let (mut parts, _) = upstream.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, true);
-    meta.filters.on_response(&mut ResponseHead {
-        status: parts.status,
-        headers: &mut parts.headers,
-        virtual_host: meta.vh,
-        route: meta.route,
-    });
+    let status = parts.status;
+    meta.filters
+        .on_response(status, &mut parts.headers, meta.vh, meta.route);
     Response::from_parts(parts, ResponseBody::empty())
 }

@@ -179,10 +179,22 @@ impl FilterChain {
         Ok(None)
     }
 
-    /// Runs the response filters.
-    pub(crate) fn on_response(&self, resp: &mut ResponseHead<'_>) {
+    /// Runs the response filters on a response head for the matched route.
+    pub(crate) fn on_response(
+        &self,
+        status: StatusCode,
+        headers: &mut HeaderMap,
+        virtual_host: &VirtualHost,
+        route: &Route,
+    ) {
+        let mut head = ResponseHead {
+            status,
+            headers,
+            virtual_host,
+            route,
+        };
         for f in self.filters.iter() {
-            f.on_response(resp);
+            f.on_response(&mut head);
         }
     }
 
