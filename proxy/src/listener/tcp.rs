@@ -4,6 +4,7 @@
 use super::{ListenerSpec, TcpSpec};
 use crate::cluster::call;
 use crate::drain::Drain;
+use crate::error::ProxyError;
 use crate::local::Worker;
 use crate::tunnel::{self, Ended};
 use std::net::SocketAddr;
@@ -20,8 +21,14 @@ pub(super) async fn proxy(
     let cluster = &tcp.cluster;
     let (upstream, _active, addr) = match call::connect_tcp(cluster, worker.id).await {
         Ok(c) => c,
+        // No cluster or no endpoint is a config problem (warned, as before); connect failures
+        // are counted on the cluster by the connector.
+        Err(e @ (ProxyError::NoCluster(_) | ProxyError::NoEndpoint(_))) => {
+            tracing::warn!(listener = %spec.name, cluster = %cluster.name, %peer, error = %e, flag = e.flag(), "tcp upstream unavailable");
+            return;
+        }
         Err(e) => {
-            tracing::debug!(listener = %spec.name, cluster = %cluster.name, %peer, error = %e, flag = e.flag(), "tcp upstream unavailable");
+            tracing::debug!(listener = %spec.name, cluster = %cluster.name, %peer, error = %e, flag = e.flag(), "tcp upstream connect failed");
             return;
         }
     };
