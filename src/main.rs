@@ -124,7 +124,12 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     let mut failed = false;
     for f in files {
         match sluice_config::load_file(f) {
-            Ok(_) => println!("{}: ok", f.display()),
+            Ok(config) => {
+                println!("{}: ok", f.display());
+                for w in config.warnings() {
+                    println!("{}: warning: {w}", f.display());
+                }
+            }
             Err(errors) => {
                 failed = true;
                 for e in &errors.0 {

@@ -27,7 +27,10 @@ mod validate;
 
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
 pub use error::{ConfigError, ConfigErrors, Issue};
-pub use listener::{Http2Settings, HttpListener, Listener, ListenerKind, TcpListener};
+pub use listener::{
+    EscapedSlashes, Http2Settings, HttpListener, Listener, ListenerKind, PathNormalization,
+    TcpListener, Trust, UnderscoreAction,
+};
 pub use locate::{Position, PositionIndex};
 pub use raw::{RawConfig, RawListener, RawRoute, RawRouteTable, RawVirtualHost};
 pub use resource::{ClusterLoadAssignment, Resource, ResourceKey, ResourceType, Update, diff};
@@ -36,7 +39,7 @@ pub use route::{
     QueryParameterMatcher, Redirect, RegexRewrite, Rewrite, Route, RouteAction, RouteMatch,
     RouteTable, VirtualHost, WeightedCluster,
 };
-pub use units::{ByteSize, Duration, parse_byte_size, parse_duration};
+pub use units::{ByteSize, Cidr, Duration, parse_byte_size, parse_cidr, parse_duration};
 pub use validate::{REGEX_SIZE_LIMIT, full_match_regex, search_regex, validate, validate_resource};
 
 use serde::{Deserialize, Serialize};
@@ -98,18 +101,86 @@ pub struct Admin {
     /// Address to bind. Default `127.0.0.1:7191`.
     #[serde(default = "default_admin_address")]
     pub address: SocketAddr,
+    /// Allow a non-loopback `address`. The admin API has no authentication and serves the
+    /// config and metrics, so a non-loopback address is refused unless this is `true` (and
+    /// then warned about at load). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_remote: bool,
+    /// Most admin connections open at once; more are closed at accept. Default 32.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: u32,
+    /// Time allowed for a request head, and between requests on a kept-alive connection.
+    /// Default `10s`.
+    #[serde(default = "default_admin_header_timeout")]
+    pub request_header_timeout: Duration,
+}
+
+fn default_admin_max_connections() -> u32 {
+    32
+}
+
+fn default_admin_header_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             address: default_admin_address(),
+            allow_remote: false,
+            max_connections: default_admin_max_connections(),
+            request_header_timeout: default_admin_header_timeout(),
         }
     }
 }
 
 fn default_admin_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7191))
+}
+
+impl Config {
+    /// Risky settings this config asks for explicitly, one sentence each (logged at load and
+    /// printed by `sluice validate`). Empty for a config on safe defaults.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.admin.allow_remote && !self.admin.address.ip().is_loopback() {
+            w.push(format!(
+                "admin.address {} is not loopback: the admin API is unauthenticated and serves \
+                 the config and metrics to anyone who can reach it",
+                self.admin.address
+            ));
+        }
+        for l in &self.listeners {
+            let ListenerKind::Http(h) = &l.kind else {
+                continue;
+            };
+            let name = &l.name;
+            let p = &h.path_normalization;
+            if !p.normalize {
+                w.push(format!(
+                    "listener `{name}`: path_normalization.normalize is off: routes match the raw \
+                     path, so `/public/../admin` and `%2e%2e` escapes can walk around prefix rules"
+                ));
+            } else if p.escaped_slashes == EscapedSlashes::Keep {
+                w.push(format!(
+                    "listener `{name}`: path_normalization.escaped_slashes is `keep`: an upstream \
+                     that decodes `%2F` or treats `\\` as `/` may resolve a path no route saw"
+                ));
+            }
+            if h.headers_with_underscores == UnderscoreAction::Allow {
+                w.push(format!(
+                    "listener `{name}`: headers_with_underscores is `allow`: `x_internal` passes \
+                     for `x-internal` at CGI-style upstreams"
+                ));
+            }
+            if let Some(c) = h.trust.trusted_peers.iter().find(|c| c.len == 0) {
+                w.push(format!(
+                    "listener `{name}`: trust.trusted_peers contains {c}, which trusts every client"
+                ));
+            }
+        }
+        w
+    }
 }
 
 /// Reads, parses and validates a config file.

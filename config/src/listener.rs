@@ -2,7 +2,7 @@
 //! with one filter chain holding an `HttpConnectionManager` or a `TcpProxy`).
 
 use crate::raw::RawListener;
-use crate::units::{ByteSize, Duration};
+use crate::units::{ByteSize, Cidr, Duration};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -83,9 +83,108 @@ pub struct HttpListener {
     /// HTTP/2 settings for downstream connections.
     #[serde(default)]
     pub http2: Http2Settings,
-    /// Add an `x-request-id` (random UUID v4) to requests that have none. Default true.
+    /// Add an `x-request-id` (random UUID v4) to requests that have none, and replace one an
+    /// untrusted client sent (see `trust`). Default true.
     #[serde(default = "default_true")]
     pub generate_request_id: bool,
+    /// How request paths are normalized before routing; routing and the upstream see the same
+    /// normalized path.
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
+    /// What to do with a request header whose name contains `_` (CGI-style stacks fold `_` into
+    /// `-`, so `x_internal` would pass for `x-internal`). Default `drop`.
+    #[serde(default)]
+    pub headers_with_underscores: UnderscoreAction,
+    /// Strip one trailing dot from `Host`/`:authority` (`api.example.com.`) before matching and
+    /// forwarding. Default true.
+    #[serde(default = "default_true")]
+    pub strip_trailing_host_dot: bool,
+    /// Which clients' forwarding, request-id and internal headers Sluice believes.
+    #[serde(default)]
+    pub trust: Trust,
+}
+
+/// Path normalization (Envoy `normalize_path`, `merge_slashes`,
+/// `path_with_escaped_slashes_action`). With `normalize` on, a path is checked and normalized
+/// per RFC 3986 before routing: bytes ≥ 0x80 and characters RFC 3986 does not allow in a path
+/// are rejected (400); percent-encoded unreserved characters are decoded (`%61` → `a`, `%2e` →
+/// `.`) and other escapes upper-cased; dot segments are removed (`/a/../b` → `/b`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathNormalization {
+    /// Normalize at all. Default true; `false` routes and forwards the raw path (risky: prefix
+    /// rules can be walked around with `..` and escapes; warned about at load).
+    #[serde(default = "default_true")]
+    pub normalize: bool,
+    /// Merge runs of `/` into one (`//admin` → `/admin`). Default true.
+    #[serde(default = "default_true")]
+    pub merge_slashes: bool,
+    /// What to do with `%2F`, `%5C` and `\` in a path. Default `unescape_and_redirect`.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Default for PathNormalization {
+    fn default() -> Self {
+        PathNormalization {
+            normalize: true,
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::default(),
+        }
+    }
+}
+
+/// The action for escaped slashes (`%2F`, `%5C`) and backslashes in a request path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Answer 400.
+    Reject,
+    /// Turn them into `/`, normalize, and answer `307` to the normalized path (Envoy
+    /// `UNESCAPE_AND_REDIRECT`): a well-behaved client follows it, and the route that matches is
+    /// the one the upstream's framework would have resolved.
+    #[default]
+    UnescapeAndRedirect,
+    /// Turn them into `/` and route and forward the result.
+    UnescapeAndForward,
+    /// Leave them as they are (risky when upstreams decode `%2F`; warned about at load).
+    Keep,
+}
+
+/// The action for request header names containing `_` (Envoy `headers_with_underscores_action`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreAction {
+    /// Forward them.
+    Allow,
+    /// Remove them before routing (counted).
+    #[default]
+    Drop,
+    /// Answer 400.
+    Reject,
+}
+
+/// Which clients are believed (Envoy `use_remote_address`, `xff_num_trusted_hops` and the
+/// internal-address config). By default no client is: the client address is the TCP peer, and a
+/// client's forwarding headers, `x-request-id` and internal headers are replaced or removed
+/// before routing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trust {
+    /// Proxies in front of Sluice whose forwarding headers are believed (Envoy
+    /// `xff_num_trusted_hops`). `0` (default): `x-forwarded-for`, `forwarded`, `x-real-ip` and
+    /// `x-forwarded-host`/`-port`/`-prefix` from the client are removed and `x-forwarded-for`
+    /// becomes the peer's address. More: they are kept and the peer's address is appended.
+    #[serde(default)]
+    pub trusted_hops: u32,
+    /// Peers (`10.0.0.0/8`, `::1/128`, or an address) whose requests are trusted: their
+    /// `x-request-id` and internal headers are kept, and their forwarding headers too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_peers: Vec<Cidr>,
+    /// More header names (or prefixes written `x-corp-*`) removed from requests of untrusted
+    /// peers before routing, in addition to the built-in `x-envoy-*` and `x-sluice-*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub internal_headers: Vec<String>,
 }
 
 /// HTTP/2 protocol settings, set explicitly rather than left to library defaults.
@@ -140,6 +239,10 @@ impl HttpListener {
             idle_timeout: default_idle_timeout(),
             http2: Http2Settings::default(),
             generate_request_id: true,
+            path_normalization: PathNormalization::default(),
+            headers_with_underscores: UnderscoreAction::default(),
+            strip_trailing_host_dot: true,
+            trust: Trust::default(),
         }
     }
 }

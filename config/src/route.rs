@@ -179,13 +179,19 @@ impl From<Route> for RawRoute {
 /// The default route timeout.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Conditions a request must meet, all of them. Exactly one of `prefix`, `path`, `regex`.
+/// Conditions a request must meet, all of them. Exactly one of `prefix`, `path_prefix`, `path`,
+/// `regex`. Paths are matched after normalization (see the listener's `path_normalization`).
 #[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
-    /// The path (without query) starts with this; must start with `/`.
+    /// The path (without query) starts with this string; must start with `/`. A string prefix:
+    /// `/api` also matches `/apix`; use `path_prefix` for whole segments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// The path is this or continues below it with `/`: `/api` matches `/api` and `/api/x`, not
+    /// `/apix` (Envoy `path_separated_prefix`). Must start with `/`; a trailing `/` is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
     /// The path (without query) equals this; must start with `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,

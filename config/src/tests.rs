@@ -189,10 +189,12 @@ fn match_needs_exactly_one_path_specifier() {
     let src = BASE.replace("{ prefix: / }", "{ prefix: /, path: /x }");
     assert_eq!(
         one_error(&src),
-        "test.yaml:11:13: route_tables[0].virtual_hosts[0].routes[0].match: set only one of `prefix`, `path` or `regex`"
+        "test.yaml:11:13: route_tables[0].virtual_hosts[0].routes[0].match: set only one of `prefix`, `path_prefix`, `path` or `regex`"
     );
     let src = BASE.replace("{ prefix: / }", "{ methods: [GET] }");
-    assert!(one_error(&src).ends_with("match: needs one of `prefix`, `path` or `regex`"));
+    assert!(
+        one_error(&src).ends_with("match: needs one of `prefix`, `path_prefix`, `path` or `regex`")
+    );
 }
 
 #[test]
@@ -276,9 +278,9 @@ fn prefix_rewrite_needs_prefix_match() {
         "cluster: web",
         "cluster: web\n            rewrite: { prefix: /b }",
     );
-    assert!(
-        one_error(&src).ends_with("routes[0].rewrite.prefix: needs the route to match by `prefix`")
-    );
+    assert!(one_error(&src).ends_with(
+        "routes[0].rewrite.prefix: needs the route to match by `prefix` or `path_prefix`"
+    ));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration as StdDuration;
 
 /// A duration written as a number followed by a unit: `us`, `ms`, `s`, `m` or `h`
@@ -211,6 +212,98 @@ impl Serialize for ByteSize {
     }
 }
 
+/// An address range written `10.0.0.0/8`, `fd00::/8`, or a single address (`127.0.0.1`, a
+/// full-length prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address (host bits zero).
+    pub addr: IpAddr,
+    /// Prefix length in bits.
+    pub len: u8,
+}
+
+impl Cidr {
+    /// True when `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Parses `addr/len` or a bare address.
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let (a, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr: IpAddr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not an address range (write `10.0.0.0/8` or `::1`)"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {max}"))?,
+    };
+    let c = Cidr { addr, len };
+    // Host bits set (`10.1.2.3/8`) usually means a typo; say so rather than guess.
+    let zeroed = match addr {
+        IpAddr::V4(v) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4((u32::from(v) & mask).into())
+        }
+        IpAddr::V6(v) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6((u128::from(v) & mask).into())
+        }
+    };
+    if zeroed != addr {
+        return Err(format!(
+            "`{s}` has host bits set; did you mean `{zeroed}/{len}`?"
+        ));
+    }
+    Ok(c)
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_cidr(&s).map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,5 +345,26 @@ mod tests {
         assert!(parse_byte_size("10 furlongs").is_err());
         assert!(parse_byte_size("99999999999999999999GiB").is_err());
         assert_eq!(ByteSize::kib(60).to_string(), "60KiB");
+    }
+
+    #[test]
+    fn cidrs() {
+        let c = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.9.8.7".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.1.1".parse().unwrap()), "v4-mapped");
+        let one = parse_cidr("127.0.0.1").unwrap();
+        assert_eq!(one.len, 32);
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let all = parse_cidr("0.0.0.0/0").unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!(!all.contains("::1".parse().unwrap()));
+        let v6 = parse_cidr("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(parse_cidr("10.1.2.3/8").unwrap_err().contains("10.0.0.0/8"));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("localhost").is_err());
+        assert_eq!(c.to_string(), "10.0.0.0/8");
     }
 }

@@ -142,6 +142,22 @@ impl Validator {
     }
 
     fn addresses(&mut self, config: &RawConfig) {
+        if config.admin.max_connections == 0 {
+            self.err("admin.max_connections", "must be at least 1");
+        }
+        if config.admin.request_header_timeout.is_zero() {
+            self.err("admin.request_header_timeout", "must be greater than 0s");
+        }
+        if !config.admin.address.ip().is_loopback() && !config.admin.allow_remote {
+            self.err(
+                "admin.address",
+                format!(
+                    "{} is not a loopback address; the admin API has no authentication, so bind \
+                     it to 127.0.0.1 or ::1, or set `admin.allow_remote: true` to expose it",
+                    config.admin.address
+                ),
+            );
+        }
         let mut bound: Vec<(SocketAddr, String)> = vec![(config.admin.address, "admin".into())];
         for (i, l) in config.listeners.iter().enumerate() {
             let path = format!("listeners[{i}].address");
@@ -204,6 +220,23 @@ impl Validator {
         }
         if h.idle_timeout.is_zero() {
             self.err(format!("{p}.idle_timeout"), "must be greater than 0s");
+        }
+        for (i, name) in h.trust.internal_headers.iter().enumerate() {
+            let bare = name.strip_suffix('*').unwrap_or(name);
+            if bare.is_empty() || !is_token(bare) {
+                self.err(
+                    format!("{p}.trust.internal_headers[{i}]"),
+                    format!("`{name}` is not a header name (or a prefix written `x-corp-*`)"),
+                );
+            } else if matches!(
+                bare.to_ascii_lowercase().as_str(),
+                "host" | "content-length" | "transfer-encoding" | "te" | "connection"
+            ) {
+                self.err(
+                    format!("{p}.trust.internal_headers[{i}]"),
+                    format!("`{name}` frames the request and cannot be stripped"),
+                );
+            }
         }
         let h2 = &h.http2;
         let pp = format!("{p}.http2");
@@ -326,10 +359,10 @@ impl Validator {
                 self.err(&rp, "set only one of `prefix` or `regex`");
             }
             if let Some(prefix) = &rw.prefix {
-                if r.matcher.prefix.is_none() {
+                if r.matcher.prefix.is_none() && r.matcher.path_prefix.is_none() {
                     self.err(
                         format!("{rp}.prefix"),
-                        "needs the route to match by `prefix`",
+                        "needs the route to match by `prefix` or `path_prefix`",
                     );
                 }
                 if !prefix.starts_with('/') && !prefix.is_empty() {
@@ -381,16 +414,28 @@ impl Validator {
     }
 
     fn route_match(&mut self, p: &str, m: &RouteMatch) {
-        let n = [m.prefix.is_some(), m.path.is_some(), m.regex.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let n = [
+            m.prefix.is_some(),
+            m.path_prefix.is_some(),
+            m.path.is_some(),
+            m.regex.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         if n == 0 {
-            self.err(p, "needs one of `prefix`, `path` or `regex`");
+            self.err(p, "needs one of `prefix`, `path_prefix`, `path` or `regex`");
         } else if n > 1 {
-            self.err(p, "set only one of `prefix`, `path` or `regex`");
+            self.err(
+                p,
+                "set only one of `prefix`, `path_prefix`, `path` or `regex`",
+            );
         }
-        for (field, value) in [("prefix", &m.prefix), ("path", &m.path)] {
+        for (field, value) in [
+            ("prefix", &m.prefix),
+            ("path_prefix", &m.path_prefix),
+            ("path", &m.path),
+        ] {
             if let Some(v) = value {
                 if !v.starts_with('/') {
                     self.err(format!("{p}.{field}"), "must start with '/'");
@@ -508,10 +553,10 @@ impl Validator {
             }
         }
         if let Some(pr) = &r.prefix_rewrite {
-            if m.prefix.is_none() {
+            if m.prefix.is_none() && m.path_prefix.is_none() {
                 self.err(
                     format!("{p}.prefix_rewrite"),
-                    "needs the route to match by `prefix`",
+                    "needs the route to match by `prefix` or `path_prefix`",
                 );
             }
             if !valid_path_chars(pr) {

@@ -106,6 +106,26 @@ pub enum ProxyError {
     /// §5.5): malformed, never forwarded.
     #[error("request field value with leading or trailing whitespace")]
     InvalidFieldValue,
+    /// The request target's path is not one Sluice forwards (a byte ≥ 0x80, a character RFC
+    /// 3986 forbids, an invalid escape, or an escaped slash under `reject`).
+    #[error("invalid request path: {0}")]
+    InvalidPath(&'static str),
+    /// `Host`/`:authority` is not a host name or address with an optional port.
+    #[error("invalid Host or :authority: {0}")]
+    InvalidHost(&'static str),
+    /// A header name with `_` under `headers_with_underscores: reject`.
+    #[error("header name with an underscore")]
+    UnderscoreHeader,
+    /// More request headers than `max_request_headers` (HTTP/2; hyper counts HTTP/1.1's).
+    #[error("too many request headers")]
+    TooManyHeaders,
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1).
+    #[error("unsupported transfer coding")]
+    UnsupportedTransferCoding,
+    /// A query parameter a matching route tests appears more than once: which occurrence the
+    /// upstream believes is unknowable, so the request is refused.
+    #[error("query parameter `{0}` appears more than once")]
+    DuplicateQueryParameter(String),
     /// The upstream's response is one a proxy must not forward (a `101` nobody asked for, both
     /// `Content-Length` and `Transfer-Encoding`, a malformed field value).
     #[error("invalid upstream response: {0}")]
@@ -133,7 +153,13 @@ impl ProxyError {
             | ProxyError::ContentLengthWithTransferEncoding
             | ProxyError::ConnectNotSupported
             | ProxyError::RequestBody(_)
-            | ProxyError::InvalidFieldValue => Side::Downstream,
+            | ProxyError::InvalidFieldValue
+            | ProxyError::InvalidPath(_)
+            | ProxyError::InvalidHost(_)
+            | ProxyError::UnderscoreHeader
+            | ProxyError::TooManyHeaders
+            | ProxyError::UnsupportedTransferCoding
+            | ProxyError::DuplicateQueryParameter(_) => Side::Downstream,
             ProxyError::NoCluster(_) | ProxyError::NoEndpoint(_) => Side::Internal,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
@@ -169,7 +195,13 @@ impl ProxyError {
             | ProxyError::MultipleHost
             | ProxyError::ContentLengthWithTransferEncoding
             | ProxyError::RequestBody(_)
-            | ProxyError::InvalidFieldValue => StatusCode::BAD_REQUEST,
+            | ProxyError::InvalidFieldValue
+            | ProxyError::InvalidPath(_)
+            | ProxyError::InvalidHost(_)
+            | ProxyError::UnderscoreHeader
+            | ProxyError::DuplicateQueryParameter(_) => StatusCode::BAD_REQUEST,
+            ProxyError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoCluster(_)
             | ProxyError::NoEndpoint(_)
@@ -205,6 +237,12 @@ impl ProxyError {
             ProxyError::RequestBody(BodyFault::Incomplete) => Some("incomplete_body"),
             ProxyError::RequestBody(BodyFault::InvalidTrailer) => Some("invalid_trailer"),
             ProxyError::InvalidFieldValue => Some("invalid_field_value"),
+            ProxyError::InvalidPath(_) => Some("invalid_path"),
+            ProxyError::InvalidHost(_) => Some("invalid_host"),
+            ProxyError::UnderscoreHeader => Some("header_with_underscore"),
+            ProxyError::TooManyHeaders => Some("headers_too_large"),
+            ProxyError::UnsupportedTransferCoding => Some("unsupported_transfer_coding"),
+            ProxyError::DuplicateQueryParameter(_) => Some("duplicate_query_parameter"),
             _ => None,
         }
     }
@@ -218,7 +256,13 @@ impl ProxyError {
             | ProxyError::ContentLengthWithTransferEncoding
             | ProxyError::ConnectNotSupported
             | ProxyError::RequestBody(_)
-            | ProxyError::InvalidFieldValue => "DPE",
+            | ProxyError::InvalidFieldValue
+            | ProxyError::InvalidPath(_)
+            | ProxyError::InvalidHost(_)
+            | ProxyError::UnderscoreHeader
+            | ProxyError::TooManyHeaders
+            | ProxyError::UnsupportedTransferCoding
+            | ProxyError::DuplicateQueryParameter(_) => "DPE",
             ProxyError::NoCluster(_) => "NC",
             ProxyError::NoEndpoint(_) => "UH",
             ProxyError::ConnectFailed { .. } | ProxyError::Handshake { .. } => "UF",

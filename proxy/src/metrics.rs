@@ -21,6 +21,7 @@ pub struct Metrics {
     downstream_responses: Family<Labels, Counter>,
     downstream_rejected: Family<Labels, Counter>,
     downstream_errors: Family<Labels, Counter>,
+    downstream_sanitized: Family<Labels, Counter>,
     upstream_requests: Family<Labels, Counter>,
     upstream_connections: Family<Labels, Counter>,
     upstream_connect_failures: Family<Labels, Counter>,
@@ -51,6 +52,7 @@ impl Metrics {
             downstream_responses: Family::default(),
             downstream_rejected: Family::default(),
             downstream_errors: Family::default(),
+            downstream_sanitized: Family::default(),
             upstream_requests: Family::default(),
             upstream_connections: Family::default(),
             upstream_connect_failures: Family::default(),
@@ -85,6 +87,11 @@ impl Metrics {
             "downstream_rejected",
             "Requests or connections refused for protocol violations or limits, by listener and reason",
             m.downstream_rejected.clone(),
+        );
+        r.register(
+            "downstream_sanitized",
+            "Request heads changed before routing, by listener and action (path_normalized, path_redirected, host_dot_stripped, underscore_header_dropped, forwarding_header_stripped, internal_header_stripped, request_id_replaced)",
+            m.downstream_sanitized.clone(),
         );
         r.register(
             "upstream_requests",
@@ -155,6 +162,7 @@ impl Metrics {
                 .map(|c| self.downstream_responses.get_or_create(&class(c)).clone()),
             rejected: self.downstream_rejected.clone(),
             errors: self.downstream_errors.clone(),
+            sanitized: self.downstream_sanitized.clone(),
             name: name.to_string(),
         }
     }
@@ -201,10 +209,22 @@ pub struct ListenerMetrics {
     responses: [Counter; 5],
     rejected: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
+    sanitized: Family<Labels, Counter>,
     name: String,
 }
 
 impl ListenerMetrics {
+    /// Counts a change the normalize step made to a request head (rare path: looks the label
+    /// up).
+    pub fn sanitized(&self, action: &'static str) {
+        self.sanitized
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("action", action.to_string()),
+            ])
+            .inc();
+    }
+
     /// Counts a generated error response by response flag (rare path: looks the label up).
     pub fn error(&self, flag: &'static str) {
         self.errors

@@ -363,7 +363,7 @@ fn connection_with_an_invalid_response_is_never_reused() {
 }
 
 /// Sends `req` over HTTP/2 (prior knowledge) and returns the status and body.
-fn h2_send(
+pub fn h2_send(
     addr: SocketAddr,
     req: http::Request<http_body_util::Full<bytes::Bytes>>,
 ) -> (u16, String) {

@@ -1,6 +1,8 @@
 //! The admin API, served on the control thread's runtime so it answers even when the workers
 //! are saturated: `/ready`, `/live`, `/listeners`, `/metrics` (`/stats/prometheus`),
-//! `/config_dump`, `/server_info`. Unauthenticated: bind it to loopback.
+//! `/config_dump`, `/server_info`. Unauthenticated: config validation refuses a non-loopback
+//! address unless `admin.allow_remote` is set; connections are capped and timed out, and the
+//! config dump redacts header values.
 
 use crate::listener::BoundListener;
 use crate::state::Live;
@@ -23,6 +25,10 @@ pub(crate) struct AdminState {
     pub(crate) listeners: Arc<Mutex<Vec<BoundListener>>>,
     pub(crate) started: Instant,
     pub(crate) workers: usize,
+    /// Most connections served at once; more are closed at accept.
+    pub(crate) max_connections: usize,
+    /// Time allowed for each request head, and between requests on a kept-alive connection.
+    pub(crate) header_timeout: std::time::Duration,
 }
 
 impl AdminState {
@@ -34,10 +40,17 @@ impl AdminState {
     }
 }
 
-/// Serves the admin API until the task is dropped.
+/// Longest an admin connection lives, whatever it does (a client that stops reading a
+/// `/config_dump` cannot hold it forever).
+pub(crate) const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Serves the admin API until the task is dropped: at most `max_connections` at once, each with
+/// a header timeout and a maximum age.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<AdminState>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.max_connections));
+    let header_timeout = shared.header_timeout;
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -45,17 +58,28 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<AdminSt
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, limit = shared.max_connections, "admin connection refused: too many open");
+            drop(stream);
+            continue;
+        };
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
                 async move { Ok::<_, Infallible>(handle(&shared, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .max_headers(64)
+                .max_buf_size(16 << 10)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection error");
+            match tokio::time::timeout(MAX_CONNECTION_AGE, conn).await {
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin connection error"),
+                Err(_) => tracing::debug!(%peer, "admin connection closed at its maximum age"),
+                Ok(Ok(())) => {}
             }
         });
     }
@@ -113,9 +137,11 @@ fn handle(shared: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
         }
         "/config_dump" => {
             let snap = shared.live.snapshot();
+            let mut config = serde_json::to_value(&*snap.config).unwrap_or_default();
+            redact(&mut config);
             json(&serde_json::json!({
                 "generation": snap.generation,
-                "config": &*snap.config,
+                "config": config,
             }))
         }
         "/server_info" => json(&serde_json::json!({
@@ -147,4 +173,71 @@ fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// What a redacted value reads as.
+pub(crate) const REDACTED: &str = "[redacted]";
+
+/// Replaces values that may be credentials in a config dump: header values that header
+/// mutations add or set (tokens, API keys) and the values header matchers compare against
+/// (a route gated on a secret header). Names stay, so the dump still shows what is configured.
+fn redact(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match key.as_str() {
+                    "request_headers" | "response_headers" => {
+                        if let Value::Object(m) = child {
+                            for op in ["add", "set"] {
+                                if let Some(Value::Object(values)) = m.get_mut(op) {
+                                    values.values_mut().for_each(|x| *x = Value::from(REDACTED));
+                                }
+                            }
+                        }
+                    }
+                    "headers" => {
+                        if let Value::Array(matchers) = child {
+                            for m in matchers.iter_mut().filter_map(Value::as_object_mut) {
+                                for field in ["exact", "prefix", "suffix", "regex"] {
+                                    if let Some(x) = m.get_mut(field) {
+                                        *x = Value::from(REDACTED);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => redact(child),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_redacted_and_names_kept() {
+        let mut v = serde_json::json!({
+            "route_tables": [{"virtual_hosts": [{
+                "request_headers": {"set": {"authorization": "Bearer s3cret"}, "remove": ["x-a"]},
+                "routes": [{
+                    "match": {"prefix": "/", "headers": [{"name": "x-api-key", "exact": "k3y"}]},
+                    "response_headers": {"add": {"x-token": "t0k"}}
+                }]
+            }]}]
+        });
+        redact(&mut v);
+        let text = v.to_string();
+        for secret in ["s3cret", "k3y", "t0k"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        for kept in ["authorization", "x-api-key", "x-token", "x-a", REDACTED] {
+            assert!(text.contains(kept), "{kept} missing from {text}");
+        }
+    }
 }

@@ -128,6 +128,8 @@ impl Proxy {
             listeners: published,
             started: Instant::now(),
             workers,
+            max_connections: config.admin.max_connections as usize,
+            header_timeout: config.admin.request_header_timeout.get(),
         });
         tracing::info!(address = %admin, "admin listening");
         let (tx, rx) = mpsc::unbounded_channel();

@@ -164,6 +164,8 @@ pub(crate) fn check_response(
         Some("101 Switching Protocols to a request without an upgrade")
     } else if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
         Some("both Content-Length and Transfer-Encoding")
+    } else if !fields::only_chunked(h) {
+        Some("transfer coding other than chunked")
     } else if resp.version() == Version::HTTP_2 && !fields::valid_fields(h) {
         Some("field value with leading or trailing whitespace")
     } else {

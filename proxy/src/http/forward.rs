@@ -13,7 +13,7 @@ use crate::http::filters::{RequestHead as FilterRequest, Verdict, WaitFuture};
 use crate::http::finish::{ResponseMeta, finish};
 use crate::http::respond::ErrorContext;
 use crate::http::{ConnContext, CurrentSpec, HttpSpec};
-use crate::http::{decide, headers, respond, upgrade};
+use crate::http::{decide, edge, headers, respond, upgrade};
 use crate::local::Worker;
 use crate::message::reqbody::{FaultNote, RequestBody};
 use crate::message::{fields, trailers};
@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -440,12 +440,27 @@ fn plan<'a>(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectNotSupported);
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     // The HTTP/1.1 parser strips surrounding whitespace; HTTP/2 delivers values as sent.
     if parts.version == Version::HTTP_2 && !fields::valid_fields(&parts.headers) {
         return Err(ProxyError::InvalidFieldValue);
     }
-    let authority = request_authority(&parts)?;
+    let raw_authority = request_authority(&parts)?;
+    // The normalize step: routing and the upstream see the checked, normalized head.
+    let authority = match http.edge.check(
+        &mut parts,
+        &raw_authority,
+        conn.info.peer.ip(),
+        &http.metrics,
+    )? {
+        edge::Checked::Route { authority } => authority,
+        edge::Checked::Redirect(location) => {
+            return Ok(Planned::Answer(respond::redirect(
+                StatusCode::TEMPORARY_REDIRECT,
+                &location,
+            )));
+        }
+    };
     let host = authority.to_str().unwrap_or_default();
     let head = RequestHead {
         method: &parts.method,
@@ -454,7 +469,11 @@ fn plan<'a>(
         query: parts.uri.query(),
         headers: &parts.headers,
     };
-    let Some((vh, route)) = http.routes.find(&head) else {
+    let found = http
+        .routes
+        .find_checked(&head)
+        .map_err(|name| ProxyError::DuplicateQueryParameter(name.to_string()))?;
+    let Some((vh, route)) = found else {
         return Err(ProxyError::NoRoute {
             host: host.to_string(),
             path: head.path.to_string(),
@@ -465,7 +484,10 @@ fn plan<'a>(
         Action::Direct { status, body } => respond::direct(*status, body.clone()),
         Action::Redirect(r) => {
             let scheme = conn.info.scheme();
-            let loc = r.location(scheme, host, head.path, head.query, route.matched_prefix());
+            let Some(loc) = r.location(scheme, host, head.path, head.query, route.matched_prefix())
+            else {
+                return Err(ProxyError::MissingHost);
+            };
             respond::redirect(r.status, &loc)
         }
         Action::Forward(f) => {

@@ -69,6 +69,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                     && !t.eq_ignore_ascii_case("upgrade")
             })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| !protected(n))
             .collect();
         for n in named {
             headers.remove(n);
@@ -94,6 +95,17 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, up);
     }
+}
+
+/// Headers a `Connection` header cannot remove: the ones the proxy itself sets or vouches for
+/// (`Host`, the forwarding headers, the request id, internal headers) and framing. Otherwise
+/// `Connection: x-forwarded-for` would strip what a trusted proxy in front added.
+fn protected(name: &HeaderName) -> bool {
+    let s = name.as_str();
+    matches!(s, "host" | "content-length" | "x-request-id")
+        || crate::http::edge::is_forwarding(s)
+        || s.starts_with("x-envoy-")
+        || s.starts_with("x-sluice-")
 }
 
 /// True for an HTTP/1.1 `GET` asking to upgrade to WebSocket (RFC 6455 §4.1).
@@ -226,6 +238,27 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn connection_cannot_name_away_what_the_proxy_vouches_for() {
+        let mut h = map(&[
+            (
+                "connection",
+                "x-forwarded-for, X-Request-Id, host, content-length, forwarded, x-envoy-a, x-other",
+            ),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-request-id", "id"),
+            ("host", "a"),
+            ("content-length", "0"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-envoy-a", "1"),
+            ("x-other", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 6, "{h:?}");
+        assert!(h.get("x-other").is_none());
+        assert!(h.get("connection").is_none());
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //! normalisation, upgrades, the request path ([`forward`]: plan → call → finish) and
 //! `respond.rs`, the one place an error becomes a response.
 
+mod authority;
 pub mod body;
 pub(crate) mod chunked;
 pub(crate) mod conn;
 mod context;
 mod decide;
+pub(crate) mod edge;
 pub mod filters;
 mod finish;
 pub(crate) mod forward;
 pub(crate) mod headers;
+mod normalize;
 pub(crate) mod respond;
 pub(crate) mod server;
 pub(crate) mod smuggle;

@@ -43,6 +43,12 @@ pub(crate) fn error(err: &ProxyError, ctx: ErrorContext) -> Response<ResponseBod
             ("bad request: invalid trailer field\n", true)
         }
         ProxyError::InvalidFieldValue => ("bad request: invalid header field value\n", true),
+        ProxyError::InvalidPath(_) => ("bad request: invalid path\n", true),
+        ProxyError::InvalidHost(_) => ("bad request: invalid Host\n", true),
+        ProxyError::UnderscoreHeader => ("bad request: header name with an underscore\n", true),
+        ProxyError::TooManyHeaders => ("too many request headers\n", true),
+        ProxyError::UnsupportedTransferCoding => ("unsupported transfer coding\n", true),
+        ProxyError::DuplicateQueryParameter(_) => ("bad request: repeated query parameter\n", true),
         ProxyError::Upstream(_) | ProxyError::InvalidResponse(_) => {
             ("upstream reset or protocol error\n", false)
         }

@@ -3,6 +3,7 @@
 //! connections of one listener see the listener's current settings.
 
 use crate::exec::LocalExec;
+use crate::http::edge::EdgePolicy;
 use crate::http::filters::{FilterChain, HttpFilter};
 use crate::metrics::ListenerMetrics;
 use crate::route::RouteTable;
@@ -25,6 +26,8 @@ pub struct HttpSpec {
     pub settings: config::HttpListener,
     /// The listener's filter chain.
     pub filters: FilterChain,
+    /// The normalize step's policy (path, host, header trust).
+    pub(crate) edge: EdgePolicy,
     pub(crate) h1: http1::Builder,
     pub(crate) h2: http2::Builder<LocalExec>,
 }
@@ -74,6 +77,7 @@ impl HttpSpec {
             routes,
             settings: s.clone(),
             filters: FilterChain::standard(extra_filters, s.generate_request_id),
+            edge: EdgePolicy::compile(s),
             h1,
             h2,
         }

@@ -24,6 +24,18 @@ pub(crate) fn valid_trailers(h: &HeaderMap) -> bool {
     valid_fields(h)
 }
 
+/// True when the message has no `Transfer-Encoding` or exactly `chunked`: any other coding
+/// (`gzip, chunked`, `identity, chunked`) would be dropped silently with the hop-by-hop header,
+/// so a request with one gets 501 and a response with one 502 (RFC 9112 §6.1).
+pub(crate) fn only_chunked(h: &HeaderMap) -> bool {
+    let mut values = h.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (values.next(), values.next()) {
+        (None, _) => true,
+        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

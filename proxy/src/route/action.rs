@@ -192,7 +192,9 @@ impl PathRewrite {
 }
 
 impl Redirect {
-    /// The `Location` for a request with this scheme, host (as sent) and path/query.
+    /// The `Location` for a request with this scheme, host (validated by the normalize step)
+    /// and path/query; `None` when there is no host to redirect to (an HTTP/1.0 request without
+    /// `Host` and no configured host): a `Location` is never built from an empty host.
     pub fn location(
         &self,
         scheme: &str,
@@ -200,11 +202,14 @@ impl Redirect {
         path: &str,
         query: Option<&str>,
         matched_prefix: Option<&str>,
-    ) -> String {
+    ) -> Option<String> {
         let new_scheme = self.scheme.as_deref().unwrap_or(scheme);
         let bare = super::strip_port(host);
         let orig_port = host.get(bare.len() + 1..).filter(|p| !p.is_empty());
         let new_host = self.host.as_deref().unwrap_or(bare);
+        if new_host.is_empty() {
+            return None;
+        }
         let port = match (self.port, orig_port) {
             (Some(p), _) => Some(p.to_string()),
             // Keep a non-default port only when neither scheme nor host changes.
@@ -230,7 +235,7 @@ impl Redirect {
             loc.push('?');
             loc.push_str(q);
         }
-        loc
+        Some(loc)
     }
 }
 

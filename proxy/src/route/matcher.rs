@@ -11,6 +11,9 @@ use std::borrow::Cow;
 #[derive(Debug)]
 pub(crate) enum PathMatch {
     Prefix(String),
+    /// Whole segments: the path equals it or continues with `/` (stored without a trailing
+    /// `/`; empty for `/`, which matches every path).
+    Segments(String),
     Exact(String),
     Regex(Regex),
 }
@@ -53,6 +56,13 @@ impl RouteMatcher {
     pub(crate) fn compile(m: &config::RouteMatch) -> Result<Self, CompileError> {
         let path = match (&m.prefix, &m.path, &m.regex) {
             (Some(p), _, _) => PathMatch::Prefix(p.clone()),
+            _ if m.path_prefix.is_some() => PathMatch::Segments(
+                m.path_prefix
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim_end_matches('/')
+                    .to_string(),
+            ),
             (_, Some(p), _) => PathMatch::Exact(p.clone()),
             (_, _, Some(r)) => PathMatch::Regex(regex(r)?),
             _ => {
@@ -96,17 +106,30 @@ impl RouteMatcher {
         })
     }
 
-    /// True when the request meets every condition.
-    pub(crate) fn matches(&self, req: &RequestHead<'_>) -> bool {
+    /// True when the request meets every condition; `Err(name)` when a query parameter this
+    /// route tests appears more than once in a request that meets every other condition.
+    pub(crate) fn matches(&self, req: &RequestHead<'_>) -> Result<bool, &str> {
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => req.path.starts_with(p.as_str()),
+            PathMatch::Segments(p) => req
+                .path
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
             PathMatch::Exact(p) => req.path == p,
             PathMatch::Regex(r) => r.is_match(req.path),
         };
-        path_ok
+        if !(path_ok
             && (self.methods.is_empty() || self.methods.contains(req.method))
-            && self.headers.iter().all(|c| c.matches(req))
-            && self.query.iter().all(|c| c.matches(req))
+            && self.headers.iter().all(|c| c.matches(req)))
+        {
+            return Ok(false);
+        }
+        for c in &self.query {
+            if !c.matches(req)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -162,19 +185,28 @@ impl HeaderCondition {
 }
 
 impl QueryCondition {
-    fn matches(&self, req: &RequestHead<'_>) -> bool {
-        let value = req.query.and_then(|q| query_param(q, &self.name));
-        self.value.matches(value.as_deref())
+    fn matches(&self, req: &RequestHead<'_>) -> Result<bool, &str> {
+        let value = match req.query {
+            Some(q) => unique_query_param(q, &self.name).ok_or(self.name.as_str())?,
+            None => None,
+        };
+        Ok(self.value.matches(value.as_deref()))
     }
 }
 
-/// The decoded value of the first `name` parameter in a query string (`a=1&b=2`). A parameter
-/// without `=` has the empty value.
-pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
-    query.split('&').find_map(|pair| {
+/// The decoded value of the `name` parameter; `None` (outer) when it appears more than once.
+fn unique_query_param<'a>(query: &'a str, name: &str) -> Option<Option<Cow<'a, str>>> {
+    let mut found = None;
+    for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
-    })
+        if percent_decode(k) == name {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(percent_decode(v));
+        }
+    }
+    Some(found)
 }
 
 /// Decodes `%XX` escapes and `+` (as space). Invalid escapes are kept as written.

@@ -137,9 +137,29 @@ impl RouteTable {
 
     /// The virtual host and first route that take `req`, or `None` (answered with 404).
     pub fn find(&self, req: &RequestHead<'_>) -> Option<(&VirtualHost, &Route)> {
-        let vh = self.virtual_hosts.get(self.hosts.find(req.host)?)?;
-        let route = vh.routes.iter().find(|r| r.matcher.matches(req))?;
-        Some((vh, route))
+        self.find_checked(req).ok().flatten()
+    }
+
+    /// Like [`RouteTable::find`], but refuses a request in which a query parameter that a
+    /// route otherwise matching it tests appears more than once (`Err` names it): the first
+    /// occurrence may satisfy a rule while the upstream believes another.
+    pub fn find_checked(
+        &self,
+        req: &RequestHead<'_>,
+    ) -> Result<Option<(&VirtualHost, &Route)>, &str> {
+        let Some(vh) = self
+            .hosts
+            .find(req.host)
+            .and_then(|i| self.virtual_hosts.get(i))
+        else {
+            return Ok(None);
+        };
+        for route in &vh.routes {
+            if route.matcher.matches(req)? {
+                return Ok(Some((vh, route)));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -147,7 +167,7 @@ impl Route {
     /// The prefix this route matched by, if it matches by prefix (for prefix rewrites).
     pub(crate) fn matched_prefix(&self) -> Option<&str> {
         match &self.matcher.path {
-            matcher::PathMatch::Prefix(p) => Some(p),
+            matcher::PathMatch::Prefix(p) | matcher::PathMatch::Segments(p) => Some(p),
             _ => None,
         }
     }

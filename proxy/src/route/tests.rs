@@ -302,7 +302,8 @@ fn redirect_locations() {
                     &r.path,
                     r.query.as_deref(),
                     route.matched_prefix(),
-                ),
+                )
+                .unwrap(),
             ),
             _ => panic!("not a redirect"),
         }

@@ -77,6 +77,11 @@ impl FileSource {
         }
         let parsed = sluice_config::parse(&text, &name);
         self.last_text = Some(text);
+        if let Ok(c) = &parsed {
+            for w in c.warnings() {
+                tracing::warn!(file = %name, "{w}");
+            }
+        }
         parsed.map(|c| Loaded::Changed(Box::new(c)))
     }
 
