@@ -28,7 +28,7 @@ const BUILTIN_INTERNAL_PREFIXES: [&str; 2] = ["x-envoy-", "x-sluice-"];
 
 /// One listener's compiled request-head policy.
 #[derive(Debug)]
-pub(crate) struct EdgePolicy {
+pub struct EdgePolicy {
     path: PathNormalization,
     underscores: UnderscoreAction,
     strip_trailing_host_dot: bool,
@@ -45,7 +45,7 @@ pub(crate) struct EdgePolicy {
 /// What the step decided besides the checks: the request's authority for routing and
 /// forwarding, and a redirect to answer instead of routing.
 #[derive(Debug)]
-pub(crate) enum Checked {
+pub enum Checked {
     /// Route it; `authority` is the validated host (one trailing dot stripped if configured).
     Route { authority: HeaderValue },
     /// Answer `307` with this `Location` (path and query): the path had escaped slashes.
@@ -53,7 +53,8 @@ pub(crate) enum Checked {
 }
 
 impl EdgePolicy {
-    pub(crate) fn compile(s: &config::HttpListener) -> Self {
+    /// Compiles a listener's settings.
+    pub fn compile(s: &config::HttpListener) -> Self {
         let mut internal_exact = Vec::new();
         let mut internal_prefixes: Vec<String> = BUILTIN_INTERNAL_PREFIXES
             .iter()
@@ -84,14 +85,14 @@ impl EdgePolicy {
 
     /// True when requests from `peer` are trusted (their request id and internal headers are
     /// kept).
-    pub(crate) fn trusts(&self, peer: IpAddr) -> bool {
+    pub fn trusts(&self, peer: IpAddr) -> bool {
         self.trusted_peers.iter().any(|c| c.contains(peer))
     }
 
     /// Checks and normalizes the request head in place. `authority` is the request's raw
     /// authority (`:authority`, absolute-form target or `Host`), empty for an HTTP/1.0 request
     /// without one.
-    pub(crate) fn check(
+    pub fn check(
         &self,
         parts: &mut Parts,
         authority: &HeaderValue,

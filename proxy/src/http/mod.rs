@@ -8,7 +8,7 @@ pub(crate) mod chunked;
 pub(crate) mod conn;
 mod context;
 mod decide;
-pub(crate) mod edge;
+pub mod edge;
 pub mod filters;
 mod finish;
 pub(crate) mod forward;
