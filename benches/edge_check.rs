@@ -29,12 +29,21 @@ const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
 fn head(target: &str, extra: &[(&str, &str)]) -> Parts {
     let mut b = Request::get(target)
         .header("host", "api.example.com")
-        .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0")
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
+        )
         .header("accept", "application/json, text/plain, */*")
         .header("accept-language", "en-US,en;q=0.5")
         .header("accept-encoding", "gzip, deflate, br")
-        .header("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.ZRrHA1JJJW8opsbCGfG_HACGpVUMN_a9IV7pAx_Zmeo")
-        .header("cookie", "session=8f14e45fceea167a5a36dedd4bea2543; theme=dark")
+        .header(
+            "authorization",
+            "Bearer eyJhbGciOiJIUzI1NiJ9.e30.ZRrHA1JJJW8opsbCGfG_HACGpVUMN_a9IV7pAx_Zmeo",
+        )
+        .header(
+            "cookie",
+            "session=8f14e45fceea167a5a36dedd4bea2543; theme=dark",
+        )
         .header("referer", "https://app.example.com/dashboard")
         .header("sec-fetch-mode", "cors");
     for (k, v) in extra {

@@ -409,3 +409,82 @@ fn mutated_configs_never_panic() {
         }
     }
 }
+
+#[test]
+fn edge_defaults_are_safe_and_warning_free() {
+    let c = parse(BASE, "test.yaml").unwrap();
+    let ListenerKind::Http(h) = &c.listeners[0].kind else {
+        panic!("an HTTP listener");
+    };
+    assert!(h.path_normalization.normalize && h.path_normalization.merge_slashes);
+    assert_eq!(
+        h.path_normalization.escaped_slashes,
+        EscapedSlashes::UnescapeAndRedirect
+    );
+    assert_eq!(h.headers_with_underscores, UnderscoreAction::Drop);
+    assert!(h.strip_trailing_host_dot);
+    assert_eq!(h.trust, Trust::default());
+    assert!(!c.admin.allow_remote);
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+}
+
+#[test]
+fn edge_settings_errors_are_located() {
+    let src = BASE.replace(
+        "    http: { route_table: main }\n",
+        "    http:\n      route_table: main\n      trust: { trusted_peers: [10.1.2.3/8], internal_headers: ['x bad'] }\n",
+    );
+    let e = errors(&src);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("listeners[0].http.trust.trusted_peers[0]") || e[0].contains("10.0.0.0/8"),
+        "{e:?}"
+    );
+    let src = BASE.replace(
+        "    http: { route_table: main }\n",
+        "    http:\n      route_table: main\n      trust: { internal_headers: ['x bad', host] }\n",
+    );
+    let e = errors(&src);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].starts_with("test.yaml:6:")
+            && e[0].contains("trust.internal_headers[0]: `x bad` is not a header name"),
+        "{e:?}"
+    );
+    assert!(e[1].contains("`host` frames the request"), "{e:?}");
+    let src = BASE.replace(
+        "    http: { route_table: main }\n",
+        "    http: { route_table: main, path_normalization: { escaped_slashes: decode } }\n",
+    );
+    let e = one_error(&src);
+    assert!(e.contains("unknown variant `decode`"), "{e}");
+}
+
+#[test]
+fn admin_must_stay_on_loopback_unless_allowed() {
+    let src = format!("admin: {{ address: 0.0.0.0:7191 }}\n{BASE}");
+    let e = one_error(&src);
+    assert!(
+        e.starts_with("test.yaml:1:")
+            && e.contains("admin.address: 0.0.0.0:7191 is not a loopback"),
+        "{e}"
+    );
+    let src = format!("admin: {{ address: '[::]:7191', allow_remote: true }}\n{BASE}");
+    let c = parse(&src, "test.yaml").unwrap();
+    assert_eq!(c.warnings().len(), 1);
+    let src = BASE.replace(
+        "    http: { route_table: main }\n",
+        "    http:\n      route_table: main\n      headers_with_underscores: allow\n      path_normalization: { normalize: false }\n",
+    );
+    let w = parse(&src, "test.yaml").unwrap().warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[0].contains("normalize is off") && w[1].contains("headers_with_underscores"));
+}
+
+#[test]
+fn path_prefix_is_a_path_specifier() {
+    let src = BASE.replace("match: { prefix: / }", "match: { path_prefix: /api }");
+    parse(&src, "test.yaml").unwrap();
+    let src = BASE.replace("match: { prefix: / }", "match: { path_prefix: api }");
+    assert!(one_error(&src).ends_with("match.path_prefix: must start with '/'"));
+}
