@@ -397,6 +397,41 @@ mod tests {
     }
 
     #[test]
+    fn http2_host_must_agree_with_authority() {
+        let p = policy(|_| {});
+        let metrics = Metrics::new().listener("t");
+        let h2 = |host: Option<&str>| {
+            let mut b = http::Request::get("http://a.example/x").version(Version::HTTP_2);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let authority = HeaderValue::from_static("a.example");
+        let mut r = h2(Some("b.example"));
+        assert!(matches!(
+            p.check(&mut r, &authority, PEER, &metrics),
+            Err(ProxyError::InvalidHost(_))
+        ));
+        let mut r = h2(Some("a.example"));
+        assert!(p.check(&mut r, &authority, PEER, &metrics).is_ok());
+        let mut r = h2(None);
+        assert!(p.check(&mut r, &authority, PEER, &metrics).is_ok());
+        // Too many fields on HTTP/2 (hyper counts HTTP/1.1's).
+        let mut r = h2(None);
+        for i in 0..101 {
+            r.headers.insert(
+                HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        assert!(matches!(
+            p.check(&mut r, &authority, PEER, &metrics),
+            Err(ProxyError::TooManyHeaders)
+        ));
+    }
+
+    #[test]
     fn path_and_host() {
         let mut r = request("/a/../b?q=1", &[]);
         run(&policy(|_| {}), &mut r).unwrap();
