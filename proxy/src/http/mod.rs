@@ -10,6 +10,7 @@ mod decide;
 pub mod filters;
 mod finish;
 pub(crate) mod forward;
+mod frames;
 pub(crate) mod headers;
 pub(crate) mod respond;
 pub(crate) mod server;
