@@ -73,13 +73,23 @@ pub struct HttpListener {
     #[serde(default = "default_max_request_headers")]
     pub max_request_headers: u32,
     /// Time allowed from a connection's first byte (or the end of the previous request) until
-    /// the request head is complete; on expiry the connection is closed. Default `10s`.
+    /// the request head is complete; on expiry the connection is closed. HTTP/2: the client
+    /// preface and first SETTINGS frame, and each header block (a HEADERS or PUSH_PROMISE
+    /// frame through the frame carrying END_HEADERS), must arrive within it. Default `10s`.
     #[serde(default = "default_request_header_timeout")]
     pub request_header_timeout: Duration,
     /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY).
     /// Default `1h` (Envoy's default).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// How long a connection Sluice asked to close (idle timeout or listener drain: HTTP/2
+    /// GOAWAY, HTTP/1.1 `Connection: close` or a close while idle) may take to do so while no
+    /// request is in flight: a peer that never answers the GOAWAY's PING or never reads the
+    /// last bytes would otherwise keep it open forever. On expiry the connection is closed.
+    /// Requests in flight are not cut by it (a drain's `--drain-timeout` still bounds those).
+    /// Default `5s` (Envoy's `drain_timeout`).
+    #[serde(default = "default_graceful_close_timeout")]
+    pub graceful_close_timeout: Duration,
     /// HTTP/2 settings for downstream connections.
     #[serde(default)]
     pub http2: Http2Settings,
@@ -203,6 +213,14 @@ pub struct Http2Settings {
     /// `SETTINGS_MAX_FRAME_SIZE`. Default `16KiB` (the protocol minimum).
     #[serde(default = "default_max_frame_size")]
     pub max_frame_size: ByteSize,
+    /// Premature-reset protection (streams the client resets before their response is
+    /// complete, as in the rapid-reset attack CVE-2023-44487): the connection is sent GOAWAY
+    /// and closed once half this many streams were reset prematurely, or, after this many
+    /// streams, once premature resets are at least half of all its streams (Envoy's
+    /// `premature_reset_total_stream_count` rule). `0` disables. Counted in
+    /// `sluice_downstream_rejected_total{reason="premature_resets"}`. Default 100.
+    #[serde(default = "default_premature_reset_stream_count")]
+    pub premature_reset_stream_count: u32,
 }
 
 impl Default for Http2Settings {
@@ -212,6 +230,7 @@ impl Default for Http2Settings {
             initial_stream_window_size: default_stream_window(),
             initial_connection_window_size: default_connection_window(),
             max_frame_size: default_max_frame_size(),
+            premature_reset_stream_count: default_premature_reset_stream_count(),
         }
     }
 }
@@ -237,6 +256,7 @@ impl HttpListener {
             max_request_headers: default_max_request_headers(),
             request_header_timeout: default_request_header_timeout(),
             idle_timeout: default_idle_timeout(),
+            graceful_close_timeout: default_graceful_close_timeout(),
             http2: Http2Settings::default(),
             generate_request_id: true,
             path_normalization: PathNormalization::default(),
@@ -258,6 +278,12 @@ fn default_request_header_timeout() -> Duration {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_graceful_close_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_premature_reset_stream_count() -> u32 {
+    100
 }
 fn default_max_concurrent_streams() -> u32 {
     100

@@ -238,6 +238,12 @@ impl Validator {
                 );
             }
         }
+        if h.graceful_close_timeout.is_zero() {
+            self.err(
+                format!("{p}.graceful_close_timeout"),
+                "must be greater than 0s",
+            );
+        }
         let h2 = &h.http2;
         let pp = format!("{p}.http2");
         if h2.max_concurrent_streams == 0 {

@@ -7,6 +7,7 @@
 #![allow(clippy::disallowed_types, unreachable_pub)]
 
 mod conformance;
+mod connection;
 mod edge;
 mod filters;
 mod lifecycle;

@@ -86,7 +86,12 @@ impl ResponseBody {
         }
     }
 
-    pub(crate) fn set_inflight(&mut self, guard: InflightGuard) {
+    /// Keeps the request in flight until the body is done; a body already at its end is
+    /// complete (hyper never polls it).
+    pub(crate) fn set_inflight(&mut self, mut guard: InflightGuard) {
+        if self.is_end_stream() {
+            guard.complete();
+        }
         self.inflight = Some(guard);
     }
 
@@ -155,6 +160,16 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = self.as_mut().poll_inner(cx);
+        if let Poll::Ready(frame) = &polled
+            && self.inflight.is_some()
+        {
+            // The end, or a failure that is not the client's: the request did not end by a
+            // premature reset.
+            let done = !matches!(frame, Some(Ok(_))) || self.is_end_stream();
+            if done && let Some(g) = self.inflight.as_mut() {
+                g.complete();
+            }
+        }
         if let (Poll::Ready(frame), Some(_)) = (&polled, &self.tracker) {
             let end = self.is_end_stream();
             if let Some(t) = self.tracker.as_mut() {

@@ -6,6 +6,9 @@
 //! the body bytes of every chunked request here and fails the read at the first byte that
 //! breaks the grammar; the request then ends as a 400 like any body hyper rejects.
 //!
+//! The same scanner skips `Content-Length` bodies ([`ChunkedScan::start_length`]), so the
+//! connection's head scan knows where the next pipelined request starts.
+//!
 //! ```text
 //! chunked-body = *chunk last-chunk trailer-section CRLF
 //! chunk        = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
@@ -18,9 +21,11 @@ const MAX_SIZE_DIGITS: u8 = 16;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum State {
-    /// Not in a chunked body.
+    /// Not in a body.
     #[default]
     Idle,
+    /// Inside a `Content-Length` body: `size` bytes remain.
+    Fixed,
     SizeStart,
     Size,
     /// Whitespace after the size: only a `;` may follow.
@@ -48,7 +53,18 @@ enum State {
     Invalid,
 }
 
-/// Streaming validator of one chunked body.
+/// What [`ChunkedScan::feed`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fed {
+    /// Every byte belongs to the body (or nothing is being scanned); more may follow.
+    More,
+    /// The body ended; the next request starts at this offset.
+    Done(usize),
+    /// The byte at this offset breaks the chunked grammar.
+    Invalid(usize),
+}
+
+/// Streaming validator of one chunked body (or skipper of one `Content-Length` body).
 #[derive(Debug, Default)]
 pub(crate) struct ChunkedScan {
     state: State,
@@ -77,18 +93,33 @@ impl ChunkedScan {
         };
     }
 
-    /// Stops scanning (a new request head).
-    pub(crate) fn reset(&mut self) {
-        *self = ChunkedScan::default();
+    /// A body of `len` (> 0) bytes starts with the next byte.
+    pub(crate) fn start_length(&mut self, len: u64) {
+        *self = ChunkedScan {
+            state: State::Fixed,
+            size: len,
+            digits: 0,
+        };
     }
 
-    /// Feeds body bytes; returns the offset of the first byte that breaks the grammar.
-    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+    /// Feeds body bytes: where the body ends, or the first byte that breaks the grammar.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Fed {
         let mut i = 0;
         while let Some(&b) = bytes.get(i) {
             match self.state {
-                State::Idle | State::Done => return None,
-                State::Invalid => return Some(i),
+                State::Idle | State::Done => return Fed::More,
+                State::Invalid => return Fed::Invalid(i),
+                State::Fixed => {
+                    let left = bytes.len() - i;
+                    let take = usize::try_from(self.size).map_or(left, |s| s.min(left));
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = State::Done;
+                        return Fed::Done(i);
+                    }
+                    continue;
+                }
                 State::Data => {
                     // Skip the chunk's data at once.
                     let left = bytes.len() - i;
@@ -103,12 +134,14 @@ impl ChunkedScan {
                 _ => {}
             }
             self.state = self.step(b);
-            if self.state == State::Invalid {
-                return Some(i);
-            }
             i += 1;
+            match self.state {
+                State::Invalid => return Fed::Invalid(i - 1),
+                State::Done => return Fed::Done(i),
+                _ => {}
+            }
         }
-        None
+        Fed::More
     }
 
     fn step(&mut self, b: u8) -> State {
@@ -174,12 +207,29 @@ mod tests {
         s.start();
         let mut offset = 0;
         for c in chunks {
-            if let Some(i) = s.feed(c) {
-                return Some(offset + i);
+            match s.feed(c) {
+                Fed::Invalid(i) => return Some(offset + i),
+                Fed::Done(_) => return None,
+                Fed::More => {}
             }
             offset += c.len();
         }
         None
+    }
+
+    #[test]
+    fn the_end_of_the_body_is_reported() {
+        let mut s = ChunkedScan::default();
+        s.start();
+        assert_eq!(s.feed(b"5\r\nhello\r\n0\r\n\r\nGET"), Fed::Done(15));
+        s.start();
+        assert_eq!(s.feed(b"0\r\n\r"), Fed::More);
+        assert_eq!(s.feed(b"\nGET"), Fed::Done(1));
+        s.start_length(5);
+        assert_eq!(s.feed(b"hel"), Fed::More);
+        assert_eq!(s.feed(b"loGET"), Fed::Done(2));
+        s.start_length(3);
+        assert_eq!(s.feed(b"abc"), Fed::Done(3));
     }
 
     #[test]
@@ -226,9 +276,9 @@ mod tests {
     #[test]
     fn idle_scan_sees_nothing() {
         let mut s = ChunkedScan::default();
-        assert_eq!(s.feed(b"\x00\x01 garbage"), None);
+        assert_eq!(s.feed(b"\x00\x01 garbage"), Fed::More);
         s.start();
-        assert_eq!(s.feed(b"0\r\n\r\n"), None);
-        assert_eq!(s.feed(b"anything after the end"), None);
+        assert_eq!(s.feed(b"0\r\n\r\n"), Fed::Done(5));
+        assert_eq!(s.feed(b"anything after the end"), Fed::More);
     }
 }

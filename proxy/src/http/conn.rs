@@ -1,19 +1,36 @@
 //! Per-connection state of a downstream HTTP connection: requests in flight, when the
-//! connection went idle, when the current request head started, and the smuggling scan. One
-//! coarse timer per connection enforces the header and idle timeouts from this state, so no
-//! timer is armed per request.
+//! connection went idle, when the current request head (HTTP/2: header block) started, the
+//! smuggling scan, premature stream resets, and what the connection is asked to do (close
+//! gracefully, close now). One coarse timer per connection enforces the header and idle
+//! timeouts from this state, so no timer is armed per request.
 
-use crate::http::chunked::ChunkedScan;
-use crate::http::smuggle::HeadScan;
+use crate::http::frames::FrameScan;
+use crate::http::smuggle::{H1Scan, next_head};
 use crate::metrics::ListenerMetrics;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+/// What the connection is asked to do, in rising priority (a signal never goes down).
+pub(crate) mod signal {
+    /// Keep serving.
+    pub(crate) const NONE: u8 = 0;
+    /// Idle timeout or drain: HTTP/2 GOAWAY, HTTP/1.1 closes after the response in flight.
+    pub(crate) const GRACEFUL: u8 = 1;
+    /// The graceful close took longer than `graceful_close_timeout`: close now.
+    pub(crate) const CLOSE_TIMEOUT: u8 = 2;
+    /// A request head (HTTP/2: header block) outlived the header timeout: close now.
+    pub(crate) const HEADER_TIMEOUT: u8 = 3;
+    /// Too many HTTP/2 streams reset prematurely: GOAWAY and close now, reading nothing more.
+    pub(crate) const PREMATURE_RESETS: u8 = 4;
+    /// The drain deadline passed: close now.
+    pub(crate) const FORCED: u8 = 5;
+}
 
 /// Shared by the connection's IO wrapper, its requests and its timer. Everything runs on one
 /// worker thread; the fields are atomics only because hyper requires upgradable IO to be
@@ -25,22 +42,48 @@ pub(crate) struct ConnState {
     inflight: AtomicU32,
     /// Nanoseconds since `base` when the last request finished.
     idle_since: AtomicU64,
-    /// Nanoseconds since `base` (plus one) when the current head started; 0 when none.
+    /// Nanoseconds since `base` (plus one) when the current head (HTTP/2: header block, or the
+    /// preface and first SETTINGS) started; 0 when none.
     head_started: AtomicU64,
-    /// The current head carried both Content-Length and Transfer-Encoding.
-    cl_te: AtomicBool,
+    /// HTTP/1.1: the number of the first head that carried both Content-Length and
+    /// Transfer-Encoding (0: none), of heads hyper has handed over, and of heads the IO
+    /// wrapper has scanned (kept here, not in the wrapper, which lives in the task).
+    cl_te_head: AtomicU32,
+    heads: AtomicU32,
+    scanned: AtomicU32,
+    /// HTTP/1.1: the connection switched protocols; its bytes are no longer HTTP.
+    upgraded: AtomicBool,
+    /// HTTP/2: streams ended, those reset by the client before their response completed, and
+    /// the `premature_reset_stream_count` setting (0: off).
+    streams: AtomicU32,
+    premature: AtomicU32,
+    premature_limit: u32,
+    /// A [`signal`] value, and the connection task's waker (a task's waker never changes, so
+    /// it is stored once, by the first poll).
+    signal: AtomicU8,
+    waker: OnceLock<Waker>,
     pub(crate) metrics: ListenerMetrics,
 }
 
 impl ConnState {
-    pub(crate) fn new(http1: bool, metrics: ListenerMetrics) -> Arc<Self> {
+    pub(crate) fn new(http1: bool, premature_limit: u32, metrics: ListenerMetrics) -> Arc<Self> {
+        let base = crate::clock::coarse_now();
         Arc::new(ConnState {
             http1,
-            base: crate::clock::coarse_now(),
+            base,
             inflight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
-            head_started: AtomicU64::new(0),
-            cl_te: AtomicBool::new(false),
+            // HTTP/2: the preface and first SETTINGS are timed from now.
+            head_started: AtomicU64::new(u64::from(!http1)),
+            cl_te_head: AtomicU32::new(0),
+            heads: AtomicU32::new(0),
+            scanned: AtomicU32::new(0),
+            upgraded: AtomicBool::new(false),
+            streams: AtomicU32::new(0),
+            premature: AtomicU32::new(0),
+            premature_limit,
+            signal: AtomicU8::new(signal::NONE),
+            waker: OnceLock::new(),
             metrics,
         })
     }
@@ -67,40 +110,131 @@ impl ConnState {
         }
     }
 
-    /// Bytes arrived from the client; returns true when they start a new request head.
-    fn on_read(&self) -> bool {
-        if self.http1 && self.inflight.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
-            self.head_started.store(self.since_base() + 1, Relaxed);
-            self.cl_te.store(false, Relaxed);
-            return true;
+    /// The current signal.
+    pub(crate) fn signal(&self) -> u8 {
+        self.signal.load(Relaxed)
+    }
+
+    /// Raises the signal to `to` (never lowers it) and wakes the connection task.
+    pub(crate) fn raise(&self, to: u8) {
+        if to > self.signal.load(Relaxed) {
+            self.signal.store(to, Relaxed);
+            if let Some(w) = self.waker.get() {
+                w.wake_by_ref();
+            }
         }
-        false
+    }
+
+    /// Called by the connection task's poll: remembers its waker (once).
+    pub(crate) fn register(&self, waker: &Waker) {
+        if self.waker.get().is_none() {
+            let _ = self.waker.set(waker.clone());
+        }
+    }
+
+    /// HTTP/1.1 bytes arrived from the client: when no request is in flight and no head has
+    /// started, they start a new head, timed by the header timeout.
+    fn on_read(&self) {
+        if self.inflight.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
+            self.head_started.store(self.since_base() + 1, Relaxed);
+        }
+    }
+
+    /// HTTP/2 frames arrived: whether a header block is in progress, and whether one started in
+    /// this read.
+    fn on_frames(&self, in_block: bool, started: bool) {
+        if !in_block {
+            if self.head_started.load(Relaxed) != 0 {
+                self.head_started.store(0, Relaxed);
+            }
+        } else if started {
+            self.head_started.store(self.since_base() + 1, Relaxed);
+        }
+    }
+
+    /// The connection switched protocols (101): what follows is not HTTP.
+    pub(crate) fn set_upgraded(&self) {
+        self.upgraded.store(true, Relaxed);
     }
 
     /// A request head was parsed: the request counts as in flight until the guard drops with
     /// the response body. Returns the guard and whether the head had both Content-Length and
     /// Transfer-Encoding.
     pub(crate) fn begin_request(self: &Arc<Self>) -> (InflightGuard, bool) {
-        self.head_started.store(0, Relaxed);
+        let mut cl_te = false;
+        if self.http1 {
+            self.head_started.store(0, Relaxed);
+            let n = next_head(self.heads.load(Relaxed));
+            self.heads.store(n, Relaxed);
+            cl_te = self.cl_te_head.load(Relaxed) == n;
+        }
         self.inflight
             .store(self.inflight.load(Relaxed) + 1, Relaxed);
         self.metrics.requests.inc();
-        let cl_te = self.cl_te.swap(false, Relaxed);
-        (InflightGuard(Arc::clone(self)), cl_te)
+        let guard = InflightGuard {
+            state: Arc::clone(self),
+            complete: false,
+        };
+        (guard, cl_te)
+    }
+
+    /// An HTTP/2 stream ended; `premature` when the client reset it (or went away) before its
+    /// response was complete. Past the limit the connection is told to close.
+    fn stream_ended(&self, premature: bool) {
+        let streams = self.streams.load(Relaxed).saturating_add(1);
+        self.streams.store(streams, Relaxed);
+        if !premature {
+            return;
+        }
+        let resets = self.premature.load(Relaxed).saturating_add(1);
+        self.premature.store(resets, Relaxed);
+        if premature_resets_exceeded(streams, resets, self.premature_limit) {
+            self.raise(signal::PREMATURE_RESETS);
+        }
+    }
+}
+
+/// Envoy's rule: before `limit` streams, half of `limit` resets is too many (even if every
+/// later stream completed, the ratio would be reached at `limit`); from `limit` streams on,
+/// resets of half the streams are. `limit` 0 disables.
+fn premature_resets_exceeded(streams: u32, resets: u32, limit: u32) -> bool {
+    if limit == 0 {
+        return false;
+    }
+    let resets = u64::from(resets) * 2;
+    if streams < limit {
+        resets >= u64::from(limit)
+    } else {
+        resets >= u64::from(streams)
     }
 }
 
 /// Marks one request as in flight.
 #[derive(Debug)]
-pub(crate) struct InflightGuard(Arc<ConnState>);
+pub(crate) struct InflightGuard {
+    state: Arc<ConnState>,
+    /// The response was produced to its end (or Sluice ended it): if the guard drops without
+    /// it, the client reset the stream or went away.
+    complete: bool,
+}
+
+impl InflightGuard {
+    /// The response was produced to its end, or Sluice itself ended the stream.
+    pub(crate) fn complete(&mut self) {
+        self.complete = true;
+    }
+}
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        let s = &self.0;
+        let s = &self.state;
         let n = s.inflight.load(Relaxed).saturating_sub(1);
         s.inflight.store(n, Relaxed);
         if n == 0 {
             s.idle_since.store(s.since_base(), Relaxed);
+        }
+        if !s.http1 {
+            s.stream_ended(!self.complete);
         }
     }
 }
@@ -116,7 +250,8 @@ pub(crate) enum Expired {
 
 /// Waits until a timeout applies to the connection. Wakes at least every `header_timeout` (so a
 /// head that starts while the connection sleeps toward its idle deadline is still caught on
-/// time) and otherwise at the next deadline.
+/// time) and otherwise at the next deadline. A head (HTTP/2: header block) in progress is timed
+/// even while other requests are in flight.
 pub(crate) async fn expired(
     state: &ConnState,
     header_timeout: Duration,
@@ -128,14 +263,14 @@ pub(crate) async fn expired(
     loop {
         sleep.as_mut().await;
         let now = Instant::now();
-        let next = if state.inflight.load(Relaxed) > 0 {
-            now + tick
-        } else if let Some(started) = state.head_started() {
+        let next = if let Some(started) = state.head_started() {
             let deadline = started + header_timeout;
             if now >= deadline {
                 return Expired::Header;
             }
             deadline
+        } else if state.inflight.load(Relaxed) > 0 {
+            now + tick
         } else {
             let deadline = state.at(state.idle_since.load(Relaxed)) + idle_timeout;
             if now >= deadline {
@@ -147,28 +282,47 @@ pub(crate) async fn expired(
     }
 }
 
-/// The downstream socket, reporting reads to the connection state and scanning HTTP/1.1 heads
-/// and chunked request bodies.
+/// After a graceful close was asked for: resolves once `timeout` has passed and no request is
+/// in flight (requests in flight are left to finish; a drain's forced phase bounds them).
+pub(crate) async fn close_overdue(state: &ConnState, timeout: Duration) {
+    loop {
+        tokio::time::sleep(timeout).await;
+        if state.inflight.load(Relaxed) == 0 {
+            return;
+        }
+    }
+}
+
+/// What the IO wrapper follows on the read side.
+#[derive(Debug)]
+enum Scan {
+    /// HTTP/1.1: every head and body ([`H1Scan`]).
+    Http1(H1Scan),
+    /// HTTP/2: frame boundaries, for the header timeout ([`FrameScan`]).
+    Http2(FrameScan),
+    /// A chunked body broke the grammar: the bytes from the violation on are never handed to
+    /// hyper, and the next read fails. (A variant rather than a flag: the wrapper lives in
+    /// every HTTP/1.1 connection's task, and this keeps it 8 bytes smaller.)
+    Poisoned,
+}
+
+/// The downstream socket, reporting reads to the connection state, scanning HTTP/1.1 heads and
+/// bodies (CL+TE, chunked grammar) and HTTP/2 frame boundaries.
 #[derive(Debug)]
 pub(crate) struct ConnIo<S> {
     inner: S,
     state: Arc<ConnState>,
-    scan: HeadScan,
-    chunked: ChunkedScan,
-    /// A chunked body broke the grammar: the bytes from the violation on are never handed to
-    /// hyper, and the next read fails.
-    poisoned: bool,
+    scan: Scan,
 }
 
 impl<S> ConnIo<S> {
     pub(crate) fn new(inner: S, state: Arc<ConnState>) -> Self {
-        ConnIo {
-            inner,
-            state,
-            scan: HeadScan::default(),
-            chunked: ChunkedScan::default(),
-            poisoned: false,
-        }
+        let scan = if state.http1 {
+            Scan::Http1(H1Scan::default())
+        } else {
+            Scan::Http2(FrameScan::default())
+        };
+        ConnIo { inner, state, scan }
     }
 }
 
@@ -178,8 +332,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.poisoned {
+        if matches!(self.scan, Scan::Poisoned) {
             return Poll::Ready(Err(malformed_chunked()));
+        }
+        if self.state.signal() == signal::PREMATURE_RESETS {
+            // The connection is about to close: read no more streams, only send the GOAWAY.
+            return Poll::Pending;
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
@@ -188,28 +346,28 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
         if let Some(new) = buf.filled().get(before..)
             && !new.is_empty()
         {
-            if this.state.on_read() {
-                this.scan.start();
-                this.chunked.reset();
-            }
-            let (cl_te, body) = this.scan.feed_split(new);
-            if cl_te {
-                this.state.cl_te.store(true, Relaxed);
-            }
-            let (offset, body) = match body {
-                Some(rest) => {
-                    // Content-Length + Transfer-Encoding is refused anyway (400).
-                    if this.scan.saw_transfer_encoding() && !cl_te {
-                        this.chunked.start();
+            match &mut this.scan {
+                Scan::Http1(scan) => {
+                    if !this.state.upgraded.load(Relaxed) {
+                        this.state.on_read();
+                        let mut heads = this.state.scanned.load(Relaxed);
+                        let found = scan.feed(new, &mut heads);
+                        this.state.scanned.store(heads, Relaxed);
+                        if let Some(n) = found.cl_te_head {
+                            this.state.cl_te_head.store(n, Relaxed);
+                        }
+                        cut = found.invalid_at.map(|at| before + at);
                     }
-                    (new.len() - rest.len(), rest)
                 }
-                None => (0, new),
-            };
-            cut = this.chunked.feed(body).map(|at| before + offset + at);
+                Scan::Http2(frames) => {
+                    let b = frames.feed(new);
+                    this.state.on_frames(b.in_block, b.started);
+                }
+                Scan::Poisoned => {}
+            }
         }
         if let Some(valid) = cut {
-            this.poisoned = true;
+            this.scan = Scan::Poisoned;
             if valid == before {
                 // Nothing valid in this read (an empty read would look like EOF).
                 return Poll::Ready(Err(malformed_chunked()));
@@ -258,7 +416,7 @@ mod tests {
     use crate::metrics::Metrics;
 
     fn state() -> Arc<ConnState> {
-        ConnState::new(true, Metrics::new().listener("t"))
+        ConnState::new(true, 100, Metrics::new().listener("t"))
     }
 
     #[tokio::test(start_paused = true)]
@@ -287,6 +445,48 @@ mod tests {
             .await;
         assert_eq!(e, Expired::Header);
         assert_eq!(t0.elapsed(), Duration::from_secs(35));
+    }
+
+    #[test]
+    fn premature_reset_rule() {
+        // Half the limit before the limit is reached.
+        assert!(!premature_resets_exceeded(60, 49, 100));
+        assert!(premature_resets_exceeded(50, 50, 100));
+        // From the limit on, half of all streams.
+        assert!(!premature_resets_exceeded(1000, 499, 100));
+        assert!(premature_resets_exceeded(1000, 500, 100));
+        assert!(!premature_resets_exceeded(1000, 1000, 0));
+    }
+
+    #[test]
+    fn http2_streams_reset_before_their_response_trip_the_limit() {
+        let s = ConnState::new(false, 10, Metrics::new().listener("t"));
+        for _ in 0..3 {
+            let (mut g, _) = s.begin_request();
+            g.complete();
+        }
+        for _ in 0..4 {
+            drop(s.begin_request());
+        }
+        assert_eq!(s.signal(), signal::NONE);
+        drop(s.begin_request());
+        assert_eq!(s.signal(), signal::PREMATURE_RESETS);
+        // HTTP/1.1 connections do not count.
+        let s = ConnState::new(true, 1, Metrics::new().listener("t"));
+        drop(s.begin_request());
+        assert_eq!(s.signal(), signal::NONE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_header_block_is_timed_while_streams_are_in_flight() {
+        let s = ConnState::new(false, 0, Metrics::new().listener("t"));
+        s.on_frames(false, false);
+        let (_guard, _) = s.begin_request();
+        s.on_frames(true, true);
+        let t0 = Instant::now();
+        let e = expired(&s, Duration::from_secs(10), Duration::from_secs(60)).await;
+        assert_eq!(e, Expired::Header);
+        assert!(t0.elapsed() <= Duration::from_secs(10));
     }
 
     #[tokio::test(start_paused = true)]

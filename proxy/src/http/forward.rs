@@ -60,7 +60,12 @@ impl HttpConn {
         spec: Rc<CurrentSpec>,
         http2: bool,
     ) -> Rc<Self> {
-        let state = ConnState::new(!http2, spec.get().metrics.clone());
+        let current = spec.get();
+        let state = ConnState::new(
+            !http2,
+            current.settings.http2.premature_reset_stream_count,
+            current.metrics.clone(),
+        );
         let client_ip =
             HeaderValue::from_maybe_shared(bytes::Bytes::from(info.peer.ip().to_string()))
                 .unwrap_or(HeaderValue::from_static("unknown"));
@@ -85,7 +90,7 @@ pub(crate) async fn handle(
     conn: Rc<HttpConn>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, StreamReset> {
-    let (inflight, smuggled) = conn.state.begin_request();
+    let (mut inflight, smuggled) = conn.state.begin_request();
     let spec = conn.spec();
     let http: &HttpSpec = &spec;
     let http1 = req.version() != Version::HTTP_2;
@@ -137,7 +142,14 @@ pub(crate) async fn handle(
                 meta,
                 ..
             } = send;
-            Box::pin(upgrade::forward(call, request, down, &conn.drain, meta)).await
+            let r = Box::pin(upgrade::forward(call, request, down, &conn.drain, meta)).await;
+            if r.as_ref()
+                .is_ok_and(|r| r.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+            {
+                // The bytes that follow are the tunnel's: the connection's scans stop.
+                conn.state.set_upgraded();
+            }
+            r
         }
         Step::Wait(plan, fut, next) => Box::pin(after_wait(&conn, http, *plan, fut, next)).await,
     };
@@ -151,7 +163,9 @@ pub(crate) async fn handle(
                 spec.metrics.rejected(reason);
             }
             if !http1 && let Some(reason) = respond::stream_reset(&e) {
-                // hyper resets the stream with the reason in the service's error.
+                // hyper resets the stream with the reason in the service's error; Sluice ends
+                // it, so it is not the client's premature reset.
+                inflight.complete();
                 return Err(StreamReset(h2::Error::from(reason)));
             }
             flag = Some(e.flag());
@@ -329,7 +343,14 @@ async fn after_wait<'a>(
                 meta,
                 ..
             } = send;
-            Box::pin(upgrade::forward(call, request, down, &conn.drain, meta)).await
+            let r = Box::pin(upgrade::forward(call, request, down, &conn.drain, meta)).await;
+            if r.as_ref()
+                .is_ok_and(|r| r.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+            {
+                // The bytes that follow are the tunnel's: the connection's scans stop.
+                conn.state.set_upgraded();
+            }
+            r
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod edge;
 pub mod filters;
 mod finish;
 pub(crate) mod forward;
+mod frames;
 pub(crate) mod headers;
 mod normalize;
 pub(crate) mod respond;

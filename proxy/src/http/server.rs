@@ -1,20 +1,20 @@
 //! Serving one downstream HTTP connection: run hyper (HTTP/1.1 or HTTP/2, as the listener
 //! detected) with the listener's limits over any byte stream, enforce the header and idle
-//! timeouts, and drain on request.
+//! timeouts, drain on request, bound a graceful close, and close HTTP/2 connections that reset
+//! too many streams prematurely.
 
 use crate::drain::Drain;
 use crate::http::HttpSpec;
-use crate::http::conn::{self, ConnIo, ConnState, Expired};
+use crate::http::conn::{self, ConnIo, ConnState, Expired, signal};
 use crate::http::forward::{self, HttpConn};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A hyper connection that can be asked to finish gracefully.
@@ -91,6 +91,14 @@ where
             http.metrics.rejected("header_timeout");
             tracing::debug!(%peer, "request head not complete within the header timeout");
         }
+        Outcome::CloseTimeout => {
+            http.metrics.rejected("graceful_close_timeout");
+            tracing::debug!(%peer, "connection did not close within the graceful close timeout");
+        }
+        Outcome::PrematureResets => {
+            http.metrics.rejected("premature_resets");
+            tracing::debug!(%peer, "too many HTTP/2 streams reset prematurely: GOAWAY and close");
+        }
         Outcome::Forced => tracing::debug!(%peer, "connection closed by forced drain"),
     }
 }
@@ -98,32 +106,9 @@ where
 enum Outcome {
     Done(hyper::Result<()>),
     HeaderTimeout,
+    CloseTimeout,
+    PrematureResets,
     Forced,
-}
-
-// What the connection's watcher task asks of the connection (0: keep running).
-const GRACEFUL: u8 = 1;
-const HEADER_TIMEOUT: u8 = 2;
-const FORCED: u8 = 3;
-
-/// Set by the watcher task, read by the connection on every poll (a `Cell` read): the timers
-/// and the drain signal stay off the connection's hot path instead of being polled on each of
-/// its wake-ups, as `select!` would.
-#[derive(Debug, Default)]
-struct Signal {
-    state: Cell<u8>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Signal {
-    fn raise(&self, to: u8) {
-        if to > self.state.get() {
-            self.state.set(to);
-            if let Some(w) = self.waker.borrow().as_ref() {
-                w.wake_by_ref();
-            }
-        }
-    }
 }
 
 /// Aborts the watcher when the connection ends.
@@ -135,27 +120,30 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Watches the header and idle timeouts and the listener's drain for one connection.
-fn spawn_watcher(
-    signal: &Rc<Signal>,
-    state: &Arc<ConnState>,
-    http: &HttpSpec,
-    drain: &Drain,
-) -> AbortOnDrop {
-    let (signal, state) = (Rc::clone(signal), Arc::clone(state));
+/// Watches the header and idle timeouts and the listener's drain for one connection, and
+/// bounds a graceful close: the connection state's signal is raised for the connection to act
+/// on (its timers stay off the connection's hot path instead of being polled on each of its
+/// wake-ups, as `select!` would).
+fn spawn_watcher(state: &Arc<ConnState>, http: &HttpSpec, drain: &Drain) -> AbortOnDrop {
+    let state = Arc::clone(state);
     let header = http.settings.request_header_timeout.get();
     let idle = http.settings.idle_timeout.get();
+    let close = http.settings.graceful_close_timeout.get();
     let mut watch = drain.watch();
     AbortOnDrop(tokio::task::spawn_local(async move {
         tokio::select! {
-            e = conn::expired(&state, header, idle) => signal.raise(match e {
-                Expired::Header => HEADER_TIMEOUT,
-                Expired::Idle => GRACEFUL,
-            }),
-            _ = watch.draining() => signal.raise(GRACEFUL),
+            e = conn::expired(&state, header, idle) => match e {
+                Expired::Header => return state.raise(signal::HEADER_TIMEOUT),
+                Expired::Idle => state.raise(signal::GRACEFUL),
+            },
+            _ = watch.draining() => state.raise(signal::GRACEFUL),
         }
-        watch.forced().await;
-        signal.raise(FORCED);
+        // A peer that never answers the GOAWAY's PING, or never reads the last response,
+        // would hold the connection open forever.
+        tokio::select! {
+            _ = watch.forced() => state.raise(signal::FORCED),
+            _ = conn::close_overdue(&state, close) => state.raise(signal::CLOSE_TIMEOUT),
+        }
     }))
 }
 
@@ -165,22 +153,21 @@ async fn drive<C: Graceful>(
     http: &HttpSpec,
     drain: &Drain,
 ) -> Outcome {
-    let signal = Rc::new(Signal::default());
-    let _watcher = spawn_watcher(&signal, state, http, drain);
+    let _watcher = spawn_watcher(state, http, drain);
     tokio::pin!(conn);
     Drive {
         conn: conn.as_mut(),
-        signal: &signal,
+        state,
         graceful: false,
     }
     .await
 }
 
-/// Polls the hyper connection, acting on the watcher's signal first. On a drain or idle
-/// timeout: HTTP/2 sends GOAWAY, HTTP/1.1 closes after the response in flight.
+/// Polls the hyper connection, acting on the connection state's signal first. On a drain or
+/// idle timeout: HTTP/2 sends GOAWAY, HTTP/1.1 closes after the response in flight.
 struct Drive<'a, C> {
     conn: Pin<&'a mut C>,
-    signal: &'a Signal,
+    state: &'a ConnState,
     graceful: bool,
 }
 
@@ -189,16 +176,22 @@ impl<C: Graceful> Future for Drive<'_, C> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = &mut *self;
-        {
-            let mut stored = this.signal.waker.borrow_mut();
-            if !stored.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *stored = Some(cx.waker().clone());
+        this.state.register(cx.waker());
+        match this.state.signal() {
+            signal::FORCED => return Poll::Ready(Outcome::Forced),
+            signal::PREMATURE_RESETS => {
+                // GOAWAY, written by one more poll (the IO reads nothing more, so no new
+                // stream is accepted), then close.
+                if !this.graceful {
+                    this.graceful = true;
+                    this.conn.as_mut().graceful();
+                }
+                let _ = this.conn.as_mut().poll(cx);
+                return Poll::Ready(Outcome::PrematureResets);
             }
-        }
-        match this.signal.state.get() {
-            FORCED => return Poll::Ready(Outcome::Forced),
-            HEADER_TIMEOUT => return Poll::Ready(Outcome::HeaderTimeout),
-            GRACEFUL if !this.graceful => {
+            signal::HEADER_TIMEOUT => return Poll::Ready(Outcome::HeaderTimeout),
+            signal::CLOSE_TIMEOUT => return Poll::Ready(Outcome::CloseTimeout),
+            signal::GRACEFUL if !this.graceful => {
                 this.graceful = true;
                 this.conn.as_mut().graceful();
             }
