@@ -251,18 +251,6 @@ impl ProxyError {
     pub fn flag(&self) -> &'static str {
         match self {
             ProxyError::NoRoute { .. } => "NR",
-            ProxyError::MissingHost
-            | ProxyError::MultipleHost
-            | ProxyError::ContentLengthWithTransferEncoding
-            | ProxyError::ConnectNotSupported
-            | ProxyError::RequestBody(_)
-            | ProxyError::InvalidFieldValue
-            | ProxyError::InvalidPath(_)
-            | ProxyError::InvalidHost(_)
-            | ProxyError::UnderscoreHeader
-            | ProxyError::TooManyHeaders
-            | ProxyError::UnsupportedTransferCoding
-            | ProxyError::DuplicateQueryParameter(_) => "DPE",
             ProxyError::NoCluster(_) => "NC",
             ProxyError::NoEndpoint(_) => "UH",
             ProxyError::ConnectFailed { .. } | ProxyError::Handshake { .. } => "UF",
@@ -270,6 +258,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => "UT",
             ProxyError::Upstream(_) => "UC",
             ProxyError::InvalidResponse(_) => "UPE",
+            // Every other failure is the client's protocol error (the list is in `side`).
+            _ => "DPE",
         }
     }
 }
@@ -309,5 +299,26 @@ mod tests {
         );
         assert_eq!(ProxyError::MissingHost.rejection(), Some("missing_host"));
         assert_eq!(ProxyError::NoCluster("c".into()).rejection(), None);
+        // Downstream protocol errors, and only they, are flagged DPE.
+        for e in [
+            ProxyError::MissingHost,
+            ProxyError::InvalidPath("x"),
+            ProxyError::InvalidHost("x"),
+            ProxyError::UnderscoreHeader,
+            ProxyError::TooManyHeaders,
+            ProxyError::UnsupportedTransferCoding,
+            ProxyError::DuplicateQueryParameter("q".into()),
+        ] {
+            assert_eq!((e.flag(), e.side()), ("DPE", Side::Downstream), "{e}");
+            assert!(e.rejection().is_some(), "{e}");
+        }
+        assert_eq!(
+            ProxyError::NoRoute {
+                host: String::new(),
+                path: String::new()
+            }
+            .flag(),
+            "NR"
+        );
     }
 }
