@@ -1,7 +1,8 @@
 //! Per-connection state of a downstream HTTP connection: requests in flight, when the
 //! connection went idle, when the current request head started, and the smuggling scan. One
 //! coarse timer per connection enforces the header and idle timeouts from this state, so no
-//! timer is armed per request.
+//! timer is armed per request; on HTTP/1.1 (one exchange at a time) it also enforces the stream
+//! idle timeout from progress stamps the IO wrapper leaves.
 
 use crate::http::chunked::ChunkedScan;
 use crate::http::smuggle::HeadScan;
@@ -29,6 +30,11 @@ pub(crate) struct ConnState {
     head_started: AtomicU64,
     /// The current head carried both Content-Length and Transfer-Encoding.
     cl_te: AtomicBool,
+    /// HTTP/1.1: nanoseconds since `base` of the current exchange's last progress (its start,
+    /// request bytes read before its response started, response bytes written).
+    progress: AtomicU64,
+    /// HTTP/1.1: response bytes of the current exchange have been written.
+    responded: AtomicBool,
     pub(crate) metrics: ListenerMetrics,
 }
 
@@ -41,6 +47,8 @@ impl ConnState {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             cl_te: AtomicBool::new(false),
+            progress: AtomicU64::new(0),
+            responded: AtomicBool::new(false),
             metrics,
         })
     }
@@ -81,6 +89,7 @@ impl ConnState {
     /// the response body. Returns the guard and whether the head had both Content-Length and
     /// Transfer-Encoding.
     pub(crate) fn begin_request(self: &Arc<Self>) -> (InflightGuard, bool) {
+        self.start_exchange();
         self.head_started.store(0, Relaxed);
         self.inflight
             .store(self.inflight.load(Relaxed) + 1, Relaxed);
@@ -89,6 +98,46 @@ impl ConnState {
         (InflightGuard(Arc::clone(self)), cl_te)
     }
 }
+
+impl ConnState {
+    /// A request/response exchange starts: its stream idle clock starts.
+    fn start_exchange(&self) {
+        self.progress.store(self.since_base(), Relaxed);
+        self.responded.store(false, Relaxed);
+    }
+
+    /// Request bytes arrived: progress until the response starts. Afterwards only response
+    /// bytes count, so a stalled response cannot be kept open by trickling the next request
+    /// (hyper reads ahead into its buffer).
+    fn on_read_progress(&self) {
+        if !self.responded.load(Relaxed) {
+            self.progress.store(self.since_base(), Relaxed);
+        }
+    }
+
+    /// Response bytes were taken by the client.
+    fn on_write_progress(&self) {
+        self.progress.store(self.since_base(), Relaxed);
+        self.responded.store(true, Relaxed);
+    }
+
+    /// HTTP/1.1 with a request in flight: when the exchange's stream idle timeout expires.
+    /// Before any response byte was written the request future answers 408/504 itself at the
+    /// same deadline, so the connection is closed only [`STREAM_IDLE_GRACE`] later, if that
+    /// answer did not go out.
+    fn stream_deadline(&self, stream_idle: Duration) -> Instant {
+        let grace = if self.responded.load(Relaxed) {
+            Duration::ZERO
+        } else {
+            STREAM_IDLE_GRACE
+        };
+        self.at(self.progress.load(Relaxed)) + stream_idle + grace
+    }
+}
+
+/// How long an HTTP/1.1 exchange without response bytes may outlive its stream idle timeout
+/// while its request future answers (see [`ConnState::stream_deadline`]).
+const STREAM_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// Marks one request as in flight.
 #[derive(Debug)]
@@ -112,24 +161,35 @@ pub(crate) enum Expired {
     Header,
     /// No request for the idle timeout: close gracefully.
     Idle,
+    /// HTTP/1.1: the exchange in flight made no progress for the stream idle timeout: close now.
+    StreamIdle,
 }
 
 /// Waits until a timeout applies to the connection. Wakes at least every `header_timeout` (so a
 /// head that starts while the connection sleeps toward its idle deadline is still caught on
-/// time) and otherwise at the next deadline.
+/// time; likewise the stream idle timeout) and otherwise at the next deadline.
 pub(crate) async fn expired(
     state: &ConnState,
     header_timeout: Duration,
     idle_timeout: Duration,
+    stream_idle: Option<Duration>,
 ) -> Expired {
-    let tick = header_timeout.min(idle_timeout);
+    // The stream idle timeout is per stream on HTTP/2 (`http/stream.rs`).
+    let stream_idle = stream_idle.filter(|_| state.http1);
+    let tick = header_timeout
+        .min(idle_timeout)
+        .min(stream_idle.unwrap_or(Duration::MAX));
     let sleep = tokio::time::sleep(tick);
     tokio::pin!(sleep);
     loop {
         sleep.as_mut().await;
         let now = Instant::now();
         let next = if state.inflight.load(Relaxed) > 0 {
-            now + tick
+            match stream_idle.map(|d| state.stream_deadline(d)) {
+                Some(deadline) if now >= deadline => return Expired::StreamIdle,
+                Some(deadline) => deadline.min(now + tick),
+                None => now + tick,
+            }
         } else if let Some(started) = state.head_started() {
             let deadline = started + header_timeout;
             if now >= deadline {
@@ -192,6 +252,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
                 this.scan.start();
                 this.chunked.reset();
             }
+            this.state.on_read_progress();
             let (cl_te, body) = this.scan.feed_split(new);
             if cl_te {
                 this.state.cl_te.store(true, Relaxed);
@@ -232,14 +293,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
+        if written.as_ref().is_ok_and(|n| *n > 0) {
+            self.state.on_write_progress();
+        }
+        Poll::Ready(written)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
+        if written.as_ref().is_ok_and(|n| *n > 0) {
+            self.state.on_write_progress();
+        }
+        Poll::Ready(written)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -265,7 +334,7 @@ mod tests {
     async fn idle_timeout_fires_after_idle_period() {
         let s = state();
         let t0 = Instant::now();
-        let e = expired(&s, Duration::from_secs(10), Duration::from_secs(60)).await;
+        let e = expired(&s, Duration::from_secs(10), Duration::from_secs(60), None).await;
         assert_eq!(e, Expired::Idle);
         assert_eq!(t0.elapsed(), Duration::from_secs(60));
     }
@@ -282,11 +351,72 @@ mod tests {
                     tokio::time::sleep(Duration::from_secs(25)).await;
                     s2.on_read();
                 });
-                expired(&s, Duration::from_secs(10), Duration::from_secs(3600)).await
+                expired(&s, Duration::from_secs(10), Duration::from_secs(3600), None).await
             })
             .await;
         assert_eq!(e, Expired::Header);
         assert_eq!(t0.elapsed(), Duration::from_secs(35));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_http1_exchange_expires_after_the_stream_idle_timeout() {
+        let (s, stream_idle) = (state(), Some(Duration::from_secs(30)));
+        let (_guard, _) = s.begin_request();
+        let t0 = Instant::now();
+        let s2 = Arc::clone(&s);
+        let local = tokio::task::LocalSet::new();
+        let e = local
+            .run_until(async move {
+                tokio::task::spawn_local(async move {
+                    // Upload progress at 20 s, the response starts at 40 s, then stalls.
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    s2.on_read_progress();
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    s2.on_write_progress();
+                    // Reads after the response started are not progress.
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    s2.on_read_progress();
+                });
+                expired(
+                    &s,
+                    Duration::from_secs(10),
+                    Duration::from_secs(3600),
+                    stream_idle,
+                )
+                .await
+            })
+            .await;
+        assert_eq!(e, Expired::StreamIdle);
+        assert_eq!(t0.elapsed(), Duration::from_secs(70));
+        // Without response bytes, the request future gets a grace period to answer first.
+        let s = state();
+        let (_guard, _) = s.begin_request();
+        let t0 = Instant::now();
+        assert_eq!(
+            expired(
+                &s,
+                Duration::from_secs(10),
+                Duration::from_secs(3600),
+                stream_idle
+            )
+            .await,
+            Expired::StreamIdle
+        );
+        assert_eq!(t0.elapsed(), Duration::from_secs(30) + STREAM_IDLE_GRACE);
+        // HTTP/2 connections leave it to their streams.
+        let s = ConnState::new(false, Metrics::new().listener("t"));
+        let (_guard, _) = s.begin_request();
+        let r = tokio::time::timeout(
+            Duration::from_secs(500),
+            expired(
+                &s,
+                Duration::from_secs(10),
+                Duration::from_secs(3600),
+                stream_idle,
+            ),
+        )
+        .await;
+        assert!(r.is_err(), "an HTTP/2 connection was timed out as a stream");
     }
 
     #[tokio::test(start_paused = true)]
@@ -295,14 +425,14 @@ mod tests {
         let (guard, _) = s.begin_request();
         let r = tokio::time::timeout(
             Duration::from_secs(500),
-            expired(&s, Duration::from_secs(10), Duration::from_secs(60)),
+            expired(&s, Duration::from_secs(10), Duration::from_secs(60), None),
         )
         .await;
         assert!(r.is_err(), "timer fired while a request was in flight");
         drop(guard);
         let t0 = Instant::now();
         assert_eq!(
-            expired(&s, Duration::from_secs(10), Duration::from_secs(60)).await,
+            expired(&s, Duration::from_secs(10), Duration::from_secs(60), None).await,
             Expired::Idle
         );
         assert!(t0.elapsed() <= Duration::from_secs(60));

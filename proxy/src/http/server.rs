@@ -6,6 +6,7 @@ use crate::drain::Drain;
 use crate::http::HttpSpec;
 use crate::http::conn::{self, ConnIo, ConnState, Expired};
 use crate::http::forward::{self, HttpConn};
+use crate::http::stream::StreamExec;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::cell::{Cell, RefCell};
@@ -68,7 +69,8 @@ where
         // Boxed so that HTTP/1.1 connections (most of them) do not carry the larger HTTP/2
         // state in their task.
         Box::pin(drive(
-            http.h2.serve_connection(io, svc),
+            http.h2(StreamExec::new(&conn, http.stream_idle))
+                .serve_connection(io, svc),
             &conn.state,
             http,
             &conn.drain,
@@ -92,6 +94,10 @@ where
             tracing::debug!(%peer, "request head not complete within the header timeout");
         }
         Outcome::Forced => tracing::debug!(%peer, "connection closed by forced drain"),
+        Outcome::StreamIdle => {
+            http.metrics.rejected("stream_idle_timeout");
+            tracing::debug!(%peer, "connection closed: the exchange in flight made no progress within the stream idle timeout");
+        }
     }
 }
 
@@ -99,12 +105,15 @@ enum Outcome {
     Done(hyper::Result<()>),
     HeaderTimeout,
     Forced,
+    /// HTTP/1.1: the exchange in flight stalled.
+    StreamIdle,
 }
 
 // What the connection's watcher task asks of the connection (0: keep running).
 const GRACEFUL: u8 = 1;
 const HEADER_TIMEOUT: u8 = 2;
 const FORCED: u8 = 3;
+const STREAM_IDLE: u8 = 4;
 
 /// Set by the watcher task, read by the connection on every poll (a `Cell` read): the timers
 /// and the drain signal stay off the connection's hot path instead of being polled on each of
@@ -145,12 +154,14 @@ fn spawn_watcher(
     let (signal, state) = (Rc::clone(signal), Arc::clone(state));
     let header = http.settings.request_header_timeout.get();
     let idle = http.settings.idle_timeout.get();
+    let stream_idle = http.stream_idle;
     let mut watch = drain.watch();
     AbortOnDrop(tokio::task::spawn_local(async move {
         tokio::select! {
-            e = conn::expired(&state, header, idle) => signal.raise(match e {
+            e = conn::expired(&state, header, idle, stream_idle) => signal.raise(match e {
                 Expired::Header => HEADER_TIMEOUT,
                 Expired::Idle => GRACEFUL,
+                Expired::StreamIdle => STREAM_IDLE,
             }),
             _ = watch.draining() => signal.raise(GRACEFUL),
         }
@@ -197,6 +208,7 @@ impl<C: Graceful> Future for Drive<'_, C> {
         }
         match this.signal.state.get() {
             FORCED => return Poll::Ready(Outcome::Forced),
+            STREAM_IDLE => return Poll::Ready(Outcome::StreamIdle),
             HEADER_TIMEOUT => return Poll::Ready(Outcome::HeaderTimeout),
             GRACEFUL if !this.graceful => {
                 this.graceful = true;
