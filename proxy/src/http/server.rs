@@ -68,14 +68,14 @@ where
     let result = if !conn.state.is_http1() {
         // Boxed so that HTTP/1.1 connections (most of them) do not carry the larger HTTP/2
         // state in their task.
-        Box::pin(drive(
-            http.h2(StreamExec::new(&conn, http.stream_idle))
-                .serve_connection(io, svc),
-            &conn.state,
-            http,
-            &conn.drain,
-        ))
-        .await
+        // The HTTP/2 builder (its executor is this connection's) is a temporary of this block,
+        // so it is not kept in the connection's task across the await.
+        let h2 = {
+            let exec = StreamExec::new(&conn, http.stream_idle);
+            let c = http.h2(exec).serve_connection(io, svc);
+            Box::pin(drive(c, &conn.state, http, &conn.drain))
+        };
+        h2.await
     } else {
         drive(
             http.h1.serve_connection(io, svc).with_upgrades(),
