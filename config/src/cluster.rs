@@ -1,7 +1,7 @@
 //! Clusters: named groups of upstream endpoints and how to talk to them (Envoy `Cluster` with a
 //! static `ClusterLoadAssignment`).
 
-use crate::units::Duration;
+use crate::units::{ByteSize, Duration};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -25,6 +25,15 @@ pub struct Cluster {
     /// Connection pool settings.
     #[serde(default)]
     pub pool: PoolSettings,
+    /// Most bytes read ahead from one upstream connection (Envoy
+    /// `per_connection_buffer_limit_bytes`): hyper's HTTP/1.1 read buffer, which must also hold
+    /// the whole response head (so it bounds the upstream's response head too), and the
+    /// HTTP/2 stream window and send buffer (a stream window is never set below the protocol's
+    /// 65535). While the client does not take the response, the upstream is paused once this
+    /// much is read. At least `8KiB`. Default `64KiB` (room for Envoy's default 60KiB header
+    /// limit; Envoy's edge guidance is `32KiB`).
+    #[serde(default = "default_cluster_buffer_limit")]
+    pub per_connection_buffer_limit_bytes: ByteSize,
     /// The endpoints: `127.0.0.1:9001` or `{ address: 127.0.0.1:9002, weight: 2 }`.
     pub endpoints: Vec<Endpoint>,
 }
@@ -121,6 +130,9 @@ impl<'de> Deserialize<'de> for Endpoint {
     }
 }
 
+fn default_cluster_buffer_limit() -> ByteSize {
+    ByteSize::kib(64)
+}
 fn default_weight() -> u32 {
     1
 }

@@ -90,6 +90,23 @@ pub struct HttpListener {
     /// Default `5s` (Envoy's `drain_timeout`).
     #[serde(default = "default_graceful_close_timeout")]
     pub graceful_close_timeout: Duration,
+    /// A request/response exchange with no progress in either direction for this long is
+    /// ended (Envoy `stream_idle_timeout`). Progress is request body bytes read from the
+    /// client, response bytes taken by the client, or the upstream's response head arriving.
+    /// Before any response byte was sent the client gets 408 (stalled upload) or 504 (stalled
+    /// upstream) over HTTP/1.1, and the connection is closed; once the response has started,
+    /// HTTP/1.1 closes the connection and HTTP/2 resets the stream (`CANCEL`), the connection
+    /// serving its other streams on. `0s` disables it (long-lived streams). Default `5m`.
+    #[serde(default = "default_stream_idle_timeout")]
+    pub stream_idle_timeout: Duration,
+    /// Most response bytes Sluice queues for one client (Envoy
+    /// `per_connection_buffer_limit_bytes`): hyper's HTTP/1.1 write queue (which shares hyper's
+    /// one buffer limit with the request-head read buffer, so it is at least
+    /// `max_request_header_bytes` + 8KiB) and each HTTP/2 stream's send buffer. A client that
+    /// reads slower than the upstream writes holds this much, then the upstream is paused
+    /// (backpressure). At least `8KiB`. Default `32KiB` (Envoy's edge recommendation).
+    #[serde(default = "default_buffer_limit")]
+    pub per_connection_buffer_limit_bytes: ByteSize,
     /// HTTP/2 settings for downstream connections.
     #[serde(default)]
     pub http2: Http2Settings,
@@ -257,6 +274,8 @@ impl HttpListener {
             request_header_timeout: default_request_header_timeout(),
             idle_timeout: default_idle_timeout(),
             graceful_close_timeout: default_graceful_close_timeout(),
+            stream_idle_timeout: default_stream_idle_timeout(),
+            per_connection_buffer_limit_bytes: default_buffer_limit(),
             http2: Http2Settings::default(),
             generate_request_id: true,
             path_normalization: PathNormalization::default(),
@@ -284,6 +303,12 @@ fn default_graceful_close_timeout() -> Duration {
 }
 fn default_premature_reset_stream_count() -> u32 {
     100
+}
+fn default_stream_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_buffer_limit() -> ByteSize {
+    ByteSize::kib(32)
 }
 fn default_max_concurrent_streams() -> u32 {
     100

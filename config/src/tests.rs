@@ -43,6 +43,12 @@ fn base_is_valid_and_has_defaults() {
     assert_eq!(h.max_request_header_bytes, ByteSize::kib(60));
     assert_eq!(h.http2.max_concurrent_streams, 100);
     assert_eq!(h.request_header_timeout, Duration::from_secs(10));
+    assert_eq!(h.stream_idle_timeout, Duration::from_secs(300));
+    assert_eq!(h.per_connection_buffer_limit_bytes, ByteSize::kib(32));
+    assert_eq!(
+        c.clusters[0].per_connection_buffer_limit_bytes,
+        ByteSize::kib(64)
+    );
     assert_eq!(c.clusters[0].endpoints[0].weight, 1);
     assert_eq!(c.clusters[0].protocol, UpstreamProtocol::Http1);
 }
@@ -349,6 +355,37 @@ fn http2_limits_checked() {
     assert!(one_error(&src).ends_with(
         "listeners[0].http.http2.initial_stream_window_size: must be between 65535 bytes and 2GiB - 1 (RFC 9113 §6.9.2)"
     ));
+}
+
+#[test]
+fn buffer_limits_checked() {
+    let src = BASE
+        .replace(
+            "{ route_table: main }",
+            "{ route_table: main, per_connection_buffer_limit_bytes: 4KiB, stream_idle_timeout: 0s }",
+        )
+        .replace(
+            "endpoints: [127.0.0.1:9001]",
+            "endpoints: [127.0.0.1:9001]\n    per_connection_buffer_limit_bytes: 32MiB",
+        );
+    let e = errors(&src);
+    assert_eq!(
+        e.len(),
+        2,
+        "a 0s stream idle timeout is valid (disabled): {e:#?}"
+    );
+    assert!(
+        e[0].ends_with(
+            "listeners[0].http.per_connection_buffer_limit_bytes: must be between 8KiB and 16MiB"
+        ),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].ends_with(
+            "clusters[0].per_connection_buffer_limit_bytes: must be between 8KiB and 16MiB"
+        ),
+        "{e:#?}"
+    );
 }
 
 #[test]

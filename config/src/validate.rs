@@ -9,6 +9,7 @@ use crate::listener::HttpListener;
 use crate::raw::{RawConfig, RawListener, RawRoute, RawRouteTable};
 use crate::resource::Resource;
 use crate::route::{HeaderMatcher, HeaderMutation, Redirect, RouteMatch};
+use crate::units::ByteSize;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -244,6 +245,7 @@ impl Validator {
                 "must be greater than 0s",
             );
         }
+        self.buffer_limit(p, h.per_connection_buffer_limit_bytes);
         let h2 = &h.http2;
         let pp = format!("{p}.http2");
         if h2.max_concurrent_streams == 0 {
@@ -624,10 +626,21 @@ impl Validator {
         if c.connect_timeout.is_zero() {
             self.err(format!("{p}.connect_timeout"), "must be greater than 0s");
         }
+        self.buffer_limit(p, c.per_connection_buffer_limit_bytes);
         if c.pool.max_requests_per_http2_connection == 0 {
             self.err(
                 format!("{p}.pool.max_requests_per_http2_connection"),
                 "must be at least 1",
+            );
+        }
+    }
+
+    /// hyper refuses buffer limits under 8KiB; above 16MiB a limit no longer limits much.
+    fn buffer_limit(&mut self, p: &str, limit: ByteSize) {
+        if !(8 << 10..=16 << 20).contains(&limit.bytes()) {
+            self.err(
+                format!("{p}.per_connection_buffer_limit_bytes"),
+                "must be between 8KiB and 16MiB",
             );
         }
     }

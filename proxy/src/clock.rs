@@ -74,11 +74,22 @@ enum DeadlineKind {
 }
 
 impl Deadline {
+    #[cfg(test)]
     pub(crate) fn after(d: std::time::Duration) -> Self {
+        Self::until(coarse_now() + d)
+    }
+
+    /// A deadline at `at`.
+    pub(crate) fn until(at: tokio::time::Instant) -> Self {
         Deadline {
-            at: coarse_now() + d,
+            at,
             kind: DeadlineKind::New,
         }
+    }
+
+    /// When it fires.
+    pub(crate) fn at(&self) -> tokio::time::Instant {
+        self.at
     }
 }
 

@@ -95,6 +95,15 @@ pub enum ProxyError {
     /// No response headers within the route timeout.
     #[error("upstream did not respond within {0:?}")]
     UpstreamTimeout(Duration),
+    /// No progress for the stream idle timeout before the response head: the request body
+    /// stalled (`upload`: the client's fault, 408) or the upstream sent no head (504).
+    #[error("stream idle for {after:?} ({})", if *.upload { "request body stalled" } else { "no response head" })]
+    StreamIdleTimeout {
+        /// The stream idle timeout.
+        after: Duration,
+        /// The request body was still streaming.
+        upload: bool,
+    },
     /// The upstream reset, closed or sent a malformed response.
     #[error("upstream request failed: {0}")]
     Upstream(hyper::Error),
@@ -159,12 +168,14 @@ impl ProxyError {
             | ProxyError::UnderscoreHeader
             | ProxyError::TooManyHeaders
             | ProxyError::UnsupportedTransferCoding
-            | ProxyError::DuplicateQueryParameter(_) => Side::Downstream,
+            | ProxyError::DuplicateQueryParameter(_)
+            | ProxyError::StreamIdleTimeout { upload: true, .. } => Side::Downstream,
             ProxyError::NoCluster(_) | ProxyError::NoEndpoint(_) => Side::Internal,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::UpstreamTimeout(_)
+            | ProxyError::StreamIdleTimeout { upload: false, .. }
             | ProxyError::Upstream(_)
             | ProxyError::InvalidResponse(_) => Side::Upstream,
         }
@@ -182,6 +193,7 @@ impl ProxyError {
             ProxyError::Upstream(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::InvalidResponse(_)
+            | ProxyError::StreamIdleTimeout { .. }
             | ProxyError::RequestBody(_) => Sent::Maybe,
             _ => Sent::No,
         }
@@ -208,7 +220,9 @@ impl ProxyError {
             | ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Handshake { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout(_)
+            | ProxyError::StreamIdleTimeout { upload: false, .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::StreamIdleTimeout { upload: true, .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(_) | ProxyError::InvalidResponse(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -243,6 +257,7 @@ impl ProxyError {
             ProxyError::TooManyHeaders => Some("headers_too_large"),
             ProxyError::UnsupportedTransferCoding => Some("unsupported_transfer_coding"),
             ProxyError::DuplicateQueryParameter(_) => Some("duplicate_query_parameter"),
+            ProxyError::StreamIdleTimeout { .. } => Some("stream_idle_timeout"),
             _ => None,
         }
     }
@@ -256,6 +271,7 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. } | ProxyError::Handshake { .. } => "UF",
             ProxyError::ConnectTimeout { .. } => "UF",
             ProxyError::UpstreamTimeout(_) => "UT",
+            ProxyError::StreamIdleTimeout { .. } => "SI",
             ProxyError::Upstream(_) => "UC",
             ProxyError::InvalidResponse(_) => "UPE",
             // Every other failure is the client's protocol error (the list is in `side`).
@@ -292,6 +308,20 @@ mod tests {
             (timeout.sent, timeout.status),
             (Sent::Maybe, StatusCode::GATEWAY_TIMEOUT)
         );
+        let stalled = |upload| ProxyError::StreamIdleTimeout {
+            after: Duration::from_secs(1),
+            upload,
+        };
+        let (up, down) = (stalled(true).classify(), stalled(false).classify());
+        assert_eq!(
+            (up.side, up.status, up.flag),
+            (Side::Downstream, StatusCode::REQUEST_TIMEOUT, "SI")
+        );
+        assert_eq!(
+            (down.side, down.status, down.flag),
+            (Side::Upstream, StatusCode::GATEWAY_TIMEOUT, "SI")
+        );
+        assert_eq!(stalled(true).rejection(), Some("stream_idle_timeout"));
         let host = ProxyError::MissingHost.classify();
         assert_eq!(
             (host.side, host.status),

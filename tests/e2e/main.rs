@@ -15,6 +15,7 @@ mod limits;
 mod reload;
 mod resources;
 mod routing;
+mod stream;
 mod support;
 mod translate;
 mod upgrade_tcp;

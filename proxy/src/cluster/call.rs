@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Most attempts of one request. One until the retry policy (resilience work) raises it; the
 /// loop, the pick context and the decision are already in place.
@@ -36,10 +37,14 @@ pub(crate) struct Call<'a> {
     pub(crate) cluster: &'a ClusterHandle,
     /// Wire protocol to the upstream.
     pub(crate) proto: UpstreamProtocol,
-    /// The route timeout (until response headers).
+    /// The route timeout: from the end of the request body (or the call's start when there
+    /// is none) until the response head.
     pub(crate) timeout: Option<Duration>,
-    /// Where the request body notes how it failed: a failure of the downstream body is the
-    /// client's, not the upstream's.
+    /// The listener's stream idle timeout: bounds the upload (no body progress for this long)
+    /// and the wait for the response head.
+    pub(crate) stream_idle: Option<Duration>,
+    /// Where the request body notes how it failed (a failure of the downstream body is the
+    /// client's, not the upstream's), its progress and its end.
     pub(crate) body_fault: Option<&'a FaultNote>,
 }
 
@@ -62,15 +67,24 @@ struct Attempts {
     tried: Vec<SocketAddr>,
 }
 
-/// Sends `request` through `call.cluster` under the route timeout.
+/// Sends `request` through `call.cluster` under the route and stream idle timeouts.
 pub(crate) fn send<'a>(
     call: Call<'a>,
     request: Request<UpstreamBody>,
 ) -> RouteTimeout<'a, impl Future<Output = Result<Upstream, ProxyError>> + 'a> {
-    RouteTimeout::new(attempts(call, request), call.timeout, call.cluster)
+    RouteTimeout::new(attempts(call, request), &call)
 }
 
-async fn attempts(
+/// Runs `fut` (which ends in [`attempts`]) under the call's route and stream idle timeouts.
+pub(crate) fn under_timeouts<'a, T, F: Future<Output = Result<T, ProxyError>>>(
+    fut: F,
+    call: &Call<'a>,
+) -> RouteTimeout<'a, F> {
+    RouteTimeout::new(fut, call)
+}
+
+/// The attempt loop, without timeouts (see [`send`]).
+pub(crate) async fn attempts(
     call: Call<'_>,
     mut request: Request<UpstreamBody>,
 ) -> Result<Upstream, ProxyError> {
@@ -136,7 +150,7 @@ fn admit(
 /// cluster).
 fn blame(error: ProxyError, fault: Option<&FaultNote>, metrics: &ClusterMetrics) -> ProxyError {
     match error {
-        ProxyError::Upstream(err) => match fault.and_then(|f| f.get()) {
+        ProxyError::Upstream(err) => match fault.and_then(|f| f.fault()) {
             Some(f) => {
                 tracing::debug!(error = %err, "upstream call failed on the request body");
                 ProxyError::RequestBody(f)
@@ -199,12 +213,7 @@ pub(crate) async fn send_upgrade(
             tried: Vec::new(),
         },
     )?;
-    let resp = RouteTimeout::new(
-        pool.send_upgrade(request, &call.cluster.metrics),
-        call.timeout,
-        call.cluster,
-    )
-    .await?;
+    let resp = RouteTimeout::new(pool.send_upgrade(request, &call.cluster.metrics), &call).await?;
     Ok((resp, active, endpoint))
 }
 
@@ -235,25 +244,67 @@ pub(crate) async fn connect_tcp(
 }
 
 pin_project_lite::pin_project! {
-    /// An upstream call under the route timeout, built in place (no extra async frame). A
-    /// timeout is counted on the cluster and becomes `UpstreamTimeout`.
+    /// An upstream call under the route timeout and the stream idle timeout, built in place (no
+    /// extra async frame, one coarse deadline). While the request body streams, only the stream
+    /// idle timeout applies, counted from the body's last progress (408 when it expires: the
+    /// client stalled). From the body's end (or the call's start, without a body) the route
+    /// timeout runs until the response head (504 `UT`, counted on the cluster), and the stream
+    /// idle timeout too (504 `SI`, when it is the shorter).
     pub(crate) struct RouteTimeout<'a, F> {
         #[pin]
         fut: F,
         #[pin]
         deadline: Option<crate::clock::Deadline>,
         timeout: Option<Duration>,
+        stream_idle: Option<Duration>,
+        body: Option<&'a FaultNote>,
+        // When the call started (the wait for the head starts here without a body).
+        started: Instant,
         cluster: &'a ClusterHandle,
     }
 }
 
+/// What a call under [`RouteTimeout`] is waiting for when its deadline passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expiry {
+    /// The request body made no progress for the stream idle timeout.
+    Upload,
+    /// No response head within the route timeout.
+    Route,
+    /// No response head within the stream idle timeout (shorter than the route timeout).
+    Idle,
+}
+
+/// The next deadline of a call: while the body streams, its last progress plus the stream
+/// idle timeout; afterwards, from the body's end (`waiting_since`), the earlier of the route
+/// and stream idle timeouts (the route timeout on a tie). A pure function of the call's state.
+fn next_deadline(
+    uploading: Option<Instant>,
+    waiting_since: Instant,
+    route: Option<Duration>,
+    idle: Option<Duration>,
+) -> Option<(Instant, Expiry)> {
+    if let Some(progress) = uploading {
+        return idle.map(|d| (progress + d, Expiry::Upload));
+    }
+    let route = route.map(|d| (waiting_since + d, Expiry::Route));
+    let idle = idle.map(|d| (waiting_since + d, Expiry::Idle));
+    match (route, idle) {
+        (Some(r), Some(i)) => Some(if i.0 < r.0 { i } else { r }),
+        (r, i) => r.or(i),
+    }
+}
+
 impl<'a, F> RouteTimeout<'a, F> {
-    fn new(fut: F, timeout: Option<Duration>, cluster: &'a ClusterHandle) -> Self {
+    fn new(fut: F, call: &Call<'a>) -> Self {
         RouteTimeout {
             fut,
-            deadline: timeout.map(crate::clock::Deadline::after),
-            timeout,
-            cluster,
+            deadline: None,
+            timeout: call.timeout,
+            stream_idle: call.stream_idle,
+            body: call.body_fault,
+            started: crate::clock::coarse_now(),
+            cluster: call.cluster,
         }
     }
 }
@@ -262,18 +313,72 @@ impl<T, F: Future<Output = Result<T, ProxyError>>> Future for RouteTimeout<'_, F
     type Output = Result<T, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(v) = this.fut.poll(cx) {
             return Poll::Ready(v);
         }
+        let (uploading, waiting_since) = match this.body {
+            Some(b) => match b.ended() {
+                Some(end) => (None, end),
+                None => {
+                    // The body's end starts the route timeout: be polled then.
+                    b.wake_on_end(cx.waker());
+                    (Some(b.progress()), *this.started)
+                }
+            },
+            None => (None, *this.started),
+        };
+        let Some((at, why)) =
+            next_deadline(uploading, waiting_since, *this.timeout, *this.stream_idle)
+        else {
+            this.deadline.set(None);
+            return Poll::Pending;
+        };
+        if this
+            .deadline
+            .as_ref()
+            .get_ref()
+            .as_ref()
+            .is_none_or(|d| d.at() != at)
+        {
+            this.deadline.set(Some(crate::clock::Deadline::until(at)));
+        }
         match this.deadline.as_pin_mut() {
-            Some(d) => d.poll(cx).map(|()| {
-                this.cluster.metrics.error("timeout");
-                Err(ProxyError::UpstreamTimeout(
-                    this.timeout.unwrap_or_default(),
-                ))
-            }),
+            Some(d) => d
+                .poll(cx)
+                .map(|()| Err(expire(why, *this.timeout, *this.stream_idle, this.cluster))),
             None => Poll::Pending,
+        }
+    }
+}
+
+/// The error for a call whose deadline passed, counted and logged.
+fn expire(
+    why: Expiry,
+    route: Option<Duration>,
+    idle: Option<Duration>,
+    cluster: &ClusterHandle,
+) -> ProxyError {
+    let idle = idle.unwrap_or_default();
+    match why {
+        Expiry::Route => {
+            cluster.metrics.error("timeout");
+            ProxyError::UpstreamTimeout(route.unwrap_or_default())
+        }
+        Expiry::Idle => {
+            cluster.metrics.error("timeout");
+            tracing::debug!(cluster = %cluster.name, ?idle, "stream idle timeout waiting for the response head");
+            ProxyError::StreamIdleTimeout {
+                after: idle,
+                upload: false,
+            }
+        }
+        Expiry::Upload => {
+            tracing::debug!(cluster = %cluster.name, ?idle, "stream idle timeout: the request body stalled");
+            ProxyError::StreamIdleTimeout {
+                after: idle,
+                upload: true,
+            }
         }
     }
 }
@@ -296,5 +401,36 @@ mod tests {
             !retry(&timeout, 1, 5),
             "a request that may have been sent is not resent"
         );
+    }
+
+    #[test]
+    fn the_route_timeout_starts_at_the_end_of_the_body() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // Uploading: only the stream idle timeout, from the body's last progress.
+        assert_eq!(
+            next_deadline(Some(t0 + s(100)), t0, Some(s(15)), Some(s(300))),
+            Some((t0 + s(400), Expiry::Upload))
+        );
+        assert_eq!(next_deadline(Some(t0), t0, Some(s(15)), None), None);
+        // Body done at t0 + 100 s: the route timeout counts from there.
+        assert_eq!(
+            next_deadline(None, t0 + s(100), Some(s(15)), Some(s(300))),
+            Some((t0 + s(115), Expiry::Route))
+        );
+        // A stream idle timeout shorter than the route timeout wins; a tie is the route's.
+        assert_eq!(
+            next_deadline(None, t0, Some(s(15)), Some(s(5))),
+            Some((t0 + s(5), Expiry::Idle))
+        );
+        assert_eq!(
+            next_deadline(None, t0, Some(s(5)), Some(s(5))),
+            Some((t0 + s(5), Expiry::Route))
+        );
+        assert_eq!(
+            next_deadline(None, t0, None, Some(s(5))),
+            Some((t0 + s(5), Expiry::Idle))
+        );
+        assert_eq!(next_deadline(None, t0, None, None), None);
     }
 }

@@ -64,6 +64,9 @@ pub struct Transport {
     pub max_idle: usize,
     /// Most concurrent streams per upstream HTTP/2 connection.
     pub max_h2_streams: u32,
+    /// Most bytes read ahead per upstream connection (HTTP/1.1 read buffer) or stream (HTTP/2
+    /// window and send buffer); validated to be at least 8KiB.
+    pub buffer_limit: usize,
 }
 
 impl Transport {
@@ -71,12 +74,14 @@ impl Transport {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         c.connect_timeout.hash(&mut h);
         c.pool.hash(&mut h);
+        c.per_connection_buffer_limit_bytes.hash(&mut h);
         Transport {
             key: h.finish(),
             connector: Connector::new(c.connect_timeout.get()),
             idle_timeout: c.pool.idle_timeout.get(),
             max_idle: c.pool.max_idle_per_endpoint as usize,
             max_h2_streams: c.pool.max_requests_per_http2_connection,
+            buffer_limit: c.per_connection_buffer_limit_bytes.bytes() as usize,
         }
     }
 }

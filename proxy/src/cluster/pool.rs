@@ -98,6 +98,8 @@ pub(crate) struct EndpointPool {
     idle_timeout: Duration,
     max_idle: usize,
     max_h2_streams: u32,
+    /// Most bytes read ahead per connection (HTTP/1.1) or stream (HTTP/2).
+    buffer_limit: usize,
     idle_h1: RefCell<Vec<IdleH1>>,
     h2: RefCell<Vec<H2Conn>>,
     h2_connecting: Cell<bool>,
@@ -168,6 +170,7 @@ impl EndpointPool {
             idle_timeout: t.idle_timeout,
             max_idle: t.max_idle,
             max_h2_streams: t.max_h2_streams,
+            buffer_limit: t.buffer_limit,
             idle_h1: RefCell::new(Vec::new()),
             h2: RefCell::new(Vec::new()),
             h2_connecting: Cell::new(false),
@@ -294,8 +297,12 @@ impl EndpointPool {
     ) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
         let io = TokioIo::new(self.connector.connect(self.addr, metrics).await?);
         // hyper's default limit of 100 response headers: setting any limit explicitly would
-        // make it allocate a header vector per response.
+        // make it allocate a header vector per response. The read buffer is bounded by the
+        // cluster's buffer limit (hyper's default, ~400KiB, is what a client that never reads
+        // would otherwise pin per connection); hyper stops reading while the response body is
+        // not taken, so the upstream is paused (validated ≥ 8KiB, hyper's minimum).
         let (sender, conn) = http1::Builder::new()
+            .max_buf_size(self.buffer_limit)
             .handshake(io)
             .await
             .map_err(|source| ProxyError::Handshake {
@@ -395,12 +402,17 @@ impl EndpointPool {
 
     async fn connect_h2(&self, metrics: &ClusterMetrics) -> Result<H2Conn, ProxyError> {
         let io = TokioIo::new(self.connector.connect(self.addr, metrics).await?);
+        // A stream's window is what the upstream may send that nobody has taken yet: bounded
+        // by the buffer limit (never below the protocol default), as is the send buffer.
+        let window = u32::try_from(self.buffer_limit)
+            .unwrap_or(u32::MAX)
+            .max(65_535);
         let (sender, conn) = http2::Builder::new(LocalExec)
-            .initial_stream_window_size(65_535 * 4)
+            .initial_stream_window_size(window)
             .initial_connection_window_size(1 << 20)
             .max_header_list_size(64 << 10)
             .max_concurrent_reset_streams(50)
-            .max_send_buf_size(256 << 10)
+            .max_send_buf_size(self.buffer_limit)
             .adaptive_window(false)
             .handshake(io)
             .await

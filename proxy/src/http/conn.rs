@@ -2,7 +2,8 @@
 //! connection went idle, when the current request head (HTTP/2: header block) started, the
 //! smuggling scan, premature stream resets, and what the connection is asked to do (close
 //! gracefully, close now). One coarse timer per connection enforces the header and idle
-//! timeouts from this state, so no timer is armed per request.
+//! timeouts from this state, so no timer is armed per request; on HTTP/1.1 (one exchange at a
+//! time) it also enforces the stream idle timeout from progress stamps the IO wrapper leaves.
 
 use crate::http::frames::FrameScan;
 use crate::http::smuggle::{H1Scan, next_head};
@@ -26,10 +27,13 @@ pub(crate) mod signal {
     pub(crate) const CLOSE_TIMEOUT: u8 = 2;
     /// A request head (HTTP/2: header block) outlived the header timeout: close now.
     pub(crate) const HEADER_TIMEOUT: u8 = 3;
+    /// HTTP/1.1: the exchange in flight made no progress for the stream idle timeout: close
+    /// now.
+    pub(crate) const STREAM_IDLE: u8 = 4;
     /// Too many HTTP/2 streams reset prematurely: GOAWAY and close now, reading nothing more.
-    pub(crate) const PREMATURE_RESETS: u8 = 4;
+    pub(crate) const PREMATURE_RESETS: u8 = 5;
     /// The drain deadline passed: close now.
-    pub(crate) const FORCED: u8 = 5;
+    pub(crate) const FORCED: u8 = 6;
 }
 
 /// Shared by the connection's IO wrapper, its requests and its timer. Everything runs on one
@@ -58,10 +62,18 @@ pub(crate) struct ConnState {
     streams: AtomicU32,
     premature: AtomicU32,
     premature_limit: u32,
+    /// HTTP/2: streams Sluice itself is ending (stream idle timeout) whose guards have not
+    /// dropped yet: not the client's premature resets.
+    local_resets: AtomicU32,
     /// A [`signal`] value, and the connection task's waker (a task's waker never changes, so
     /// it is stored once, by the first poll).
     signal: AtomicU8,
     waker: OnceLock<Waker>,
+    /// HTTP/1.1: nanoseconds since `base` of the current exchange's last progress (its start,
+    /// request bytes read before its response started, response bytes written).
+    progress: AtomicU64,
+    /// HTTP/1.1: response bytes of the current exchange have been written.
+    responded: AtomicBool,
     pub(crate) metrics: ListenerMetrics,
 }
 
@@ -82,8 +94,11 @@ impl ConnState {
             streams: AtomicU32::new(0),
             premature: AtomicU32::new(0),
             premature_limit,
+            local_resets: AtomicU32::new(0),
             signal: AtomicU8::new(signal::NONE),
             waker: OnceLock::new(),
+            progress: AtomicU64::new(0),
+            responded: AtomicBool::new(false),
             metrics,
         })
     }
@@ -152,6 +167,13 @@ impl ConnState {
         }
     }
 
+    /// HTTP/2: Sluice is about to drop a stream's task itself (stream idle timeout); its
+    /// in-flight guard, dropped with it, does not count as the client's premature reset.
+    pub(crate) fn ending_stream_locally(&self) {
+        self.local_resets
+            .store(self.local_resets.load(Relaxed).saturating_add(1), Relaxed);
+    }
+
     /// The connection switched protocols (101): what follows is not HTTP.
     pub(crate) fn set_upgraded(&self) {
         self.upgraded.store(true, Relaxed);
@@ -163,6 +185,7 @@ impl ConnState {
     pub(crate) fn begin_request(self: &Arc<Self>) -> (InflightGuard, bool) {
         let mut cl_te = false;
         if self.http1 {
+            self.start_exchange();
             self.head_started.store(0, Relaxed);
             let n = next_head(self.heads.load(Relaxed));
             self.heads.store(n, Relaxed);
@@ -183,6 +206,12 @@ impl ConnState {
     fn stream_ended(&self, premature: bool) {
         let streams = self.streams.load(Relaxed).saturating_add(1);
         self.streams.store(streams, Relaxed);
+        if let Some(n) = self.local_resets.load(Relaxed).checked_sub(1) {
+            // Sluice reset this stream (its task is being dropped right now); a token left by
+            // a stream whose guard had already dropped is used up by the next stream instead.
+            self.local_resets.store(n, Relaxed);
+            return;
+        }
         if !premature {
             return;
         }
@@ -193,6 +222,46 @@ impl ConnState {
         }
     }
 }
+
+impl ConnState {
+    /// A request/response exchange starts: its stream idle clock starts.
+    fn start_exchange(&self) {
+        self.progress.store(self.since_base(), Relaxed);
+        self.responded.store(false, Relaxed);
+    }
+
+    /// Request bytes arrived: progress until the response starts. Afterwards only response
+    /// bytes count, so a stalled response cannot be kept open by trickling the next request
+    /// (hyper reads ahead into its buffer).
+    fn on_read_progress(&self) {
+        if !self.responded.load(Relaxed) {
+            self.progress.store(self.since_base(), Relaxed);
+        }
+    }
+
+    /// Response bytes were taken by the client.
+    fn on_write_progress(&self) {
+        self.progress.store(self.since_base(), Relaxed);
+        self.responded.store(true, Relaxed);
+    }
+
+    /// HTTP/1.1 with a request in flight: when the exchange's stream idle timeout expires.
+    /// Before any response byte was written the request future answers 408/504 itself at the
+    /// same deadline, so the connection is closed only [`STREAM_IDLE_GRACE`] later, if that
+    /// answer did not go out.
+    fn stream_deadline(&self, stream_idle: Duration) -> Instant {
+        let grace = if self.responded.load(Relaxed) {
+            Duration::ZERO
+        } else {
+            STREAM_IDLE_GRACE
+        };
+        self.at(self.progress.load(Relaxed)) + stream_idle + grace
+    }
+}
+
+/// How long an HTTP/1.1 exchange without response bytes may outlive its stream idle timeout
+/// while its request future answers (see [`ConnState::stream_deadline`]).
+const STREAM_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// Envoy's rule: before `limit` streams, half of `limit` resets is too many (even if every
 /// later stream completed, the ratio would be reached at `limit`); from `limit` streams on,
@@ -246,18 +315,25 @@ pub(crate) enum Expired {
     Header,
     /// No request for the idle timeout: close gracefully.
     Idle,
+    /// HTTP/1.1: the exchange in flight made no progress for the stream idle timeout: close now.
+    StreamIdle,
 }
 
 /// Waits until a timeout applies to the connection. Wakes at least every `header_timeout` (so a
 /// head that starts while the connection sleeps toward its idle deadline is still caught on
-/// time) and otherwise at the next deadline. A head (HTTP/2: header block) in progress is timed
-/// even while other requests are in flight.
+/// time; likewise the stream idle timeout) and otherwise at the next deadline. A head (HTTP/2:
+/// header block) in progress is timed even while other requests are in flight.
 pub(crate) async fn expired(
     state: &ConnState,
     header_timeout: Duration,
     idle_timeout: Duration,
+    stream_idle: Option<Duration>,
 ) -> Expired {
-    let tick = header_timeout.min(idle_timeout);
+    // The stream idle timeout is per stream on HTTP/2 (`http/stream.rs`).
+    let stream_idle = stream_idle.filter(|_| state.http1);
+    let tick = header_timeout
+        .min(idle_timeout)
+        .min(stream_idle.unwrap_or(Duration::MAX));
     let sleep = tokio::time::sleep(tick);
     tokio::pin!(sleep);
     loop {
@@ -270,7 +346,11 @@ pub(crate) async fn expired(
             }
             deadline
         } else if state.inflight.load(Relaxed) > 0 {
-            now + tick
+            match stream_idle.map(|d| state.stream_deadline(d)) {
+                Some(deadline) if now >= deadline => return Expired::StreamIdle,
+                Some(deadline) => deadline.min(now + tick),
+                None => now + tick,
+            }
         } else {
             let deadline = state.at(state.idle_since.load(Relaxed)) + idle_timeout;
             if now >= deadline {
@@ -350,6 +430,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
                 Scan::Http1(scan) => {
                     if !this.state.upgraded.load(Relaxed) {
                         this.state.on_read();
+                        this.state.on_read_progress();
                         let mut heads = this.state.scanned.load(Relaxed);
                         let found = scan.feed(new, &mut heads);
                         this.state.scanned.store(heads, Relaxed);
@@ -390,14 +471,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
+        if written.as_ref().is_ok_and(|n| *n > 0) {
+            self.state.on_write_progress();
+        }
+        Poll::Ready(written)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
+        if written.as_ref().is_ok_and(|n| *n > 0) {
+            self.state.on_write_progress();
+        }
+        Poll::Ready(written)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -423,7 +512,7 @@ mod tests {
     async fn idle_timeout_fires_after_idle_period() {
         let s = state();
         let t0 = Instant::now();
-        let e = expired(&s, Duration::from_secs(10), Duration::from_secs(60)).await;
+        let e = expired(&s, Duration::from_secs(10), Duration::from_secs(60), None).await;
         assert_eq!(e, Expired::Idle);
         assert_eq!(t0.elapsed(), Duration::from_secs(60));
     }
@@ -440,7 +529,7 @@ mod tests {
                     tokio::time::sleep(Duration::from_secs(25)).await;
                     s2.on_read();
                 });
-                expired(&s, Duration::from_secs(10), Duration::from_secs(3600)).await
+                expired(&s, Duration::from_secs(10), Duration::from_secs(3600), None).await
             })
             .await;
         assert_eq!(e, Expired::Header);
@@ -484,7 +573,7 @@ mod tests {
         let (_guard, _) = s.begin_request();
         s.on_frames(true, true);
         let t0 = Instant::now();
-        let e = expired(&s, Duration::from_secs(10), Duration::from_secs(60)).await;
+        let e = expired(&s, Duration::from_secs(10), Duration::from_secs(60), None).await;
         assert_eq!(e, Expired::Header);
         assert!(t0.elapsed() <= Duration::from_secs(10));
     }
@@ -495,16 +584,78 @@ mod tests {
         let (guard, _) = s.begin_request();
         let r = tokio::time::timeout(
             Duration::from_secs(500),
-            expired(&s, Duration::from_secs(10), Duration::from_secs(60)),
+            expired(&s, Duration::from_secs(10), Duration::from_secs(60), None),
         )
         .await;
         assert!(r.is_err(), "timer fired while a request was in flight");
         drop(guard);
         let t0 = Instant::now();
         assert_eq!(
-            expired(&s, Duration::from_secs(10), Duration::from_secs(60)).await,
+            expired(&s, Duration::from_secs(10), Duration::from_secs(60), None).await,
             Expired::Idle
         );
         assert!(t0.elapsed() <= Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_http1_exchange_expires_after_the_stream_idle_timeout() {
+        let (s, stream_idle) = (state(), Some(Duration::from_secs(30)));
+        let (_guard, _) = s.begin_request();
+        let t0 = Instant::now();
+        let s2 = Arc::clone(&s);
+        let local = tokio::task::LocalSet::new();
+        let e = local
+            .run_until(async move {
+                tokio::task::spawn_local(async move {
+                    // Upload progress at 20 s, the response starts at 40 s, then stalls.
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    s2.on_read_progress();
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    s2.on_write_progress();
+                    // Reads after the response started are not progress.
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    s2.on_read_progress();
+                });
+                expired(
+                    &s,
+                    Duration::from_secs(10),
+                    Duration::from_secs(3600),
+                    stream_idle,
+                )
+                .await
+            })
+            .await;
+        assert_eq!(e, Expired::StreamIdle);
+        assert_eq!(t0.elapsed(), Duration::from_secs(70));
+        // Without response bytes, the request future gets a grace period to answer first.
+        let s = state();
+        let (_guard, _) = s.begin_request();
+        let t0 = Instant::now();
+        assert_eq!(
+            expired(
+                &s,
+                Duration::from_secs(10),
+                Duration::from_secs(3600),
+                stream_idle
+            )
+            .await,
+            Expired::StreamIdle
+        );
+        assert_eq!(t0.elapsed(), Duration::from_secs(30) + STREAM_IDLE_GRACE);
+        // HTTP/2 connections leave it to their streams.
+        let s = ConnState::new(false, 0, Metrics::new().listener("t"));
+        s.on_frames(false, false); // the preface and SETTINGS arrived
+        let (_guard, _) = s.begin_request();
+        let r = tokio::time::timeout(
+            Duration::from_secs(500),
+            expired(
+                &s,
+                Duration::from_secs(10),
+                Duration::from_secs(3600),
+                stream_idle,
+            ),
+        )
+        .await;
+        assert!(r.is_err(), "an HTTP/2 connection was timed out as a stream");
     }
 }

@@ -188,6 +188,8 @@ pub(crate) async fn handle(
         ));
     }
     resp.body_mut().set_inflight(inflight);
+    // From here the stream idle timeout of an HTTP/2 stream is enforced by its task.
+    crate::http::stream::responding();
     Ok(resp)
 }
 
@@ -221,14 +223,18 @@ struct Send<'a> {
     announce: bool,
 }
 
-/// Reads the request body ahead to announce its trailers, then sends it.
+/// Reads the request body ahead to announce its trailers, then sends it; the read-ahead is
+/// under the call's timeouts too (the stream idle timeout bounds a stalled body).
 async fn announce_then_send(
     call: Call<'_>,
     req: Request<RequestBody>,
 ) -> Result<call::Upstream, ProxyError> {
-    let (mut parts, mut body) = req.into_parts();
-    trailers::announce(&mut parts.headers, &mut body).await;
-    call::send(call, Request::from_parts(parts, body)).await
+    let send = async move {
+        let (mut parts, mut body) = req.into_parts();
+        trailers::announce(&mut parts.headers, &mut body).await;
+        call::attempts(call, Request::from_parts(parts, body)).await
+    };
+    call::under_timeouts(send, &call).await
 }
 
 /// Reads the response body ahead to announce its trailers (see [`announces_trailers`]).
@@ -263,7 +269,7 @@ fn prepare<'a>(
         Ok(Planned::Answer(resp)) => Step::Answer(Ok(resp)),
         Ok(Planned::Forward(mut p)) => match request_filters(conn, http, &mut p, 0) {
             Ok(Some(resp)) => Step::Answer(Ok(resp)),
-            Ok(None) => match into_send(conn, p) {
+            Ok(None) => match into_send(conn, http, p) {
                 Ok((send, None)) => Step::Send(send),
                 Ok((send, Some(down))) => Step::Upgrade(send, down),
                 Err(e) => Step::Answer(Err(e)),
@@ -278,6 +284,7 @@ fn prepare<'a>(
 #[allow(clippy::type_complexity)]
 fn into_send<'a>(
     conn: &'a HttpConn,
+    http: &HttpSpec,
     p: Plan<'a>,
 ) -> Result<(Send<'a>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
     let Plan {
@@ -297,6 +304,7 @@ fn into_send<'a>(
         cluster: meta.cluster,
         proto,
         timeout: forward.timeout,
+        stream_idle: http.stream_idle,
         body_fault: None,
     };
     Ok((
@@ -334,7 +342,7 @@ async fn after_wait<'a>(
             Err((f, n)) => (fut, next) = (f, n),
         }
     }
-    match into_send(conn, p)? {
+    match into_send(conn, http, p)? {
         (send, None) => send_upstream(send, &mut None).await,
         (send, Some(down)) => {
             let Send {

@@ -19,6 +19,7 @@ pub(crate) mod respond;
 pub(crate) mod server;
 pub(crate) mod smuggle;
 mod spec;
+pub(crate) mod stream;
 pub(crate) mod upgrade;
 
 pub use context::{ConnContext, TlsInfo};

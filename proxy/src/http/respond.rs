@@ -33,6 +33,11 @@ pub(crate) fn error(err: &ProxyError, ctx: ErrorContext) -> Response<ResponseBod
         | ProxyError::ConnectTimeout { .. }
         | ProxyError::Handshake { .. } => ("upstream connect error\n", false),
         ProxyError::UpstreamTimeout(_) => ("upstream request timeout\n", false),
+        // The exchange stalled: its connection is closed (RFC 9110 §15.5.9 for 408).
+        ProxyError::StreamIdleTimeout { upload: true, .. } => ("request body timeout\n", true),
+        ProxyError::StreamIdleTimeout { upload: false, .. } => {
+            ("upstream stream idle timeout\n", true)
+        }
         ProxyError::RequestBody(BodyFault::Incomplete) => {
             ("bad request: incomplete request body\n", true)
         }
@@ -104,13 +109,15 @@ pub(crate) fn grpc_error(status: StatusCode, message: &str) -> Response<Response
 }
 
 /// The stream error to answer an HTTP/2 request with instead of a response: a malformed
-/// request is a stream error of type PROTOCOL_ERROR (RFC 9113 §8.1.1). hyper resets the stream
-/// with the `h2::Reason` it finds in the service's error.
+/// request is a stream error of type PROTOCOL_ERROR (RFC 9113 §8.1.1); a stalled exchange (the
+/// stream idle timeout) is cancelled (CANCEL), as it is once its response has started. hyper
+/// resets the stream with the `h2::Reason` it finds in the service's error.
 pub(crate) fn stream_reset(err: &ProxyError) -> Option<h2::Reason> {
     match err {
         ProxyError::InvalidFieldValue | ProxyError::RequestBody(BodyFault::InvalidTrailer) => {
             Some(h2::Reason::PROTOCOL_ERROR)
         }
+        ProxyError::StreamIdleTimeout { .. } => Some(h2::Reason::CANCEL),
         _ => None,
     }
 }

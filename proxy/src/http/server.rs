@@ -7,6 +7,7 @@ use crate::drain::Drain;
 use crate::http::HttpSpec;
 use crate::http::conn::{self, ConnIo, ConnState, Expired, signal};
 use crate::http::forward::{self, HttpConn};
+use crate::http::stream::StreamExec;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
@@ -67,13 +68,14 @@ where
     let result = if !conn.state.is_http1() {
         // Boxed so that HTTP/1.1 connections (most of them) do not carry the larger HTTP/2
         // state in their task.
-        Box::pin(drive(
-            http.h2.serve_connection(io, svc),
-            &conn.state,
-            http,
-            &conn.drain,
-        ))
-        .await
+        // The HTTP/2 builder (its executor is this connection's) is a temporary of this block,
+        // so it is not kept in the connection's task across the await.
+        let h2 = {
+            let exec = StreamExec::new(&conn, http.stream_idle);
+            let c = http.h2(exec).serve_connection(io, svc);
+            Box::pin(drive(c, &conn.state, http, &conn.drain))
+        };
+        h2.await
     } else {
         drive(
             http.h1.serve_connection(io, svc).with_upgrades(),
@@ -100,6 +102,10 @@ where
             tracing::debug!(%peer, "too many HTTP/2 streams reset prematurely: GOAWAY and close");
         }
         Outcome::Forced => tracing::debug!(%peer, "connection closed by forced drain"),
+        Outcome::StreamIdle => {
+            http.metrics.rejected("stream_idle_timeout");
+            tracing::debug!(%peer, "connection closed: the exchange in flight made no progress within the stream idle timeout");
+        }
     }
 }
 
@@ -109,6 +115,8 @@ enum Outcome {
     CloseTimeout,
     PrematureResets,
     Forced,
+    /// HTTP/1.1: the exchange in flight stalled.
+    StreamIdle,
 }
 
 /// Aborts the watcher when the connection ends.
@@ -129,11 +137,13 @@ fn spawn_watcher(state: &Arc<ConnState>, http: &HttpSpec, drain: &Drain) -> Abor
     let header = http.settings.request_header_timeout.get();
     let idle = http.settings.idle_timeout.get();
     let close = http.settings.graceful_close_timeout.get();
+    let stream_idle = http.stream_idle;
     let mut watch = drain.watch();
     AbortOnDrop(tokio::task::spawn_local(async move {
         tokio::select! {
-            e = conn::expired(&state, header, idle) => match e {
+            e = conn::expired(&state, header, idle, stream_idle) => match e {
                 Expired::Header => return state.raise(signal::HEADER_TIMEOUT),
+                Expired::StreamIdle => return state.raise(signal::STREAM_IDLE),
                 Expired::Idle => state.raise(signal::GRACEFUL),
             },
             _ = watch.draining() => state.raise(signal::GRACEFUL),
@@ -190,6 +200,7 @@ impl<C: Graceful> Future for Drive<'_, C> {
                 return Poll::Ready(Outcome::PrematureResets);
             }
             signal::HEADER_TIMEOUT => return Poll::Ready(Outcome::HeaderTimeout),
+            signal::STREAM_IDLE => return Poll::Ready(Outcome::StreamIdle),
             signal::CLOSE_TIMEOUT => return Poll::Ready(Outcome::CloseTimeout),
             signal::GRACEFUL if !this.graceful => {
                 this.graceful = true;

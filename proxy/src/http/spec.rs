@@ -1,8 +1,8 @@
 //! Compiled HTTP listener settings: the route table, the filter chain and hyper's connection
-//! builders, prebuilt with the listener's limits; and [`CurrentSpec`], through which a worker's
-//! connections of one listener see the listener's current settings.
+//! builders with the listener's limits (HTTP/1.1 prebuilt; HTTP/2 built per connection, whose
+//! executor carries the connection's stream idle timeout); and [`CurrentSpec`], through which a
+//! worker's connections of one listener see the listener's current settings.
 
-use crate::exec::LocalExec;
 use crate::http::edge::EdgePolicy;
 use crate::http::filters::{FilterChain, HttpFilter};
 use crate::metrics::ListenerMetrics;
@@ -29,7 +29,8 @@ pub struct HttpSpec {
     /// The normalize step's policy (path, host, header trust).
     pub(crate) edge: EdgePolicy,
     pub(crate) h1: http1::Builder,
-    pub(crate) h2: http2::Builder<LocalExec>,
+    /// The stream idle timeout (`None`: disabled).
+    pub(crate) stream_idle: Option<std::time::Duration>,
 }
 
 /// hyper's own HTTP/1.1 header-count limit.
@@ -50,27 +51,19 @@ impl HttpSpec {
         if s.max_request_headers != HYPER_DEFAULT_MAX_HEADERS {
             h1.max_headers(s.max_request_headers as usize);
         }
+        // hyper has one buffer limit per HTTP/1.1 connection: the read buffer (which must hold
+        // a whole request head) and the queue of response bytes not yet written, so the write
+        // queue is bounded by the larger of the buffer limit and what the head limit needs.
+        let head_buf = (s.max_request_header_bytes.bytes() as usize).max(8192) + 8192;
+        let buffer_limit = s.per_connection_buffer_limit_bytes.bytes() as usize;
         h1.keep_alive(true)
             .half_close(false)
             // Validation bounds it to 1MiB; the same limit caps chunked trailers.
             .max_header_size(s.max_request_header_bytes.bytes() as usize)
-            .max_buf_size((s.max_request_header_bytes.bytes() as usize).max(8192) + 8192)
+            .max_buf_size(head_buf.max(buffer_limit))
             // The connection timer enforces the header timeout (one timer per connection, not a
             // boxed sleep per request).
             .header_read_timeout(None);
-        let mut h2 = http2::Builder::new(LocalExec);
-        let h2s = &s.http2;
-        h2.max_concurrent_streams(h2s.max_concurrent_streams)
-            .max_header_list_size(s.max_request_header_bytes.bytes() as u32)
-            .initial_stream_window_size(h2s.initial_stream_window_size.bytes() as u32)
-            .initial_connection_window_size(h2s.initial_connection_window_size.bytes() as u32)
-            .max_frame_size(h2s.max_frame_size.bytes() as u32)
-            .adaptive_window(false)
-            .max_send_buf_size(256 << 10)
-            // Rapid-reset (CVE-2023-44487) and MadeYouReset bounds, stricter than h2's defaults.
-            .max_pending_accept_reset_streams(20)
-            .max_local_error_reset_streams(100)
-            .keep_alive_interval(None);
         HttpSpec {
             name: name.to_string(),
             metrics,
@@ -79,8 +72,31 @@ impl HttpSpec {
             filters: FilterChain::standard(extra_filters, s.generate_request_id),
             edge: EdgePolicy::compile(s),
             h1,
-            h2,
+            stream_idle: (!s.stream_idle_timeout.is_zero()).then(|| s.stream_idle_timeout.get()),
         }
+    }
+
+    /// hyper's HTTP/2 builder with the listener's limits, spawning streams on `exec`. Built per
+    /// connection (a few field stores) because the executor is the connection's own.
+    pub(crate) fn h2<E>(&self, exec: E) -> http2::Builder<E> {
+        let s = &self.settings;
+        let h2s = &s.http2;
+        let mut h2 = http2::Builder::new(exec);
+        h2.max_concurrent_streams(h2s.max_concurrent_streams)
+            .max_header_list_size(s.max_request_header_bytes.bytes() as u32)
+            .initial_stream_window_size(h2s.initial_stream_window_size.bytes() as u32)
+            .initial_connection_window_size(h2s.initial_connection_window_size.bytes() as u32)
+            .max_frame_size(h2s.max_frame_size.bytes() as u32)
+            .adaptive_window(false)
+            // Response bytes h2 queues per stream beyond what the socket took: a client with a
+            // huge window that does not read holds this much per stream, then the response
+            // body is no longer polled (backpressure to the upstream).
+            .max_send_buf_size(s.per_connection_buffer_limit_bytes.bytes() as usize)
+            // Rapid-reset (CVE-2023-44487) and MadeYouReset bounds, stricter than h2's defaults.
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(100)
+            .keep_alive_interval(None);
+        h2
     }
 }
 

@@ -4,9 +4,11 @@
 //! trailer field), the upstream call fails too, and hyper reports it as an upstream error: an
 //! HTTP/1.1 upstream connection ends with a "user body" error, an HTTP/2 stream is reset by us.
 //! The fault recorded here lets the request path answer the client's mistake as a 400 instead
-//! of blaming the upstream with a 502. The note is shared (`Rc<Cell>`) between the body, which
-//! hyper's upstream connection task polls, and the request future; it is allocated only for
-//! requests that have a body.
+//! of blaming the upstream with a 502. The same note tells the upstream call
+//! (`cluster::call::RouteTimeout`) when the body last made progress and when it ended: the
+//! stream idle timeout bounds the upload, and the route timeout starts at the body's end. The
+//! note is shared (`Rc`) between the body, which hyper's upstream connection task polls, and the
+//! request future; it is allocated only for requests that have a body.
 
 use crate::error::BodyFault;
 use crate::message::trailers::{Replay, Replayable};
@@ -16,10 +18,79 @@ use hyper::body::Incoming;
 use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
+use tokio::time::Instant;
 
-/// Where the fault is noted; read by the request path after a failed upstream call.
-pub(crate) type FaultNote = Rc<Cell<Option<BodyFault>>>;
+/// Where the body notes its fault, progress and end; read by the request path.
+pub(crate) type FaultNote = Rc<BodyNote>;
+
+/// What the forwarded request body tells the request future (all stamps from the worker's
+/// coarse clock: no clock read per frame).
+pub(crate) struct BodyNote {
+    fault: Cell<Option<BodyFault>>,
+    /// When a frame was last taken from the client (or the body was created).
+    progress: Cell<Instant>,
+    /// When the body's end was handed upstream.
+    ended: Cell<Option<Instant>>,
+    /// Woken when the body ends (the upstream call then starts its route timeout).
+    waker: Cell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for BodyNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyNote")
+            .field("fault", &self.fault.get())
+            .field("progress", &self.progress.get())
+            .field("ended", &self.ended.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for BodyNote {
+    fn default() -> Self {
+        BodyNote {
+            fault: Cell::new(None),
+            progress: Cell::new(crate::clock::coarse_now()),
+            ended: Cell::new(None),
+            waker: Cell::new(None),
+        }
+    }
+}
+
+impl BodyNote {
+    /// How the body failed, if it did.
+    pub(crate) fn fault(&self) -> Option<BodyFault> {
+        self.fault.get()
+    }
+
+    /// When the body last made progress.
+    pub(crate) fn progress(&self) -> Instant {
+        self.progress.get()
+    }
+
+    /// When the body's end was handed upstream; `None` while it is still streaming.
+    pub(crate) fn ended(&self) -> Option<Instant> {
+        self.ended.get()
+    }
+
+    /// Wakes `waker` when the body ends (replacing an earlier one).
+    pub(crate) fn wake_on_end(&self, waker: &Waker) {
+        let old = self.waker.take();
+        self.waker.set(Some(match old {
+            Some(w) if w.will_wake(waker) => w,
+            _ => waker.clone(),
+        }));
+    }
+
+    fn end(&self) {
+        if self.ended.get().is_none() {
+            self.ended.set(Some(crate::clock::coarse_now()));
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
 
 /// The body of a forwarded request.
 #[derive(Debug)]
@@ -46,7 +117,17 @@ impl RequestBody {
 
     fn note(&self, f: BodyFault) {
         if let Some(n) = &self.fault {
-            n.set(Some(f));
+            n.fault.set(Some(f));
+        }
+    }
+
+    /// A frame went upstream: progress, and the end when it was the last.
+    fn advanced(&self) {
+        if let Some(n) = &self.fault {
+            n.progress.set(crate::clock::coarse_now());
+            if self.is_end_stream() {
+                n.end();
+            }
         }
     }
 }
@@ -86,9 +167,17 @@ impl Body for RequestBody {
                         BodyFault::InvalidTrailer,
                     )))))
                 }
-                _ => Poll::Ready(Some(Ok(f))),
+                _ => {
+                    self.advanced();
+                    Poll::Ready(Some(Ok(f)))
+                }
             },
-            None => Poll::Ready(None),
+            None => {
+                if let Some(n) = &self.fault {
+                    n.end();
+                }
+                Poll::Ready(None)
+            }
         }
     }
 
