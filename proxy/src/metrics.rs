@@ -162,7 +162,14 @@ impl Metrics {
                 .map(|c| self.downstream_responses.get_or_create(&class(c)).clone()),
             rejected: self.downstream_rejected.clone(),
             errors: self.downstream_errors.clone(),
-            sanitized: self.downstream_sanitized.clone(),
+            sanitized: Sanitized::ALL.map(|a| {
+                self.downstream_sanitized
+                    .get_or_create(&vec![
+                        ("listener", name.to_string()),
+                        ("action", a.as_str().to_string()),
+                    ])
+                    .clone()
+            }),
             name: name.to_string(),
         }
     }
@@ -209,20 +216,64 @@ pub struct ListenerMetrics {
     responses: [Counter; 5],
     rejected: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
-    sanitized: Family<Labels, Counter>,
+    /// One counter per [`Sanitized`] action, created with the listener (so every series
+    /// exists from the start and counting needs no label lookup).
+    sanitized: [Counter; Sanitized::ALL.len()],
     name: String,
 }
 
+/// A change the normalize step made to a request head (the `action` label of
+/// `sluice_downstream_sanitized_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sanitized {
+    /// The path was normalized (dot segments, escapes, slashes).
+    PathNormalized,
+    /// Escaped slashes: answered with a redirect to the normalized path.
+    PathRedirected,
+    /// One trailing dot removed from the host.
+    HostDotStripped,
+    /// A header name with `_` dropped.
+    UnderscoreHeaderDropped,
+    /// A forwarding header from an untrusted client removed.
+    ForwardingHeaderStripped,
+    /// An internal header from an untrusted peer removed.
+    InternalHeaderStripped,
+    /// A client `x-request-id` removed (a new one is generated).
+    RequestIdReplaced,
+}
+
+impl Sanitized {
+    /// Every action, in label order.
+    pub const ALL: [Sanitized; 7] = [
+        Sanitized::PathNormalized,
+        Sanitized::PathRedirected,
+        Sanitized::HostDotStripped,
+        Sanitized::UnderscoreHeaderDropped,
+        Sanitized::ForwardingHeaderStripped,
+        Sanitized::InternalHeaderStripped,
+        Sanitized::RequestIdReplaced,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sanitized::PathNormalized => "path_normalized",
+            Sanitized::PathRedirected => "path_redirected",
+            Sanitized::HostDotStripped => "host_dot_stripped",
+            Sanitized::UnderscoreHeaderDropped => "underscore_header_dropped",
+            Sanitized::ForwardingHeaderStripped => "forwarding_header_stripped",
+            Sanitized::InternalHeaderStripped => "internal_header_stripped",
+            Sanitized::RequestIdReplaced => "request_id_replaced",
+        }
+    }
+}
+
 impl ListenerMetrics {
-    /// Counts a change the normalize step made to a request head (rare path: looks the label
-    /// up).
-    pub fn sanitized(&self, action: &'static str) {
-        self.sanitized
-            .get_or_create(&vec![
-                ("listener", self.name.clone()),
-                ("action", action.to_string()),
-            ])
-            .inc();
+    /// Counts a change the normalize step made to a request head.
+    pub fn sanitized(&self, action: Sanitized) {
+        if let Some(c) = self.sanitized.get(action as usize) {
+            c.inc();
+        }
     }
 
     /// Counts a generated error response by response flag (rare path: looks the label up).

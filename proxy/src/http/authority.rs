@@ -51,33 +51,46 @@ fn split(a: &str) -> Option<(&str, Option<&str>)> {
             None => None,
         };
     }
-    Some(match a.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
+    // Hosts are short: a plain reverse scan beats a `memrchr` call.
+    Some(match a.bytes().rposition(|b| b == b':') {
+        Some(i) => (a.get(..i)?, Some(a.get(i + 1..)?)),
         None => (a, None),
     })
 }
 
 /// RFC 3986 reg-name without pct-encoded: unreserved / sub-delims.
 fn reg_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-        )
+    REG_NAME.get(usize::from(b)).copied().unwrap_or(false)
 }
+
+#[allow(clippy::indexing_slicing)] // const evaluation: an out-of-bounds index fails the build
+const REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 128 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {

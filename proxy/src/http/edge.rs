@@ -11,7 +11,7 @@
 use crate::error::ProxyError;
 use crate::http::{authority, normalize};
 use crate::message::fields;
-use crate::metrics::ListenerMetrics;
+use crate::metrics::{ListenerMetrics, Sanitized};
 use http::header::{self, HeaderName};
 use http::request::Parts;
 use http::uri::PathAndQuery;
@@ -46,8 +46,9 @@ pub struct EdgePolicy {
 /// forwarding, and a redirect to answer instead of routing.
 #[derive(Debug)]
 pub enum Checked {
-    /// Route it; `authority` is the validated host (one trailing dot stripped if configured).
-    Route { authority: HeaderValue },
+    /// Route it. `authority`: the validated host when it differs from the one passed in (one
+    /// trailing dot stripped); `None`: the one passed in is valid as it is.
+    Route { authority: Option<HeaderValue> },
     /// Answer `307` with this `Location` (path and query): the path had escaped slashes.
     Redirect(String),
 }
@@ -99,25 +100,25 @@ impl EdgePolicy {
         peer: IpAddr,
         metrics: &ListenerMetrics,
     ) -> Result<Checked, ProxyError> {
-        if parts.version != Version::HTTP_2 {
-            if !fields::only_chunked(&parts.headers) {
-                return Err(ProxyError::UnsupportedTransferCoding);
-            }
-        } else if parts.headers.len() > self.max_headers {
+        let http2 = parts.version == Version::HTTP_2;
+        if http2 && parts.headers.len() > self.max_headers {
             // hyper counts HTTP/1.1 headers itself (431); HTTP/2 only bounds the list's size.
             return Err(ProxyError::TooManyHeaders);
         }
-        self.headers(&mut parts.headers, peer, metrics)?;
+        let saw_transfer_encoding = self.headers(&mut parts.headers, peer, metrics)?;
+        if saw_transfer_encoding && !http2 && !fields::only_chunked(&parts.headers) {
+            return Err(ProxyError::UnsupportedTransferCoding);
+        }
         let authority = self.authority(parts, authority, metrics)?;
         match normalize::normalize(parts.uri.path(), &self.path) {
             normalize::Normalized::Unchanged => {}
             normalize::Normalized::Changed(path) => {
                 tracing::debug!(from = %parts.uri.path(), to = %path, "path normalized");
-                metrics.sanitized("path_normalized");
+                metrics.sanitized(Sanitized::PathNormalized);
                 parts.uri = with_path(&parts.uri, &path)?;
             }
             normalize::Normalized::Redirect(path) => {
-                metrics.sanitized("path_redirected");
+                metrics.sanitized(Sanitized::PathRedirected);
                 let mut loc = path;
                 if let Some(q) = parts.uri.query() {
                     loc.push('?');
@@ -143,10 +144,10 @@ impl EdgePolicy {
         parts: &Parts,
         raw: &HeaderValue,
         metrics: &ListenerMetrics,
-    ) -> Result<HeaderValue, ProxyError> {
+    ) -> Result<Option<HeaderValue>, ProxyError> {
         // HTTP/1.0 without Host: nothing to check (and nothing to build a Location from).
         if raw.is_empty() && parts.version == Version::HTTP_10 && parts.uri.authority().is_none() {
-            return Ok(raw.clone());
+            return Ok(None);
         }
         let text = raw
             .to_str()
@@ -162,61 +163,69 @@ impl EdgePolicy {
             return Err(ProxyError::InvalidHost("Host differs from :authority"));
         }
         Ok(match checked {
-            Cow::Borrowed(_) => raw.clone(),
+            Cow::Borrowed(_) => None,
             Cow::Owned(s) => {
-                metrics.sanitized("host_dot_stripped");
-                HeaderValue::from_str(&s).map_err(|_| ProxyError::InvalidHost("invalid"))?
+                metrics.sanitized(Sanitized::HostDotStripped);
+                Some(HeaderValue::from_str(&s).map_err(|_| ProxyError::InvalidHost("invalid"))?)
             }
         })
     }
 
     /// One pass over the header names: underscores, internal headers, forwarding headers and
-    /// the request id; removals only when something matched.
+    /// the request id; removals only when something matched. Returns whether the request has a
+    /// `Transfer-Encoding` header.
     fn headers(
         &self,
         headers: &mut HeaderMap,
         peer: IpAddr,
         metrics: &ListenerMetrics,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<bool, ProxyError> {
+        let mut transfer_encoding = false;
         let trusted = !self.trusted_peers.is_empty() && self.trusts(peer);
         let keep_forwarding = trusted || self.trusted_hops > 0;
-        let mut remove: Vec<(HeaderName, &'static str)> = Vec::new();
+        let mut remove: Vec<(HeaderName, Sanitized)> = Vec::new();
         for name in headers.keys() {
             let s = name.as_str();
-            if s.as_bytes().contains(&b'_') {
+            let b = s.as_bytes();
+            // No early exit, so the compiler vectorizes it (names are short; a `memchr` call or a
+            // byte-at-a-time search costs more).
+            if b.iter().fold(false, |seen, &c| seen | (c == b'_')) {
                 match self.underscores {
                     UnderscoreAction::Allow => {}
                     UnderscoreAction::Drop => {
-                        remove.push((name.clone(), "underscore_header_dropped"));
+                        remove.push((name.clone(), Sanitized::UnderscoreHeaderDropped));
                         continue;
                     }
                     UnderscoreAction::Reject => return Err(ProxyError::UnderscoreHeader),
                 }
             }
             // Every name below starts with `x-` or `f`; most headers are skipped by that test.
-            let first = s.as_bytes().first().copied();
+            let first = b.first().copied();
+            if first == Some(b't') && name == header::TRANSFER_ENCODING {
+                transfer_encoding = true;
+            }
             if first != Some(b'x') && first != Some(b'f') && self.x_only {
                 continue;
             }
             if !keep_forwarding && is_forwarding(s) {
-                remove.push((name.clone(), "forwarding_header_stripped"));
+                remove.push((name.clone(), Sanitized::ForwardingHeaderStripped));
             } else if !trusted && self.is_internal(name) {
-                remove.push((name.clone(), "internal_header_stripped"));
+                remove.push((name.clone(), Sanitized::InternalHeaderStripped));
             } else if s == "x-request-id" {
                 let keep = trusted && headers.get_all(name).iter().count() == 1 && {
                     headers.get(name).is_some_and(valid_request_id)
                 };
                 if !keep {
-                    remove.push((name.clone(), "request_id_replaced"));
+                    remove.push((name.clone(), Sanitized::RequestIdReplaced));
                 }
             }
         }
         for (name, action) in remove {
-            tracing::debug!(header = %name, action, "request header removed before routing");
+            tracing::debug!(header = %name, action = action.as_str(), "request header removed before routing");
             headers.remove(&name);
             metrics.sanitized(action);
         }
-        Ok(())
+        Ok(transfer_encoding)
     }
 
     fn is_internal(&self, name: &HeaderName) -> bool {
@@ -448,7 +457,10 @@ mod tests {
         ));
         let mut r = request("/", &[("host", "api.example.com.")]);
         match run(&policy(|_| {}), &mut r).unwrap() {
-            Checked::Route { authority } => assert_eq!(authority, "api.example.com"),
+            Checked::Route { authority } => assert_eq!(
+                authority.as_ref().map(HeaderValue::as_bytes),
+                Some(&b"api.example.com"[..])
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -482,7 +482,7 @@ fn plan<'a>(
         conn.info.peer.ip(),
         &http.metrics,
     )? {
-        edge::Checked::Route { authority } => authority,
+        edge::Checked::Route { authority } => authority.unwrap_or(raw_authority),
         edge::Checked::Redirect(location) => {
             return Ok(Planned::Answer(respond::redirect(
                 StatusCode::TEMPORARY_REDIRECT,
