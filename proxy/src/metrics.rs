@@ -151,7 +151,7 @@ impl Metrics {
     pub fn listener(&self, name: &str) -> ListenerMetrics {
         let l = || vec![("listener", name.to_string())];
         let class = |c: &str| vec![("listener", name.to_string()), ("class", c.to_string())];
-        ListenerMetrics {
+        ListenerMetrics(std::sync::Arc::new(ListenerHandles {
             connections: self.downstream_connections.get_or_create(&l()).clone(),
             active: self
                 .downstream_connections_active
@@ -171,7 +171,7 @@ impl Metrics {
                     .clone()
             }),
             name: name.to_string(),
-        }
+        }))
     }
 
     /// Handles for one cluster.
@@ -204,9 +204,21 @@ impl Metrics {
     }
 }
 
-/// Per-listener handles.
+/// Per-listener handles, shared: every connection keeps one (a pointer and one atomic increment
+/// per connection, however many series a listener has).
 #[derive(Clone, Debug)]
-pub struct ListenerMetrics {
+pub struct ListenerMetrics(std::sync::Arc<ListenerHandles>);
+
+impl std::ops::Deref for ListenerMetrics {
+    type Target = ListenerHandles;
+    fn deref(&self) -> &ListenerHandles {
+        &self.0
+    }
+}
+
+/// The handles behind [`ListenerMetrics`].
+#[derive(Debug)]
+pub struct ListenerHandles {
     /// Accepted connections.
     pub connections: Counter,
     /// Open connections.
@@ -268,7 +280,7 @@ impl Sanitized {
     }
 }
 
-impl ListenerMetrics {
+impl ListenerHandles {
     /// Counts a change the normalize step made to a request head.
     pub fn sanitized(&self, action: Sanitized) {
         if let Some(c) = self.sanitized.get(action as usize) {
