@@ -133,17 +133,6 @@ clusters:
     ))
 }
 
-fn metric(p: &InProcess, name_and_labels: &str) -> f64 {
-    metric_value(&p.metrics(), name_and_labels)
-}
-
-fn rejected(p: &InProcess, reason: &str) -> f64 {
-    metric(
-        p,
-        &format!("sluice_downstream_rejected_total{{listener=\"main\",reason=\"{reason}\"}}"),
-    )
-}
-
 /// Upstream errors of `kind` (0 when none was ever counted; the family must exist).
 fn upstream_errors(p: &InProcess, kind: &str) -> f64 {
     counter_or_zero(
@@ -403,7 +392,6 @@ fn http2_cookie_fields_are_joined_for_http1_upstreams() {
 
 // ---- HTTP/2 frame and field rules (RFC 9113), with hand-written frames ----
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
@@ -412,14 +400,6 @@ const GOAWAY: u8 = 0x7;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PROTOCOL_ERROR: u32 = 0x1;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
 
 /// HPACK "literal without indexing, new name" (RFC 7541 §6.2.2), short strings only.
 fn literal(name: &str, value: &str) -> Vec<u8> {
@@ -440,8 +420,8 @@ fn request_block(post: bool) -> Vec<u8> {
 fn h2_raw(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(PREFACE).unwrap();
-    s.write_all(&frame(0x4, 0, 0, &[])).unwrap();
+    s.write_all(H2_PREFACE).unwrap();
+    s.write_all(&h2_frame(0x4, 0, 0, &[])).unwrap();
     s
 }
 
@@ -492,7 +472,7 @@ fn data_text(frames: &[RawFrame], stream: u32) -> String {
 fn http2_ping_with_wrong_length_is_a_connection_error() {
     let p = proxy_to(echo("up"), "http1");
     let mut s = h2_raw(p.addr("main"));
-    s.write_all(&frame(PING, 0, 0, &[0; 7])).unwrap();
+    s.write_all(&h2_frame(PING, 0, 0, &[0; 7])).unwrap();
     let frames = read_frames(&mut s);
     // RFC 9113 §6.7 asks for FRAME_SIZE_ERROR; the h2 crate (0.4.20, also its newest release)
     // sends PROTOCOL_ERROR and cannot be configured: a documented departure
@@ -500,8 +480,8 @@ fn http2_ping_with_wrong_length_is_a_connection_error() {
     assert_eq!(goaway_code(&frames), Some(PROTOCOL_ERROR), "{frames:?}");
     // A well-formed PING is answered.
     let mut s = h2_raw(p.addr("main"));
-    s.write_all(&frame(PING, 0, 0, &[7; 8])).unwrap();
-    s.write_all(&frame(GOAWAY, 0, 0, &[0; 8])).unwrap();
+    s.write_all(&h2_frame(PING, 0, 0, &[7; 8])).unwrap();
+    s.write_all(&h2_frame(GOAWAY, 0, 0, &[0; 8])).unwrap();
     let frames = read_frames(&mut s);
     assert!(
         frames
@@ -515,7 +495,7 @@ fn http2_ping_with_wrong_length_is_a_connection_error() {
 fn http2_goaway_with_an_unknown_error_code_is_accepted() {
     let p = proxy_to(echo("up"), "http1");
     let mut s = h2_raw(p.addr("main"));
-    s.write_all(&frame(
+    s.write_all(&h2_frame(
         HEADERS,
         END_HEADERS | END_STREAM,
         1,
@@ -525,7 +505,7 @@ fn http2_goaway_with_an_unknown_error_code_is_accepted() {
     // Last stream id 0, error code 0xdeadbeef (not in the registry).
     let mut goaway = 0u32.to_be_bytes().to_vec();
     goaway.extend_from_slice(&0xdead_beef_u32.to_be_bytes());
-    s.write_all(&frame(GOAWAY, 0, 0, &goaway)).unwrap();
+    s.write_all(&h2_frame(GOAWAY, 0, 0, &goaway)).unwrap();
     let frames = read_frames(&mut s);
     // No protocol error in return: the connection just ends, as after any GOAWAY.
     assert!(goaway_code(&frames).is_none_or(|c| c == 0), "{frames:?}");
@@ -536,14 +516,14 @@ fn http2_goaway_with_an_unknown_error_code_is_accepted() {
 fn http2_request_trailers_with_a_pseudo_header_are_not_forwarded() {
     let p = proxy_to(echo("up"), "http2");
     let mut s = h2_raw(p.addr("main"));
-    s.write_all(&frame(HEADERS, END_HEADERS, 1, &request_block(true)))
+    s.write_all(&h2_frame(HEADERS, END_HEADERS, 1, &request_block(true)))
         .unwrap();
-    s.write_all(&frame(DATA, 0, 1, b"hello")).unwrap();
+    s.write_all(&h2_frame(DATA, 0, 1, b"hello")).unwrap();
     let mut trailers = vec![0x04, 0x02, b'/', b'x']; // `:path: /x`, literal, indexed name
     trailers.extend(literal("x-t", "1"));
-    s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers))
+    s.write_all(&h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers))
         .unwrap();
-    s.write_all(&frame(GOAWAY, 0, 0, &[0; 8])).unwrap();
+    s.write_all(&h2_frame(GOAWAY, 0, 0, &[0; 8])).unwrap();
     let frames = read_frames(&mut s);
     let reset = frames
         .iter()
@@ -641,17 +621,17 @@ fn http2_field_values_with_surrounding_whitespace_are_never_forwarded() {
         let mut block = request_block(false);
         block.extend(literal("x-bad", bad));
         let stream = 1 + 2 * i as u32;
-        s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, stream, &block))
+        s.write_all(&h2_frame(HEADERS, END_HEADERS | END_STREAM, stream, &block))
             .unwrap();
     }
-    s.write_all(&frame(
+    s.write_all(&h2_frame(
         HEADERS,
         END_HEADERS | END_STREAM,
         9,
         &request_block(false),
     ))
     .unwrap();
-    s.write_all(&frame(GOAWAY, 0, 0, &[0; 8])).unwrap();
+    s.write_all(&h2_frame(GOAWAY, 0, 0, &[0; 8])).unwrap();
     let frames = read_frames(&mut s);
     for stream in [1, 3, 5, 7] {
         assert_eq!(

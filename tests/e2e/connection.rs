@@ -8,19 +8,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const SETTINGS: u8 = 0x4;
 const HEADERS: u8 = 0x1;
 const GOAWAY: u8 = 0x7;
 const END_HEADERS: u8 = 0x4;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
 
 /// Frame types in `bytes` (whole frames only).
 fn frame_types(bytes: &[u8]) -> Vec<u8> {
@@ -87,20 +78,6 @@ clusters:
     ))
 }
 
-fn rejected(p: &InProcess, reason: &str) -> f64 {
-    counter_or_zero(
-        &p.metrics(),
-        &format!("sluice_downstream_rejected_total{{listener=\"main\",reason=\"{reason}\"}}"),
-    )
-}
-
-fn upstream_requests(p: &InProcess) -> f64 {
-    counter_or_zero(
-        &p.metrics(),
-        "sluice_upstream_requests_total{cluster=\"up\"}",
-    )
-}
-
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -146,9 +123,9 @@ clusters:
         let mut s = TcpStream::connect(addr).unwrap();
         // Half a preface, or a lone byte of it.
         let part: &[u8] = if i % 2 == 0 {
-            &PREFACE[..16]
+            &H2_PREFACE[..16]
         } else {
-            &PREFACE[..1]
+            &H2_PREFACE[..1]
         };
         s.write_all(part).unwrap();
         held.push(s);
@@ -175,9 +152,9 @@ clusters:
     // is served meanwhile.
     assert_eq!(curl(&[&format!("http://{addr}/")]).status, 200);
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(&PREFACE[..7]).unwrap();
-    s.write_all(&PREFACE[7..]).unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).unwrap();
+    s.write_all(&H2_PREFACE[..7]).unwrap();
+    s.write_all(&H2_PREFACE[7..]).unwrap();
+    s.write_all(&h2_frame(SETTINGS, 0, 0, &[])).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 9];
     s.read_exact(&mut buf).unwrap();
@@ -193,8 +170,8 @@ fn http2_peer_ignoring_goaway_is_closed_after_the_graceful_close_timeout() {
     );
     let mut s = TcpStream::connect(p.addr("main")).unwrap();
     // Preface and SETTINGS, then silence: no SETTINGS ack, no PING answer.
-    s.write_all(PREFACE).unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).unwrap();
+    s.write_all(H2_PREFACE).unwrap();
+    s.write_all(&h2_frame(SETTINGS, 0, 0, &[])).unwrap();
     let t0 = Instant::now();
     let (bytes, closed) = read_to_close(&mut s, Duration::from_secs(15));
     assert!(closed, "connection still open: {:?}", frame_types(&bytes));
@@ -250,9 +227,9 @@ fn http2_header_block_trickle_is_cut_by_the_header_timeout() {
     let addr = p.addr("main");
     // A HEADERS frame whose 20-byte block arrives one byte per 300 ms.
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(PREFACE).unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).unwrap();
-    let mut header = frame(HEADERS, END_HEADERS, 1, &[0x82; 20]);
+    s.write_all(H2_PREFACE).unwrap();
+    s.write_all(&h2_frame(SETTINGS, 0, 0, &[])).unwrap();
+    let mut header = h2_frame(HEADERS, END_HEADERS, 1, &[0x82; 20]);
     header.truncate(9);
     s.write_all(&header).unwrap();
     let t0 = Instant::now();
@@ -276,7 +253,7 @@ fn http2_header_block_trickle_is_cut_by_the_header_timeout() {
     );
     // The preface and first SETTINGS are bounded too.
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(PREFACE).unwrap();
+    s.write_all(H2_PREFACE).unwrap();
     let (_, closed) = read_to_close(&mut s, Duration::from_secs(10));
     assert!(closed, "a connection without SETTINGS stayed open");
     eventually("both counted", || {

@@ -57,20 +57,6 @@ fn garbage_upstream() -> SocketAddr {
     addr
 }
 
-fn rejected(p: &InProcess, reason: &str) -> f64 {
-    metric_value(
-        &p.metrics(),
-        &format!("sluice_downstream_rejected_total{{listener=\"main\",reason=\"{reason}\"}}"),
-    )
-}
-
-fn upstream_requests(p: &InProcess) -> f64 {
-    metric_value(
-        &p.metrics(),
-        "sluice_upstream_requests_total{cluster=\"up\"}",
-    )
-}
-
 #[test]
 fn oversized_headers_get_431() {
     let p = setup("");

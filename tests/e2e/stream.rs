@@ -282,13 +282,6 @@ fn measure_buffering_towards_clients_that_never_read() {
     );
 }
 
-fn rejected(p: &InProcess, reason: &str) -> f64 {
-    metric_value(
-        &p.metrics(),
-        &format!("sluice_downstream_rejected_total{{listener=\"main\",reason=\"{reason}\"}}"),
-    )
-}
-
 fn flagged(p: &InProcess, flag: &str) -> f64 {
     metric_value(
         &p.metrics(),

@@ -537,3 +537,32 @@ where
     tokio::spawn(conn);
     sender
 }
+
+/// `sluice_downstream_rejected_total` of listener `main` for `reason`, 0 before the first
+/// (callers assert or wait for a count above 0, so a misspelt reason cannot pass).
+pub fn rejected(p: &InProcess, reason: &str) -> f64 {
+    counter_or_zero(
+        &p.metrics(),
+        &format!("sluice_downstream_rejected_total{{listener=\"main\",reason=\"{reason}\"}}"),
+    )
+}
+
+/// Requests Sluice sent to cluster `up` (its series exists from the cluster's creation).
+pub fn upstream_requests(p: &InProcess) -> f64 {
+    metric_value(
+        &p.metrics(),
+        "sluice_upstream_requests_total{cluster=\"up\"}",
+    )
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One raw HTTP/2 frame.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
