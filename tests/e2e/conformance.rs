@@ -141,20 +141,6 @@ fn upstream_errors(p: &InProcess, kind: &str) -> f64 {
     )
 }
 
-/// Asserts a single response with `status`, `Connection: close`, and a closed connection.
-fn assert_rejected_and_closed(out: &str, closed: bool, status: u16, what: &str) {
-    assert!(
-        out.starts_with(&format!("HTTP/1.1 {status} ")),
-        "{what}: {out}"
-    );
-    assert!(
-        out.to_ascii_lowercase().contains("connection: close"),
-        "{what}: {out}"
-    );
-    assert!(closed, "{what}: connection left open");
-    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{what}: {out}");
-}
-
 #[test]
 fn malformed_chunked_request_bodies_get_400_and_close() {
     let up = echo("up");

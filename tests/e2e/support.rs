@@ -566,3 +566,17 @@ pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(payload);
     f
 }
+
+/// Asserts a single response with `status`, `Connection: close`, and a closed connection.
+pub fn assert_rejected_and_closed(out: &str, closed: bool, status: u16, what: &str) {
+    assert!(
+        out.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{what}: {out}"
+    );
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{what}: {out}"
+    );
+    assert!(closed, "{what}: connection left open");
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{what}: {out}");
+}
