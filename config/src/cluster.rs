@@ -55,9 +55,14 @@ pub enum UpstreamProtocol {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
-    /// Weighted round robin over the endpoints.
+    /// Weighted round robin over the endpoints (smooth: heavy endpoints are interleaved).
     #[default]
     RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Least request by the power of two choices: of two endpoints drawn by weight, the one
+    /// with fewer requests in flight per unit of weight (Envoy `LEAST_REQUEST`).
+    LeastRequest,
 }
 
 /// Connection pool settings (per worker thread and endpoint).

@@ -263,7 +263,7 @@ fn http2_header_block_trickle_is_cut_by_the_header_timeout() {
 
 /// An HTTP/1.1 upstream that reports each request head it receives and never answers (so
 /// every stream the client resets is reset before its response completed).
-fn holding_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+pub fn holding_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

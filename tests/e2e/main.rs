@@ -6,6 +6,7 @@
 // across the test modules.
 #![allow(clippy::disallowed_types, unreachable_pub)]
 
+mod balance;
 mod conformance;
 mod connection;
 mod edge;

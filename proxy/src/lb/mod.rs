@@ -5,8 +5,12 @@
 //! read-modify-write. Picking is a pure function of the balancer's state, unit-tested without
 //! sockets.
 
+mod least_request;
+mod random;
 mod round_robin;
 
+pub use least_request::LeastRequest;
+pub use random::Random;
 pub use round_robin::RoundRobin;
 
 use crate::endpoint::Endpoint;
@@ -52,5 +56,7 @@ pub trait LoadBalancer: Send + Sync + fmt::Debug {
 pub fn build(policy: LbPolicy, weights: &[u32], workers: usize) -> Box<dyn LoadBalancer> {
     match policy {
         LbPolicy::RoundRobin => Box::new(RoundRobin::new(weights, workers)),
+        LbPolicy::Random => Box::new(Random::new(weights)),
+        LbPolicy::LeastRequest => Box::new(LeastRequest::new(weights)),
     }
 }
