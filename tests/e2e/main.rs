@@ -9,6 +9,7 @@
 mod balance;
 mod conformance;
 mod connection;
+mod deadline;
 mod edge;
 mod filters;
 mod lifecycle;

@@ -5,6 +5,7 @@
 use crate::cluster::UpstreamProtocol;
 use http::{StatusCode, Version};
 use sluice_config::UpstreamProtocol as Configured;
+use std::time::Duration;
 
 /// The protocol of the upstream request: the cluster's, or with `auto` the downstream's.
 pub(crate) fn upstream_protocol(configured: Configured, downstream: Version) -> UpstreamProtocol {
@@ -13,6 +14,17 @@ pub(crate) fn upstream_protocol(configured: Configured, downstream: Version) -> 
         Configured::Http2 => UpstreamProtocol::Http2,
         Configured::Auto if downstream == Version::HTTP_2 => UpstreamProtocol::Http2,
         Configured::Auto => UpstreamProtocol::Http1,
+    }
+}
+
+/// The timeout of the upstream call: the route's, or a gRPC client's deadline (`grpc-timeout`)
+/// when that is sooner; the route's timeout caps what a client may ask for (`None`: the route
+/// has none, so the client's deadline is used as sent).
+pub(crate) fn route_timeout(route: Option<Duration>, grpc: Option<Duration>) -> Option<Duration> {
+    match (route, grpc) {
+        (Some(r), Some(g)) => Some(r.min(g)),
+        (None, g) => g,
+        (r, None) => r,
     }
 }
 
@@ -79,6 +91,16 @@ mod tests {
         assert_eq!(upstream_protocol(Configured::Http1, Version::HTTP_2), Http1);
         assert_eq!(wire_protocol(Http2, true), Http1);
         assert_eq!(wire_protocol(Http2, false), Http2);
+    }
+
+    #[test]
+    fn a_grpc_deadline_shortens_the_route_timeout_but_never_extends_it() {
+        let s = Duration::from_secs;
+        assert_eq!(route_timeout(Some(s(15)), Some(s(2))), Some(s(2)));
+        assert_eq!(route_timeout(Some(s(15)), Some(s(60))), Some(s(15)));
+        assert_eq!(route_timeout(None, Some(s(60))), Some(s(60)));
+        assert_eq!(route_timeout(Some(s(15)), None), Some(s(15)));
+        assert_eq!(route_timeout(None, None), None);
     }
 
     #[test]

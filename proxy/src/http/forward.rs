@@ -13,7 +13,7 @@ use crate::http::filters::{RequestHead as FilterRequest, Verdict, WaitFuture};
 use crate::http::finish::{ResponseMeta, finish};
 use crate::http::respond::ErrorContext;
 use crate::http::{ConnContext, CurrentSpec, HttpSpec};
-use crate::http::{decide, edge, headers, respond, upgrade};
+use crate::http::{decide, edge, grpc, headers, respond, upgrade};
 use crate::local::Worker;
 use crate::message::reqbody::{FaultNote, RequestBody};
 use crate::message::{fields, trailers};
@@ -303,7 +303,7 @@ fn into_send<'a>(
         worker: conn.worker.id,
         cluster: meta.cluster,
         proto,
-        timeout: forward.timeout,
+        timeout: decide::route_timeout(forward.timeout, grpc::deadline(request.headers())),
         stream_idle: http.stream_idle,
         body_fault: None,
     };

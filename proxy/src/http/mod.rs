@@ -13,6 +13,7 @@ pub mod filters;
 mod finish;
 pub(crate) mod forward;
 mod frames;
+mod grpc;
 pub(crate) mod headers;
 mod normalize;
 pub(crate) mod respond;

@@ -59,7 +59,16 @@ pub(crate) fn error(err: &ProxyError, ctx: ErrorContext) -> Response<ResponseBod
         }
     };
     if ctx.grpc && !close {
-        return grpc_error(err.status(), body.trim_end());
+        let mut resp = grpc_error(err.status(), body.trim_end());
+        if matches!(
+            err,
+            ProxyError::UpstreamTimeout(_) | ProxyError::StreamIdleTimeout { upload: false, .. }
+        ) {
+            // The deadline passed: DEADLINE_EXCEEDED, not the UNAVAILABLE a 504 maps to.
+            resp.headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("4"));
+        }
+        return resp;
     }
     let mut resp = text(err.status(), Bytes::from_static(body.as_bytes()));
     if close {
@@ -78,9 +87,7 @@ pub(crate) struct ErrorContext {
 impl ErrorContext {
     pub(crate) fn of(headers: &http::HeaderMap) -> Self {
         ErrorContext {
-            grpc: headers
-                .get(CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+            grpc: crate::http::grpc::is_grpc(headers),
         }
     }
 }
@@ -220,7 +227,7 @@ mod tests {
             (ProxyError::NoCluster("c".into()), "14"),
             (
                 ProxyError::UpstreamTimeout(std::time::Duration::from_secs(1)),
-                "14",
+                "4",
             ),
         ];
         for (e, code) in cases {

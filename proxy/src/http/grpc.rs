@@ -1,0 +1,79 @@
+//! gRPC over HTTP/2 specifics the request path needs: the client's deadline (`grpc-timeout`,
+//! gRPC's PROTOCOL-HTTP2 spec: 1–8 digits and a unit `H`, `M`, `S`, `m`, `u` or `n`).
+
+use http::HeaderMap;
+use http::header::CONTENT_TYPE;
+use std::time::Duration;
+
+/// True for a gRPC request (`content-type: application/grpc…`).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The deadline a gRPC request carries in `grpc-timeout`, if it is one and the value is valid
+/// (an invalid one is ignored, as gRPC servers do).
+pub(crate) fn deadline(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?;
+    if !is_grpc(headers) {
+        return None;
+    }
+    parse_timeout(v.as_bytes())
+}
+
+fn parse_timeout(v: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_timeout(b"3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_timeout(b"250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_timeout(b"99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(parse_timeout(b"5n"), Some(Duration::from_nanos(5)));
+        for bad in [
+            &b""[..],
+            b"S",
+            b"10",
+            b"1x",
+            b"123456789S",
+            b"-1S",
+            b"1.5S",
+            b" 1S",
+        ] {
+            assert_eq!(parse_timeout(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", HeaderValue::from_static("100m"));
+        assert_eq!(deadline(&h), None, "not a gRPC request");
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert_eq!(deadline(&h), Some(Duration::from_millis(100)));
+    }
+}
