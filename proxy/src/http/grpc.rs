@@ -1,8 +1,8 @@
 //! gRPC over HTTP/2 specifics the request path needs: the client's deadline (`grpc-timeout`,
 //! gRPC's PROTOCOL-HTTP2 spec: 1–8 digits and a unit `H`, `M`, `S`, `m`, `u` or `n`).
 
-use http::HeaderMap;
 use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderName};
 use std::time::Duration;
 
 /// True for a gRPC request (`content-type: application/grpc…`).
@@ -15,12 +15,14 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
 /// The deadline a gRPC request carries in `grpc-timeout`, if it is one and the value is valid
 /// (an invalid one is ignored, as gRPC servers do).
 pub(crate) fn deadline(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?;
+    // `content-type` first: a standard-header look-up, and most requests stop there.
     if !is_grpc(headers) {
         return None;
     }
-    parse_timeout(v.as_bytes())
+    parse_timeout(headers.get(&GRPC_TIMEOUT)?.as_bytes())
 }
+
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 fn parse_timeout(v: &[u8]) -> Option<Duration> {
     let (&unit, digits) = v.split_last()?;

@@ -59,16 +59,7 @@ pub(crate) fn error(err: &ProxyError, ctx: ErrorContext) -> Response<ResponseBod
         }
     };
     if ctx.grpc && !close {
-        let mut resp = grpc_error(err.status(), body.trim_end());
-        if matches!(
-            err,
-            ProxyError::UpstreamTimeout(_) | ProxyError::StreamIdleTimeout { upload: false, .. }
-        ) {
-            // The deadline passed: DEADLINE_EXCEEDED, not the UNAVAILABLE a 504 maps to.
-            resp.headers_mut()
-                .insert("grpc-status", HeaderValue::from_static("4"));
-        }
-        return resp;
+        return grpc_error(grpc_status(err), body.trim_end());
     }
     let mut resp = text(err.status(), Bytes::from_static(body.as_bytes()));
     if close {
@@ -92,19 +83,30 @@ impl ErrorContext {
     }
 }
 
-/// A gRPC "trailers-only" answer: HTTP 200 with `grpc-status` and `grpc-message` in the head and
-/// no body, the status mapped from the HTTP status as gRPC's HTTP-to-gRPC mapping (and Envoy's
-/// local replies) do: 400 → INTERNAL, 401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED,
-/// 404 → UNIMPLEMENTED, 429/502/503/504 → UNAVAILABLE, anything else → UNKNOWN.
-pub(crate) fn grpc_error(status: StatusCode, message: &str) -> Response<ResponseBody> {
-    let code: &'static str = match status.as_u16() {
+/// The `grpc-status` for a failure: a passed deadline is DEADLINE_EXCEEDED; otherwise the HTTP
+/// status is mapped as gRPC's HTTP-to-gRPC mapping (and Envoy's local replies) do: 400 →
+/// INTERNAL, 401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED, 404 → UNIMPLEMENTED,
+/// 429/502/503/504 → UNAVAILABLE, anything else → UNKNOWN.
+fn grpc_status(err: &ProxyError) -> &'static str {
+    if matches!(
+        err,
+        ProxyError::UpstreamTimeout(_) | ProxyError::StreamIdleTimeout { upload: false, .. }
+    ) {
+        return "4";
+    }
+    match err.status().as_u16() {
         400 => "13",
         401 => "16",
         403 => "7",
         404 => "12",
         429 | 502 | 503 | 504 => "14",
         _ => "2",
-    };
+    }
+}
+
+/// A gRPC "trailers-only" answer: HTTP 200 with `grpc-status` (`code`) and `grpc-message` in
+/// the head and no body.
+pub(crate) fn grpc_error(code: &'static str, message: &str) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::empty());
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
