@@ -1,6 +1,7 @@
 //! Clusters: named groups of upstream endpoints and how to talk to them (Envoy `Cluster` with a
 //! static `ClusterLoadAssignment`).
 
+use crate::resilience::{CircuitBreakers, OutlierDetection, RetryBudget};
 use crate::units::{ByteSize, Duration};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,15 @@ pub struct Cluster {
     pub per_connection_buffer_limit_bytes: ByteSize,
     /// The endpoints: `127.0.0.1:9001` or `{ address: 127.0.0.1:9002, weight: 2 }`.
     pub endpoints: Vec<Endpoint>,
+    /// How many retries the cluster's routes may add (on by default).
+    #[serde(default)]
+    pub retry_budget: RetryBudget,
+    /// Thresholds beyond which requests get 503 (`UO`) at once.
+    #[serde(default)]
+    pub circuit_breakers: CircuitBreakers,
+    /// Ejection of endpoints that keep failing (on by default).
+    #[serde(default)]
+    pub outlier_detection: OutlierDetection,
 }
 
 /// Upstream protocol.

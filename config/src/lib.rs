@@ -20,6 +20,7 @@ mod error;
 mod listener;
 mod locate;
 pub mod raw;
+mod resilience;
 mod resource;
 mod route;
 mod units;
@@ -33,6 +34,9 @@ pub use listener::{
 };
 pub use locate::{Position, PositionIndex};
 pub use raw::{RawConfig, RawListener, RawRoute, RawRouteTable, RawVirtualHost};
+pub use resilience::{
+    BackOff, CircuitBreakers, OutlierDetection, RetryBudget, RetryOn, RetryPolicy, RouteBreakers,
+};
 pub use resource::{ClusterLoadAssignment, Resource, ResourceKey, ResourceType, Update, diff};
 pub use route::{
     DEFAULT_ROUTE_TIMEOUT, DirectResponse, HeaderList, HeaderMatcher, HeaderMutation,

@@ -6,6 +6,7 @@
 use crate::Admin;
 use crate::cluster::Cluster;
 use crate::listener::{HttpListener, TcpListener};
+use crate::resilience::{RetryPolicy, RouteBreakers};
 use crate::route::{
     DirectResponse, HeaderMutation, Redirect, Rewrite, RouteMatch, WeightedCluster,
 };
@@ -110,6 +111,13 @@ pub struct RawRoute {
     /// (Envoy's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// When requests are tried again; unset: the default policy (connect failures and refused
+    /// streams, twice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
+    /// The route's own circuit breakers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<RouteBreakers>,
     /// Header changes on requests taking this route (applied after the virtual host's).
     #[serde(default, skip_serializing_if = "HeaderMutation::is_empty")]
     pub request_headers: HeaderMutation,

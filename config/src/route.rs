@@ -2,6 +2,7 @@
 //! does (Envoy `RouteConfiguration` → `VirtualHost` → `Route`).
 
 use crate::raw::{RawRoute, RawRouteTable, RawVirtualHost};
+use crate::resilience::{RetryPolicy, RouteBreakers};
 use crate::units::Duration;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -48,6 +49,10 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     /// Time allowed until the upstream's response headers; `None`: the default.
     pub timeout: Option<Duration>,
+    /// When requests are tried again; `None`: the default policy.
+    pub retry_policy: Option<RetryPolicy>,
+    /// The route's own circuit breakers.
+    pub circuit_breakers: Option<RouteBreakers>,
     /// Header changes on requests taking this route (applied after the virtual host's).
     pub request_headers: HeaderMutation,
     /// Header changes on responses (applied after the virtual host's).
@@ -146,6 +151,8 @@ impl TryFrom<RawRoute> for Route {
             action,
             rewrite: r.rewrite,
             timeout: r.timeout,
+            retry_policy: r.retry_policy,
+            circuit_breakers: r.circuit_breakers,
             request_headers: r.request_headers,
             response_headers: r.response_headers,
         })
@@ -163,6 +170,8 @@ impl From<Route> for RawRoute {
             direct_response: None,
             rewrite: r.rewrite,
             timeout: r.timeout,
+            retry_policy: r.retry_policy,
+            circuit_breakers: r.circuit_breakers,
             request_headers: r.request_headers,
             response_headers: r.response_headers,
         };

@@ -311,6 +311,11 @@ impl Validator {
 
     fn route(&mut self, p: &str, r: &RawRoute, clusters: &Refs<'_>) {
         self.route_match(&format!("{p}.match"), &r.matcher);
+        crate::resilience::validate_route(
+            r.retry_policy.as_ref(),
+            r.circuit_breakers.as_ref(),
+            |f, m| self.err(format!("{p}.{f}"), m),
+        );
         let actions = [
             r.cluster.is_some(),
             r.weighted_clusters.is_some(),
@@ -623,6 +628,12 @@ impl Validator {
     }
 
     fn cluster(&mut self, p: &str, c: &Cluster) {
+        crate::resilience::validate_cluster(
+            &c.retry_budget,
+            &c.circuit_breakers,
+            &c.outlier_detection,
+            |f, m| self.err(format!("{p}.{f}"), m),
+        );
         if c.connect_timeout.is_zero() {
             self.err(format!("{p}.connect_timeout"), "must be greater than 0s");
         }

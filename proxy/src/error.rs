@@ -95,6 +95,18 @@ pub enum ProxyError {
     /// No response headers within the route timeout.
     #[error("upstream did not respond within {0:?}")]
     UpstreamTimeout(Duration),
+    /// No response headers within the retry policy's per-try timeout (the attempt was
+    /// abandoned).
+    #[error("upstream attempt did not respond within the per-try timeout {0:?}")]
+    PerTryTimeout(Duration),
+    /// A circuit breaker of the cluster or the route is full: refused at once, never sent.
+    #[error("{scope} circuit breaker `{breaker}` overflowed")]
+    Overflow {
+        /// `cluster` or `route`.
+        scope: &'static str,
+        /// Which threshold: `max_connections`, `max_pending_requests`, `max_requests`.
+        breaker: &'static str,
+    },
     /// No progress for the stream idle timeout before the response head: the request body
     /// stalled (`upload`: the client's fault, 408) or the upstream sent no head (504).
     #[error("stream idle for {after:?} ({})", if *.upload { "request body stalled" } else { "no response head" })]
@@ -170,11 +182,14 @@ impl ProxyError {
             | ProxyError::UnsupportedTransferCoding
             | ProxyError::DuplicateQueryParameter(_)
             | ProxyError::StreamIdleTimeout { upload: true, .. } => Side::Downstream,
-            ProxyError::NoCluster(_) | ProxyError::NoEndpoint(_) => Side::Internal,
+            ProxyError::NoCluster(_) | ProxyError::NoEndpoint(_) | ProxyError::Overflow { .. } => {
+                Side::Internal
+            }
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::UpstreamTimeout(_)
+            | ProxyError::PerTryTimeout(_)
             | ProxyError::StreamIdleTimeout { upload: false, .. }
             | ProxyError::Upstream(_)
             | ProxyError::InvalidResponse(_) => Side::Upstream,
@@ -192,6 +207,7 @@ impl ProxyError {
         match self {
             ProxyError::Upstream(_)
             | ProxyError::UpstreamTimeout(_)
+            | ProxyError::PerTryTimeout(_)
             | ProxyError::InvalidResponse(_)
             | ProxyError::StreamIdleTimeout { .. }
             | ProxyError::RequestBody(_) => Sent::Maybe,
@@ -219,8 +235,10 @@ impl ProxyError {
             | ProxyError::NoEndpoint(_)
             | ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
-            | ProxyError::Handshake { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::Handshake { .. }
+            | ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout(_)
+            | ProxyError::PerTryTimeout(_)
             | ProxyError::StreamIdleTimeout { upload: false, .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::StreamIdleTimeout { upload: true, .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(_) | ProxyError::InvalidResponse(_) => StatusCode::BAD_GATEWAY,
@@ -270,7 +288,8 @@ impl ProxyError {
             ProxyError::NoEndpoint(_) => "UH",
             ProxyError::ConnectFailed { .. } | ProxyError::Handshake { .. } => "UF",
             ProxyError::ConnectTimeout { .. } => "UF",
-            ProxyError::UpstreamTimeout(_) => "UT",
+            ProxyError::UpstreamTimeout(_) | ProxyError::PerTryTimeout(_) => "UT",
+            ProxyError::Overflow { .. } => "UO",
             ProxyError::StreamIdleTimeout { .. } => "SI",
             ProxyError::Upstream(_) => "UC",
             ProxyError::InvalidResponse(_) => "UPE",

@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod breaker;
 mod clock;
 pub mod cluster;
 #[cfg(feature = "demo")]
@@ -36,6 +37,7 @@ pub mod listener;
 mod local;
 mod message;
 pub mod metrics;
+pub mod outlier;
 pub mod route;
 pub mod source;
 pub mod state;

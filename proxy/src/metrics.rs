@@ -26,6 +26,12 @@ pub struct Metrics {
     upstream_connections: Family<Labels, Counter>,
     upstream_connect_failures: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
+    upstream_retries: Family<Labels, Counter>,
+    upstream_retry_limited: Family<Labels, Counter>,
+    upstream_overflows: Family<Labels, Counter>,
+    route_overflows: Family<Labels, Counter>,
+    outlier_ejections: Family<Labels, Counter>,
+    outlier_ejected: Family<Labels, Gauge>,
     config_reloads: Family<Labels, Counter>,
     config_resources: Family<Labels, Counter>,
 }
@@ -57,6 +63,12 @@ impl Metrics {
             upstream_connections: Family::default(),
             upstream_connect_failures: Family::default(),
             upstream_errors: Family::default(),
+            upstream_retries: Family::default(),
+            upstream_retry_limited: Family::default(),
+            upstream_overflows: Family::default(),
+            route_overflows: Family::default(),
+            outlier_ejections: Family::default(),
+            outlier_ejected: Family::default(),
             config_reloads: Family::default(),
             config_resources: Family::default(),
             registry: Registry::with_prefix("sluice"),
@@ -112,6 +124,36 @@ impl Metrics {
             "upstream_errors",
             "Upstream requests that failed after connecting, by cluster and kind",
             m.upstream_errors.clone(),
+        );
+        r.register(
+            "upstream_retries",
+            "Retries sent, by cluster and reason (connect_failure, refused_stream, reset, per_try_timeout, status, grpc_status)",
+            m.upstream_retries.clone(),
+        );
+        r.register(
+            "upstream_retry_limited",
+            "Retries the policy asked for but a limit refused, by cluster and limit (num_retries, budget, circuit_breaker, replay_limit, retry_after)",
+            m.upstream_retry_limited.clone(),
+        );
+        r.register(
+            "upstream_overflows",
+            "Requests refused at once (503 UO) because a cluster circuit breaker was full, by cluster and breaker",
+            m.upstream_overflows.clone(),
+        );
+        r.register(
+            "route_overflows",
+            "Requests or retries refused because a route's own circuit breaker was full, by route and breaker",
+            m.route_overflows.clone(),
+        );
+        r.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection, by cluster and reason",
+            m.outlier_ejections.clone(),
+        );
+        r.register(
+            "outlier_ejected_endpoints",
+            "Endpoints ejected by outlier detection now, by cluster",
+            m.outlier_ejected.clone(),
         );
         r.register(
             "downstream_error_responses",
@@ -182,8 +224,23 @@ impl Metrics {
             connections: self.upstream_connections.get_or_create(&l()).clone(),
             connect_failures: self.upstream_connect_failures.get_or_create(&l()).clone(),
             errors: self.upstream_errors.clone(),
+            retries: labelled(&self.upstream_retries, name, "reason", &RETRY_REASONS),
+            retry_limited: labelled(&self.upstream_retry_limited, name, "limit", &RETRY_LIMITS),
+            overflows: labelled(&self.upstream_overflows, name, "breaker", &BREAKERS),
+            ejections: labelled(&self.outlier_ejections, name, "reason", &EJECTION_REASONS),
+            ejected: self.outlier_ejected.get_or_create(&l()).clone(),
             name: name.to_string(),
         }
+    }
+
+    /// The overflow counter of a route's breaker (`max_requests` or `max_retries`).
+    pub fn route_overflow(&self, route: &str, breaker: &'static str) -> Counter {
+        self.route_overflows
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("breaker", breaker.to_string()),
+            ])
+            .clone()
     }
 
     /// Counts a reload attempt (`success` or `failure`).
@@ -317,6 +374,84 @@ impl ListenerHandles {
     }
 }
 
+/// The `reason` labels of `sluice_upstream_retries_total`.
+pub const RETRY_REASONS: [&str; 6] = [
+    "connect_failure",
+    "refused_stream",
+    "reset",
+    "per_try_timeout",
+    "status",
+    "grpc_status",
+];
+/// The `limit` labels of `sluice_upstream_retry_limited_total`.
+pub const RETRY_LIMITS: [&str; 5] = [
+    "num_retries",
+    "budget",
+    "circuit_breaker",
+    "replay_limit",
+    "retry_after",
+];
+/// The `breaker` labels of `sluice_upstream_overflows_total`.
+pub const BREAKERS: [&str; 4] = [
+    "max_connections",
+    "max_pending_requests",
+    "max_requests",
+    "max_retries",
+];
+/// The `reason` labels of `sluice_outlier_ejections_total`.
+pub const EJECTION_REASONS: [&str; 3] = [
+    "consecutive_5xx",
+    "consecutive_gateway_failure",
+    "failure_percentage",
+];
+
+/// Counters of one cluster for each of `values` (pre-initialised, so they show from the start).
+fn labelled<const N: usize>(
+    family: &Family<Labels, Counter>,
+    cluster: &str,
+    key: &'static str,
+    values: &[&'static str; N],
+) -> LabelledCounters<N> {
+    LabelledCounters {
+        values: *values,
+        counters: values.map(|v| {
+            family
+                .get_or_create(&vec![
+                    ("cluster", cluster.to_string()),
+                    (key, v.to_string()),
+                ])
+                .clone()
+        }),
+    }
+}
+
+/// A cluster's counters of one family, one per label value, resolved once.
+#[derive(Clone, Debug)]
+pub struct LabelledCounters<const N: usize> {
+    values: [&'static str; N],
+    counters: [Counter; N],
+}
+
+impl<const N: usize> LabelledCounters<N> {
+    /// Counts one for `value` (one of the pre-initialised values; others are ignored).
+    pub fn inc(&self, value: &str) {
+        if let Some(i) = self.values.iter().position(|v| *v == value)
+            && let Some(c) = self.counters.get(i)
+        {
+            c.inc();
+        }
+    }
+
+    /// The count for `value`.
+    pub fn get(&self, value: &str) -> u64 {
+        self.values
+            .iter()
+            .position(|v| *v == value)
+            .and_then(|i| self.counters.get(i))
+            .map_or(0, Counter::get)
+    }
+}
+
 /// Per-cluster handles.
 #[derive(Clone, Debug)]
 pub struct ClusterMetrics {
@@ -327,6 +462,16 @@ pub struct ClusterMetrics {
     /// Failed connection attempts.
     pub connect_failures: Counter,
     errors: Family<Labels, Counter>,
+    /// Retries by reason.
+    pub retries: LabelledCounters<6>,
+    /// Retries refused by a limit.
+    pub retry_limited: LabelledCounters<5>,
+    /// Circuit-breaker overflows by breaker.
+    pub overflows: LabelledCounters<4>,
+    /// Outlier ejections by reason.
+    pub ejections: LabelledCounters<3>,
+    /// Endpoints ejected now.
+    pub ejected: Gauge,
     name: String,
 }
 

@@ -289,7 +289,15 @@ fn upstream_failures_map_to_502_503_504() {
             &m,
             "sluice_upstream_connect_failures_total{cluster=\"dead\"}"
         ),
-        1.0,
+        3.0,
+        "the default retry policy tries a refused connection twice more: {m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "sluice_upstream_retries_total{cluster=\"dead\",reason=\"connect_failure\"}"
+        ),
+        2.0,
         "{m}"
     );
     assert_eq!(

@@ -15,6 +15,7 @@ mod filters;
 mod lifecycle;
 mod limits;
 mod reload;
+mod resilience;
 mod resources;
 mod routing;
 mod stream;

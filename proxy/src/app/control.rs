@@ -31,6 +31,9 @@ impl std::fmt::Debug for Control {
     }
 }
 
+/// How often outlier detection's sweep runs (ejection returns, failure-percentage intervals).
+const OUTLIER_SWEEP: Duration = Duration::from_millis(250);
+
 /// Coalesces bursts of file events (editors and Kubernetes volume updates write several).
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
@@ -64,8 +67,11 @@ impl ControlLoop {
         let debounce = tokio::time::sleep(Duration::MAX);
         tokio::pin!(debounce);
         let mut pending = false;
+        let mut outliers = tokio::time::interval(OUTLIER_SWEEP);
+        outliers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                now = outliers.tick() => self.writer.registry().sweep_outliers(now),
                 msg = rx.recv() => match msg {
                     Some(Control::Reload(reply)) => {
                         let _ = reply.send(self.reload(true));

@@ -1,30 +1,38 @@
-//! The upstream call: the one function that owns pick → admit → pool → send → classify for a
-//! request, shaped as the attempt loop that retries extend. The pick happens inside the
-//! attempt, each attempt knows its number and deadline and the endpoints already tried, and
-//! every failure is classified in one place ([`ProxyError::classify`]).
+//! The upstream call: the one function that owns pick → admit → pool → send → classify →
+//! retry for a request. Each attempt picks its endpoint (avoiding the ones earlier attempts
+//! used), is admitted by the circuit breakers, reports its outcome to outlier detection, and
+//! its result goes through the retry decision (`cluster::retry`), the retry budget and the
+//! `max_retries` breakers; every failure is classified in one place
+//! ([`ProxyError::classify`]).
+//!
+//! The common case stays small: a request the policy could only retry while it is provably
+//! unsent (the default policy) is sent without a copy, inline; everything else — a request the
+//! policy may resend (its head and a bounded replay buffer of its body are kept), per-try
+//! timeouts, backoff — runs in a boxed future that only such requests pay for.
 
-use super::pool::{EndpointPool, Lease, Pools, SendError, UpstreamBody, UpstreamProtocol};
+use super::pool::{EndpointPool, Lease, Pools, SendError, UpstreamBody, UpstreamProtocol, Via};
+use super::retry::{Attempted, Reason, RetryPolicy};
 use super::{ClusterHandle, Transport};
+use crate::breaker::{Gauge, Held, RouteBreaker, Threshold};
 pub(crate) use crate::endpoint::ActiveRequest;
-use crate::error::{ProxyError, Sent};
+use crate::error::ProxyError;
 use crate::lb::PickContext;
 use crate::message::fields;
-use crate::message::reqbody::FaultNote;
+use crate::message::replay::ReplayBody;
+use crate::message::reqbody::{FaultNote, RequestBody};
 use crate::metrics::ClusterMetrics;
+use crate::outlier::Outcome;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// Most attempts of one request. One until the retry policy (resilience work) raises it; the
-/// loop, the pick context and the decision are already in place.
-const MAX_ATTEMPTS: u32 = 1;
 
 /// Who is calling and how.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +54,10 @@ pub(crate) struct Call<'a> {
     /// Where the request body notes how it failed (a failure of the downstream body is the
     /// client's, not the upstream's), its progress and its end.
     pub(crate) body_fault: Option<&'a FaultNote>,
+    /// The route's retry policy.
+    pub(crate) retry: &'a RetryPolicy,
+    /// The route's own circuit breakers, if it has any.
+    pub(crate) route_breaker: Option<&'a RouteBreaker>,
 }
 
 /// A response head from an upstream and what holds its connection and endpoint.
@@ -54,23 +66,26 @@ pub(crate) struct Upstream {
     pub(crate) response: Response<Incoming>,
     /// The connection (HTTP/1.1) or stream slot (HTTP/2), released when the body ends.
     pub(crate) lease: Lease,
-    /// Counts the request on its endpoint until the response body is done.
+    /// Counts the request on its endpoint (and breakers) until the response body is done.
     pub(crate) active: ActiveRequest,
     /// The endpoint that answered.
     pub(crate) endpoint: SocketAddr,
 }
 
-/// One attempt: its number (1 = first) and the endpoints earlier attempts used.
+/// The attempts of one request so far: how many, and the endpoints they used.
 #[derive(Debug, Default)]
 struct Attempts {
     number: u32,
     tried: Vec<SocketAddr>,
 }
 
+/// A route breaker's slot for the request's life.
+type RouteSlot = Option<Held<Arc<Gauge>>>;
+
 /// Sends `request` through `call.cluster` under the route and stream idle timeouts.
 pub(crate) fn send<'a>(
     call: Call<'a>,
-    request: Request<UpstreamBody>,
+    request: Request<RequestBody>,
 ) -> RouteTimeout<'a, impl Future<Output = Result<Upstream, ProxyError>> + 'a> {
     RouteTimeout::new(attempts(call, request), &call)
 }
@@ -83,46 +98,423 @@ pub(crate) fn under_timeouts<'a, T, F: Future<Output = Result<T, ProxyError>>>(
     RouteTimeout::new(fut, call)
 }
 
-/// The attempt loop, without timeouts (see [`send`]).
+/// The attempt loop, without the route timeout (see [`send`]).
 pub(crate) async fn attempts(
     call: Call<'_>,
-    mut request: Request<UpstreamBody>,
+    request: Request<RequestBody>,
 ) -> Result<Upstream, ProxyError> {
-    let mut attempts = Attempts::default();
-    loop {
-        attempts.number += 1;
-        let (pool, active, endpoint) = admit(&call, &attempts)?;
-        let result = pool.send(request, call.proto, &call.cluster.metrics).await;
-        match result {
-            Ok((response, lease)) => {
-                // An invalid response drops its lease here: the connection is closed, never
-                // pooled.
-                check_response(&response, &call.cluster.metrics)?;
-                return Ok(Upstream {
-                    response,
-                    lease,
-                    active,
-                    endpoint,
-                });
-            }
-            Err(SendError {
-                error,
-                request: unsent,
-            }) => {
-                tracing::debug!(cluster = %call.cluster.name, %endpoint, attempt = attempts.number, error = %error, flag = error.flag(), "upstream attempt failed");
-                match unsent {
-                    Some(r) if retry(&error, attempts.number, MAX_ATTEMPTS) => {
-                        request = r;
-                        attempts.tried.push(endpoint);
-                    }
-                    _ => return Err(blame(error, call.body_fault, &call.cluster.metrics)),
+    let route = admit_route(&call)?;
+    call.cluster.budget.deposit(
+        &budget_config(&call),
+        call.worker,
+        crate::clock::coarse_now(),
+    );
+    let body_len = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .or_else(|| http_body::Body::is_end_stream(request.body()).then_some(0));
+    if call.retry.keeps_copy(
+        request.method(),
+        request.headers(),
+        body_len,
+        call.proto == UpstreamProtocol::Http2,
+    ) {
+        // May be resent: keep a copy, in the boxed loop.
+        let (parts, body) = request.into_parts();
+        let copy = Copy {
+            head: Head::of(&parts),
+            body: ReplayBody::new(body, call.retry.replay_limit),
+        };
+        let first = copy
+            .request()
+            .ok_or_else(|| ProxyError::NoEndpoint(call.cluster.name.clone()))?;
+        return Box::pin(resilient(
+            call,
+            first,
+            Some(copy),
+            Attempts::default(),
+            route,
+            None,
+        ))
+        .await;
+    }
+    // The common case: one attempt, inline; a retry of an unsent request continues boxed.
+    let mut attempts = Attempts {
+        number: 1,
+        tried: Vec::new(),
+    };
+    let (pool, mut active, endpoint) = admit(&call, &attempts)?;
+    let request = request.map(UpstreamBody::Direct);
+    match pool.send(request, call.proto, via(&call)).await {
+        Ok((response, lease)) => {
+            check_response(&response, &call.cluster.metrics)?;
+            report(
+                &call,
+                &active,
+                endpoint,
+                Outcome::of_status(response.status().as_u16()),
+            );
+            active.hold_route(route);
+            Ok(Upstream {
+                response,
+                lease,
+                active,
+                endpoint,
+            })
+        }
+        Err(SendError { error, request }) => {
+            let error = blame(error, call.body_fault, &call.cluster.metrics);
+            report_failure(&call, &active, endpoint, &error);
+            drop(active);
+            let retry = request.and_then(|r| {
+                let reason = may_retry(&call, &attempts, Attempted::Failed(&error), None).ok()?;
+                let (next, slots) = prepare_retry(&call, Some(r), None)?;
+                Some((
+                    next,
+                    Retrying {
+                        reason,
+                        retry_after: None,
+                        slots,
+                    },
+                ))
+            });
+            match retry {
+                Some((next, retrying)) => {
+                    attempts.tried.push(endpoint);
+                    Box::pin(resilient(call, next, None, attempts, route, Some(retrying))).await
                 }
+                None => Err(error),
             }
         }
     }
 }
 
-/// Picks an endpoint for this attempt, counts the request on it and finds the worker's pool.
+/// The head of a request kept for a resend.
+#[derive(Debug)]
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn of(p: &http::request::Parts) -> Self {
+        Head {
+            method: p.method.clone(),
+            uri: p.uri.clone(),
+            version: p.version,
+            headers: p.headers.clone(),
+        }
+    }
+}
+
+/// What a request that may be resent keeps: its head and its body's replay buffer.
+#[derive(Debug)]
+struct Copy {
+    head: Head,
+    body: ReplayBody<RequestBody>,
+}
+
+impl Copy {
+    /// A request for the next attempt, or `None` when the body can no longer be replayed.
+    fn request(&self) -> Option<Request<UpstreamBody>> {
+        let body = self.body.replay()?;
+        let mut r = Request::new(UpstreamBody::Replay(body));
+        *r.method_mut() = self.head.method.clone();
+        *r.uri_mut() = self.head.uri.clone();
+        *r.version_mut() = self.head.version;
+        *r.headers_mut() = self.head.headers.clone();
+        Some(r)
+    }
+
+    fn replayable(&self) -> bool {
+        self.body.replayable()
+    }
+}
+
+/// A retry decided on and admitted: why, how long the upstream asked to wait, and the
+/// `max_retries` breaker slots it holds.
+#[derive(Debug)]
+struct Retrying {
+    reason: Reason,
+    retry_after: Option<Duration>,
+    slots: RetrySlots,
+}
+
+/// The attempt loop for requests that may be retried (the boxed, rarer path): counts and
+/// waits out `retrying` (if any), sends `request` (attempt `attempts.number + 1`), and goes
+/// on while the policy, the limits and the replay buffer allow.
+async fn resilient(
+    call: Call<'_>,
+    mut request: Request<UpstreamBody>,
+    copy: Option<Copy>,
+    mut attempts: Attempts,
+    route: RouteSlot,
+    mut retrying: Option<Retrying>,
+) -> Result<Upstream, ProxyError> {
+    // The slots of the retry in flight.
+    let mut _slots: Option<RetrySlots> = None;
+    loop {
+        if let Some(r) = retrying.take() {
+            call.cluster.metrics.retries.inc(r.reason.as_str());
+            let wait = call
+                .retry
+                .backoff(attempts.number, fastrand::u64(..))
+                .max(r.retry_after.unwrap_or_default());
+            tracing::debug!(cluster = %call.cluster.name, attempt = attempts.number + 1, reason = r.reason.as_str(), ?wait, "retrying upstream request");
+            _slots = Some(r.slots);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        attempts.number += 1;
+        let (pool, mut active, endpoint) = admit(&call, &attempts)?;
+        let sent = pool.send(request, call.proto, via(&call));
+        let result = match call.retry.per_try_timeout {
+            Some(d) => PerTry::new(sent, d, call.body_fault).await,
+            None => sent.await,
+        };
+        let next = match result {
+            Ok((response, lease)) => {
+                check_response(&response, &call.cluster.metrics)?;
+                let status = response.status();
+                report(
+                    &call,
+                    &active,
+                    endpoint,
+                    Outcome::of_status(status.as_u16()),
+                );
+                let headers = response.headers();
+                let next = may_retry(
+                    &call,
+                    &attempts,
+                    Attempted::Response { status, headers },
+                    copy.as_ref(),
+                )
+                .ok()
+                .and_then(|reason| {
+                    match call
+                        .retry
+                        .retry_after(status, headers, std::time::SystemTime::now())
+                    {
+                        Ok(after) => Some((reason, after)),
+                        Err(()) => {
+                            call.cluster.metrics.retry_limited.inc("retry_after");
+                            None
+                        }
+                    }
+                })
+                .and_then(|(reason, after)| {
+                    prepare_retry(&call, None, copy.as_ref()).map(|(next, slots)| {
+                        (
+                            next,
+                            Retrying {
+                                reason,
+                                retry_after: after,
+                                slots,
+                            },
+                        )
+                    })
+                });
+                match next {
+                    // The response is dropped unread: its connection is closed, not pooled.
+                    Some(next) => next,
+                    None => {
+                        active.hold_route(route);
+                        return Ok(Upstream {
+                            response,
+                            lease,
+                            active,
+                            endpoint,
+                        });
+                    }
+                }
+            }
+            Err(SendError {
+                error,
+                request: unsent,
+            }) => {
+                let error = blame(error, call.body_fault, &call.cluster.metrics);
+                report_failure(&call, &active, endpoint, &error);
+                tracing::debug!(cluster = %call.cluster.name, %endpoint, attempt = attempts.number, error = %error, flag = error.flag(), "upstream attempt failed");
+                let next = may_retry(&call, &attempts, Attempted::Failed(&error), copy.as_ref())
+                    .ok()
+                    .and_then(|reason| {
+                        prepare_retry(&call, unsent, copy.as_ref()).map(|(next, slots)| {
+                            (
+                                next,
+                                Retrying {
+                                    reason,
+                                    retry_after: None,
+                                    slots,
+                                },
+                            )
+                        })
+                    });
+                match next {
+                    Some(next) => next,
+                    None => return Err(error),
+                }
+            }
+        };
+        drop(active);
+        attempts.tried.push(endpoint);
+        (request, retrying) = (next.0, Some(next.1));
+    }
+}
+
+/// Whether the policy retries this result and the attempt count and retry budget allow it;
+/// refusals by a limit are counted.
+fn may_retry(
+    call: &Call<'_>,
+    attempts: &Attempts,
+    result: Attempted<'_>,
+    copy: Option<&Copy>,
+) -> Result<Reason, ()> {
+    let sent_ok = copy.is_some_and(Copy::replayable);
+    let metrics = &call.cluster.metrics;
+    let Some(reason) = call.retry.reason(result, sent_ok) else {
+        if copy.is_some() && !sent_ok && call.retry.reason(result, true).is_some() {
+            // Retried, had the body fitted the replay buffer.
+            metrics.retry_limited.inc("replay_limit");
+        }
+        return Err(());
+    };
+    if attempts.number > call.retry.num_retries {
+        metrics.retry_limited.inc("num_retries");
+        return Err(());
+    }
+    if !call.cluster.budget.withdraw(
+        &budget_config(call),
+        call.worker,
+        crate::clock::coarse_now(),
+    ) {
+        metrics.retry_limited.inc("budget");
+        tracing::debug!(cluster = %call.cluster.name, "retry budget exhausted");
+        return Err(());
+    }
+    Ok(reason)
+}
+
+/// The request for a retry (the unsent one handed back, or one rebuilt from the copy) and
+/// its `max_retries` slots; `None` (counted) when the body cannot be replayed or a breaker
+/// is full.
+fn prepare_retry(
+    call: &Call<'_>,
+    unsent: Option<Request<UpstreamBody>>,
+    copy: Option<&Copy>,
+) -> Option<(Request<UpstreamBody>, RetrySlots)> {
+    let metrics = &call.cluster.metrics;
+    let Some(next) = unsent.or_else(|| copy.and_then(Copy::request)) else {
+        metrics.retry_limited.inc("replay_limit");
+        return None;
+    };
+    match RetrySlots::acquire(call) {
+        Some(slots) => Some((next, slots)),
+        None => {
+            metrics.retry_limited.inc("circuit_breaker");
+            None
+        }
+    }
+}
+
+/// A retry's slots in the cluster's and the route's `max_retries` breakers.
+#[derive(Debug)]
+struct RetrySlots {
+    cluster: Arc<crate::endpoint::ClusterShared>,
+    _route: RouteSlot,
+}
+
+impl RetrySlots {
+    fn acquire(call: &Call<'_>) -> Option<Self> {
+        let route = match call.route_breaker {
+            Some(rb) => match Held::try_new(Arc::clone(&rb.retries)) {
+                Some(h) => Some(h),
+                None => {
+                    rb.overflow_retries.inc();
+                    return None;
+                }
+            },
+            None => None,
+        };
+        if !call.cluster.shared.breakers.retries.try_acquire() {
+            call.cluster
+                .metrics
+                .overflows
+                .inc(Threshold::Retries.as_str());
+            return None;
+        }
+        Some(RetrySlots {
+            cluster: Arc::clone(&call.cluster.shared),
+            _route: route,
+        })
+    }
+}
+
+impl Drop for RetrySlots {
+    fn drop(&mut self) {
+        self.cluster.breakers.retries.release();
+    }
+}
+
+/// The route breaker's request slot, or 503 `UO` when the route is full.
+fn admit_route(call: &Call<'_>) -> Result<RouteSlot, ProxyError> {
+    match call.route_breaker {
+        None => Ok(None),
+        Some(rb) => match Held::try_new(Arc::clone(&rb.requests)) {
+            Some(h) => Ok(Some(h)),
+            None => {
+                rb.overflow_requests.inc();
+                tracing::debug!(route = %rb.route, "route circuit breaker overflow");
+                Err(ProxyError::Overflow {
+                    scope: "route",
+                    breaker: Threshold::Requests.as_str(),
+                })
+            }
+        },
+    }
+}
+
+/// The cluster's retry budget settings (the defaults while it is not configured).
+fn budget_config(call: &Call<'_>) -> sluice_config::RetryBudget {
+    call.cluster
+        .settings_guard()
+        .as_ref()
+        .map(|s| s.config.retry_budget)
+        .unwrap_or_default()
+}
+
+fn via<'a>(call: &Call<'a>) -> Via<'a> {
+    Via {
+        metrics: &call.cluster.metrics,
+        shared: &call.cluster.shared,
+    }
+}
+
+/// Reports an attempt's outcome to outlier detection; an ejection is counted and logged.
+fn report(call: &Call<'_>, active: &ActiveRequest, endpoint: SocketAddr, outcome: Outcome) {
+    let ejected = active.endpoint().report(
+        outcome,
+        || call.cluster.endpoints_guard().endpoints.len(),
+        crate::clock::coarse_now(),
+    );
+    if let Some((reason, d)) = ejected {
+        super::outlier::ejected(call.cluster, endpoint, reason, d, None);
+    }
+}
+
+/// Reports a failed attempt: an upstream's failure is a gateway failure; the client's own
+/// (a failed request body) and local refusals (breakers) say nothing about the endpoint.
+fn report_failure(call: &Call<'_>, active: &ActiveRequest, endpoint: SocketAddr, e: &ProxyError) {
+    if e.side() == crate::error::Side::Upstream {
+        report(call, active, endpoint, Outcome::Gateway);
+    }
+}
+
+/// Picks an endpoint for this attempt, counts the request on it (refused when the cluster's
+/// `max_requests` breaker is full) and finds the worker's pool.
 fn admit(
     call: &Call<'_>,
     attempts: &Attempts,
@@ -141,8 +533,18 @@ fn admit(
     let endpoint = endpoints
         .pick(&ctx)
         .ok_or_else(|| ProxyError::NoEndpoint(call.cluster.name.clone()))?;
+    let Some(active) = endpoint.state.try_admit() else {
+        call.cluster
+            .metrics
+            .overflows
+            .inc(Threshold::Requests.as_str());
+        return Err(ProxyError::Overflow {
+            scope: "cluster",
+            breaker: Threshold::Requests.as_str(),
+        });
+    };
     let pool = call.pools.endpoint(endpoint, &settings.transport);
-    Ok((pool, endpoint.state.admit(), endpoint.address))
+    Ok((pool, active, endpoint.address))
 }
 
 /// Who failed: when the downstream request body broke first, the upstream call's failure is
@@ -194,17 +596,11 @@ pub(crate) fn check_response(
     }
 }
 
-/// Whether a failed attempt is tried again: only when the request provably was not sent and
-/// attempts remain. (The retry policy adds status- and reset-based conditions and budgets.)
-fn retry(error: &ProxyError, attempt: u32, max: u32) -> bool {
-    error.classify().sent == Sent::No && attempt < max
-}
-
 /// Sends an upgrade request (WebSocket) on a dedicated HTTP/1.1 connection to a picked
 /// endpoint, under the route timeout.
 pub(crate) async fn send_upgrade(
     call: Call<'_>,
-    request: Request<UpstreamBody>,
+    request: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, ActiveRequest, SocketAddr), ProxyError> {
     let (pool, active, endpoint) = admit(
         &call,
@@ -213,15 +609,17 @@ pub(crate) async fn send_upgrade(
             tried: Vec::new(),
         },
     )?;
-    let resp = RouteTimeout::new(pool.send_upgrade(request, &call.cluster.metrics), &call).await?;
+    let request = request.map(UpstreamBody::Direct);
+    let resp = RouteTimeout::new(pool.send_upgrade(request, via(&call)), &call).await?;
     Ok((resp, active, endpoint))
 }
 
-/// Picks an endpoint for a TCP connection and connects to it through the cluster's connector.
+/// Picks an endpoint for a TCP connection and connects to it through the cluster's connector,
+/// under the cluster's `max_connections` breaker (the slot is held for the connection's life).
 pub(crate) async fn connect_tcp(
     cluster: &ClusterHandle,
     worker: usize,
-) -> Result<(tokio::net::TcpStream, ActiveRequest, SocketAddr), ProxyError> {
+) -> Result<(tokio::net::TcpStream, ActiveRequest, SocketAddr, impl Sized), ProxyError> {
     let (connector, active, addr) = {
         let settings = cluster.settings_guard();
         let Some(settings) = settings.as_ref() else {
@@ -239,8 +637,74 @@ pub(crate) async fn connect_tcp(
             .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.clone()))?;
         (connector.clone(), e.state.admit(), e.address)
     };
-    let stream = connector.connect(addr, &cluster.metrics).await?;
-    Ok((stream, active, addr))
+    let via = Via {
+        metrics: &cluster.metrics,
+        shared: &cluster.shared,
+    };
+    let (stream, slot) = super::pool::open_counted(&connector, addr, via).await?;
+    Ok((stream, active, addr, slot))
+}
+
+pin_project_lite::pin_project! {
+    /// One attempt under the retry policy's per-try timeout, counted from the attempt's start
+    /// or, while the request body still streams, from the body's end (the stream idle
+    /// timeout bounds a stalled upload).
+    struct PerTry<'a, F> {
+        #[pin]
+        fut: F,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+        limit: Duration,
+        started: Instant,
+        body: Option<&'a FaultNote>,
+    }
+}
+
+impl<'a, F> PerTry<'a, F> {
+    fn new(fut: F, limit: Duration, body: Option<&'a FaultNote>) -> Self {
+        PerTry {
+            fut,
+            sleep: None,
+            limit,
+            started: Instant::now(),
+            body,
+        }
+    }
+}
+
+impl<T, F: Future<Output = Result<T, SendError>>> Future for PerTry<'_, F> {
+    type Output = Result<T, SendError>;
+
+    #[allow(clippy::result_large_err)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
+            return Poll::Ready(v);
+        }
+        if this.sleep.is_none() {
+            let from = match this.body {
+                None => Some(*this.started),
+                Some(b) => match b.ended() {
+                    Some(end) => Some(end.max(*this.started)),
+                    None => {
+                        b.wake_on_end(cx.waker());
+                        None
+                    }
+                },
+            };
+            if let Some(from) = from {
+                *this.sleep = Some(Box::pin(tokio::time::sleep_until(from + *this.limit)));
+            }
+        }
+        match this.sleep.as_mut() {
+            Some(s) => s.as_mut().poll(cx).map(|()| {
+                Err(SendError {
+                    error: ProxyError::PerTryTimeout(*this.limit),
+                    request: None,
+                })
+            }),
+            None => Poll::Pending,
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -386,22 +850,6 @@ fn expire(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_unsent_requests_are_retried_and_only_while_attempts_remain() {
-        let refused = ProxyError::ConnectFailed {
-            addr: "127.0.0.1:1".parse().unwrap(),
-            source: std::io::ErrorKind::ConnectionRefused.into(),
-        };
-        assert!(retry(&refused, 1, 2));
-        assert!(!retry(&refused, 2, 2));
-        assert!(!retry(&refused, 1, MAX_ATTEMPTS));
-        let timeout = ProxyError::UpstreamTimeout(Duration::from_secs(1));
-        assert!(
-            !retry(&timeout, 1, 5),
-            "a request that may have been sent is not resent"
-        );
-    }
 
     #[test]
     fn the_route_timeout_starts_at_the_end_of_the_body() {

@@ -2,7 +2,7 @@
 //! each endpoint is shared across sets (keyed by address), so health and load survive
 //! endpoint-set changes.
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{ClusterShared, Endpoint, EndpointState};
 use crate::lb::{self, LoadBalancer, PickContext};
 use sluice_config::LbPolicy;
 use std::net::SocketAddr;
@@ -33,6 +33,7 @@ impl EndpointSet {
         version: u64,
         endpoints: impl Iterator<Item = (SocketAddr, u32)>,
         previous: &EndpointSet,
+        cluster: &Arc<ClusterShared>,
         policy: LbPolicy,
         workers: usize,
     ) -> Self {
@@ -43,7 +44,7 @@ impl EndpointSet {
                     .iter()
                     .find(|e| e.address == address)
                     .map(|e| Arc::clone(&e.state))
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| Arc::new(EndpointState::new(Arc::clone(cluster))));
                 Arc::new(Endpoint {
                     address,
                     weight,

@@ -8,12 +8,15 @@
 //! (CDS) keeps the endpoints. Each endpoint, keyed by address, carries shared state (health
 //! flags, active requests) that survives endpoint-set changes.
 
+mod budget;
 pub(crate) mod call;
 pub(crate) mod connect;
 mod endpoint;
+mod outlier;
 mod pool;
+pub mod retry;
 
-pub use crate::endpoint::{Endpoint, EndpointState, Health};
+pub use crate::endpoint::{ClusterShared, Endpoint, EndpointState, Health};
 pub use endpoint::EndpointSet;
 pub(crate) use pool::{Lease, Pools, UpstreamProtocol};
 
@@ -37,6 +40,11 @@ pub struct ClusterHandle {
     endpoints: ArcSwap<EndpointSet>,
     /// Metric handles.
     pub metrics: ClusterMetrics,
+    /// Circuit breakers and outlier detection, shared with the endpoint states; they keep
+    /// their counts across settings and endpoint changes.
+    pub shared: Arc<ClusterShared>,
+    /// The retry budget (one window per worker).
+    pub(crate) budget: budget::RetryBudget,
 }
 
 /// A cluster's compiled settings (everything but its endpoints).
@@ -152,9 +160,16 @@ impl Registry {
             settings: ArcSwapOption::empty(),
             endpoints: ArcSwap::from_pointee(EndpointSet::empty(self.workers)),
             metrics: self.metrics.cluster(name),
+            shared: Arc::default(),
+            budget: budget::RetryBudget::new(self.workers),
         });
         self.clusters.insert(name.to_string(), Arc::clone(&h));
         h
+    }
+
+    /// The metric families (for route breakers' counters).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The handle for `name`, if any route, listener or resource knows it.
@@ -178,6 +193,12 @@ impl Registry {
             transport: Transport::new(&cfg),
             config: cfg,
         };
+        h.shared
+            .breakers
+            .configure(&settings.config.circuit_breakers);
+        h.shared
+            .outlier
+            .configure(&settings.config.outlier_detection);
         let current = h.endpoints();
         if policy_changed && current.version != 0 {
             // The balancer is built with the endpoint set; rebuild it for the new policy.
@@ -185,6 +206,7 @@ impl Registry {
                 self.bump(),
                 current.endpoints.iter().map(|e| (e.address, e.weight)),
                 &current,
+                &h.shared,
                 settings.config.lb_policy,
                 self.workers,
             );
@@ -217,6 +239,7 @@ impl Registry {
             self.bump(),
             cla.endpoints.iter().map(|e| (e.address, e.weight)),
             &current,
+            &h.shared,
             policy,
             self.workers,
         );
@@ -256,6 +279,14 @@ impl Registry {
         self.clusters.retain(|_, h| {
             Arc::strong_count(h) > 1 || h.settings().is_some() || h.endpoints().version != 0
         });
+    }
+
+    /// Runs outlier detection's periodic work on every cluster whose interval has passed
+    /// (failure percentages, returns, the ejection multiplier's decay, the ejected gauge).
+    pub fn sweep_outliers(&self, now: tokio::time::Instant) {
+        for h in self.clusters.values() {
+            outlier::sweep(h, now);
+        }
     }
 
     /// Names and handles, for the admin API.

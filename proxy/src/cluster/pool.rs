@@ -4,8 +4,10 @@
 //! between threads, so there are no locks: HTTP/1.1 keeps a LIFO stack of idle keep-alive
 //! connections, HTTP/2 a few multiplexed connections opened as concurrency needs them.
 
+use crate::breaker::Threshold;
 use crate::cluster::connect::Connector;
 use crate::cluster::{Endpoint, EndpointState, Transport};
+use crate::endpoint::ClusterShared;
 use crate::error::ProxyError;
 use crate::exec::LocalExec;
 use crate::metrics::ClusterMetrics;
@@ -26,8 +28,9 @@ use tokio::time::Instant;
 /// Most times a request that was refused unsent is tried on another connection.
 const MAX_UNSENT_ATTEMPTS: usize = 8;
 
-/// Request body type sent upstream: the downstream body, streamed.
-pub(crate) type UpstreamBody = crate::message::reqbody::RequestBody;
+/// Request body type sent upstream: the downstream body, streamed (and kept for a retry when
+/// the retry policy may resend it).
+pub(crate) use crate::message::replay::UpstreamBody;
 
 /// A request that failed; `request` is handed back when it was provably not sent (the
 /// connection could not be opened), so another attempt may send it elsewhere.
@@ -225,26 +228,26 @@ impl EndpointPool {
         self: &Rc<Self>,
         req: Request<UpstreamBody>,
         proto: UpstreamProtocol,
-        metrics: &ClusterMetrics,
+        via: Via<'_>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
-        metrics.requests.inc();
+        via.metrics.requests.inc();
         match proto {
-            UpstreamProtocol::Http1 => self.send_h1(req, metrics).await,
-            UpstreamProtocol::Http2 => self.send_h2(req, metrics).await,
+            UpstreamProtocol::Http1 => self.send_h1(req, via).await,
+            UpstreamProtocol::Http2 => self.send_h2(req, via).await,
         }
     }
 
     async fn send_h1(
         self: &Rc<Self>,
         mut req: Request<UpstreamBody>,
-        metrics: &ClusterMetrics,
+        via: Via<'_>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         loop {
             let (mut sender, reused) = match self.take_h1() {
                 Some(s) => (s, true),
                 // Boxed: connecting is rare, and its future would otherwise inflate every
                 // request's (and every idle connection's) state.
-                None => match Box::pin(self.connect_h1(false, metrics)).await {
+                None => match Box::pin(self.connect_h1(false, via)).await {
                     Ok(s) => (s, false),
                     Err(error) => {
                         return Err(SendError {
@@ -280,12 +283,12 @@ impl EndpointPool {
     pub(crate) async fn send_upgrade(
         &self,
         req: Request<UpstreamBody>,
-        metrics: &ClusterMetrics,
+        via: Via<'_>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        metrics.requests.inc();
-        let mut sender = self.connect_h1(true, metrics).await?;
+        via.metrics.requests.inc();
+        let mut sender = self.connect_h1(true, via).await?;
         sender.send_request(req).await.map_err(|e| {
-            metrics.error("request");
+            via.metrics.error("request");
             ProxyError::Upstream(e)
         })
     }
@@ -293,9 +296,10 @@ impl EndpointPool {
     async fn connect_h1(
         &self,
         upgrades: bool,
-        metrics: &ClusterMetrics,
+        via: Via<'_>,
     ) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
-        let io = TokioIo::new(self.connector.connect(self.addr, metrics).await?);
+        let (stream, slot) = self.open(via).await?;
+        let io = TokioIo::new(stream);
         // hyper's default limit of 100 response headers: setting any limit explicitly would
         // make it allocate a header vector per response. The read buffer is bounded by the
         // cluster's buffer limit (hyper's default, ~400KiB, is what a client that never reads
@@ -315,22 +319,31 @@ impl EndpointPool {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(%addr, error = %e, "upstream connection ended");
                 }
+                drop(slot);
             });
         } else {
             tokio::task::spawn_local(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(%addr, error = %e, "upstream connection ended");
                 }
+                drop(slot);
             });
         }
         Ok(sender)
     }
 
+    /// Opens a connection under the cluster's `max_connections` and `max_pending_requests`
+    /// breakers; the slot counts the connection until dropped (with the connection's task).
+    async fn open(&self, via: Via<'_>) -> Result<(tokio::net::TcpStream, ConnSlot), ProxyError> {
+        open_with(&self.connector, self.addr, via).await
+    }
+
     async fn send_h2(
         self: &Rc<Self>,
         mut req: Request<UpstreamBody>,
-        metrics: &ClusterMetrics,
+        via: Via<'_>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let metrics = via.metrics;
         // Each failed attempt removes a connection that refused the request unsent; bound the
         // attempts anyway so a misbehaving upstream cannot spin this loop.
         for _ in 0..MAX_UNSENT_ATTEMPTS {
@@ -362,7 +375,7 @@ impl EndpointPool {
             }
             let _connecting = ConnectingGuard(self);
             self.h2_connecting.set(true);
-            match Box::pin(self.connect_h2(metrics)).await {
+            match Box::pin(self.connect_h2(via)).await {
                 Ok(conn) => self.h2.borrow_mut().push(conn),
                 Err(error) => {
                     return Err(SendError {
@@ -400,8 +413,9 @@ impl EndpointPool {
             })
     }
 
-    async fn connect_h2(&self, metrics: &ClusterMetrics) -> Result<H2Conn, ProxyError> {
-        let io = TokioIo::new(self.connector.connect(self.addr, metrics).await?);
+    async fn connect_h2(&self, via: Via<'_>) -> Result<H2Conn, ProxyError> {
+        let (stream, slot) = self.open(via).await?;
+        let io = TokioIo::new(stream);
         // A stream's window is what the upstream may send that nobody has taken yet: bounded
         // by the buffer limit (never below the protocol default), as is the send buffer.
         let window = u32::try_from(self.buffer_limit)
@@ -425,12 +439,69 @@ impl EndpointPool {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
+            drop(slot);
         });
         Ok(H2Conn {
             sender,
             active: Rc::new(Cell::new(0)),
             idle_since: Rc::new(Cell::new(Instant::now())),
         })
+    }
+}
+
+/// Which cluster a request goes through: its metrics and its shared state (breakers).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Via<'a> {
+    pub(crate) metrics: &'a ClusterMetrics,
+    pub(crate) shared: &'a Arc<ClusterShared>,
+}
+
+/// A breaker overflow, counted.
+fn overflow(via: Via<'_>, t: Threshold) -> ProxyError {
+    via.metrics.overflows.inc(t.as_str());
+    tracing::debug!(cluster = %via.metrics.name(), breaker = t.as_str(), "circuit breaker overflow");
+    ProxyError::Overflow {
+        scope: "cluster",
+        breaker: t.as_str(),
+    }
+}
+
+/// Opens a connection for the TCP proxy under the cluster's breakers (see
+/// [`EndpointPool::open`]); the slot counts the connection while held.
+pub(crate) async fn open_counted(
+    connector: &Connector,
+    addr: SocketAddr,
+    via: Via<'_>,
+) -> Result<(tokio::net::TcpStream, impl Sized + use<>), ProxyError> {
+    open_with(connector, addr, via).await
+}
+
+async fn open_with(
+    connector: &Connector,
+    addr: SocketAddr,
+    via: Via<'_>,
+) -> Result<(tokio::net::TcpStream, ConnSlot), ProxyError> {
+    let breakers = &via.shared.breakers;
+    if !breakers.pending.try_acquire() {
+        return Err(overflow(via, Threshold::Pending));
+    }
+    let pending = ConnSlot(Arc::clone(via.shared), Threshold::Pending);
+    if !breakers.connections.try_acquire() {
+        return Err(overflow(via, Threshold::Connections));
+    }
+    let slot = ConnSlot(Arc::clone(via.shared), Threshold::Connections);
+    let stream = connector.connect(addr, via.metrics).await?;
+    drop(pending);
+    Ok((stream, slot))
+}
+
+/// One unit of a cluster breaker (an open connection, or a request waiting for one).
+#[derive(Debug)]
+struct ConnSlot(Arc<ClusterShared>, Threshold);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.breakers.gauge(self.1).release();
     }
 }
 

@@ -306,6 +306,8 @@ fn into_send<'a>(
         timeout: decide::route_timeout(forward.timeout, grpc::deadline(request.headers())),
         stream_idle: http.stream_idle,
         body_fault: None,
+        retry: &forward.retry,
+        route_breaker: forward.breaker.as_deref(),
     };
     Ok((
         Send {

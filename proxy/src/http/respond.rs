@@ -32,7 +32,10 @@ pub(crate) fn error(err: &ProxyError, ctx: ErrorContext) -> Response<ResponseBod
         ProxyError::ConnectFailed { .. }
         | ProxyError::ConnectTimeout { .. }
         | ProxyError::Handshake { .. } => ("upstream connect error\n", false),
-        ProxyError::UpstreamTimeout(_) => ("upstream request timeout\n", false),
+        ProxyError::UpstreamTimeout(_) | ProxyError::PerTryTimeout(_) => {
+            ("upstream request timeout\n", false)
+        }
+        ProxyError::Overflow { .. } => ("upstream overflow\n", false),
         // The exchange stalled: its connection is closed (RFC 9110 §15.5.9 for 408).
         ProxyError::StreamIdleTimeout { upload: true, .. } => ("request body timeout\n", true),
         ProxyError::StreamIdleTimeout { upload: false, .. } => {
@@ -90,9 +93,14 @@ impl ErrorContext {
 fn grpc_status(err: &ProxyError) -> &'static str {
     if matches!(
         err,
-        ProxyError::UpstreamTimeout(_) | ProxyError::StreamIdleTimeout { upload: false, .. }
+        ProxyError::UpstreamTimeout(_)
+            | ProxyError::PerTryTimeout(_)
+            | ProxyError::StreamIdleTimeout { upload: false, .. }
     ) {
         return "4";
+    }
+    if matches!(err, ProxyError::Overflow { .. }) {
+        return "8";
     }
     match err.status().as_u16() {
         400 => "13",

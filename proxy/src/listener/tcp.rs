@@ -19,7 +19,7 @@ pub(super) async fn proxy(
     drain: &Drain,
 ) {
     let cluster = &tcp.cluster;
-    let (upstream, _active, addr) = match call::connect_tcp(cluster, worker.id).await {
+    let (upstream, _active, addr, _slot) = match call::connect_tcp(cluster, worker.id).await {
         Ok(c) => c,
         // No cluster or no endpoint is a config problem (warned, as before); connect failures
         // are counted on the cluster by the connector.

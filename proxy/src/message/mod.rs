@@ -4,5 +4,6 @@
 //! both build on it, neither through the other.
 
 pub(crate) mod fields;
+pub(crate) mod replay;
 pub(crate) mod reqbody;
 pub(crate) mod trailers;

@@ -37,6 +37,10 @@ pub struct Forward {
     pub host_rewrite: Option<HeaderValue>,
     /// Time allowed until the upstream's response headers (`None`: no limit).
     pub timeout: Option<Duration>,
+    /// When requests are tried again.
+    pub retry: Box<crate::cluster::retry::RetryPolicy>,
+    /// The route's own circuit breakers.
+    pub breaker: Option<Box<crate::breaker::RouteBreaker>>,
 }
 
 /// One cluster or a weighted split.
@@ -78,6 +82,7 @@ pub struct Redirect {
 impl Action {
     pub(super) fn compile(
         r: &config::Route,
+        name: &str,
         clusters: &mut Registry,
     ) -> Result<Self, CompileError> {
         let backends = match &r.action {
@@ -138,6 +143,19 @@ impl Action {
             path_rewrite,
             host_rewrite,
             timeout: (!timeout.is_zero()).then_some(timeout),
+            retry: Box::new(
+                r.retry_policy
+                    .as_ref()
+                    .map(crate::cluster::retry::RetryPolicy::compile)
+                    .unwrap_or_default(),
+            ),
+            breaker: r.circuit_breakers.as_ref().map(|b| {
+                Box::new(crate::breaker::RouteBreaker::new(
+                    name.to_string(),
+                    b,
+                    clusters.metrics(),
+                ))
+            }),
         }))
     }
 }

@@ -111,10 +111,11 @@ impl RouteTable {
                 .iter()
                 .enumerate()
                 .map(|(j, r)| {
+                    let name = r.name.clone().unwrap_or_else(|| format!("{}/{j}", vh.name));
                     Ok(Route {
-                        name: r.name.clone().unwrap_or_else(|| format!("{}/{j}", vh.name)),
                         matcher: RouteMatcher::compile(&r.matcher)?,
-                        action: Action::compile(r, clusters)?,
+                        action: Action::compile(r, &name, clusters)?,
+                        name,
                         request_headers: HeaderOps::compile(&r.request_headers)?,
                         response_headers: HeaderOps::compile(&r.response_headers)?,
                     })
