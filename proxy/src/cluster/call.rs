@@ -109,46 +109,46 @@ pub(crate) async fn attempts(
         call.worker,
         crate::clock::coarse_now(),
     );
-    let body_len = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .or_else(|| http_body::Body::is_end_stream(request.body()).then_some(0));
-    if call.retry.keeps_copy(
-        request.method(),
-        request.headers(),
-        body_len,
-        call.proto == UpstreamProtocol::Http2,
-    ) {
-        // May be resent: keep a copy, in the boxed loop.
-        let (parts, body) = request.into_parts();
-        let copy = Copy {
-            head: Head::of(&parts),
-            body: ReplayBody::new(body, call.retry.replay_limit),
-        };
-        let first = copy
-            .request()
-            .ok_or_else(|| ProxyError::NoEndpoint(call.cluster.name.clone()))?;
-        return Box::pin(resilient(
-            call,
-            first,
-            Some(copy),
-            Attempts::default(),
-            route,
-            None,
-        ))
-        .await;
+    if keeps_copy(&call, &request) {
+        // Its own statement: the temporaries of an `.await`'s statement stay in this future.
+        let resilient = with_copy(call, request, route);
+        return resilient.await;
     }
     // The common case: one attempt, inline; a retry of an unsent request continues boxed.
-    let mut attempts = Attempts {
+    let attempts = Attempts {
         number: 1,
         tried: Vec::new(),
     };
-    let (pool, mut active, endpoint) = admit(&call, &attempts)?;
+    let (pool, active, endpoint) = admit(&call, &attempts)?;
     let request = request.map(UpstreamBody::Direct);
-    match pool.send(request, call.proto, via(&call)).await {
+    // Awaited in their own statements, so that neither the send's future nor its result stays
+    // in this future while a retry runs (the temporaries of a `match`'s scrutinee would).
+    let sent = pool.send(request, call.proto, via(&call)).await;
+    let retry = match first_result(call, sent, attempts, active, endpoint, route) {
+        Ok(done) => return done,
+        Err(retry) => retry,
+    };
+    retry.await
+}
+
+/// A call's future, boxed.
+type Boxed<'a> = Pin<Box<dyn Future<Output = Result<Upstream, ProxyError>> + 'a>>;
+
+/// The outcome of the inline first attempt: the result, or the boxed loop that retries it
+/// (only an unsent request is retried here: the inline path keeps no copy).
+fn first_result<'a>(
+    call: Call<'a>,
+    sent: Result<(Response<Incoming>, Lease), SendError>,
+    mut attempts: Attempts,
+    mut active: ActiveRequest,
+    endpoint: SocketAddr,
+    route: RouteSlot,
+) -> Result<Result<Upstream, ProxyError>, Boxed<'a>> {
+    match sent {
         Ok((response, lease)) => {
-            check_response(&response, &call.cluster.metrics)?;
+            if let Err(e) = check_response(&response, &call.cluster.metrics) {
+                return Ok(Err(e));
+            }
             report(
                 &call,
                 &active,
@@ -156,12 +156,12 @@ pub(crate) async fn attempts(
                 Outcome::of_status(response.status().as_u16()),
             );
             active.hold_route(route);
-            Ok(Upstream {
+            Ok(Ok(Upstream {
                 response,
                 lease,
                 active,
                 endpoint,
-            })
+            }))
         }
         Err(SendError { error, request }) => {
             let error = blame(error, call.body_fault, &call.cluster.metrics);
@@ -182,12 +182,55 @@ pub(crate) async fn attempts(
             match retry {
                 Some((next, retrying)) => {
                     attempts.tried.push(endpoint);
-                    Box::pin(resilient(call, next, None, attempts, route, Some(retrying))).await
+                    Err(Box::pin(resilient(
+                        call,
+                        next,
+                        None,
+                        attempts,
+                        route,
+                        Some(retrying),
+                    )))
                 }
-                None => Err(error),
+                None => Ok(Err(error)),
             }
         }
     }
+}
+
+/// True when the retry policy may resend this request after it reached the upstream, so it
+/// needs a copy (see [`RetryPolicy::keeps_copy`]).
+fn keeps_copy(call: &Call<'_>, request: &Request<RequestBody>) -> bool {
+    let body_len = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .or_else(|| http_body::Body::is_end_stream(request.body()).then_some(0));
+    call.retry.keeps_copy(
+        request.method(),
+        request.headers(),
+        body_len,
+        call.proto == UpstreamProtocol::Http2,
+    )
+}
+
+/// The attempt loop of a request the retry policy may resend after it reached the upstream,
+/// with the request's copy, boxed (the common case does not pay for it).
+fn with_copy<'a>(call: Call<'a>, request: Request<RequestBody>, route: RouteSlot) -> Boxed<'a> {
+    let (parts, body) = request.into_parts();
+    let body = ReplayBody::new(body, call.retry.replay_limit);
+    let copy = Copy {
+        head: Head::of(&parts),
+        body: body.handle(),
+    };
+    let first = Request::from_parts(parts, UpstreamBody::Replay(body));
+    Box::pin(resilient(
+        call,
+        first,
+        Some(copy),
+        Attempts::default(),
+        route,
+        None,
+    ))
 }
 
 /// The head of a request kept for a resend.
@@ -210,7 +253,8 @@ impl Head {
     }
 }
 
-/// What a request that may be resent keeps: its head and its body's replay buffer.
+/// What a request that may be resent keeps: its head and a handle on its body's replay
+/// buffer (never polled itself).
 #[derive(Debug)]
 struct Copy {
     head: Head,

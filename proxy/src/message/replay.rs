@@ -136,6 +136,16 @@ impl<B> ReplayBody<B> {
         })
     }
 
+    /// Another handle on the same body, to replay it from later; it must not be polled (the
+    /// attempt's body is).
+    pub(crate) fn handle(&self) -> ReplayBody<B> {
+        ReplayBody {
+            shared: Rc::clone(&self.shared),
+            next: 0,
+            generation: self.generation,
+        }
+    }
+
     /// True while a retry could still resend the body.
     pub(crate) fn replayable(&self) -> bool {
         let s = self.shared.borrow();
