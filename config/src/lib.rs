@@ -17,6 +17,7 @@
 
 mod cluster;
 mod error;
+mod health;
 mod listener;
 mod locate;
 pub mod raw;
@@ -27,6 +28,9 @@ mod validate;
 
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
 pub use error::{ConfigError, ConfigErrors, Issue};
+pub use health::{
+    GrpcHealthCheck, HealthCheck, HealthCheckKind, HttpHealthCheck, StatusRange, TcpHealthCheck,
+};
 pub use listener::{
     EscapedSlashes, Http2Settings, HttpListener, Listener, ListenerKind, PathNormalization,
     TcpListener, Trust, UnderscoreAction,
