@@ -26,6 +26,11 @@ impl Health {
     pub const FAILED_ACTIVE_HC: Health = Health(1);
     /// Ejected by outlier detection.
     pub const FAILED_OUTLIER: Health = Health(2);
+    /// Every flag with its name (admin API).
+    pub const ALL: [(Health, &'static str); 2] = [
+        (Health::FAILED_ACTIVE_HC, "failed_active_hc"),
+        (Health::FAILED_OUTLIER, "failed_outlier"),
+    ];
 }
 
 /// State shared by every worker for one endpoint: what circuit breakers, outlier detection,
@@ -40,6 +45,11 @@ impl EndpointState {
     /// True when no health flag is set.
     pub fn is_healthy(&self) -> bool {
         self.health.load(Ordering::Relaxed) == 0
+    }
+
+    /// True when the flag `why` is set.
+    pub fn has(&self, why: Health) -> bool {
+        self.health.load(Ordering::Relaxed) & why.0 != 0
     }
 
     /// Sets a health flag.

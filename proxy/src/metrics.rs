@@ -28,6 +28,9 @@ pub struct Metrics {
     upstream_errors: Family<Labels, Counter>,
     config_reloads: Family<Labels, Counter>,
     config_resources: Family<Labels, Counter>,
+    pub(crate) health_checks: Family<Labels, Counter>,
+    pub(crate) health_changes: Family<Labels, Counter>,
+    pub(crate) cluster_endpoints: Family<Labels, Gauge>,
 }
 
 impl fmt::Debug for Metrics {
@@ -59,6 +62,9 @@ impl Metrics {
             upstream_errors: Family::default(),
             config_reloads: Family::default(),
             config_resources: Family::default(),
+            health_checks: Family::default(),
+            health_changes: Family::default(),
+            cluster_endpoints: Family::default(),
             registry: Registry::with_prefix("sluice"),
         };
         // prometheus-client appends `_total` to counters.
@@ -127,6 +133,21 @@ impl Metrics {
             "config_resource_updates",
             "Resources in config updates, by type and result (accepted or rejected)",
             m.config_resources.clone(),
+        );
+        r.register(
+            "health_checks",
+            "Active health checks, by cluster and result (success, failure, timeout)",
+            m.health_checks.clone(),
+        );
+        r.register(
+            "health_check_changes",
+            "Endpoints marked healthy or unhealthy by active health checking, by cluster and health",
+            m.health_changes.clone(),
+        );
+        r.register(
+            "cluster_endpoints",
+            "Endpoints by cluster and health (healthy: no health flag set, as balancers see them; updated when scraped)",
+            m.cluster_endpoints.clone(),
         );
         r.register(
             "build",

@@ -220,6 +220,7 @@ impl Registry {
             policy,
             self.workers,
         );
+        crate::health::mark_new_endpoints(&h, &current, &set);
         h.endpoints.store(Arc::new(set));
         if current.version == 0 {
             Change::Added
