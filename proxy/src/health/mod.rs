@@ -49,7 +49,7 @@ pub(crate) struct Supervisor {
 struct Key {
     check: HealthCheck,
     protocol: UpstreamProtocol,
-    transport: u64,
+    connect_timeout: sluice_config::Duration,
 }
 
 #[derive(Debug)]
@@ -83,7 +83,7 @@ impl Supervisor {
             let key = Key {
                 check,
                 protocol: settings.config.protocol,
-                transport: settings.transport.key,
+                connect_timeout: settings.config.connect_timeout,
             };
             let connector = settings.transport.connector.clone();
             wanted.insert(name.as_str(), (key, handle, connector));

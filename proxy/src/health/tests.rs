@@ -382,7 +382,7 @@ fn the_no_traffic_interval_applies_until_the_cluster_sees_a_request() {
     let key = Key {
         check: settings.config.health_checks.clone().unwrap(),
         protocol: settings.config.protocol,
-        transport: settings.transport.key,
+        connect_timeout: settings.config.connect_timeout,
     };
     let spec = Spec::new(
         "c",
