@@ -11,6 +11,7 @@
 //! | [`Route`] `cluster`/`weighted_clusters`/`rewrite`/`timeout` | `Route.route` (`RouteAction`: `cluster`, `weighted_clusters`, `prefix_rewrite`, `regex_rewrite`, `host_rewrite_literal`, `timeout`) |
 //! | [`Route`] `redirect` / `direct_response` | `Route.redirect` / `Route.direct_response` |
 //! | [`Cluster`] | `Cluster` (type STATIC) + its `ClusterLoadAssignment` (`endpoints`) |
+//! | [`HealthCheck`] (`Cluster.health_checks`) | `Cluster.health_checks[0]` (`http_health_check`, `grpc_health_check`, `tcp_health_check`, `interval`, `timeout`, thresholds, `no_traffic_interval`; jitter as a ± percentage) |
 //!
 //! Files are YAML. Unknown fields are errors, and every error names the file, line, column and
 //! field path. [`load_file`] and [`parse`] return a fully validated [`Config`].
