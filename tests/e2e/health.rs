@@ -370,10 +370,10 @@ clusters:
   - name: whole
     protocol: http2
     endpoints: [{s}]
-    health_checks: {{ interval: 100ms, unhealthy_threshold: 1, healthy_threshold: 1, grpc: {{}} }}
+    health_checks: {{ interval: 100ms, timeout: 3s, unhealthy_threshold: 1, healthy_threshold: 1, grpc: {{}} }}
   - name: named
     endpoints: [{s}]
-    health_checks: {{ interval: 100ms, unhealthy_threshold: 1, healthy_threshold: 1, grpc: {{ service_name: echo.Echo }} }}
+    health_checks: {{ interval: 100ms, timeout: 3s, unhealthy_threshold: 1, healthy_threshold: 1, grpc: {{ service_name: echo.Echo }} }}
 "#
     ));
     let admin = p.proxy().admin_addr();

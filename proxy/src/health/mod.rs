@@ -17,10 +17,13 @@ mod http;
 mod tcp;
 #[cfg(test)]
 mod tests;
+mod tracker;
+
+pub(crate) use tracker::{Thresholds, Tracker, Verdict, jittered};
 
 use crate::cluster::connect::Connector;
 use crate::cluster::{ClusterHandle, EndpointSet, Registry};
-use crate::endpoint::{Endpoint, Health};
+use crate::endpoint::{Endpoint, EndpointState, Health};
 use crate::metrics::{ClusterMetrics, Metrics};
 use crate::state::Live;
 use prometheus_client::metrics::counter::Counter;
@@ -153,8 +156,10 @@ pub(crate) fn mark_new_endpoints(
 }
 
 /// Sets `sluice_cluster_endpoints` from the live clusters (called when metrics are scraped).
+/// Clusters no longer known lose their series.
 pub(crate) fn update_endpoint_gauges(live: &Live) {
     let snapshot = live.snapshot();
+    live.metrics.cluster_endpoints.clear();
     for (name, handle) in &snapshot.clusters {
         let set = handle.endpoints();
         let healthy = set
@@ -280,28 +285,26 @@ impl Probe {
     }
 }
 
-/// `interval` ± `percent`% of it, `r` in [0, 1) choosing where in that span.
-pub(crate) fn jittered(interval: Duration, percent: u32, r: f64) -> Duration {
-    let span = interval.as_secs_f64() * f64::from(percent.min(100)) / 100.0;
-    let secs = interval.as_secs_f64() - span + 2.0 * span * r.clamp(0.0, 1.0);
-    Duration::from_secs_f64(secs.max(0.0))
-}
-
 /// Follows a cluster's endpoint set: one probe task per endpoint address, started when the
 /// address appears and aborted (dropping its counters and connection) when it leaves. Woken by
 /// the supervisor after updates, and looks again every interval in case the set changed
 /// another way.
 async fn run_cluster(handle: Arc<ClusterHandle>, spec: Arc<Spec>, wake: Arc<Notify>) {
-    let mut probes: HashMap<SocketAddr, AbortOnDrop> = HashMap::new();
+    // By address, with the shared state the task updates: an address removed and added back
+    // before this task looked has a new state, so it gets a new probe task.
+    let mut probes: HashMap<SocketAddr, (Arc<EndpointState>, AbortOnDrop)> = HashMap::new();
     let mut version = None;
     loop {
         let set = handle.endpoints();
         if version != Some(set.version) {
             version = Some(set.version);
-            probes.retain(|addr, _| set.get(*addr).is_some());
+            probes.retain(|addr, (state, _)| {
+                set.get(*addr).is_some_and(|e| Arc::ptr_eq(&e.state, state))
+            });
             for e in &set.endpoints {
                 probes.entry(e.address).or_insert_with(|| {
-                    AbortOnDrop(tokio::spawn(run_endpoint(Arc::clone(e), Arc::clone(&spec))))
+                    let task = tokio::spawn(run_endpoint(Arc::clone(e), Arc::clone(&spec)));
+                    (Arc::clone(&e.state), AbortOnDrop(task))
                 });
             }
         }
@@ -439,76 +442,6 @@ impl fmt::Display for Outcome {
             Outcome::Failure(why) => write!(f, "{why}"),
             Outcome::Timeout => f.write_str("timed out"),
         }
-    }
-}
-
-/// Consecutive results needed to change an endpoint's health.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Thresholds {
-    /// Successes that bring an unhealthy endpoint back.
-    pub(crate) healthy: u32,
-    /// Failures that mark a healthy endpoint unhealthy.
-    pub(crate) unhealthy: u32,
-}
-
-/// A change of health decided by a [`Tracker`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    Healthy,
-    Unhealthy,
-}
-
-/// The threshold state machine of one endpoint (Envoy's): consecutive failures of a healthy
-/// endpoint up to the unhealthy threshold mark it unhealthy; consecutive successes of an
-/// unhealthy one up to the healthy threshold bring it back, except that the very first result
-/// of a tracker decides at once when it is a success (an endpoint pending its first check
-/// comes in on one success, as in Envoy).
-#[derive(Debug)]
-pub(crate) struct Tracker {
-    thresholds: Thresholds,
-    successes: u32,
-    failures: u32,
-    first: bool,
-}
-
-impl Tracker {
-    pub(crate) fn new(thresholds: Thresholds) -> Self {
-        Tracker {
-            thresholds,
-            successes: 0,
-            failures: 0,
-            first: true,
-        }
-    }
-
-    /// Records a result for an endpoint that is (`failed`) or is not marked unhealthy now;
-    /// returns the change to make, if any.
-    pub(crate) fn record(&mut self, success: bool, failed: bool) -> Option<Verdict> {
-        let first = std::mem::replace(&mut self.first, false);
-        if success {
-            self.failures = 0;
-            if !failed {
-                self.successes = 0;
-                return None;
-            }
-            self.successes += 1;
-            if first || self.successes >= self.thresholds.healthy {
-                self.successes = 0;
-                return Some(Verdict::Healthy);
-            }
-        } else {
-            self.successes = 0;
-            if failed {
-                self.failures = 0;
-                return None;
-            }
-            self.failures += 1;
-            if self.failures >= self.thresholds.unhealthy {
-                self.failures = 0;
-                return Some(Verdict::Unhealthy);
-            }
-        }
-        None
     }
 }
 

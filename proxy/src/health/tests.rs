@@ -395,3 +395,48 @@ fn the_no_traffic_interval_applies_until_the_cluster_sees_a_request() {
     handle.metrics.requests.inc();
     assert_eq!(spec.next_wait(), Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn an_address_removed_and_added_back_before_the_checker_looked_is_checked_afresh() {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (live, other) = (up.local_addr().unwrap(), closed_port().await);
+    let mut f = Fixture::new();
+    f.apply(Some(TCP), &[live, other]);
+    until("healthy", || !failed(&f.registry, live)).await;
+    // Two updates with no await between them: the checker's task never sees the first.
+    f.apply(Some(TCP), &[other]);
+    f.apply(Some(TCP), &[live, other]);
+    assert!(failed(&f.registry, live), "back as a new, pending endpoint");
+    until("the new state is checked", || !failed(&f.registry, live)).await;
+}
+
+#[tokio::test]
+async fn the_endpoint_gauge_counts_every_flag_and_forgets_removed_clusters() {
+    let metrics = Arc::new(Metrics::new());
+    let live = Live::new(crate::state::Snapshot::default(), Arc::clone(&metrics));
+    let mut registry = Registry::new(Arc::clone(&metrics), 1);
+    registry.set_settings(&cluster(None));
+    registry.set_endpoints(&cla(&[closed_port().await, closed_port().await]));
+    let handle = Arc::clone(registry.get("c").unwrap());
+    handle.endpoints().endpoints[0]
+        .state
+        .set_unhealthy(Health::FAILED_OUTLIER);
+    let snapshot = |clusters: Vec<Arc<crate::cluster::ClusterHandle>>| crate::state::Snapshot {
+        clusters: clusters.into_iter().map(|h| (h.name.clone(), h)).collect(),
+        ..Default::default()
+    };
+    live.swap(snapshot(vec![Arc::clone(&handle)]));
+    update_endpoint_gauges(&live);
+    let text = metrics.encode_text();
+    assert!(
+        text.contains("sluice_cluster_endpoints{cluster=\"c\",health=\"healthy\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sluice_cluster_endpoints{cluster=\"c\",health=\"unhealthy\"} 1"),
+        "{text}"
+    );
+    live.swap(snapshot(Vec::new()));
+    update_endpoint_gauges(&live);
+    assert!(!metrics.encode_text().contains("sluice_cluster_endpoints{"));
+}
