@@ -475,6 +475,20 @@ mod tests {
     }
 
     #[test]
+    fn round_trips_through_yaml() {
+        for hc in [
+            "{ http: { path: /h, host: a.b, expected_statuses: [204, { start: 300, end: 400 }] }, no_traffic_interval: 1m }",
+            "{ grpc: { service_name: s, authority: a }, interval: 250ms }",
+            "{ grpc: {} }",
+            "{ tcp: {} }",
+        ] {
+            let c = parse(&cluster_yaml(hc), "t.yaml").unwrap();
+            let text = serde_yaml_ng::to_string(&c).unwrap();
+            assert_eq!(parse(&text, "again.yaml").unwrap(), c, "{text}");
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_errors() {
         let e = parse(&cluster_yaml("{ tcp: {}, intervall: 1s }"), "t.yaml").unwrap_err();
         assert!(e.to_string().contains("unknown field `intervall`"), "{e}");
