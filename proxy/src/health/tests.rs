@@ -440,3 +440,52 @@ async fn the_endpoint_gauge_counts_every_flag_and_forgets_removed_clusters() {
     update_endpoint_gauges(&live);
     assert!(!metrics.encode_text().contains("sluice_cluster_endpoints{"));
 }
+
+/// Checks run by one probe task in `virtual_secs` of paused time, against an address nothing
+/// listens on (each check ends within its 1s timeout, whether refused or timed out).
+async fn checks_in(hc: &str, virtual_secs: u64) -> u64 {
+    let mut f = Fixture::new();
+    f.registry.set_settings(&cluster(Some(hc)));
+    f.registry.set_endpoints(&cla(&[closed_port().await]));
+    let handle = Arc::clone(f.registry.get("c").unwrap());
+    let settings = handle.settings().unwrap();
+    let key = Key {
+        check: settings.config.health_checks.clone().unwrap(),
+        protocol: settings.config.protocol,
+        connect_timeout: settings.config.connect_timeout,
+    };
+    let spec = Arc::new(Spec::new(
+        "c",
+        &key,
+        &handle,
+        settings.transport.connector.clone(),
+        &f.metrics,
+    ));
+    let endpoint = Arc::clone(&handle.endpoints().endpoints[0]);
+    let task = AbortOnDrop(tokio::spawn(run_endpoint(endpoint, Arc::clone(&spec))));
+    tokio::time::sleep(Duration::from_secs(virtual_secs)).await;
+    drop(task);
+    f.checks("success") + f.checks("failure") + f.checks("timeout")
+}
+
+#[tokio::test(start_paused = true)]
+async fn checks_run_at_once_then_every_interval() {
+    // At 0, 10, 20 and 30s, each taking at most its 1s timeout: four by 35s.
+    let n = checks_in(
+        "{ tcp: {}, interval: 10s, interval_jitter_percent: 0, timeout: 1s }",
+        35,
+    )
+    .await;
+    assert_eq!(n, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn jittered_waits_stay_within_their_bounds() {
+    // Waits of 5s to 15s (10s ± 50%), plus at most 1s per check: between 200/16 and 200/5 + 1.
+    let n = checks_in(
+        "{ tcp: {}, interval: 10s, interval_jitter_percent: 50, timeout: 1s }",
+        200,
+    )
+    .await;
+    assert!((12..=41).contains(&n), "{n} checks");
+}
