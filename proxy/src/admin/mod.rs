@@ -129,7 +129,10 @@ fn handle(shared: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
                 .collect(),
         )),
         "/metrics" | "/stats/prometheus" => {
-            crate::health::update_endpoint_gauges(&shared.live);
+            crate::health::update_endpoint_gauges(
+                &shared.live.metrics,
+                &shared.live.snapshot().clusters,
+            );
             let mut r = Response::new(Full::new(Bytes::from(shared.live.metrics.encode_text())));
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -22,10 +22,9 @@ mod tracker;
 pub(crate) use tracker::{Thresholds, Tracker, Verdict, jittered};
 
 use crate::cluster::connect::Connector;
-use crate::cluster::{ClusterHandle, EndpointSet, Registry};
+use crate::cluster::{ClusterHandle, Registry};
 use crate::endpoint::{Endpoint, EndpointState, Health};
 use crate::metrics::{ClusterMetrics, Metrics};
-use crate::state::Live;
 use prometheus_client::metrics::counter::Counter;
 use sluice_config::{HealthCheck, HealthCheckKind, StatusRange, UpstreamProtocol};
 use std::collections::HashMap;
@@ -134,33 +133,14 @@ impl Supervisor {
     }
 }
 
-/// Marks the endpoints `set` adds to `previous` as pending their first check, when the cluster
-/// has health checks (called by the registry before the new set goes live, so no request sees
-/// an unchecked endpoint as healthy).
-pub(crate) fn mark_new_endpoints(
-    handle: &ClusterHandle,
-    previous: &EndpointSet,
-    set: &EndpointSet,
-) {
-    let checked = handle
-        .settings()
-        .is_some_and(|s| s.config.health_checks.is_some());
-    if !checked {
-        return;
-    }
-    for e in &set.endpoints {
-        if previous.get(e.address).is_none() {
-            e.state.set_unhealthy(Health::FAILED_ACTIVE_HC);
-        }
-    }
-}
-
 /// Sets `sluice_cluster_endpoints` from the live clusters (called when metrics are scraped).
 /// Clusters no longer known lose their series.
-pub(crate) fn update_endpoint_gauges(live: &Live) {
-    let snapshot = live.snapshot();
-    live.metrics.cluster_endpoints.clear();
-    for (name, handle) in &snapshot.clusters {
+pub(crate) fn update_endpoint_gauges(
+    metrics: &Metrics,
+    clusters: &HashMap<String, Arc<ClusterHandle>>,
+) {
+    metrics.cluster_endpoints.clear();
+    for (name, handle) in clusters {
         let set = handle.endpoints();
         let healthy = set
             .endpoints
@@ -169,7 +149,7 @@ pub(crate) fn update_endpoint_gauges(live: &Live) {
             .count();
         let unhealthy = set.endpoints.len() - healthy;
         for (health, n) in [("healthy", healthy), ("unhealthy", unhealthy)] {
-            live.metrics
+            metrics
                 .cluster_endpoints
                 .get_or_create(&vec![("cluster", name.clone()), ("health", health.into())])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));

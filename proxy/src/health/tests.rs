@@ -413,7 +413,6 @@ async fn an_address_removed_and_added_back_before_the_checker_looked_is_checked_
 #[tokio::test]
 async fn the_endpoint_gauge_counts_every_flag_and_forgets_removed_clusters() {
     let metrics = Arc::new(Metrics::new());
-    let live = Live::new(crate::state::Snapshot::default(), Arc::clone(&metrics));
     let mut registry = Registry::new(Arc::clone(&metrics), 1);
     registry.set_settings(&cluster(None));
     registry.set_endpoints(&cla(&[closed_port().await, closed_port().await]));
@@ -421,12 +420,9 @@ async fn the_endpoint_gauge_counts_every_flag_and_forgets_removed_clusters() {
     handle.endpoints().endpoints[0]
         .state
         .set_unhealthy(Health::FAILED_OUTLIER);
-    let snapshot = |clusters: Vec<Arc<crate::cluster::ClusterHandle>>| crate::state::Snapshot {
-        clusters: clusters.into_iter().map(|h| (h.name.clone(), h)).collect(),
-        ..Default::default()
-    };
-    live.swap(snapshot(vec![Arc::clone(&handle)]));
-    update_endpoint_gauges(&live);
+    let mut clusters = HashMap::new();
+    clusters.insert("c".to_string(), Arc::clone(&handle));
+    update_endpoint_gauges(&metrics, &clusters);
     let text = metrics.encode_text();
     assert!(
         text.contains("sluice_cluster_endpoints{cluster=\"c\",health=\"healthy\"} 1"),
@@ -436,8 +432,7 @@ async fn the_endpoint_gauge_counts_every_flag_and_forgets_removed_clusters() {
         text.contains("sluice_cluster_endpoints{cluster=\"c\",health=\"unhealthy\"} 1"),
         "{text}"
     );
-    live.swap(snapshot(Vec::new()));
-    update_endpoint_gauges(&live);
+    update_endpoint_gauges(&metrics, &HashMap::new());
     assert!(!metrics.encode_text().contains("sluice_cluster_endpoints{"));
 }
 
