@@ -9,6 +9,8 @@ need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -16,6 +18,14 @@ if ((${#need[@]})); then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
         $(printf '%s\n' "${need[@]}" | sort -u)
+fi
+
+# The gRPC health check test runs a real grpcio server (tests/e2e/grpc_health_server.py);
+# grpcio-health-checking is only on PyPI.
+if ! python3 -c 'import grpc, grpc_health.v1.health' >/dev/null 2>&1; then
+    echo "test.sh: installing grpcio and grpcio-health-checking"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        --break-system-packages grpcio grpcio-health-checking
 fi
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy

@@ -35,6 +35,9 @@ pub struct Cluster {
     /// limit; Envoy's edge guidance is `32KiB`).
     #[serde(default = "default_cluster_buffer_limit")]
     pub per_connection_buffer_limit_bytes: ByteSize,
+    /// Active health checking of the endpoints (see `HealthCheck`). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_checks: Option<crate::health::HealthCheck>,
     /// The endpoints: `127.0.0.1:9001` or `{ address: 127.0.0.1:9002, weight: 2 }`.
     pub endpoints: Vec<Endpoint>,
     /// How many retries the cluster's routes may add (on by default).

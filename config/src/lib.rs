@@ -11,12 +11,14 @@
 //! | [`Route`] `cluster`/`weighted_clusters`/`rewrite`/`timeout` | `Route.route` (`RouteAction`: `cluster`, `weighted_clusters`, `prefix_rewrite`, `regex_rewrite`, `host_rewrite_literal`, `timeout`) |
 //! | [`Route`] `redirect` / `direct_response` | `Route.redirect` / `Route.direct_response` |
 //! | [`Cluster`] | `Cluster` (type STATIC) + its `ClusterLoadAssignment` (`endpoints`) |
+//! | [`HealthCheck`] (`Cluster.health_checks`) | `Cluster.health_checks[0]` (`http_health_check`, `grpc_health_check`, `tcp_health_check`, `interval`, `timeout`, thresholds, `no_traffic_interval`; jitter as a ± percentage) |
 //!
 //! Files are YAML. Unknown fields are errors, and every error names the file, line, column and
 //! field path. [`load_file`] and [`parse`] return a fully validated [`Config`].
 
 mod cluster;
 mod error;
+mod health;
 mod listener;
 mod locate;
 pub mod raw;
@@ -28,6 +30,9 @@ mod validate;
 
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
 pub use error::{ConfigError, ConfigErrors, Issue};
+pub use health::{
+    GrpcHealthCheck, HealthCheck, HealthCheckKind, HttpHealthCheck, StatusRange, TcpHealthCheck,
+};
 pub use listener::{
     EscapedSlashes, Http2Settings, HttpListener, Listener, ListenerKind, PathNormalization,
     TcpListener, Trust, UnderscoreAction,

@@ -638,6 +638,7 @@ impl Validator {
             self.err(format!("{p}.connect_timeout"), "must be greater than 0s");
         }
         self.buffer_limit(p, c.per_connection_buffer_limit_bytes);
+        self.issues.extend(crate::health::validate(p, c));
         if c.pool.max_requests_per_http2_connection == 0 {
             self.err(
                 format!("{p}.pool.max_requests_per_http2_connection"),

@@ -30,6 +30,11 @@ impl Health {
     pub const FAILED_ACTIVE_HC: Health = Health(1);
     /// Ejected by outlier detection.
     pub const FAILED_OUTLIER: Health = Health(2);
+    /// Every flag with its name (admin API).
+    pub const ALL: [(Health, &'static str); 2] = [
+        (Health::FAILED_ACTIVE_HC, "failed_active_hc"),
+        (Health::FAILED_OUTLIER, "failed_outlier"),
+    ];
 }
 
 /// State every worker shares for one cluster, whatever its settings and endpoint set: its
@@ -127,6 +132,11 @@ impl EndpointState {
             .try_eject(&self.cluster.outlier, c, endpoints, now)?;
         self.set_unhealthy(Health::FAILED_OUTLIER);
         Some((reason, d))
+    }
+
+    /// True when the flag `why` is set.
+    pub fn has(&self, why: Health) -> bool {
+        self.health.load(Ordering::Relaxed) & why.0 != 0
     }
 
     /// Sets a health flag.

@@ -31,6 +31,7 @@ mod drain;
 pub mod endpoint;
 pub mod error;
 mod exec;
+mod health;
 pub mod http;
 pub mod lb;
 pub mod listener;

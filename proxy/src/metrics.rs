@@ -34,6 +34,9 @@ pub struct Metrics {
     outlier_ejected: Family<Labels, Gauge>,
     config_reloads: Family<Labels, Counter>,
     config_resources: Family<Labels, Counter>,
+    pub(crate) health_checks: Family<Labels, Counter>,
+    pub(crate) health_changes: Family<Labels, Counter>,
+    pub(crate) cluster_endpoints: Family<Labels, Gauge>,
 }
 
 impl fmt::Debug for Metrics {
@@ -71,6 +74,9 @@ impl Metrics {
             outlier_ejected: Family::default(),
             config_reloads: Family::default(),
             config_resources: Family::default(),
+            health_checks: Family::default(),
+            health_changes: Family::default(),
+            cluster_endpoints: Family::default(),
             registry: Registry::with_prefix("sluice"),
         };
         // prometheus-client appends `_total` to counters.
@@ -169,6 +175,21 @@ impl Metrics {
             "config_resource_updates",
             "Resources in config updates, by type and result (accepted or rejected)",
             m.config_resources.clone(),
+        );
+        r.register(
+            "health_checks",
+            "Active health checks, by cluster and result (success, failure, timeout)",
+            m.health_checks.clone(),
+        );
+        r.register(
+            "health_check_changes",
+            "Endpoints marked healthy or unhealthy by active health checking, by cluster and health",
+            m.health_changes.clone(),
+        );
+        r.register(
+            "cluster_endpoints",
+            "Endpoints by cluster and health (healthy: no health flag set, as balancers see them; updated when scraped)",
+            m.cluster_endpoints.clone(),
         );
         r.register(
             "build",

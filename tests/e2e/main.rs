@@ -12,6 +12,7 @@ mod connection;
 mod deadline;
 mod edge;
 mod filters;
+mod health;
 mod lifecycle;
 mod limits;
 mod reload;

@@ -1,6 +1,6 @@
 //! The admin API, served on the control thread's runtime so it answers even when the workers
 //! are saturated: `/ready`, `/live`, `/listeners`, `/metrics` (`/stats/prometheus`),
-//! `/config_dump`, `/server_info`. Unauthenticated: config validation refuses a non-loopback
+//! `/config_dump`, `/server_info`, `/clusters` (endpoints with their health flags). Unauthenticated: config validation refuses a non-loopback
 //! address unless `admin.allow_remote` is set; connections are capped and timed out, and the
 //! config dump redacts header values.
 
@@ -96,6 +96,7 @@ fn handle(shared: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
             | "/stats/prometheus"
             | "/config_dump"
             | "/server_info"
+            | "/clusters"
     );
     if get_only && req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -128,6 +129,10 @@ fn handle(shared: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
                 .collect(),
         )),
         "/metrics" | "/stats/prometheus" => {
+            crate::health::update_endpoint_gauges(
+                &shared.live.metrics,
+                &shared.live.snapshot().clusters,
+            );
             let mut r = Response::new(Full::new(Bytes::from(shared.live.metrics.encode_text())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -151,8 +156,40 @@ fn handle(shared: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
             "workers": shared.workers,
             "generation": shared.live.generation(),
         })),
+        "/clusters" => json(&clusters(&shared.live)),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Every cluster's endpoints: weight, requests in flight and health flags (Envoy `/clusters`,
+/// JSON only).
+fn clusters(live: &Live) -> serde_json::Value {
+    let snapshot = live.snapshot();
+    let mut names: Vec<&String> = snapshot.clusters.keys().collect();
+    names.sort();
+    let list = names.into_iter().filter_map(|name| {
+        let set = snapshot.clusters.get(name)?.endpoints();
+        let endpoints: Vec<serde_json::Value> = set
+            .endpoints
+            .iter()
+            .map(|e| {
+                let flags: Vec<&str> = crate::endpoint::Health::ALL
+                    .iter()
+                    .filter(|(h, _)| e.state.has(*h))
+                    .map(|(_, n)| *n)
+                    .collect();
+                serde_json::json!({
+                    "address": e.address.to_string(),
+                    "weight": e.weight,
+                    "healthy": e.state.is_healthy(),
+                    "health_flags": flags,
+                    "active_requests": e.state.active_requests(),
+                })
+            })
+            .collect();
+        Some(serde_json::json!({ "name": name, "endpoints": endpoints }))
+    });
+    serde_json::Value::Array(list.collect())
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -57,6 +57,7 @@ impl ControlLoop {
             }
             Err(e) => tracing::error!(error = %e, "cannot serve the admin API"),
         }
+        self.writer.sync_health();
         let (mut hup, mut term) = signals::signals(self.options.handle_signals);
         let (file_tx, mut file_rx) = mpsc::unbounded_channel::<()>();
         let _watcher = if self.options.watch {

@@ -243,6 +243,19 @@ impl Registry {
             policy,
             self.workers,
         );
+        if h.settings()
+            .is_some_and(|s| s.config.health_checks.is_some())
+        {
+            // New addresses wait for their first health check (Envoy's pending hosts): flagged
+            // before the set goes live, so no request sees an unchecked endpoint as healthy.
+            for e in set
+                .endpoints
+                .iter()
+                .filter(|e| current.get(e.address).is_none())
+            {
+                e.state.set_unhealthy(Health::FAILED_ACTIVE_HC);
+            }
+        }
         h.endpoints.store(Arc::new(set));
         if current.version == 0 {
             Change::Added

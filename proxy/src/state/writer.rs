@@ -80,6 +80,7 @@ pub struct Writer {
     listeners: HashMap<String, Arc<ListenerSpec>>,
     reconciler: Reconciler,
     filters: Vec<Arc<dyn HttpFilter>>,
+    health: crate::health::Supervisor,
 }
 
 impl Writer {
@@ -100,6 +101,7 @@ impl Writer {
             listeners: HashMap::new(),
             reconciler,
             filters,
+            health: Default::default(),
         }
     }
 
@@ -164,7 +166,14 @@ impl Writer {
         }
         self.registry.collect_garbage();
         self.publish();
+        self.sync_health();
         Applied { results }
+    }
+
+    /// Starts, restarts and stops health checkers to match the clusters (after every apply;
+    /// the control loop calls it once more when its runtime starts).
+    pub(crate) fn sync_health(&mut self) {
+        self.health.sync(&self.registry, &self.live.metrics);
     }
 
     fn upsert(
