@@ -34,8 +34,14 @@ pub struct Cluster {
     /// limit; Envoy's edge guidance is `32KiB`).
     #[serde(default = "default_cluster_buffer_limit")]
     pub per_connection_buffer_limit_bytes: ByteSize,
-    /// The endpoints: `127.0.0.1:9001` or `{ address: 127.0.0.1:9002, weight: 2 }`.
+    /// The endpoints: `127.0.0.1:9001` or `{ address: 127.0.0.1:9002, weight: 2 }`. Required
+    /// unless `discovery` finds them in DNS.
+    #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Find the endpoints in DNS instead of listing them (`strict_dns`, `logical_dns`,
+    /// `dns_srv`). Default: none (static `endpoints`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<crate::discovery::Discovery>,
 }
 
 /// Upstream protocol.

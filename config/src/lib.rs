@@ -16,6 +16,7 @@
 //! field path. [`load_file`] and [`parse`] return a fully validated [`Config`].
 
 mod cluster;
+mod discovery;
 mod error;
 mod listener;
 mod locate;
@@ -26,6 +27,7 @@ mod units;
 mod validate;
 
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
+pub use discovery::{AddressFamily, Discovery, DiscoveryType, DnsName};
 pub use error::{ConfigError, ConfigErrors, Issue};
 pub use listener::{
     EscapedSlashes, Http2Settings, HttpListener, Listener, ListenerKind, PathNormalization,

@@ -72,7 +72,7 @@ pub fn validate(config: &RawConfig) -> Vec<Issue> {
     }
     for (i, c) in config.clusters.iter().enumerate() {
         v.cluster(&format!("clusters[{i}]"), c);
-        if c.endpoints.is_empty() {
+        if c.endpoints.is_empty() && c.discovery.is_none() {
             v.err(
                 format!("clusters[{i}].endpoints"),
                 "must list at least one endpoint",
@@ -627,6 +627,7 @@ impl Validator {
             self.err(format!("{p}.connect_timeout"), "must be greater than 0s");
         }
         self.buffer_limit(p, c.per_connection_buffer_limit_bytes);
+        self.issues.extend(crate::discovery::check(p, c));
         if c.pool.max_requests_per_http2_connection == 0 {
             self.err(
                 format!("{p}.pool.max_requests_per_http2_connection"),
