@@ -28,6 +28,8 @@ pub struct Metrics {
     upstream_errors: Family<Labels, Counter>,
     config_reloads: Family<Labels, Counter>,
     config_resources: Family<Labels, Counter>,
+    /// DNS discovery (`source/dns.rs`).
+    pub(crate) dns: crate::source::dns::DnsMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -59,6 +61,7 @@ impl Metrics {
             upstream_errors: Family::default(),
             config_reloads: Family::default(),
             config_resources: Family::default(),
+            dns: Default::default(),
             registry: Registry::with_prefix("sluice"),
         };
         // prometheus-client appends `_total` to counters.
@@ -128,6 +131,7 @@ impl Metrics {
             "Resources in config updates, by type and result (accepted or rejected)",
             m.config_resources.clone(),
         );
+        m.dns.register(r);
         r.register(
             "build",
             "Sluice build information",
