@@ -10,7 +10,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 # The DNS discovery tests' local DNS server (tests/e2e/dns_server.py).
-python3 -c 'import dnslib' >/dev/null 2>&1 || need+=(python3-dnslib)
+/usr/bin/python3 -c 'import dnslib' >/dev/null 2>&1 || need+=(python3-dnslib)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

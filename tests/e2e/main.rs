@@ -10,6 +10,7 @@ mod balance;
 mod conformance;
 mod connection;
 mod deadline;
+mod dns;
 mod edge;
 mod filters;
 mod lifecycle;
