@@ -18,6 +18,7 @@
 mod cluster;
 mod discovery;
 mod error;
+mod fault;
 mod listener;
 mod locate;
 pub mod raw;
@@ -28,6 +29,7 @@ mod validate;
 
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
 pub use discovery::{AddressFamily, Discovery, DiscoveryType, DnsName};
+pub use fault::{Fault, FaultAbort, FaultDelay};
 pub use error::{ConfigError, ConfigErrors, Issue};
 pub use listener::{
     EscapedSlashes, Http2Settings, HttpListener, Listener, ListenerKind, PathNormalization,

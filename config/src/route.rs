@@ -52,6 +52,8 @@ pub struct Route {
     pub request_headers: HeaderMutation,
     /// Header changes on responses (applied after the virtual host's).
     pub response_headers: HeaderMutation,
+    /// Fault injection (delays and aborts).
+    pub fault: Option<crate::fault::Fault>,
 }
 
 /// What a route does: exactly one of these.
@@ -148,6 +150,7 @@ impl TryFrom<RawRoute> for Route {
             timeout: r.timeout,
             request_headers: r.request_headers,
             response_headers: r.response_headers,
+            fault: r.fault,
         })
     }
 }
@@ -165,6 +168,7 @@ impl From<Route> for RawRoute {
             timeout: r.timeout,
             request_headers: r.request_headers,
             response_headers: r.response_headers,
+            fault: r.fault,
         };
         match r.action {
             RouteAction::Cluster(c) => raw.cluster = Some(c),

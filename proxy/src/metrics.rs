@@ -30,6 +30,8 @@ pub struct Metrics {
     config_resources: Family<Labels, Counter>,
     /// DNS discovery (`source/dns.rs`).
     pub(crate) dns: crate::source::dns::DnsMetrics,
+    /// Fault injection (`http/filters/fault.rs`).
+    fault: crate::http::filters::FaultMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -62,6 +64,7 @@ impl Metrics {
             config_reloads: Family::default(),
             config_resources: Family::default(),
             dns: Default::default(),
+            fault: Default::default(),
             registry: Registry::with_prefix("sluice"),
         };
         // prometheus-client appends `_total` to counters.
@@ -132,6 +135,7 @@ impl Metrics {
             m.config_resources.clone(),
         );
         m.dns.register(r);
+        m.fault.register(r);
         r.register(
             "build",
             "Sluice build information",
@@ -174,6 +178,7 @@ impl Metrics {
                     ])
                     .clone()
             }),
+            fault: self.fault.counters(name),
             name: name.to_string(),
         }))
     }
@@ -235,6 +240,8 @@ pub struct ListenerHandles {
     /// One counter per [`Sanitized`] action, created with the listener (so every series
     /// exists from the start and counting needs no label lookup).
     sanitized: [Counter; Sanitized::ALL.len()],
+    /// Injected faults.
+    pub(crate) fault: crate::http::filters::FaultCounters,
     name: String,
 }
 
