@@ -12,6 +12,7 @@ mod connection;
 mod deadline;
 mod dns;
 mod edge;
+mod fault;
 mod filters;
 mod lifecycle;
 mod limits;
