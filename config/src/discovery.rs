@@ -120,7 +120,9 @@ impl DnsName {
             });
         }
         let Some((host, port)) = s.rsplit_once(':') else {
-            return Err(format!("`{s}` needs a port, such as `backend.example:8080`"));
+            return Err(format!(
+                "`{s}` needs a port, such as `backend.example:8080`"
+            ));
         };
         let port: u16 = port
             .parse()
@@ -206,7 +208,10 @@ pub(crate) fn check(p: &str, c: &Cluster) -> Vec<Issue> {
         }
     }
     if d.min_refresh.is_zero() {
-        err(format!("{dp}.min_refresh"), "must be greater than 0s".into());
+        err(
+            format!("{dp}.min_refresh"),
+            "must be greater than 0s".into(),
+        );
     }
     if d.max_refresh.get() < d.min_refresh.get() {
         err(
@@ -296,7 +301,10 @@ mod tests {
         assert!(e.iter().any(|l| l.contains("not a DNS name")), "{e:?}");
         // A static cluster still needs endpoints.
         let e = issues("{ name: c }");
-        assert!(e.iter().any(|l| l.contains("at least one endpoint")), "{e:?}");
+        assert!(
+            e.iter().any(|l| l.contains("at least one endpoint")),
+            "{e:?}"
+        );
     }
 
     #[test]

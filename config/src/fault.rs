@@ -89,9 +89,10 @@ pub(crate) fn check(p: &str, f: &Fault, forwards: bool) -> Vec<Issue> {
             err(format!("{p}.abort.percentage"), "must be between 0 and 100");
         }
         match (a.http_status, a.grpc_status) {
-            (Some(s), None) if !(200..=599).contains(&s) => {
-                err(format!("{p}.abort.http_status"), "must be between 200 and 599")
-            }
+            (Some(s), None) if !(200..=599).contains(&s) => err(
+                format!("{p}.abort.http_status"),
+                "must be between 200 and 599",
+            ),
             (None, Some(c)) if c > 16 => err(
                 format!("{p}.abort.grpc_status"),
                 "must be a gRPC status code between 0 and 16",

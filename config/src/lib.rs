@@ -29,8 +29,8 @@ mod validate;
 
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
 pub use discovery::{AddressFamily, Discovery, DiscoveryType, DnsName};
-pub use fault::{Fault, FaultAbort, FaultDelay};
 pub use error::{ConfigError, ConfigErrors, Issue};
+pub use fault::{Fault, FaultAbort, FaultDelay};
 pub use listener::{
     EscapedSlashes, Http2Settings, HttpListener, Listener, ListenerKind, PathNormalization,
     TcpListener, Trust, UnderscoreAction,

@@ -356,7 +356,8 @@ impl Validator {
         }
         let forwards = r.cluster.is_some() || r.weighted_clusters.is_some();
         if let Some(f) = &r.fault {
-            self.issues.extend(crate::fault::check(&format!("{p}.fault"), f, forwards));
+            self.issues
+                .extend(crate::fault::check(&format!("{p}.fault"), f, forwards));
         }
         if let Some(rw) = &r.rewrite {
             let rp = format!("{p}.rewrite");

@@ -70,7 +70,7 @@ impl HttpSpec {
             metrics,
             routes,
             settings: s.clone(),
-                        edge: EdgePolicy::compile(s),
+            edge: EdgePolicy::compile(s),
             h1,
             stream_idle: (!s.stream_idle_timeout.is_zero()).then(|| s.stream_idle_timeout.get()),
         }

@@ -277,7 +277,9 @@ async fn lookup(
         (_, Some(port)) => {
             let (ips, ttl) = addresses(resolver, &name.host).await?;
             Ok((
-                ips.into_iter().map(|ip| (SocketAddr::new(ip, port), 1)).collect(),
+                ips.into_iter()
+                    .map(|ip| (SocketAddr::new(ip, port), 1))
+                    .collect(),
                 ttl,
             ))
         }
@@ -286,10 +288,7 @@ async fn lookup(
 
 /// The A/AAAA addresses of `host` (by the resolver's family strategy) and their smallest TTL.
 async fn addresses(resolver: &TokioResolver, host: &str) -> Result<(Vec<IpAddr>, u32), String> {
-    let found = resolver
-        .lookup_ip(host)
-        .await
-        .map_err(|e| e.to_string())?;
+    let found = resolver.lookup_ip(host).await.map_err(|e| e.to_string())?;
     let mut ttl = u32::MAX;
     let mut ips = Vec::new();
     for r in found.as_lookup().answers() {
@@ -309,7 +308,10 @@ async fn addresses(resolver: &TokioResolver, host: &str) -> Result<(Vec<IpAddr>,
 
 /// The endpoints of an SRV name: the records of the lowest priority present, each target's
 /// addresses at the record's port, weighted by the record's weight (0 counts as 1).
-async fn srv(resolver: &TokioResolver, name: &str) -> Result<(Vec<(SocketAddr, u32)>, u32), String> {
+async fn srv(
+    resolver: &TokioResolver,
+    name: &str,
+) -> Result<(Vec<(SocketAddr, u32)>, u32), String> {
     let found = resolver.srv_lookup(name).await.map_err(|e| e.to_string())?;
     let mut records = Vec::new();
     let mut ttl = u32::MAX;
@@ -331,7 +333,10 @@ async fn srv(resolver: &TokioResolver, name: &str) -> Result<(Vec<(SocketAddr, u
             Ok((ips, t)) => {
                 ttl = ttl.min(t);
                 let weight = u32::from(s.weight.max(1));
-                out.extend(ips.into_iter().map(|ip| (SocketAddr::new(ip, s.port), weight)));
+                out.extend(
+                    ips.into_iter()
+                        .map(|ip| (SocketAddr::new(ip, s.port), weight)),
+                );
             }
             Err(e) => last_error = Some(e),
         }
@@ -435,7 +440,9 @@ mod tests {
     #[test]
     fn failures_back_off_within_the_bounds() {
         let (min, max) = (Duration::from_secs(1), Duration::from_secs(10));
-        let waits: Vec<u64> = (1..=6).map(|f| retry_after(f, min, max).as_secs()).collect();
+        let waits: Vec<u64> = (1..=6)
+            .map(|f| retry_after(f, min, max).as_secs())
+            .collect();
         assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
         assert_eq!(retry_after(u32::MAX, min, max), max);
     }
@@ -449,7 +456,10 @@ mod tests {
         ];
         let e = assignment(DiscoveryType::StrictDns, &answers);
         let addrs: Vec<_> = e.iter().map(|e| e.address).collect();
-        assert_eq!(addrs, [a("10.0.0.1:80"), a("10.0.0.2:80"), a("10.0.0.3:81")]);
+        assert_eq!(
+            addrs,
+            [a("10.0.0.1:80"), a("10.0.0.2:80"), a("10.0.0.3:81")]
+        );
         // The order of the records does not matter.
         let rotated = vec![Some(vec![(a("10.0.0.1:80"), 1), (a("10.0.0.2:80"), 1)])];
         let once = vec![Some(vec![(a("10.0.0.2:80"), 1), (a("10.0.0.1:80"), 1)])];
@@ -470,10 +480,15 @@ mod tests {
 
     #[test]
     fn srv_weights_are_kept() {
-        let answers = vec![Some(vec![(a("10.0.0.1:8080"), 30), (a("10.0.0.1:8081"), 10)])];
+        let answers = vec![Some(vec![
+            (a("10.0.0.1:8080"), 30),
+            (a("10.0.0.1:8081"), 10),
+        ])];
         let e = assignment(DiscoveryType::DnsSrv, &answers);
         assert_eq!(
-            e.iter().map(|e| (e.address.port(), e.weight)).collect::<Vec<_>>(),
+            e.iter()
+                .map(|e| (e.address.port(), e.weight))
+                .collect::<Vec<_>>(),
             [(8080, 30), (8081, 10)]
         );
     }
@@ -508,7 +523,9 @@ mod tests {
         let u = dns.accept(report(new_id)).unwrap();
         assert_eq!(u.upserts.len(), 1);
         assert!(!dns.warming());
-        dns.sync(&live("clusters:\n  - { name: s, endpoints: [127.0.0.1:1] }\n"));
+        dns.sync(&live(
+            "clusters:\n  - { name: s, endpoints: [127.0.0.1:1] }\n",
+        ));
         assert!(dns.tasks.is_empty(), "a removed DNS cluster stops its task");
     }
 }

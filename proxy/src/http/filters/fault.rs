@@ -116,7 +116,10 @@ pub(crate) fn decide(
     });
     if f.header_control {
         if let Some(ms) = number(headers, DELAY) {
-            delay = Some((Duration::from_millis(ms), percentage(headers, DELAY_PERCENTAGE)));
+            delay = Some((
+                Duration::from_millis(ms),
+                percentage(headers, DELAY_PERCENTAGE),
+            ));
         }
         let header_abort = number(headers, ABORT)
             .filter(|s| (200..=599).contains(s))
@@ -154,9 +157,9 @@ fn percentage(headers: &HeaderMap, name: &str) -> f64 {
 fn abort_response(a: Abort, grpc_request: bool) -> Response<Bytes> {
     let grpc_code = match a {
         Abort::Grpc(c) => Some(HeaderValue::from(c)),
-        Abort::Http(s) if grpc_request => {
-            Some(HeaderValue::from_static(crate::http::respond::grpc_code_for_status(s)))
-        }
+        Abort::Http(s) if grpc_request => Some(HeaderValue::from_static(
+            crate::http::respond::grpc_code_for_status(s),
+        )),
         Abort::Http(_) => None,
     };
     let mut resp = match grpc_code {
@@ -165,13 +168,17 @@ fn abort_response(a: Abort, grpc_request: bool) -> Response<Bytes> {
             let h = r.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             h.insert("grpc-status", code);
-            h.insert("grpc-message", HeaderValue::from_static("fault filter abort"));
+            h.insert(
+                "grpc-message",
+                HeaderValue::from_static("fault filter abort"),
+            );
             r
         }
         None => {
             let mut r = Response::new(Bytes::from_static(b"fault filter abort\n"));
             if let Abort::Http(s) = a {
-                *r.status_mut() = StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                *r.status_mut() =
+                    StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             }
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -263,14 +270,23 @@ mod tests {
         assert_eq!(d.delay, Some(Duration::from_millis(20)));
         assert_eq!(d.abort, Some(Abort::Http(503)));
         let d = decide(&cfg(Some(0.0), Some(0.0), false), &none, &mut never());
-        assert_eq!(d, Decision { delay: None, abort: None });
+        assert_eq!(
+            d,
+            Decision {
+                delay: None,
+                abort: None
+            }
+        );
     }
 
     #[test]
     fn a_percentage_is_a_per_request_draw() {
         let c = cfg(None, Some(10.0), false);
         let none = HeaderMap::new();
-        assert_eq!(decide(&c, &none, &mut || 9.99).abort, Some(Abort::Http(503)));
+        assert_eq!(
+            decide(&c, &none, &mut || 9.99).abort,
+            Some(Abort::Http(503))
+        );
         assert_eq!(decide(&c, &none, &mut || 10.0).abort, None);
         // With real draws, about 10% abort.
         let hits = (0..10_000)
@@ -287,14 +303,28 @@ mod tests {
     fn headers_choose_faults_only_when_allowed() {
         let h = headers(&[(DELAY, "15"), (ABORT, "418")]);
         let off = decide(&cfg(None, None, false), &h, &mut never());
-        assert_eq!(off, Decision { delay: None, abort: None });
+        assert_eq!(
+            off,
+            Decision {
+                delay: None,
+                abort: None
+            }
+        );
         let on = decide(&cfg(None, None, true), &h, &mut never());
         assert_eq!(on.delay, Some(Duration::from_millis(15)));
         assert_eq!(on.abort, Some(Abort::Http(418)));
-        let g = decide(&cfg(None, None, true), &headers(&[(ABORT_GRPC, "14")]), &mut never());
+        let g = decide(
+            &cfg(None, None, true),
+            &headers(&[(ABORT_GRPC, "14")]),
+            &mut never(),
+        );
         assert_eq!(g.abort, Some(Abort::Grpc(14)));
         // A header replaces the configured fault of its kind.
-        let r = decide(&cfg(None, Some(100.0), true), &headers(&[(ABORT, "500")]), &mut never());
+        let r = decide(
+            &cfg(None, Some(100.0), true),
+            &headers(&[(ABORT, "500")]),
+            &mut never(),
+        );
         assert_eq!(r.abort, Some(Abort::Http(500)));
     }
 
@@ -304,7 +334,10 @@ mod tests {
         let h = headers(&[(ABORT, "503"), (ABORT_PERCENTAGE, "0")]);
         assert_eq!(decide(&c, &h, &mut never()).abort, None);
         let h = headers(&[(DELAY, "5"), (DELAY_PERCENTAGE, "50")]);
-        assert_eq!(decide(&c, &h, &mut || 49.0).delay, Some(Duration::from_millis(5)));
+        assert_eq!(
+            decide(&c, &h, &mut || 49.0).delay,
+            Some(Duration::from_millis(5))
+        );
         assert_eq!(decide(&c, &h, &mut || 50.0).delay, None);
     }
 
@@ -321,7 +354,14 @@ mod tests {
             (DELAY, ""),
         ] {
             let d = decide(&c, &headers(&[(name, value)]), &mut never());
-            assert_eq!(d, Decision { delay: None, abort: None }, "{name}: {value}");
+            assert_eq!(
+                d,
+                Decision {
+                    delay: None,
+                    abort: None
+                },
+                "{name}: {value}"
+            );
         }
         // An invalid percentage counts as absent (100%).
         let h = headers(&[(ABORT, "503"), (ABORT_PERCENTAGE, "250")]);
@@ -332,7 +372,10 @@ mod tests {
     fn aborts_answer_with_the_status_and_flag() {
         let r = abort_response(Abort::Http(503), false);
         assert_eq!(r.status(), 503);
-        assert_eq!(r.extensions().get::<ResponseFlag>().map(|f| f.0), Some("FI"));
+        assert_eq!(
+            r.extensions().get::<ResponseFlag>().map(|f| f.0),
+            Some("FI")
+        );
         let g = abort_response(Abort::Grpc(14), false);
         assert_eq!(g.status(), 200);
         assert_eq!(g.headers()["grpc-status"], "14");
