@@ -10,7 +10,8 @@
 //! | [`VirtualHost`] | `VirtualHost` (`domains`, `routes`, `request_headers_to_add/remove`) |
 //! | [`Route`] `cluster`/`weighted_clusters`/`rewrite`/`timeout` | `Route.route` (`RouteAction`: `cluster`, `weighted_clusters`, `prefix_rewrite`, `regex_rewrite`, `host_rewrite_literal`, `timeout`) |
 //! | [`Route`] `redirect` / `direct_response` | `Route.redirect` / `Route.direct_response` |
-//! | [`Cluster`] | `Cluster` (type STATIC) + its `ClusterLoadAssignment` (`endpoints`) |
+//! | [`Route`] `fault` | `Route.typed_per_filter_config["envoy.filters.http.fault"]` (`HTTPFault`: `delay`, `abort`, header-controlled faults) |
+//! | [`Cluster`] | `Cluster` (type STATIC) + its `ClusterLoadAssignment` (`endpoints`); with [`Discovery`]: type STRICT_DNS or LOGICAL_DNS (`dns_srv` has no Envoy equivalent) |
 //!
 //! Files are YAML. Unknown fields are errors, and every error names the file, line, column and
 //! field path. [`load_file`] and [`parse`] return a fully validated [`Config`].

@@ -108,22 +108,26 @@ impl DnsSource {
             self.next_task += 1;
             let counters = self.metrics.dns.counters(name);
             let handle = match resolver(discovery) {
-                Ok(resolver) => tokio::spawn(run(
-                    name.to_string(),
-                    discovery.clone(),
-                    resolver,
-                    id,
-                    self.tx.clone(),
-                    counters,
-                )),
+                Ok(resolver) => {
+                    tracing::info!(cluster = %name, kind = discovery.kind.as_str(), names = ?discovery.names, "dns discovery: starting resolution");
+                    self.warming.insert(name.to_string());
+                    tokio::spawn(run(
+                        name.to_string(),
+                        discovery.clone(),
+                        resolver,
+                        id,
+                        self.tx.clone(),
+                        counters,
+                    ))
+                }
                 Err(e) => {
+                    // No system configuration to read (`/etc/resolv.conf`), say: nothing to
+                    // wait for; the cluster keeps its endpoints until its config changes.
                     counters.failure.inc();
                     tracing::warn!(cluster = %name, error = %e, "dns discovery: cannot build a resolver; the cluster keeps its endpoints");
                     tokio::spawn(async {})
                 }
             };
-            tracing::info!(cluster = %name, kind = discovery.kind.as_str(), names = ?discovery.names, "dns discovery: starting resolution");
-            self.warming.insert(name.to_string());
             self.tasks.insert(
                 name.to_string(),
                 Task {
