@@ -330,6 +330,17 @@ mod tests {
     }
 
     #[test]
+    fn round_trips_through_yaml() {
+        let c = crate::parse(
+            "clusters:\n  - { name: c, discovery: { type: dns_srv, names: ['_h._tcp.b'], resolvers: ['127.0.0.1:53'], min_refresh: 1s, family: v6 } }\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let text = serde_yaml_ng::to_string(&c).unwrap();
+        assert_eq!(crate::parse(&text, "again.yaml").unwrap(), c);
+    }
+
+    #[test]
     fn dns_clusters_carry_no_endpoints_resource() {
         let c = crate::parse(
             "clusters:\n  - { name: c, discovery: { type: strict_dns, names: ['b:1'] } }\n",

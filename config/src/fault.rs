@@ -134,6 +134,16 @@ mod tests {
     }
 
     #[test]
+    fn round_trips_through_yaml() {
+        let c = route(
+            "{ delay: { fixed: 250ms, percentage: 12.5 }, abort: { grpc_status: 14, percentage: 1 }, header_control: true }",
+        )
+        .unwrap();
+        let text = serde_yaml_ng::to_string(&c).unwrap();
+        assert_eq!(crate::parse(&text, "again.yaml").unwrap(), c);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = route("{ abort: { http_status: 700 } }").unwrap_err();
         assert!(e.contains("routes[0].fault.abort.http_status"), "{e}");

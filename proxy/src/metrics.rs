@@ -121,7 +121,7 @@ impl Metrics {
         );
         r.register(
             "downstream_error_responses",
-            "Responses Sluice generated for a failure, by listener and response flag (Envoy's: NR no route, NC no cluster, UH no healthy upstream, UF connect failure, UT timeout, UC upstream reset or protocol error, DPE downstream protocol error)",
+            "Responses Sluice generated for a failure, by listener and response flag (Envoy's: NR no route, NC no cluster, UH no healthy upstream, UF connect failure, UT timeout, UC upstream reset or protocol error, DPE downstream protocol error, FI fault filter abort)",
             m.downstream_errors.clone(),
         );
         r.register(
