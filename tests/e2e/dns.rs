@@ -1,9 +1,9 @@
 //! DNS discovery end to end, against a local DNS server started by each test
 //! (`tests/e2e/dns_server.py`, Python `dnslib`, on 127.0.0.1 UDP+TCP port 0) whose zone the test
-//! rewrites: strict DNS spreads over every address and follows changes, logical DNS uses the
-//! first address, SRV gives hosts and ports, a failing resolver keeps the last good endpoints,
-//! a 1s TTL is re-resolved, a reload keeps discovered endpoints and readiness waits for the
-//! first answer.
+//! rewrites (mode `ok`, `servfail`, or `hold`: no answer until the mode changes): strict DNS
+//! spreads over every address and follows changes, logical DNS uses the first address, SRV
+//! gives hosts and ports, a failing resolver keeps the last good endpoints, a 1s TTL is
+//! re-resolved, a reload keeps discovered endpoints and readiness waits for the first answer.
 
 use crate::support::*;
 use serde_json::{Value, json};
@@ -279,7 +279,7 @@ fn a_failing_resolver_keeps_the_last_good_endpoints() {
     assert_eq!(answers(&p, 3), vec!["one"; 3]);
     // No answer at all (the query times out): the same.
     let before = resolutions(&p, "failure");
-    dns.set(json!({ "mode": "drop", "records": [] }));
+    dns.set(json!({ "mode": "hold", "records": [] }));
     eventually("a timed-out resolution", || {
         (resolutions(&p, "failure") > before).then_some(())
     });
@@ -322,9 +322,9 @@ fn a_one_second_ttl_is_re_resolved() {
 #[test]
 fn readiness_waits_for_the_first_resolution() {
     let up = echo("one");
-    // The server does not answer the first query; the resolver's second attempt (after the
-    // 3s timeout) gets the answer.
-    let dns = DnsServer::start(json!({ "mode": "drop", "records": [] }));
+    // The server holds the first query (no answer) until the zone is set: not ready until
+    // then (the resolver waits up to its 3s timeout).
+    let dns = DnsServer::start(json!({ "mode": "hold", "records": [] }));
     let p = proxy(&format!(
         "discovery: {{ type: strict_dns, names: ['backend.test:{}'], resolvers: ['{}'], timeout: 3s }}",
         up.port(),

@@ -6,12 +6,16 @@ Usage: dns_server.py ZONE.json
 Serves on 127.0.0.1, UDP and TCP, on one free port, and prints the port on the first line of
 stdout. The zone file is re-read on every query, so a test changes the answers by rewriting it:
 
-    {"mode": "ok",            # "ok" | "servfail" (answer SERVFAIL) | "drop" (never answer)
+    {"mode": "ok",            # "ok" | "servfail" (answer SERVFAIL) | "hold" (see below)
      "records": [
        {"name": "backend.test.", "type": "A", "value": "127.0.0.1", "ttl": 1},
        {"name": "backend.test.", "type": "AAAA", "value": "::1", "ttl": 1},
        {"name": "_http._tcp.backend.test.", "type": "SRV", "ttl": 1,
         "priority": 10, "weight": 5, "port": 8080, "target": "a.test."}]}
+
+In "hold" mode a query gets no answer while the mode stays "hold" (so the client times out);
+a held query is answered from the zone as soon as the mode changes (within 30 s), over UDP and
+TCP alike (a TCP connection is not closed on it).
 
 A name with no record of the asked type answers NOERROR with no records if the name has some
 record, NXDOMAIN otherwise. Each answered query is counted in "queries" of the state file
@@ -22,6 +26,7 @@ import json
 import socket
 import sys
 import threading
+import time
 
 from dnslib import AAAA, QTYPE, RCODE, RR, SRV, A, DNSLabel
 from dnslib.server import BaseResolver, DNSServer
@@ -31,15 +36,23 @@ COUNT = ZONE + ".count"
 lock = threading.Lock()
 
 
+def load():
+    with open(ZONE) as f:
+        return json.load(f)
+
+
 class ZoneResolver(BaseResolver):
     def resolve(self, request, handler):
-        with open(ZONE) as f:
-            zone = json.load(f)
+        zone = load()
+        deadline = time.monotonic() + 30
+        while zone.get("mode") == "hold" and time.monotonic() < deadline:
+            time.sleep(0.02)
+            zone = load()
         mode = zone.get("mode", "ok")
         reply = request.reply()
-        if mode == "drop":
-            # No reply: the handler fails on it and sends nothing (its error is not printed:
-            # see `handle_error` below).
+        if mode == "hold":
+            # Still held after 30 s: no reply (the handler fails on it and sends nothing; its
+            # error is not printed, see `handle_error` below).
             return None
         if mode == "servfail":
             reply.header.rcode = RCODE.SERVFAIL
