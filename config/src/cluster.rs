@@ -38,8 +38,14 @@ pub struct Cluster {
     /// Active health checking of the endpoints (see `HealthCheck`). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_checks: Option<crate::health::HealthCheck>,
-    /// The endpoints: `127.0.0.1:9001` or `{ address: 127.0.0.1:9002, weight: 2 }`.
+    /// The endpoints: `127.0.0.1:9001` or `{ address: 127.0.0.1:9002, weight: 2 }`. Required
+    /// unless `discovery` finds them in DNS.
+    #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Find the endpoints in DNS instead of listing them (`strict_dns`, `logical_dns`,
+    /// `dns_srv`). Default: none (static `endpoints`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<crate::discovery::Discovery>,
     /// How many retries the cluster's routes may add (on by default).
     #[serde(default)]
     pub retry_budget: RetryBudget,

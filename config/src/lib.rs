@@ -12,13 +12,17 @@
 //! | [`Route`] `redirect` / `direct_response` | `Route.redirect` / `Route.direct_response` |
 //! | [`Cluster`] | `Cluster` (type STATIC) + its `ClusterLoadAssignment` (`endpoints`) |
 //! | [`HealthCheck`] (`Cluster.health_checks`) | `Cluster.health_checks[0]` (`http_health_check`, `grpc_health_check`, `tcp_health_check`, `interval`, `timeout`, thresholds, `no_traffic_interval`; jitter as a ± percentage) |
+//! | [`Route`] `fault` | `Route.typed_per_filter_config["envoy.filters.http.fault"]` (`HTTPFault`: `delay`, `abort`, header-controlled faults) |
+//! | [`Cluster`] | `Cluster` (type STATIC) + its `ClusterLoadAssignment` (`endpoints`); with [`Discovery`]: type STRICT_DNS or LOGICAL_DNS (`dns_srv` has no Envoy equivalent) |
 //!
 //! Files are YAML. Unknown fields are errors, and every error names the file, line, column and
 //! field path. [`load_file`] and [`parse`] return a fully validated [`Config`].
 
 mod cluster;
+mod discovery;
 mod error;
 mod health;
+mod fault;
 mod listener;
 mod locate;
 pub mod raw;
@@ -29,10 +33,12 @@ mod units;
 mod validate;
 
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
+pub use discovery::{AddressFamily, Discovery, DiscoveryType, DnsName};
 pub use error::{ConfigError, ConfigErrors, Issue};
 pub use health::{
     GrpcHealthCheck, HealthCheck, HealthCheckKind, HttpHealthCheck, StatusRange, TcpHealthCheck,
 };
+pub use fault::{Fault, FaultAbort, FaultDelay};
 pub use listener::{
     EscapedSlashes, Http2Settings, HttpListener, Listener, ListenerKind, PathNormalization,
     TcpListener, Trust, UnderscoreAction,

@@ -124,4 +124,7 @@ pub struct RawRoute {
     /// Header changes on responses (applied after the virtual host's).
     #[serde(default, skip_serializing_if = "HeaderMutation::is_empty")]
     pub response_headers: HeaderMutation,
+    /// Fault injection: delays and aborts (forwarding routes only). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<crate::fault::Fault>,
 }

@@ -115,18 +115,21 @@ impl Update {
 }
 
 impl Config {
-    /// The config as resources, keyed by (type, name). Each cluster's inline endpoints become
-    /// its [`ClusterLoadAssignment`].
+    /// The config as resources, keyed by (type, name). Each static cluster's inline endpoints
+    /// become its [`ClusterLoadAssignment`]; a DNS cluster's assignment comes from the DNS
+    /// source, not from the config.
     pub fn resources(&self) -> BTreeMap<ResourceKey, Resource> {
         let mut out = BTreeMap::new();
         let mut add = |r: Resource| {
             out.insert(r.key(), r);
         };
         for c in &self.clusters {
-            add(Resource::Endpoints(ClusterLoadAssignment {
-                cluster_name: c.name.clone(),
-                endpoints: c.endpoints.clone(),
-            }));
+            if c.discovery.is_none() {
+                add(Resource::Endpoints(ClusterLoadAssignment {
+                    cluster_name: c.name.clone(),
+                    endpoints: c.endpoints.clone(),
+                }));
+            }
             add(Resource::Cluster(Cluster {
                 endpoints: Vec::new(),
                 ..c.clone()
@@ -142,7 +145,8 @@ impl Config {
     }
 
     /// Rebuilds a config from resources (the admin API's config dump): clusters get their
-    /// endpoints back inline.
+    /// endpoints back inline (DNS clusters keep theirs out: they are discovered, not
+    /// configured).
     pub fn from_resources<'a>(
         admin: crate::Admin,
         resources: impl IntoIterator<Item = &'a Resource>,
@@ -163,7 +167,9 @@ impl Config {
             }
         }
         for c in &mut config.clusters {
-            if let Some(e) = endpoints.remove(&c.name) {
+            if let Some(e) = endpoints.remove(&c.name)
+                && c.discovery.is_none()
+            {
                 c.endpoints = e;
             }
         }

@@ -57,6 +57,8 @@ pub struct Route {
     pub request_headers: HeaderMutation,
     /// Header changes on responses (applied after the virtual host's).
     pub response_headers: HeaderMutation,
+    /// Fault injection (delays and aborts).
+    pub fault: Option<crate::fault::Fault>,
 }
 
 /// What a route does: exactly one of these.
@@ -155,6 +157,7 @@ impl TryFrom<RawRoute> for Route {
             circuit_breakers: r.circuit_breakers,
             request_headers: r.request_headers,
             response_headers: r.response_headers,
+            fault: r.fault,
         })
     }
 }
@@ -174,6 +177,7 @@ impl From<Route> for RawRoute {
             circuit_breakers: r.circuit_breakers,
             request_headers: r.request_headers,
             response_headers: r.response_headers,
+            fault: r.fault,
         };
         match r.action {
             RouteAction::Cluster(c) => raw.cluster = Some(c),

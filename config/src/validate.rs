@@ -72,7 +72,7 @@ pub fn validate(config: &RawConfig) -> Vec<Issue> {
     }
     for (i, c) in config.clusters.iter().enumerate() {
         v.cluster(&format!("clusters[{i}]"), c);
-        if c.endpoints.is_empty() {
+        if c.endpoints.is_empty() && c.discovery.is_none() {
             v.err(
                 format!("clusters[{i}].endpoints"),
                 "must list at least one endpoint",
@@ -360,6 +360,10 @@ impl Validator {
             }
         }
         let forwards = r.cluster.is_some() || r.weighted_clusters.is_some();
+        if let Some(f) = &r.fault {
+            self.issues
+                .extend(crate::fault::check(&format!("{p}.fault"), f, forwards));
+        }
         if let Some(rw) = &r.rewrite {
             let rp = format!("{p}.rewrite");
             if !forwards {
@@ -639,6 +643,7 @@ impl Validator {
         }
         self.buffer_limit(p, c.per_connection_buffer_limit_bytes);
         self.issues.extend(crate::health::validate(p, c));
+        self.issues.extend(crate::discovery::check(p, c));
         if c.pool.max_requests_per_http2_connection == 0 {
             self.err(
                 format!("{p}.pool.max_requests_per_http2_connection"),

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub(crate) health_checks: Family<Labels, Counter>,
     pub(crate) health_changes: Family<Labels, Counter>,
     pub(crate) cluster_endpoints: Family<Labels, Gauge>,
+    /// DNS discovery (`source/dns.rs`).
+    pub(crate) dns: crate::source::dns::DnsMetrics,
+    /// Fault injection (`http/filters/fault.rs`).
+    fault: crate::http::filters::FaultMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -77,6 +81,8 @@ impl Metrics {
             health_checks: Family::default(),
             health_changes: Family::default(),
             cluster_endpoints: Family::default(),
+            dns: Default::default(),
+            fault: Default::default(),
             registry: Registry::with_prefix("sluice"),
         };
         // prometheus-client appends `_total` to counters.
@@ -163,7 +169,7 @@ impl Metrics {
         );
         r.register(
             "downstream_error_responses",
-            "Responses Sluice generated for a failure, by listener and response flag (Envoy's: NR no route, NC no cluster, UH no healthy upstream, UF connect failure, UT timeout, UC upstream reset or protocol error, DPE downstream protocol error)",
+            "Responses Sluice generated for a failure, by listener and response flag (Envoy's: NR no route, NC no cluster, UH no healthy upstream, UF connect failure, UT timeout, UC upstream reset or protocol error, DPE downstream protocol error, FI fault filter abort)",
             m.downstream_errors.clone(),
         );
         r.register(
@@ -176,6 +182,8 @@ impl Metrics {
             "Resources in config updates, by type and result (accepted or rejected)",
             m.config_resources.clone(),
         );
+        m.dns.register(r);
+        m.fault.register(r);
         r.register(
             "health_checks",
             "Active health checks, by cluster and result (success, failure, timeout)",
@@ -233,6 +241,7 @@ impl Metrics {
                     ])
                     .clone()
             }),
+            fault: self.fault.counters(name),
             name: name.to_string(),
         }))
     }
@@ -309,6 +318,8 @@ pub struct ListenerHandles {
     /// One counter per [`Sanitized`] action, created with the listener (so every series
     /// exists from the start and counting needs no label lookup).
     sanitized: [Counter; Sanitized::ALL.len()],
+    /// Injected faults.
+    pub(crate) fault: crate::http::filters::FaultCounters,
     name: String,
 }
 

@@ -5,6 +5,7 @@
 use super::signals::{self, Terminate};
 use super::{Exit, Options, ReloadError};
 use crate::admin::{self, AdminState};
+use crate::source::dns::DnsSource;
 use crate::source::file::{FileSource, Loaded};
 use crate::state::{Applied, Writer};
 use crate::worker::WorkerHandle;
@@ -70,12 +71,18 @@ impl ControlLoop {
         let mut pending = false;
         let mut outliers = tokio::time::interval(OUTLIER_SWEEP);
         outliers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut dns, mut dns_rx) = DnsSource::new(Arc::clone(&self.admin.live.metrics));
+        dns.sync(self.writer.resources());
+        if !dns.warming() {
+            self.admin.live.set_ready();
+        }
         loop {
             tokio::select! {
                 now = outliers.tick() => self.writer.registry().sweep_outliers(now),
                 msg = rx.recv() => match msg {
                     Some(Control::Reload(reply)) => {
                         let _ = reply.send(self.reload(true));
+                        dns.sync(self.writer.resources());
                     }
                     Some(Control::Apply(update, reply)) => {
                         let applied = self.writer.apply(update);
@@ -83,12 +90,24 @@ impl ControlLoop {
                             tracing::error!("config update: {r}; its previous version (if any) keeps serving");
                         }
                         let _ = reply.send(applied);
+                        dns.sync(self.writer.resources());
                     }
                     Some(Control::Shutdown) | None => break,
                 },
+                Some(resolved) = dns_rx.recv() => {
+                    if let Some(update) = dns.accept(resolved) {
+                        for r in self.writer.apply(update).rejected() {
+                            tracing::error!("dns discovery: {r}; the previous endpoints keep serving");
+                        }
+                    }
+                    if !dns.warming() {
+                        self.admin.live.set_ready();
+                    }
+                }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading config");
                     let _ = self.reload(true);
+                    dns.sync(self.writer.resources());
                 }
                 _ = term.recv() => {
                     tracing::info!("shutdown signal received");
@@ -101,6 +120,7 @@ impl ControlLoop {
                 _ = debounce.as_mut(), if pending => {
                     pending = false;
                     let _ = self.reload(false);
+                    dns.sync(self.writer.resources());
                 }
             }
         }

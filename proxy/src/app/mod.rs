@@ -146,7 +146,11 @@ impl Proxy {
         let thread = std::thread::Builder::new()
             .name("sluice-control".into())
             .spawn(move || runtime.block_on(control.run(admin_socket, rx)))?;
-        live.set_ready();
+        // A DNS cluster warms (as in Envoy): the control loop says ready once the first
+        // resolution of each has finished.
+        if config.clusters.iter().all(|c| c.discovery.is_none()) {
+            live.set_ready();
+        }
         Ok(Proxy {
             admin_state,
             admin,

@@ -9,7 +9,7 @@ use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
 use crate::http::body::Tracker;
 use crate::http::conn::ConnState;
-use crate::http::filters::{RequestHead as FilterRequest, Verdict, WaitFuture};
+use crate::http::filters::{RequestHead as FilterRequest, ResponseFlag, Verdict, WaitFuture};
 use crate::http::finish::{ResponseMeta, finish};
 use crate::http::respond::ErrorContext;
 use crate::http::{ConnContext, CurrentSpec, HttpSpec};
@@ -155,7 +155,14 @@ pub(crate) async fn handle(
     };
     let mut flag = None;
     let mut resp = match result {
-        Ok(resp) => resp,
+        Ok(resp) => {
+            // A filter's own answer may carry a response flag (a fault abort: `FI`).
+            if let Some(f) = resp.extensions().get::<ResponseFlag>() {
+                spec.metrics.error(f.0);
+                flag = Some(f.0);
+            }
+            resp
+        }
         Err(e) => {
             tracing::debug!(listener = %spec.name, error = %e, flag = e.flag(), side = ?e.side(), "request failed");
             spec.metrics.error(e.flag());

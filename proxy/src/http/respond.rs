@@ -102,7 +102,12 @@ fn grpc_status(err: &ProxyError) -> &'static str {
     if matches!(err, ProxyError::Overflow { .. }) {
         return "8";
     }
-    match err.status().as_u16() {
+    grpc_code_for_status(err.status().as_u16())
+}
+
+/// gRPC's HTTP-to-gRPC status mapping (Envoy's too), for local answers to gRPC requests.
+pub(crate) fn grpc_code_for_status(status: u16) -> &'static str {
+    match status {
         400 => "13",
         401 => "16",
         403 => "7",

@@ -66,10 +66,10 @@ impl HttpSpec {
             .header_read_timeout(None);
         HttpSpec {
             name: name.to_string(),
+            filters: FilterChain::standard(extra_filters, s.generate_request_id, &metrics),
             metrics,
             routes,
             settings: s.clone(),
-            filters: FilterChain::standard(extra_filters, s.generate_request_id),
             edge: EdgePolicy::compile(s),
             h1,
             stream_idle: (!s.stream_idle_timeout.is_zero()).then(|| s.stream_idle_timeout.get()),

@@ -79,6 +79,8 @@ pub struct Route {
     pub request_headers: HeaderOps,
     /// Response header changes (applied after the virtual host's).
     pub response_headers: HeaderOps,
+    /// Fault injection (read by the fault filter).
+    pub fault: Option<Box<config::Fault>>,
 }
 
 impl RouteTable {
@@ -118,6 +120,7 @@ impl RouteTable {
                         name,
                         request_headers: HeaderOps::compile(&r.request_headers)?,
                         response_headers: HeaderOps::compile(&r.response_headers)?,
+                        fault: r.fault.clone().map(Box::new),
                     })
                 })
                 .collect::<Result<_, CompileError>>()?;

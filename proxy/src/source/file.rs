@@ -85,9 +85,18 @@ impl FileSource {
         parsed.map(|c| Loaded::Changed(Box::new(c)))
     }
 
-    /// The update that takes `live` to `config`.
+    /// The update that takes `live` to `config`. A DNS cluster's endpoints come from the DNS
+    /// source, not the file: they are never removed while the file keeps the DNS cluster.
     pub fn update(config: &Config, live: &BTreeMap<ResourceKey, Resource>) -> Update {
-        sluice_config::diff(live, &config.resources())
+        let mut update = sluice_config::diff(live, &config.resources());
+        update.removals.retain(|(kind, name)| {
+            *kind != sluice_config::ResourceType::Endpoints
+                || !config
+                    .clusters
+                    .iter()
+                    .any(|c| c.name == *name && c.discovery.is_some())
+        });
+        update
     }
 
     /// Watches the file; sends `()` on each change to it. `None` for inline text or when the

@@ -6,17 +6,20 @@
 //!
 //! Filters read their per-route settings from the matched route (as Envoy's
 //! `typed_per_filter_config`): the header-operation filter applies the virtual host's and the
-//! route's operations.
+//! route's operations, the fault filter the route's faults.
 
+mod fault;
 mod forwarded;
 mod header_ops;
 mod request_id;
 
+pub use fault::{Fault, FaultCounters, FaultMetrics};
 pub use forwarded::Forwarded;
 pub use header_ops::HeaderOps;
 pub use request_id::RequestId;
 
 use crate::http::ConnContext;
+use crate::metrics::ListenerMetrics;
 use crate::route::{Route, VirtualHost};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode, Uri};
@@ -51,6 +54,12 @@ impl fmt::Debug for Verdict {
         }
     }
 }
+
+/// The response flag of a filter's own answer (in the response's extensions): counted in
+/// `sluice_downstream_error_responses_total` and given to the completion hook like the flag
+/// of an error Sluice answered (a fault abort is `FI`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseFlag(pub &'static str);
 
 /// What a request filter sees: the routed request's head, which it may change.
 #[derive(Debug)]
@@ -151,9 +160,15 @@ impl FilterChain {
     }
 
     /// The standard chain of an HTTP listener: `extra` (embedders' and tests' filters) first,
-    /// then header operations, `x-forwarded-*`, and request ids when enabled.
-    pub fn standard(extra: &[Arc<dyn HttpFilter>], request_ids: bool) -> Self {
+    /// then fault injection (first of the configured filters, as Envoy requires), header
+    /// operations, `x-forwarded-*`, and request ids when enabled.
+    pub fn standard(
+        extra: &[Arc<dyn HttpFilter>],
+        request_ids: bool,
+        metrics: &ListenerMetrics,
+    ) -> Self {
         let mut filters: Vec<Arc<dyn HttpFilter>> = extra.to_vec();
+        filters.push(Arc::new(Fault::new(metrics.clone())));
         filters.push(Arc::new(HeaderOps));
         filters.push(Arc::new(Forwarded));
         if request_ids {

@@ -13,7 +13,8 @@ impl HttpFilter for Tracks {
 
 #[test]
 fn the_chain_knows_whether_completion_is_tracked() {
-    assert!(!FilterChain::standard(&[], true).wants_completion());
+    let metrics = crate::metrics::Metrics::new().listener("l");
+    assert!(!FilterChain::standard(&[], true, &metrics).wants_completion());
     let with: Vec<Arc<dyn HttpFilter>> = vec![Arc::new(Tracks)];
-    assert!(FilterChain::standard(&with, false).wants_completion());
+    assert!(FilterChain::standard(&with, false, &metrics).wants_completion());
 }
