@@ -17,6 +17,7 @@
 
 mod cluster;
 mod error;
+mod lb;
 mod listener;
 mod locate;
 pub mod raw;
@@ -27,6 +28,10 @@ mod validate;
 
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
 pub use error::{ConfigError, ConfigErrors, Issue};
+pub use lb::{
+    CookieHash, HashOn, HashPolicy, LocalitySettings, MaglevSettings, Node, PeakEwmaSettings,
+    RawHashPolicy, RingHashSettings, is_prime,
+};
 pub use listener::{
     EscapedSlashes, Http2Settings, HttpListener, Listener, ListenerKind, PathNormalization,
     TcpListener, Trust, UnderscoreAction,
@@ -60,6 +65,8 @@ pub struct Config {
     pub route_tables: Vec<RouteTable>,
     /// Upstream clusters referenced by routes and TCP listeners.
     pub clusters: Vec<Cluster>,
+    /// Who this proxy is (read at start).
+    pub node: Node,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -78,6 +85,7 @@ impl TryFrom<RawConfig> for Config {
                 .map(RouteTable::try_from)
                 .collect::<Result<_, _>>()?,
             clusters: c.clusters,
+            node: c.node,
         })
     }
 }
@@ -89,6 +97,7 @@ impl From<Config> for RawConfig {
             listeners: c.listeners.into_iter().map(Into::into).collect(),
             route_tables: c.route_tables.into_iter().map(Into::into).collect(),
             clusters: c.clusters,
+            node: c.node,
         }
     }
 }

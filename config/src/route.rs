@@ -52,6 +52,8 @@ pub struct Route {
     pub request_headers: HeaderMutation,
     /// Header changes on responses (applied after the virtual host's).
     pub response_headers: HeaderMutation,
+    /// How a request hash is computed for hash-based balancers (Envoy `hash_policy`).
+    pub hash_policy: Vec<crate::lb::HashPolicy>,
 }
 
 /// What a route does: exactly one of these.
@@ -148,6 +150,11 @@ impl TryFrom<RawRoute> for Route {
             timeout: r.timeout,
             request_headers: r.request_headers,
             response_headers: r.response_headers,
+            hash_policy: r
+                .hash_policy
+                .into_iter()
+                .map(TryFrom::try_from)
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -165,6 +172,7 @@ impl From<Route> for RawRoute {
             timeout: r.timeout,
             request_headers: r.request_headers,
             response_headers: r.response_headers,
+            hash_policy: r.hash_policy.into_iter().map(Into::into).collect(),
         };
         match r.action {
             RouteAction::Cluster(c) => raw.cluster = Some(c),

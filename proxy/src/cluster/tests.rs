@@ -25,6 +25,7 @@ fn cla(name: &str, ports: &[u16]) -> ClusterLoadAssignment {
             .map(|&p| ConfiguredEndpoint {
                 address: SocketAddrV4(p),
                 weight: 1,
+                zone: None,
             })
             .collect(),
     }
