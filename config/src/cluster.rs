@@ -143,7 +143,9 @@ impl<'de> Deserialize<'de> for Endpoint {
         impl<'de> Visitor<'de> for V {
             type Value = Endpoint;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an address such as `127.0.0.1:9001` or `{ address: ..., weight: N, zone: Z }`")
+                f.write_str(
+                    "an address such as `127.0.0.1:9001` or `{ address: ..., weight: N, zone: Z }`",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Endpoint, E> {
                 let address = v.parse().map_err(|_| {

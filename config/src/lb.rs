@@ -220,9 +220,9 @@ impl From<HashPolicy> for RawHashPolicy {
 const ONE_OF: &str = "set exactly one of `header`, `cookie`, `source_ip: true`, `query_parameter`";
 
 /// The largest ring (Envoy's cap).
-pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+pub(crate) const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
 /// The largest Maglev table.
-pub const MAX_TABLE_SIZE: u64 = 5_000_011;
+pub(crate) const MAX_TABLE_SIZE: u64 = 5_000_011;
 
 /// Checks a cluster's balancing settings; `p` is the cluster's path.
 pub(crate) fn check_cluster(p: &str, c: &crate::Cluster, issues: &mut Vec<Issue>) {
@@ -252,8 +252,7 @@ pub(crate) fn check_cluster(p: &str, c: &crate::Cluster, issues: &mut Vec<Issue>
         if factor.is_some_and(|f| f < 100) {
             err(
                 format!("{p}.{section}.hash_balance_factor"),
-                "must be at least 100 (a percentage: 150 allows 1.5 times the average load)"
-                    .into(),
+                "must be at least 100 (a percentage: 150 allows 1.5 times the average load)".into(),
             );
         }
     }
@@ -538,9 +537,20 @@ EXTRA
             .replace("zone: b", "zone: ''");
         let src = format!("node: {{ zone: '' }}\n{src}");
         let e = errors(&src);
-        assert!(e.iter().any(|m| m.contains("routes[0].hash_policy: only applies")), "{e:#?}");
-        assert!(e.iter().any(|m| m.contains("node.zone: must not be empty")), "{e:#?}");
-        assert!(e.iter().any(|m| m.contains("endpoints[1].zone: must not be empty")), "{e:#?}");
+        assert!(
+            e.iter()
+                .any(|m| m.contains("routes[0].hash_policy: only applies")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter().any(|m| m.contains("node.zone: must not be empty")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.contains("endpoints[1].zone: must not be empty")),
+            "{e:#?}"
+        );
     }
 
     #[test]

@@ -663,7 +663,11 @@ impl Validator {
                     format!("{} is not a connectable address", e.address.ip()),
                 );
             }
-            crate::lb::check_endpoint_zone(&format!("{p}[{i}]"), e.zone.as_deref(), &mut self.issues);
+            crate::lb::check_endpoint_zone(
+                &format!("{p}[{i}]"),
+                e.zone.as_deref(),
+                &mut self.issues,
+            );
             if !seen.insert(e.address) {
                 self.err(
                     format!("{p}[{i}]"),

@@ -26,6 +26,9 @@ pub struct Metrics {
     upstream_connections: Family<Labels, Counter>,
     upstream_connect_failures: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
+    lb_panic: Family<Labels, Gauge>,
+    lb_local_zone: Family<Labels, Gauge>,
+    lb_overload_skips: Family<Labels, Counter>,
     config_reloads: Family<Labels, Counter>,
     config_resources: Family<Labels, Counter>,
 }
@@ -57,6 +60,9 @@ impl Metrics {
             upstream_connections: Family::default(),
             upstream_connect_failures: Family::default(),
             upstream_errors: Family::default(),
+            lb_panic: Family::default(),
+            lb_local_zone: Family::default(),
+            lb_overload_skips: Family::default(),
             config_reloads: Family::default(),
             config_resources: Family::default(),
             registry: Registry::with_prefix("sluice"),
@@ -112,6 +118,21 @@ impl Metrics {
             "upstream_errors",
             "Upstream requests that failed after connecting, by cluster and kind",
             m.upstream_errors.clone(),
+        );
+        r.register(
+            "upstream_lb_panic",
+            "1 while a cluster balances across all its endpoints ignoring health (fewer healthy than panic_threshold), by cluster",
+            m.lb_panic.clone(),
+        );
+        r.register(
+            "upstream_lb_local_zone",
+            "1 while a cluster routes only to endpoints in the proxy's zone (locality preference), by cluster",
+            m.lb_local_zone.clone(),
+        );
+        r.register(
+            "upstream_lb_overload_skips",
+            "Endpoints skipped by bounded-load consistent hashing (hash_balance_factor), by cluster",
+            m.lb_overload_skips.clone(),
         );
         r.register(
             "downstream_error_responses",
@@ -182,6 +203,11 @@ impl Metrics {
             connections: self.upstream_connections.get_or_create(&l()).clone(),
             connect_failures: self.upstream_connect_failures.get_or_create(&l()).clone(),
             errors: self.upstream_errors.clone(),
+            lb: crate::lb::LbMetrics {
+                panic: self.lb_panic.get_or_create(&l()).clone(),
+                local_zone: self.lb_local_zone.get_or_create(&l()).clone(),
+                overload_skips: self.lb_overload_skips.get_or_create(&l()).clone(),
+            },
             name: name.to_string(),
         }
     }
@@ -327,6 +353,8 @@ pub struct ClusterMetrics {
     /// Failed connection attempts.
     pub connect_failures: Counter,
     errors: Family<Labels, Counter>,
+    /// Load-balancing gauges and counters.
+    pub lb: crate::lb::LbMetrics,
     name: String,
 }
 

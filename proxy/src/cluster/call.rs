@@ -46,6 +46,8 @@ pub(crate) struct Call<'a> {
     /// Where the request body notes how it failed (a failure of the downstream body is the
     /// client's, not the upstream's), its progress and its end.
     pub(crate) body_fault: Option<&'a FaultNote>,
+    /// The request's hash from the route's `hash_policy` (hash-based balancers).
+    pub(crate) hash: Option<u64>,
 }
 
 /// A response head from an upstream and what holds its connection and endpoint.
@@ -92,9 +94,11 @@ pub(crate) async fn attempts(
     loop {
         attempts.number += 1;
         let (pool, active, endpoint) = admit(&call, &attempts)?;
+        let sent_at = Instant::now();
         let result = pool.send(request, call.proto, &call.cluster.metrics).await;
         match result {
             Ok((response, lease)) => {
+                active.state().observe_latency(sent_at.elapsed());
                 // An invalid response drops its lease here: the connection is closed, never
                 // pooled.
                 check_response(&response, &call.cluster.metrics)?;
@@ -134,9 +138,10 @@ fn admit(
     let endpoints = call.cluster.endpoints_guard();
     let ctx = PickContext {
         worker: call.worker,
-        hash: None,
+        hash: call.hash,
         attempt: attempts.number,
         tried: &attempts.tried,
+        ..PickContext::default()
     };
     let endpoint = endpoints
         .pick(&ctx)

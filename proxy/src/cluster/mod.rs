@@ -14,9 +14,10 @@ mod endpoint;
 mod pool;
 
 pub use crate::endpoint::{Endpoint, EndpointState, Health};
-pub use endpoint::EndpointSet;
+pub use endpoint::{EndpointSet, EndpointSpec};
 pub(crate) use pool::{Lease, Pools, UpstreamProtocol};
 
+use crate::lb::LbSettings;
 use crate::metrics::{ClusterMetrics, Metrics};
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use connect::Connector;
@@ -128,6 +129,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     workers: usize,
     next_version: u64,
+    /// The proxy's zone (`node.zone`), for locality preference.
+    zone: Option<Arc<str>>,
 }
 
 impl Registry {
@@ -138,7 +141,13 @@ impl Registry {
             metrics,
             workers: workers.max(1),
             next_version: 1,
+            zone: None,
         }
+    }
+
+    /// Sets the proxy's zone (`node.zone`; at start, before any cluster is configured).
+    pub fn set_zone(&mut self, zone: Option<&str>) {
+        self.zone = zone.map(Arc::from);
     }
 
     /// The handle for `name`, created empty (no settings, no endpoints) when unknown, so a
@@ -173,20 +182,25 @@ impl Registry {
         if old.as_ref().is_some_and(|o| o.config == cfg) {
             return Change::Unchanged;
         }
-        let policy_changed = old.as_ref().map(|o| o.config.lb_policy) != Some(cfg.lb_policy);
+        let lb = LbSettings::new(&cfg, self.zone.as_ref());
+        let lb_changed = old
+            .as_ref()
+            .map(|o| LbSettings::new(&o.config, self.zone.as_ref()))
+            != Some(lb.clone());
         let settings = ClusterSettings {
             transport: Transport::new(&cfg),
             config: cfg,
         };
         let current = h.endpoints();
-        if policy_changed && current.version != 0 {
-            // The balancer is built with the endpoint set; rebuild it for the new policy.
+        if lb_changed && current.version != 0 {
+            // The balancer is built with the endpoint set; rebuild it for the new settings.
             let set = EndpointSet::build(
                 self.bump(),
-                current.endpoints.iter().map(|e| (e.address, e.weight)),
-                &current,
-                settings.config.lb_policy,
+                current.specs(),
+                Some(&current),
+                &lb,
                 self.workers,
+                &h.metrics.lb,
             );
             h.endpoints.store(Arc::new(set));
         }
@@ -203,22 +217,21 @@ impl Registry {
     pub fn set_endpoints(&mut self, cla: &ClusterLoadAssignment) -> Change {
         let h = self.handle(&cla.cluster_name);
         let current = h.endpoints();
-        let same = current.endpoints.len() == cla.endpoints.len()
-            && current
-                .endpoints
-                .iter()
-                .zip(&cla.endpoints)
-                .all(|(a, b)| a.address == b.address && a.weight == b.weight);
-        if same && current.version != 0 {
+        let specs: Vec<EndpointSpec> = cla.endpoints.iter().map(EndpointSpec::from).collect();
+        if current.same_as(&specs) && current.version != 0 {
             return Change::Unchanged;
         }
-        let policy = h.settings().map(|s| s.config.lb_policy).unwrap_or_default();
+        let lb = h
+            .settings()
+            .map(|s| LbSettings::new(&s.config, self.zone.as_ref()))
+            .unwrap_or_default();
         let set = EndpointSet::build(
             self.bump(),
-            cla.endpoints.iter().map(|e| (e.address, e.weight)),
-            &current,
-            policy,
+            specs.into_iter(),
+            Some(&current),
+            &lb,
             self.workers,
+            &h.metrics.lb,
         );
         h.endpoints.store(Arc::new(set));
         if current.version == 0 {

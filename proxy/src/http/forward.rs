@@ -296,6 +296,11 @@ fn into_send<'a>(
         upgrade,
         meta,
     } = p;
+    // Only routes with a hash policy pay for it.
+    let hash = forward.hash_policy.as_ref().and_then(|h| {
+        let (parts, _) = request.as_ref()?;
+        h.hash(&parts.uri, &parts.headers, conn.info.peer.ip())
+    });
     let (request, announce) =
         upstream_request(request, &authority, forward, proto, &upgrade, &meta, &fault)?;
     let call = Call {
@@ -306,6 +311,7 @@ fn into_send<'a>(
         timeout: decide::route_timeout(forward.timeout, grpc::deadline(request.headers())),
         stream_idle: http.stream_idle,
         body_fault: None,
+        hash,
     };
     Ok((
         Send {

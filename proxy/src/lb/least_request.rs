@@ -25,25 +25,6 @@ impl LeastRequest {
     }
 }
 
-impl LeastRequest {
-    /// A second candidate, different from `a` whenever another endpoint has weight: one redraw,
-    /// then the next weighted endpoint after `a`. (With replacement, as Envoy draws, two
-    /// endpoints would compare an endpoint with itself a quarter of the time and send that share
-    /// to a busy one.)
-    fn other_than(&self, a: usize) -> usize {
-        match self.weights.draw() {
-            Some(b) if b != a => b,
-            _ => {
-                let n = self.weights.len();
-                (1..n)
-                    .map(|k| (a + k) % n)
-                    .find(|&i| self.weights.weight(i) > 0)
-                    .unwrap_or(a)
-            }
-        }
-    }
-}
-
 impl LoadBalancer for LeastRequest {
     fn pick<'a>(
         &self,
@@ -51,7 +32,7 @@ impl LoadBalancer for LeastRequest {
         ctx: &PickContext<'_>,
     ) -> Option<&'a Arc<Endpoint>> {
         let a = self.weights.draw()?;
-        let b = self.other_than(a);
+        let b = self.weights.draw_other(a);
         let candidate = |i: usize| endpoints.get(i).filter(|e| ctx.preferred(e));
         match (candidate(a), candidate(b)) {
             (Some(x), Some(y)) => Some(if lighter(x, y) { x } else { y }),

@@ -37,6 +37,8 @@ pub struct Forward {
     pub host_rewrite: Option<HeaderValue>,
     /// Time allowed until the upstream's response headers (`None`: no limit).
     pub timeout: Option<Duration>,
+    /// The request hash for hash-based balancers (`None`: the route has no `hash_policy`).
+    pub hash_policy: Option<Box<super::RequestHash>>,
 }
 
 /// One cluster or a weighted split.
@@ -138,6 +140,7 @@ impl Action {
             path_rewrite,
             host_rewrite,
             timeout: (!timeout.is_zero()).then_some(timeout),
+            hash_policy: super::RequestHash::compile(&r.hash_policy)?,
         }))
     }
 }

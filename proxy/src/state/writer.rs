@@ -80,6 +80,7 @@ pub struct Writer {
     listeners: HashMap<String, Arc<ListenerSpec>>,
     reconciler: Reconciler,
     filters: Vec<Arc<dyn HttpFilter>>,
+    node: config::Node,
 }
 
 impl Writer {
@@ -100,7 +101,15 @@ impl Writer {
             listeners: HashMap::new(),
             reconciler,
             filters,
+            node: config::Node::default(),
         }
+    }
+
+    /// Sets who this proxy is (`node`, read at start, before the first update): the registry
+    /// learns its zone for locality preference.
+    pub fn set_node(&mut self, node: &config::Node) {
+        self.node = node.clone();
+        self.registry.set_zone(node.zone.as_deref());
     }
 
     /// The live resources.
@@ -254,7 +263,8 @@ impl Writer {
 
     /// Swaps in a snapshot of the current state and tells the workers about listener changes.
     fn publish(&mut self) {
-        let config = Config::from_resources(self.admin.clone(), self.resources.values());
+        let mut config = Config::from_resources(self.admin.clone(), self.resources.values());
+        config.node = self.node.clone();
         let snapshot = Snapshot {
             generation: self.live.generation() + 1,
             config: Arc::new(config),
