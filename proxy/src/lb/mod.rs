@@ -14,7 +14,7 @@ mod random;
 mod ring_hash;
 mod round_robin;
 
-pub use hash::{hash_bytes, mix64};
+pub use hash::{Bound, hash_bytes, mix64};
 pub use least_request::LeastRequest;
 pub use maglev::Maglev;
 pub use peak_ewma::PeakEwma;
