@@ -46,8 +46,9 @@ pub(crate) struct Call<'a> {
     /// Where the request body notes how it failed (a failure of the downstream body is the
     /// client's, not the upstream's), its progress and its end.
     pub(crate) body_fault: Option<&'a FaultNote>,
-    /// The request's hash from the route's `hash_policy` (hash-based balancers).
-    pub(crate) hash: Option<u64>,
+    /// The request's hash from the route's `hash_policy` (hash-based balancers); `NonZeroU64`
+    /// so the call stays a word smaller in the request's future.
+    pub(crate) hash: Option<std::num::NonZeroU64>,
 }
 
 /// A response head from an upstream and what holds its connection and endpoint.
@@ -138,7 +139,7 @@ fn admit(
     let endpoints = call.cluster.endpoints_guard();
     let ctx = PickContext {
         worker: call.worker,
-        hash: call.hash,
+        hash: call.hash.map(std::num::NonZeroU64::get),
         attempt: attempts.number,
         tried: &attempts.tried,
         ..PickContext::default()

@@ -299,7 +299,8 @@ fn into_send<'a>(
     // Only routes with a hash policy pay for it.
     let hash = forward.hash_policy.as_ref().and_then(|h| {
         let (parts, _) = request.as_ref()?;
-        h.hash(&parts.uri, &parts.headers, conn.info.peer.ip())
+        let hash = h.hash(&parts.uri, &parts.headers, conn.info.peer.ip())?;
+        std::num::NonZeroU64::new(hash.max(1))
     });
     let (request, announce) =
         upstream_request(request, &authority, forward, proto, &upgrade, &meta, &fault)?;
