@@ -201,3 +201,48 @@ fn ring_hash_and_maglev_send_each_header_value_to_one_endpoint() {
         assert_eq!(homes.len(), 3, "{policy}: {homes:?}");
     }
 }
+
+#[test]
+fn a_proxy_with_a_zone_sends_traffic_to_its_zone_only() {
+    let names = ["a1", "a2", "b1", "b2", "b3", "b4"];
+    let eps: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let zone = &n[..1];
+            format!("{{ address: {}, zone: {zone} }}", echo(n))
+        })
+        .collect();
+    let p = InProcess::start(&format!(
+        r#"
+node: {{ id: test, zone: a }}
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, http: {{ route_table: main }} }}
+route_tables:
+  - name: main
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes: [{{ match: {{ prefix: / }}, cluster: up }}]
+clusters:
+  - {{ name: up, lb_policy: round_robin, endpoints: [{}] }}
+"#,
+        eps.join(", ")
+    ));
+    let mut client = KeepAlive::new(p.addr("main"));
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let r = client.get("/").unwrap();
+        *seen
+            .entry(r.header("x-upstream").unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    // Round robin over zone a only: 20 each; zone b (4 of 6 endpoints) gets nothing.
+    assert_eq!(seen.get("a1"), Some(&20), "{seen:?}");
+    assert_eq!(seen.get("a2"), Some(&20), "{seen:?}");
+    assert!(
+        p.metrics()
+            .contains("sluice_upstream_lb_local_zone{cluster=\"up\"} 1")
+    );
+    let dump = http_get(p.proxy().admin_addr(), "/config_dump").1;
+    assert!(dump.contains(r#""zone": "a""#), "{dump}");
+}
