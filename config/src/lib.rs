@@ -11,6 +11,10 @@
 //! | [`Route`] `cluster`/`weighted_clusters`/`rewrite`/`timeout` | `Route.route` (`RouteAction`: `cluster`, `weighted_clusters`, `prefix_rewrite`, `regex_rewrite`, `host_rewrite_literal`, `timeout`) |
 //! | [`Route`] `redirect` / `direct_response` | `Route.redirect` / `Route.direct_response` |
 //! | [`Cluster`] | `Cluster` (type STATIC) + its `ClusterLoadAssignment` (`endpoints`) |
+//! | [`Cluster`] `lb_policy`/`ring_hash`/`maglev`/`panic_threshold`/`locality` | `Cluster.lb_policy` (`peak_ewma`: Envoy's contrib `PeakEwma` policy), `ring_hash_lb_config`, `maglev_lb_config`, `common_lb_config.healthy_panic_threshold`, `common_lb_config.zone_aware_lb_config`; `hash_balance_factor` is `common_lb_config.consistent_hashing_lb_config.hash_balance_factor` |
+//! | [`Endpoint`] `zone` | the endpoint's `LocalityLbEndpoints.locality.zone` |
+//! | [`Route`] `hash_policy` | `RouteAction.hash_policy` (`header`, `cookie`, `connection_properties.source_ip`, `query_parameter`, `terminal`) |
+//! | [`Node`] | `Node` (`id`, `cluster`, `locality.zone`) |
 //!
 //! Files are YAML. Unknown fields are errors, and every error names the file, line, column and
 //! field path. [`load_file`] and [`parse`] return a fully validated [`Config`].
