@@ -112,6 +112,11 @@ impl Writer {
         self.registry.set_zone(node.zone.as_deref());
     }
 
+    /// Who this proxy is (as set at start).
+    pub fn node(&self) -> &config::Node {
+        &self.node
+    }
+
     /// The live resources.
     pub fn resources(&self) -> &BTreeMap<ResourceKey, Resource> {
         &self.resources
