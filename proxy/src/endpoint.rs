@@ -50,12 +50,18 @@ pub struct EndpointGroup {
     /// Bumped whenever an endpoint of the group turns healthy or unhealthy; endpoint sets keep
     /// per-worker healthy counts and recount only when it moved.
     epoch: AtomicU32,
-    /// Requests in flight to the group's endpoints (bounded-load hashing reads it; circuit
-    /// breakers can too: Envoy's `upstream_rq_active`).
-    active: AtomicU32,
     /// The peak-EWMA decay time constant in milliseconds; 0: latency is not tracked.
     decay_ms: AtomicU32,
+    /// Requests in flight to the group's endpoints (bounded-load hashing reads it; circuit
+    /// breakers can too: Envoy's `upstream_rq_active`). On a cache line of its own: every
+    /// request writes it, and every pick reads the epoch.
+    active: OwnLine,
 }
+
+/// A counter on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct OwnLine(AtomicU32);
 
 impl EndpointGroup {
     /// The health epoch (changes whenever an endpoint's health does).
@@ -65,7 +71,7 @@ impl EndpointGroup {
 
     /// Requests in flight to the group's endpoints, over all workers.
     pub fn active_requests(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        self.active.0.load(Ordering::Relaxed)
     }
 
     /// Tracks peak-EWMA latency with this decay (`None`: do not track).
@@ -126,7 +132,7 @@ impl EndpointState {
     /// Counts a request in flight until the guard drops.
     pub(crate) fn admit(self: &Arc<Self>) -> ActiveRequest {
         self.active.fetch_add(1, Ordering::Relaxed);
-        self.group.active.fetch_add(1, Ordering::Relaxed);
+        self.group.active.0.fetch_add(1, Ordering::Relaxed);
         ActiveRequest(Arc::clone(self))
     }
 
@@ -262,7 +268,7 @@ impl ActiveRequest {
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
-        self.0.group.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.group.active.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
