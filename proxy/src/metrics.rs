@@ -131,7 +131,7 @@ impl Metrics {
         );
         r.register(
             "upstream_lb_overload_skips",
-            "Endpoints skipped by bounded-load consistent hashing (hash_balance_factor), by cluster",
+            "Picks by bounded-load consistent hashing (hash_balance_factor) that passed over an overloaded endpoint, by cluster",
             m.lb_overload_skips.clone(),
         );
         r.register(

@@ -74,7 +74,7 @@ impl Bound {
     }
 
     /// True when `e` (of a set whose weights sum to `total_weight`) has more than its share in
-    /// flight; counted.
+    /// flight.
     pub(super) fn overloaded(&self, e: &Endpoint, total_weight: u64) -> bool {
         let Some(factor) = self.factor else {
             return false;
@@ -82,11 +82,28 @@ impl Bound {
         let cluster = f64::from(self.group.active_requests()) + 1.0;
         let share = f64::from(e.weight) / (total_weight.max(1) as f64);
         let allowed = (cluster * factor * share).ceil();
-        let over = f64::from(e.state.active_requests()) + 1.0 > allowed;
-        if over {
-            self.skips.inc();
-        }
-        over
+        f64::from(e.state.active_requests()) + 1.0 > allowed
+    }
+
+    /// Counts a pick that passed over an overloaded endpoint.
+    pub(super) fn skipped(&self) {
+        self.skips.inc();
+    }
+
+    /// The last resort when the balancer's own search found only overloaded endpoints: the
+    /// first preferred, weighted endpoint that is not, from `start` on (O(n); with a factor
+    /// ≥ 1 one exists whenever every endpoint is preferred).
+    pub(super) fn scan<'a>(
+        &self,
+        endpoints: &'a [Arc<Endpoint>],
+        ctx: &super::PickContext<'_>,
+        start: usize,
+        total_weight: u64,
+    ) -> Option<&'a Arc<Endpoint>> {
+        let n = endpoints.len();
+        (0..n)
+            .filter_map(|k| endpoints.get((start + k) % n))
+            .find(|e| e.weight > 0 && ctx.preferred(e) && !self.overloaded(e, total_weight))
     }
 }
 

@@ -127,6 +127,9 @@ impl LoadBalancer for Maglev {
         for k in 0..=REHASHES {
             if let Some(e) = owner(hash).filter(|e| ctx.preferred(e)) {
                 if !self.bound.overloaded(e, self.total_weight) {
+                    if fallback.is_some() {
+                        self.bound.skipped();
+                    }
                     return Some(e);
                 }
                 fallback.get_or_insert(e);
@@ -137,6 +140,12 @@ impl LoadBalancer for Maglev {
             .table
             .get((ctx.hash.unwrap_or(0) % size) as usize)
             .map_or(0, |&i| i as usize);
+        if fallback.is_some() {
+            self.bound.skipped();
+            if let Some(e) = self.bound.scan(endpoints, ctx, start, self.total_weight) {
+                return Some(e);
+            }
+        }
         fallback
             .or_else(|| {
                 scan_preferred(endpoints, ctx, start, |i| {
@@ -203,6 +212,36 @@ mod tests {
             (moved_elsewhere as f64) < keys as f64 * 0.05,
             "{moved_elsewhere} keys of surviving endpoints moved"
         );
+    }
+
+    #[test]
+    fn bounded_load_holds_even_at_a_factor_of_one() {
+        use crate::endpoint::{EndpointGroup, EndpointState};
+        use prometheus_client::metrics::counter::Counter;
+        let group = Arc::new(EndpointGroup::default());
+        let eps: Vec<Arc<Endpoint>> = (0..4)
+            .map(|i| {
+                Arc::new(Endpoint {
+                    address: std::net::SocketAddr::from(([127, 0, 0, 1], 5000 + i)),
+                    weight: 1,
+                    state: Arc::new(EndpointState::in_group(&group)),
+                })
+            })
+            .collect();
+        let skips = Counter::default();
+        // 100%: nobody above ceil((in flight + 1) / 4).
+        let lb = Maglev::new(&eps, 251, Bound::new(Some(1.0), &group, &skips));
+        let ctx = PickContext {
+            hash: Some(42),
+            ..PickContext::default()
+        };
+        let held: Vec<_> = (0..8)
+            .map(|_| lb.pick(&eps, &ctx).unwrap().state.admit())
+            .collect();
+        let loads: Vec<u32> = eps.iter().map(|e| e.state.active_requests()).collect();
+        assert_eq!(loads, vec![2, 2, 2, 2]);
+        assert!(skips.get() >= 4, "{}", skips.get());
+        drop(held);
     }
 
     #[test]

@@ -120,7 +120,8 @@ pub struct LbMetrics {
     pub panic: Gauge,
     /// 1 while only the local zone's endpoints are picked.
     pub local_zone: Gauge,
-    /// Endpoints skipped by bounded-load hashing for having more than their share in flight.
+    /// Picks by bounded-load hashing that passed over an endpoint with more than its share in
+    /// flight.
     pub overload_skips: Counter,
 }
 

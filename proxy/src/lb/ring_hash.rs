@@ -102,11 +102,20 @@ impl LoadBalancer for RingHash {
                 continue;
             }
             if !self.bound.overloaded(e, self.total_weight) {
+                if fallback.is_some() {
+                    self.bound.skipped();
+                }
                 return Some(e);
             }
             fallback.get_or_insert(e);
         }
         let first = self.owners.get(start).map_or(0, |&i| i as usize);
+        if fallback.is_some() {
+            self.bound.skipped();
+            if let Some(e) = self.bound.scan(endpoints, ctx, first, self.total_weight) {
+                return Some(e);
+            }
+        }
         fallback
             .or_else(|| {
                 scan_preferred(endpoints, ctx, first, |i| {
