@@ -25,6 +25,9 @@ pub struct Cluster {
     /// Peak-EWMA settings (`lb_policy: peak_ewma`).
     #[serde(default)]
     pub peak_ewma: crate::lb::PeakEwmaSettings,
+    /// Least-request settings (`lb_policy: least_request`).
+    #[serde(default)]
+    pub least_request: crate::lb::LeastRequestSettings,
     /// Ring-hash settings (`lb_policy: ring_hash`).
     #[serde(default)]
     pub ring_hash: crate::lb::RingHashSettings,

@@ -11,7 +11,7 @@
 //! | [`Route`] `cluster`/`weighted_clusters`/`rewrite`/`timeout` | `Route.route` (`RouteAction`: `cluster`, `weighted_clusters`, `prefix_rewrite`, `regex_rewrite`, `host_rewrite_literal`, `timeout`) |
 //! | [`Route`] `redirect` / `direct_response` | `Route.redirect` / `Route.direct_response` |
 //! | [`Cluster`] | `Cluster` (type STATIC) + its `ClusterLoadAssignment` (`endpoints`) |
-//! | [`Cluster`] `lb_policy`/`ring_hash`/`maglev`/`panic_threshold`/`locality` | `Cluster.lb_policy` (`peak_ewma`: Envoy's contrib `PeakEwma` policy), `ring_hash_lb_config`, `maglev_lb_config`, `common_lb_config.healthy_panic_threshold`, `common_lb_config.zone_aware_lb_config`; `hash_balance_factor` is `common_lb_config.consistent_hashing_lb_config.hash_balance_factor` |
+//! | [`Cluster`] `lb_policy`/`least_request`/`ring_hash`/`maglev`/`panic_threshold`/`locality` | `Cluster.lb_policy` (`peak_ewma`: Envoy's contrib `PeakEwma` policy), `least_request_lb_config`, `ring_hash_lb_config`, `maglev_lb_config`, `common_lb_config.healthy_panic_threshold`, `common_lb_config.zone_aware_lb_config`; `hash_balance_factor` is `common_lb_config.consistent_hashing_lb_config.hash_balance_factor` |
 //! | [`Endpoint`] `zone` | the endpoint's `LocalityLbEndpoints.locality.zone` |
 //! | [`Route`] `hash_policy` | `RouteAction.hash_policy` (`header`, `cookie`, `connection_properties.source_ip`, `query_parameter`, `terminal`) |
 //! | [`Node`] | `Node` (`id`, `cluster`, `locality.zone`) |
@@ -33,8 +33,8 @@ mod validate;
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
 pub use error::{ConfigError, ConfigErrors, Issue};
 pub use lb::{
-    CookieHash, HashOn, HashPolicy, LocalitySettings, MaglevSettings, Node, PeakEwmaSettings,
-    RawHashPolicy, RingHashSettings, is_prime,
+    CookieHash, HashOn, HashPolicy, LeastRequestSettings, LocalitySettings, MaglevSettings, Node,
+    PeakEwmaSettings, RawHashPolicy, RingHashSettings, is_prime,
 };
 pub use listener::{
     EscapedSlashes, Http2Settings, HttpListener, Listener, ListenerKind, PathNormalization,

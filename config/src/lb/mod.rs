@@ -1,4 +1,5 @@
-//! Load-balancing settings: the per-cluster balancer options (peak EWMA, ring hash, Maglev),
+//! Load-balancing settings: the per-cluster balancer options (peak EWMA, least request, ring
+//! hash, Maglev),
 //! the panic threshold and locality preference, endpoint zones, the proxy's own `node` (its
 //! zone), and the per-route hash policies that feed the hash-based balancers (Envoy's
 //! `hash_policy`). Their validation is here ([`check_cluster`], [`check_hash_policies`],
@@ -26,6 +27,24 @@ impl Default for PeakEwmaSettings {
         PeakEwmaSettings {
             decay: default_ewma_decay(),
             default_rtt: default_ewma_rtt(),
+        }
+    }
+}
+
+/// Least-request settings (Envoy `LeastRequestLbConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeastRequestSettings {
+    /// Endpoints drawn (by weight) per pick; the one with the fewest requests in flight per
+    /// unit of weight wins. At least 2. Default 2 (Envoy).
+    #[serde(default = "default_choice_count")]
+    pub choice_count: u32,
+}
+
+impl Default for LeastRequestSettings {
+    fn default() -> Self {
+        LeastRequestSettings {
+            choice_count: default_choice_count(),
         }
     }
 }
@@ -263,6 +282,12 @@ pub(crate) fn check_cluster(p: &str, c: &crate::Cluster, issues: &mut Vec<Issue>
             format!("must be a prime between 3 and {MAX_TABLE_SIZE} (e.g. 65537)"),
         );
     }
+    if !(2..=100).contains(&c.least_request.choice_count) {
+        err(
+            format!("{p}.least_request.choice_count"),
+            "must be between 2 and 100".into(),
+        );
+    }
     if c.panic_threshold > 100 {
         err(
             format!("{p}.panic_threshold"),
@@ -375,6 +400,9 @@ fn default_ewma_decay() -> Duration {
 }
 fn default_ewma_rtt() -> Duration {
     Duration::from_millis(30)
+}
+fn default_choice_count() -> u32 {
+    2
 }
 fn default_min_ring() -> u64 {
     1024

@@ -42,6 +42,7 @@ fn defaults_are_envoys_and_linkerds() {
     assert_eq!(cl.ring_hash.maximum_ring_size, 8 << 20);
     assert_eq!(cl.ring_hash.hash_balance_factor, None);
     assert_eq!(cl.maglev.table_size, 65537);
+    assert_eq!(cl.least_request.choice_count, 2);
     assert_eq!(cl.panic_threshold, 50);
     assert_eq!(cl.locality.min_healthy_percent, 70);
     assert_eq!(cl.locality.min_cluster_size, 6);
@@ -99,7 +100,7 @@ fn settings_and_hash_policies_parse_and_round_trip() {
 fn bad_settings_name_their_fields() {
     let src = with(
         "            hash_policy:\n              - { header: x-a, cookie: { name: b } }\n              - { source_ip: false }\n              - { header: 'bad name' }\n",
-        "    maglev: { table_size: 65536, hash_balance_factor: 99 }\n    ring_hash: { minimum_ring_size: 2048, maximum_ring_size: 1024 }\n    panic_threshold: 101\n    locality: { min_healthy_percent: 200 }\n    peak_ewma: { decay: 0s }\n",
+        "    maglev: { table_size: 65536, hash_balance_factor: 99 }\n    ring_hash: { minimum_ring_size: 2048, maximum_ring_size: 1024 }\n    panic_threshold: 101\n    locality: { min_healthy_percent: 200 }\n    peak_ewma: { decay: 0s }\n    least_request: { choice_count: 1 }\n",
     );
     let e = errors(&src);
     let want = [
@@ -113,6 +114,7 @@ fn bad_settings_name_their_fields() {
         "clusters[0].panic_threshold: must be a percentage",
         "clusters[0].locality.min_healthy_percent: must be a percentage",
         "clusters[0].peak_ewma.decay: must be greater than 0s",
+        "clusters[0].least_request.choice_count: must be between 2 and 100",
     ];
     for w in want {
         assert!(e.iter().any(|m| m.contains(w)), "missing `{w}` in {e:#?}");

@@ -72,6 +72,8 @@ pub struct LbSettings {
     pub policy: LbPolicy,
     /// Peak-EWMA settings.
     pub peak_ewma: config::PeakEwmaSettings,
+    /// Least-request settings.
+    pub least_request: config::LeastRequestSettings,
     /// Ring-hash settings.
     pub ring_hash: config::RingHashSettings,
     /// Maglev settings.
@@ -89,6 +91,7 @@ impl Default for LbSettings {
         LbSettings {
             policy: LbPolicy::default(),
             peak_ewma: Default::default(),
+            least_request: Default::default(),
             ring_hash: Default::default(),
             maglev: Default::default(),
             panic_threshold: 50,
@@ -104,6 +107,7 @@ impl LbSettings {
         LbSettings {
             policy: c.lb_policy,
             peak_ewma: c.peak_ewma.clone(),
+            least_request: c.least_request.clone(),
             ring_hash: c.ring_hash.clone(),
             maglev: c.maglev.clone(),
             panic_threshold: c.panic_threshold,
@@ -143,7 +147,10 @@ pub fn build(
         }
         LbPolicy::RoundRobin => Box::new(RoundRobin::new(weights, workers)),
         LbPolicy::Random => Box::new(Random::new(weights)),
-        LbPolicy::LeastRequest => Box::new(LeastRequest::new(weights)),
+        LbPolicy::LeastRequest => Box::new(LeastRequest::with_choices(
+            weights,
+            settings.least_request.choice_count,
+        )),
         LbPolicy::RingHash => Box::new(RingHash::new(
             endpoints,
             settings.ring_hash.minimum_ring_size,
