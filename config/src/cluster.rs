@@ -20,9 +20,28 @@ pub struct Cluster {
     /// Time allowed to establish a TCP connection to an endpoint. Default `1s`.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
-    /// How an endpoint is picked for each request. Default `round_robin`.
+    /// How an endpoint is picked for each request. Default `peak_ewma`.
     #[serde(default)]
     pub lb_policy: LbPolicy,
+    /// Peak-EWMA settings (`lb_policy: peak_ewma`).
+    #[serde(default)]
+    pub peak_ewma: crate::lb::PeakEwmaSettings,
+    /// Least-request settings (`lb_policy: least_request`).
+    #[serde(default)]
+    pub least_request: crate::lb::LeastRequestSettings,
+    /// Ring-hash settings (`lb_policy: ring_hash`).
+    #[serde(default)]
+    pub ring_hash: crate::lb::RingHashSettings,
+    /// Maglev settings (`lb_policy: maglev`).
+    #[serde(default)]
+    pub maglev: crate::lb::MaglevSettings,
+    /// Below this percentage of healthy endpoints, balance across all endpoints ignoring health
+    /// (Envoy `healthy_panic_threshold`); 0 disables. Default 50.
+    #[serde(default = "crate::lb::default_panic_threshold")]
+    pub panic_threshold: u32,
+    /// Preference for endpoints in the proxy's own zone (`node.zone`).
+    #[serde(default)]
+    pub locality: crate::lb::LocalitySettings,
     /// Connection pool settings.
     #[serde(default)]
     pub pool: PoolSettings,
@@ -74,14 +93,23 @@ pub enum UpstreamProtocol {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
-    /// Weighted round robin over the endpoints (smooth: heavy endpoints are interleaved).
+    /// Power of two choices over peak-EWMA latency × requests in flight per unit of weight
+    /// (Linkerd's and Finagle's balancer).
     #[default]
+    PeakEwma,
+    /// Weighted round robin over the endpoints (smooth: heavy endpoints are interleaved).
     RoundRobin,
     /// Weighted random.
     Random,
     /// Least request by the power of two choices: of two endpoints drawn by weight, the one
     /// with fewer requests in flight per unit of weight (Envoy `LEAST_REQUEST`).
     LeastRequest,
+    /// Consistent hashing on a ring (Ketama; Envoy `RING_HASH`), keyed by the route's
+    /// `hash_policy`.
+    RingHash,
+    /// Consistent hashing with a Maglev lookup table (Envoy `MAGLEV`), keyed by the route's
+    /// `hash_policy`.
+    Maglev,
 }
 
 /// Connection pool settings (per worker thread and endpoint).
@@ -117,6 +145,9 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// Relative share of requests. Default 1.
     pub weight: u32,
+    /// The endpoint's zone (compared with `node.zone` for locality preference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for Endpoint {
@@ -127,12 +158,16 @@ impl<'de> Deserialize<'de> for Endpoint {
             address: SocketAddr,
             #[serde(default = "default_weight")]
             weight: u32,
+            #[serde(default)]
+            zone: Option<String>,
         }
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Endpoint;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an address such as `127.0.0.1:9001` or `{ address: ..., weight: N }`")
+                f.write_str(
+                    "an address such as `127.0.0.1:9001` or `{ address: ..., weight: N, zone: Z }`",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Endpoint, E> {
                 let address = v.parse().map_err(|_| {
@@ -140,13 +175,18 @@ impl<'de> Deserialize<'de> for Endpoint {
                         "`{v}` is not an IP address and port such as 127.0.0.1:9001"
                     ))
                 })?;
-                Ok(Endpoint { address, weight: 1 })
+                Ok(Endpoint {
+                    address,
+                    weight: 1,
+                    zone: None,
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Endpoint, A::Error> {
                 let f = Full::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(Endpoint {
                     address: f.address,
                     weight: f.weight,
+                    zone: f.zone,
                 })
             }
         }

@@ -14,6 +14,10 @@
 //! | [`HealthCheck`] (`Cluster.health_checks`) | `Cluster.health_checks[0]` (`http_health_check`, `grpc_health_check`, `tcp_health_check`, `interval`, `timeout`, thresholds, `no_traffic_interval`; jitter as a ± percentage) |
 //! | [`Route`] `fault` | `Route.typed_per_filter_config["envoy.filters.http.fault"]` (`HTTPFault`: `delay`, `abort`, header-controlled faults) |
 //! | [`Cluster`] | `Cluster` (type STATIC) + its `ClusterLoadAssignment` (`endpoints`); with [`Discovery`]: type STRICT_DNS or LOGICAL_DNS (`dns_srv` has no Envoy equivalent) |
+//! | [`Cluster`] `lb_policy`/`least_request`/`ring_hash`/`maglev`/`panic_threshold`/`locality` | `Cluster.lb_policy` (`peak_ewma`: Envoy's contrib `PeakEwma` policy), `least_request_lb_config`, `ring_hash_lb_config`, `maglev_lb_config`, `common_lb_config.healthy_panic_threshold`, `common_lb_config.zone_aware_lb_config`; `hash_balance_factor` is `common_lb_config.consistent_hashing_lb_config.hash_balance_factor` |
+//! | [`Endpoint`] `zone` | the endpoint's `LocalityLbEndpoints.locality.zone` |
+//! | [`Route`] `hash_policy` | `RouteAction.hash_policy` (`header`, `cookie`, `connection_properties.source_ip`, `query_parameter`, `terminal`) |
+//! | [`Node`] | `Node` (`id`, `cluster`, `locality.zone`) |
 //!
 //! Files are YAML. Unknown fields are errors, and every error names the file, line, column and
 //! field path. [`load_file`] and [`parse`] return a fully validated [`Config`].
@@ -21,8 +25,9 @@
 mod cluster;
 mod discovery;
 mod error;
-mod health;
 mod fault;
+mod health;
+mod lb;
 mod listener;
 mod locate;
 pub mod raw;
@@ -35,10 +40,14 @@ mod validate;
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
 pub use discovery::{AddressFamily, Discovery, DiscoveryType, DnsName};
 pub use error::{ConfigError, ConfigErrors, Issue};
+pub use fault::{Fault, FaultAbort, FaultDelay};
 pub use health::{
     GrpcHealthCheck, HealthCheck, HealthCheckKind, HttpHealthCheck, StatusRange, TcpHealthCheck,
 };
-pub use fault::{Fault, FaultAbort, FaultDelay};
+pub use lb::{
+    CookieHash, HashOn, HashPolicy, LeastRequestSettings, LocalitySettings, MaglevSettings, Node,
+    PeakEwmaSettings, RawHashPolicy, RingHashSettings, is_prime,
+};
 pub use listener::{
     EscapedSlashes, Http2Settings, HttpListener, Listener, ListenerKind, PathNormalization,
     TcpListener, Trust, UnderscoreAction,
@@ -75,6 +84,8 @@ pub struct Config {
     pub route_tables: Vec<RouteTable>,
     /// Upstream clusters referenced by routes and TCP listeners.
     pub clusters: Vec<Cluster>,
+    /// Who this proxy is (read at start).
+    pub node: Node,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -93,6 +104,7 @@ impl TryFrom<RawConfig> for Config {
                 .map(RouteTable::try_from)
                 .collect::<Result<_, _>>()?,
             clusters: c.clusters,
+            node: c.node,
         })
     }
 }
@@ -104,6 +116,7 @@ impl From<Config> for RawConfig {
             listeners: c.listeners.into_iter().map(Into::into).collect(),
             route_tables: c.route_tables.into_iter().map(Into::into).collect(),
             clusters: c.clusters,
+            node: c.node,
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct RawConfig {
     /// Upstream clusters referenced by routes and TCP listeners.
     #[serde(default)]
     pub clusters: Vec<Cluster>,
+    /// Who this proxy is (its zone, for locality preference).
+    #[serde(default, skip_serializing_if = "crate::lb::Node::is_empty")]
+    pub node: crate::lb::Node,
 }
 
 /// A listening socket. Exactly one of `http` or `tcp` is set.
@@ -127,4 +130,11 @@ pub struct RawRoute {
     /// Fault injection: delays and aborts (forwarding routes only). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<crate::fault::Fault>,
+    /// How a request hash is computed for `ring_hash` and `maglev` clusters (Envoy
+    /// `hash_policy`): each item hashes one of `header: NAME`, `cookie: { name: NAME }`,
+    /// `source_ip: true` or `query_parameter: NAME`, with optional `terminal: true`. The hashes
+    /// of the items that apply are combined in order; a terminal item that produced a hash (or
+    /// follows one that did) ends the list. No hash: the balancer picks at random.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash_policy: Vec<crate::lb::RawHashPolicy>,
 }

@@ -260,6 +260,7 @@ mod tests {
             endpoints: vec![Endpoint {
                 address: "127.0.0.1:0".parse().unwrap(),
                 weight: 0,
+                zone: None,
             }],
         });
         let issues = crate::validate_resource(&bad);

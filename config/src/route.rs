@@ -59,6 +59,8 @@ pub struct Route {
     pub response_headers: HeaderMutation,
     /// Fault injection (delays and aborts).
     pub fault: Option<crate::fault::Fault>,
+    /// How a request hash is computed for hash-based balancers (Envoy `hash_policy`).
+    pub hash_policy: Vec<crate::lb::HashPolicy>,
 }
 
 /// What a route does: exactly one of these.
@@ -158,6 +160,11 @@ impl TryFrom<RawRoute> for Route {
             request_headers: r.request_headers,
             response_headers: r.response_headers,
             fault: r.fault,
+            hash_policy: r
+                .hash_policy
+                .into_iter()
+                .map(TryFrom::try_from)
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -178,6 +185,7 @@ impl From<Route> for RawRoute {
             request_headers: r.request_headers,
             response_headers: r.response_headers,
             fault: r.fault,
+            hash_policy: r.hash_policy.into_iter().map(Into::into).collect(),
         };
         match r.action {
             RouteAction::Cluster(c) => raw.cluster = Some(c),

@@ -63,6 +63,7 @@ pub fn validate(config: &RawConfig) -> Vec<Issue> {
     );
     v.unique_names("clusters", config.clusters.iter().map(|c| c.name.as_str()));
     v.addresses(config);
+    crate::lb::check_node(&config.node, &mut v.issues);
 
     for (i, l) in config.listeners.iter().enumerate() {
         v.listener(&format!("listeners[{i}]"), l, &tables, &clusters);
@@ -428,6 +429,7 @@ impl Validator {
         }
         self.mutation(&format!("{p}.request_headers"), &r.request_headers, true);
         self.mutation(&format!("{p}.response_headers"), &r.response_headers, false);
+        crate::lb::check_hash_policies(p, &r.hash_policy, forwards, &mut self.issues);
     }
 
     fn route_match(&mut self, p: &str, m: &RouteMatch) {
@@ -650,6 +652,7 @@ impl Validator {
                 "must be at least 1",
             );
         }
+        crate::lb::check_cluster(p, c, &mut self.issues);
     }
 
     /// hyper refuses buffer limits under 8KiB; above 16MiB a limit no longer limits much.
@@ -677,6 +680,11 @@ impl Validator {
                     format!("{} is not a connectable address", e.address.ip()),
                 );
             }
+            crate::lb::check_endpoint_zone(
+                &format!("{p}[{i}]"),
+                e.zone.as_deref(),
+                &mut self.issues,
+            );
             if !seen.insert(e.address) {
                 self.err(
                     format!("{p}[{i}]"),

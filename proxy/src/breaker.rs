@@ -68,6 +68,12 @@ impl Gauge {
         true
     }
 
+    /// Counts one more whatever the limit (what the limit does not apply to is still in
+    /// flight).
+    pub fn acquire(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one less.
     pub fn release(&self) {
         self.current.fetch_sub(1, Ordering::Relaxed);

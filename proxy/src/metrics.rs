@@ -32,6 +32,9 @@ pub struct Metrics {
     route_overflows: Family<Labels, Counter>,
     outlier_ejections: Family<Labels, Counter>,
     outlier_ejected: Family<Labels, Gauge>,
+    lb_panic: Family<Labels, Gauge>,
+    lb_local_zone: Family<Labels, Gauge>,
+    lb_overload_skips: Family<Labels, Counter>,
     config_reloads: Family<Labels, Counter>,
     config_resources: Family<Labels, Counter>,
     pub(crate) health_checks: Family<Labels, Counter>,
@@ -76,6 +79,9 @@ impl Metrics {
             route_overflows: Family::default(),
             outlier_ejections: Family::default(),
             outlier_ejected: Family::default(),
+            lb_panic: Family::default(),
+            lb_local_zone: Family::default(),
+            lb_overload_skips: Family::default(),
             config_reloads: Family::default(),
             config_resources: Family::default(),
             health_checks: Family::default(),
@@ -166,6 +172,21 @@ impl Metrics {
             "outlier_ejected_endpoints",
             "Endpoints ejected by outlier detection now, by cluster",
             m.outlier_ejected.clone(),
+        );
+        r.register(
+            "upstream_lb_panic",
+            "1 while a cluster balances across all its endpoints ignoring health (fewer healthy than panic_threshold), by cluster",
+            m.lb_panic.clone(),
+        );
+        r.register(
+            "upstream_lb_local_zone",
+            "1 while a cluster routes only to endpoints in the proxy's zone (locality preference), by cluster",
+            m.lb_local_zone.clone(),
+        );
+        r.register(
+            "upstream_lb_overload_skips",
+            "Picks by bounded-load consistent hashing (hash_balance_factor) that passed over an overloaded endpoint, by cluster",
+            m.lb_overload_skips.clone(),
         );
         r.register(
             "downstream_error_responses",
@@ -259,6 +280,11 @@ impl Metrics {
             overflows: labelled(&self.upstream_overflows, name, "breaker", &BREAKERS),
             ejections: labelled(&self.outlier_ejections, name, "reason", &EJECTION_REASONS),
             ejected: self.outlier_ejected.get_or_create(&l()).clone(),
+            lb: crate::lb::LbMetrics {
+                panic: self.lb_panic.get_or_create(&l()).clone(),
+                local_zone: self.lb_local_zone.get_or_create(&l()).clone(),
+                overload_skips: self.lb_overload_skips.get_or_create(&l()).clone(),
+            },
             name: name.to_string(),
         }
     }
@@ -504,6 +530,8 @@ pub struct ClusterMetrics {
     pub ejections: LabelledCounters<3>,
     /// Endpoints ejected now.
     pub ejected: Gauge,
+    /// Load-balancing gauges and counters.
+    pub lb: crate::lb::LbMetrics,
     name: String,
 }
 

@@ -172,7 +172,7 @@ fn strict_dns_spreads_over_every_address_and_follows_changes() {
         a("backend.test.", "127.0.0.2", 1),
     ]));
     let p = proxy(&format!(
-        "discovery: {{ type: strict_dns, names: ['backend.test:{port}'], resolvers: ['{}'], min_refresh: 1s }}",
+        "lb_policy: round_robin, discovery: {{ type: strict_dns, names: ['backend.test:{port}'], resolvers: ['{}'], min_refresh: 1s }}",
         dns.addr
     ));
     wait_ready(&p);
@@ -242,7 +242,7 @@ fn dns_srv_gives_hosts_and_ports_of_the_lowest_priority() {
         a("b.test.", "127.0.0.1", 1),
     ]));
     let p = proxy(&format!(
-        "discovery: {{ type: dns_srv, names: ['_http._tcp.backend.test'], resolvers: ['{}'], min_refresh: 1s }}",
+        "lb_policy: round_robin, discovery: {{ type: dns_srv, names: ['_http._tcp.backend.test'], resolvers: ['{}'], min_refresh: 1s }}",
         dns.addr
     ));
     wait_ready(&p);

@@ -21,7 +21,9 @@ route_tables:
         routes:
           - {{ match: {{ prefix: / }}, cluster: c }}
 clusters:
-  - {{ name: c, endpoints: [{a}] }}
+  # Round robin: the test needs the new endpoint picked at once (peak EWMA would keep the
+  # warm endpoint while the new one costs its default RTT).
+  - {{ name: c, lb_policy: round_robin, endpoints: [{a}] }}
 "#
     )
 }
@@ -31,7 +33,11 @@ fn endpoints(cluster: &str, addrs: &[SocketAddr]) -> Resource {
         cluster_name: cluster.into(),
         endpoints: addrs
             .iter()
-            .map(|&address| Endpoint { address, weight: 1 })
+            .map(|&address| Endpoint {
+                address,
+                weight: 1,
+                zone: None,
+            })
             .collect(),
     })
 }

@@ -170,6 +170,11 @@ impl ControlLoop {
                 return Err(ReloadError::Config(errors));
             }
         };
+        if config.node != *self.writer.node() {
+            tracing::warn!(
+                "config reload: `node` changed, but it is read at start only; restart to apply it"
+            );
+        }
         let update = FileSource::update(&config, self.writer.resources());
         let applied = self.writer.apply(update);
         if applied.is_ok() {

@@ -117,6 +117,7 @@ impl Proxy {
             reconciler,
             options.filters.clone(),
         );
+        writer.set_node(&config.node);
         let applied = writer.apply(FileSource::update(&config, &BTreeMap::new()));
         if !applied.is_ok() {
             let _ = stop_workers(&handles, Duration::ZERO);

@@ -58,6 +58,9 @@ pub(crate) struct Call<'a> {
     pub(crate) retry: &'a RetryPolicy,
     /// The route's own circuit breakers, if it has any.
     pub(crate) route_breaker: Option<&'a RouteBreaker>,
+    /// The request's hash from the route's `hash_policy` (hash-based balancers); `NonZeroU64`
+    /// so the call stays a word smaller in the request's future.
+    pub(crate) hash: Option<std::num::NonZeroU64>,
 }
 
 /// A response head from an upstream and what holds its connection and endpoint.
@@ -121,9 +124,13 @@ pub(crate) async fn attempts(
     };
     let (pool, active, endpoint) = admit(&call, &attempts)?;
     let request = request.map(UpstreamBody::Direct);
+    let sent_at = Instant::now();
     // Awaited in their own statements, so that neither the send's future nor its result stays
     // in this future while a retry runs (the temporaries of a `match`'s scrutinee would).
     let sent = pool.send(request, call.proto, via(&call)).await;
+    active
+        .state()
+        .observe_latency_or_failure(sent.is_ok(), sent_at);
     let retry = match first_result(call, sent, attempts, active, endpoint, route) {
         Ok(done) => return done,
         Err(retry) => retry,
@@ -316,10 +323,14 @@ async fn resilient(
         attempts.number += 1;
         let (pool, mut active, endpoint) = admit(&call, &attempts)?;
         let sent = pool.send(request, call.proto, via(&call));
+        let sent_at = Instant::now();
         let result = match call.retry.per_try_timeout {
             Some(d) => PerTry::new(sent, d, call.body_fault).await,
             None => sent.await,
         };
+        active
+            .state()
+            .observe_latency_or_failure(result.is_ok(), sent_at);
         let next = match result {
             Ok((response, lease)) => {
                 check_response(&response, &call.cluster.metrics)?;
@@ -467,7 +478,7 @@ fn prepare_retry(
 /// A retry's slots in the cluster's and the route's `max_retries` breakers.
 #[derive(Debug)]
 struct RetrySlots {
-    cluster: Arc<crate::endpoint::ClusterShared>,
+    cluster: Arc<crate::endpoint::EndpointGroup>,
     _route: RouteSlot,
 }
 
@@ -539,7 +550,7 @@ fn via<'a>(call: &Call<'a>) -> Via<'a> {
 
 /// Reports an attempt's outcome to outlier detection; an ejection is counted and logged.
 fn report(call: &Call<'_>, active: &ActiveRequest, endpoint: SocketAddr, outcome: Outcome) {
-    let ejected = active.endpoint().report(
+    let ejected = active.state().report(
         outcome,
         || call.cluster.endpoints_guard().endpoints.len(),
         crate::clock::coarse_now(),
@@ -570,9 +581,10 @@ fn admit(
     let endpoints = call.cluster.endpoints_guard();
     let ctx = PickContext {
         worker: call.worker,
-        hash: None,
+        hash: call.hash.map(std::num::NonZeroU64::get),
         attempt: attempts.number,
         tried: &attempts.tried,
+        ..PickContext::default()
     };
     let endpoint = endpoints
         .pick(&ctx)

@@ -16,10 +16,11 @@ mod outlier;
 mod pool;
 pub mod retry;
 
-pub use crate::endpoint::{ClusterShared, Endpoint, EndpointState, Health};
-pub use endpoint::EndpointSet;
+pub use crate::endpoint::{Endpoint, EndpointGroup, EndpointState, Health};
+pub use endpoint::{EndpointSet, EndpointSpec};
 pub(crate) use pool::{Lease, Pools, UpstreamProtocol};
 
+use crate::lb::LbSettings;
 use crate::metrics::{ClusterMetrics, Metrics};
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use connect::Connector;
@@ -40,9 +41,9 @@ pub struct ClusterHandle {
     endpoints: ArcSwap<EndpointSet>,
     /// Metric handles.
     pub metrics: ClusterMetrics,
-    /// Circuit breakers and outlier detection, shared with the endpoint states; they keep
-    /// their counts across settings and endpoint changes.
-    pub shared: Arc<ClusterShared>,
+    /// What every endpoint state of the cluster shares — circuit breakers, outlier detection,
+    /// the health epoch — kept across settings and endpoint changes.
+    pub shared: Arc<EndpointGroup>,
     /// The retry budget (one window per worker).
     pub(crate) budget: budget::RetryBudget,
 }
@@ -136,6 +137,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     workers: usize,
     next_version: u64,
+    /// The proxy's zone (`node.zone`), for locality preference.
+    zone: Option<Arc<str>>,
 }
 
 impl Registry {
@@ -146,7 +149,13 @@ impl Registry {
             metrics,
             workers: workers.max(1),
             next_version: 1,
+            zone: None,
         }
+    }
+
+    /// Sets the proxy's zone (`node.zone`; at start, before any cluster is configured).
+    pub fn set_zone(&mut self, zone: Option<&str>) {
+        self.zone = zone.map(Arc::from);
     }
 
     /// The handle for `name`, created empty (no settings, no endpoints) when unknown, so a
@@ -155,12 +164,16 @@ impl Registry {
         if let Some(h) = self.clusters.get(name) {
             return Arc::clone(h);
         }
+        let shared: Arc<EndpointGroup> = Arc::default();
         let h = Arc::new(ClusterHandle {
             name: name.to_string(),
             settings: ArcSwapOption::empty(),
-            endpoints: ArcSwap::from_pointee(EndpointSet::empty(self.workers)),
+            endpoints: ArcSwap::from_pointee(EndpointSet::empty_in(
+                self.workers,
+                Arc::clone(&shared),
+            )),
             metrics: self.metrics.cluster(name),
-            shared: Arc::default(),
+            shared,
             budget: budget::RetryBudget::new(self.workers),
         });
         self.clusters.insert(name.to_string(), Arc::clone(&h));
@@ -188,7 +201,11 @@ impl Registry {
         if old.as_ref().is_some_and(|o| o.config == cfg) {
             return Change::Unchanged;
         }
-        let policy_changed = old.as_ref().map(|o| o.config.lb_policy) != Some(cfg.lb_policy);
+        let lb = LbSettings::new(&cfg, self.zone.as_ref());
+        let lb_changed = old
+            .as_ref()
+            .map(|o| LbSettings::new(&o.config, self.zone.as_ref()))
+            != Some(lb.clone());
         let settings = ClusterSettings {
             transport: Transport::new(&cfg),
             config: cfg,
@@ -200,15 +217,15 @@ impl Registry {
             .outlier
             .configure(&settings.config.outlier_detection);
         let current = h.endpoints();
-        if policy_changed && current.version != 0 {
-            // The balancer is built with the endpoint set; rebuild it for the new policy.
+        if lb_changed && current.version != 0 {
+            // The balancer is built with the endpoint set; rebuild it for the new settings.
             let set = EndpointSet::build(
                 self.bump(),
-                current.endpoints.iter().map(|e| (e.address, e.weight)),
-                &current,
-                &h.shared,
-                settings.config.lb_policy,
+                current.specs(),
+                Some(&current),
+                &lb,
                 self.workers,
+                &h.metrics.lb,
             );
             h.endpoints.store(Arc::new(set));
         }
@@ -225,23 +242,21 @@ impl Registry {
     pub fn set_endpoints(&mut self, cla: &ClusterLoadAssignment) -> Change {
         let h = self.handle(&cla.cluster_name);
         let current = h.endpoints();
-        let same = current.endpoints.len() == cla.endpoints.len()
-            && current
-                .endpoints
-                .iter()
-                .zip(&cla.endpoints)
-                .all(|(a, b)| a.address == b.address && a.weight == b.weight);
-        if same && current.version != 0 {
+        let specs: Vec<EndpointSpec> = cla.endpoints.iter().map(EndpointSpec::from).collect();
+        if current.same_as(&specs) && current.version != 0 {
             return Change::Unchanged;
         }
-        let policy = h.settings().map(|s| s.config.lb_policy).unwrap_or_default();
+        let lb = h
+            .settings()
+            .map(|s| LbSettings::new(&s.config, self.zone.as_ref()))
+            .unwrap_or_default();
         let set = EndpointSet::build(
             self.bump(),
-            cla.endpoints.iter().map(|e| (e.address, e.weight)),
-            &current,
-            &h.shared,
-            policy,
+            specs.into_iter(),
+            Some(&current),
+            &lb,
             self.workers,
+            &h.metrics.lb,
         );
         if h.settings()
             .is_some_and(|s| s.config.health_checks.is_some())
@@ -279,8 +294,10 @@ impl Registry {
     pub fn remove_endpoints(&mut self, name: &str) -> Change {
         match self.clusters.get(name) {
             Some(h) if h.endpoints().version != 0 => {
-                h.endpoints
-                    .store(Arc::new(EndpointSet::empty(self.workers)));
+                h.endpoints.store(Arc::new(EndpointSet::empty_in(
+                    self.workers,
+                    Arc::clone(&h.shared),
+                )));
                 Change::Removed
             }
             _ => Change::Unchanged,

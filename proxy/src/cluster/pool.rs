@@ -7,7 +7,7 @@
 use crate::breaker::Threshold;
 use crate::cluster::connect::Connector;
 use crate::cluster::{Endpoint, EndpointState, Transport};
-use crate::endpoint::ClusterShared;
+use crate::endpoint::EndpointGroup;
 use crate::error::ProxyError;
 use crate::exec::LocalExec;
 use crate::metrics::ClusterMetrics;
@@ -453,7 +453,7 @@ impl EndpointPool {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Via<'a> {
     pub(crate) metrics: &'a ClusterMetrics,
-    pub(crate) shared: &'a Arc<ClusterShared>,
+    pub(crate) shared: &'a Arc<EndpointGroup>,
 }
 
 /// A breaker overflow, counted.
@@ -497,7 +497,7 @@ async fn open_with(
 
 /// One unit of a cluster breaker (an open connection, or a request waiting for one).
 #[derive(Debug)]
-struct ConnSlot(Arc<ClusterShared>, Threshold);
+struct ConnSlot(Arc<EndpointGroup>, Threshold);
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {

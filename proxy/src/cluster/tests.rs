@@ -1,6 +1,7 @@
 //! Registry tests: handles survive, endpoint state is kept by address, changes are reported.
 
 use super::*;
+use crate::lb::PickContext;
 use sluice_config::Endpoint as ConfiguredEndpoint;
 
 fn registry() -> Registry {
@@ -25,6 +26,7 @@ fn cla(name: &str, ports: &[u16]) -> ClusterLoadAssignment {
             .map(|&p| ConfiguredEndpoint {
                 address: SocketAddrV4(p),
                 weight: 1,
+                zone: None,
             })
             .collect(),
     }
@@ -103,4 +105,49 @@ fn active_requests_are_counted_per_endpoint() {
     drop(a);
     drop(b);
     assert_eq!(state.active_requests(), 0);
+}
+
+#[test]
+fn zones_and_balancing_settings_rebuild_the_set_and_the_local_zone_is_preferred() {
+    let mut r = registry();
+    r.set_zone(Some("a"));
+    let metrics = Arc::clone(&r.metrics);
+    r.set_settings(&cluster("c"));
+    let mut zoned = cla("c", &[1, 2, 3, 4, 5, 6]);
+    for (i, e) in zoned.endpoints.iter_mut().enumerate() {
+        e.zone = Some(if i < 2 { "a" } else { "b" }.into());
+    }
+    assert_eq!(r.set_endpoints(&zoned), Change::Added);
+    assert_eq!(r.set_endpoints(&zoned), Change::Unchanged);
+    // Only the local zone (ports 1 and 2) is picked, and the gauge says so.
+    let set = r.handle("c").endpoints();
+    for _ in 0..50 {
+        let port = set.pick(&PickContext::default()).unwrap().address.port();
+        assert!(port == 1 || port == 2, "{port}");
+    }
+    assert!(
+        metrics
+            .encode_text()
+            .contains("sluice_upstream_lb_local_zone{cluster=\"c\"} 1")
+    );
+    // A zone change alone is a change.
+    zoned.endpoints[0].zone = None;
+    assert_eq!(r.set_endpoints(&zoned), Change::Updated);
+    // A balancing setting change rebuilds the set (keeping the endpoints' state).
+    let state = Arc::clone(&r.handle("c").endpoints().endpoints[1].state);
+    let before = r.handle("c").endpoints().version;
+    let mut hashed = cluster("c");
+    hashed.lb_policy = sluice_config::LbPolicy::Maglev;
+    assert_eq!(r.set_settings(&hashed), Change::Updated);
+    let after = r.handle("c").endpoints();
+    assert!(after.version > before);
+    assert!(Arc::ptr_eq(&after.endpoints[1].state, &state));
+    // One local endpoint left (of 1): 100% healthy, still local only.
+    for _ in 0..50 {
+        let ctx = PickContext {
+            hash: Some(fastrand::u64(..)),
+            ..PickContext::default()
+        };
+        assert_eq!(after.pick(&ctx).unwrap().address.port(), 2);
+    }
 }

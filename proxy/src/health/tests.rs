@@ -180,7 +180,11 @@ fn cla(addrs: &[SocketAddr]) -> ClusterLoadAssignment {
         cluster_name: "c".into(),
         endpoints: addrs
             .iter()
-            .map(|&address| ConfiguredEndpoint { address, weight: 1 })
+            .map(|&address| ConfiguredEndpoint {
+                address,
+                weight: 1,
+                zone: None,
+            })
             .collect(),
     }
 }

@@ -303,6 +303,12 @@ fn into_send<'a>(
         upgrade,
         meta,
     } = p;
+    // Only routes with a hash policy pay for it.
+    let hash = forward.hash_policy.as_ref().and_then(|h| {
+        let (parts, _) = request.as_ref()?;
+        let hash = h.hash(&parts.uri, &parts.headers, conn.info.peer.ip())?;
+        std::num::NonZeroU64::new(hash.max(1))
+    });
     let (request, announce) =
         upstream_request(request, &authority, forward, proto, &upgrade, &meta, &fault)?;
     let call = Call {
@@ -315,6 +321,7 @@ fn into_send<'a>(
         body_fault: None,
         retry: &forward.retry,
         route_breaker: forward.breaker.as_deref(),
+        hash,
     };
     Ok((
         Send {

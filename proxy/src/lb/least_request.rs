@@ -10,36 +10,26 @@ use super::{LoadBalancer, PickContext};
 use crate::endpoint::Endpoint;
 use std::sync::Arc;
 
-/// Least request, power of two choices, weighted.
+/// Least request, power of two choices (or more: `least_request.choice_count`), weighted.
 #[derive(Debug)]
 pub struct LeastRequest {
     weights: Weighted,
+    /// Candidates beyond the first two (Envoy's `choice_count` − 2).
+    extra_choices: u32,
 }
 
 impl LeastRequest {
-    /// A balancer over endpoints with these weights (0 weights are never picked).
+    /// A balancer over endpoints with these weights (0 weights are never picked), comparing
+    /// two candidates.
     pub fn new(weights: &[u32]) -> Self {
+        Self::with_choices(weights, 2)
+    }
+
+    /// A balancer comparing `choices` candidates (at least 2; Envoy's `choice_count`).
+    pub fn with_choices(weights: &[u32], choices: u32) -> Self {
         LeastRequest {
             weights: Weighted::new(weights),
-        }
-    }
-}
-
-impl LeastRequest {
-    /// A second candidate, different from `a` whenever another endpoint has weight: one redraw,
-    /// then the next weighted endpoint after `a`. (With replacement, as Envoy draws, two
-    /// endpoints would compare an endpoint with itself a quarter of the time and send that share
-    /// to a busy one.)
-    fn other_than(&self, a: usize) -> usize {
-        match self.weights.draw() {
-            Some(b) if b != a => b,
-            _ => {
-                let n = self.weights.len();
-                (1..n)
-                    .map(|k| (a + k) % n)
-                    .find(|&i| self.weights.weight(i) > 0)
-                    .unwrap_or(a)
-            }
+            extra_choices: choices.saturating_sub(2),
         }
     }
 }
@@ -51,14 +41,25 @@ impl LoadBalancer for LeastRequest {
         ctx: &PickContext<'_>,
     ) -> Option<&'a Arc<Endpoint>> {
         let a = self.weights.draw()?;
-        let b = self.other_than(a);
+        let b = self.weights.draw_other(a);
         let candidate = |i: usize| endpoints.get(i).filter(|e| ctx.preferred(e));
-        match (candidate(a), candidate(b)) {
+        let best = match (candidate(a), candidate(b)) {
             (Some(x), Some(y)) => Some(if lighter(x, y) { x } else { y }),
             (Some(x), None) | (None, Some(x)) => Some(x),
-            (None, None) => scan_preferred(endpoints, ctx, a, |i| self.weights.weight(i) > 0)
-                .or_else(|| endpoints.get(a)),
-        }
+            (None, None) => None,
+        };
+        // More choices: each further draw replaces the best when lighter.
+        let best = (0..self.extra_choices).fold(best, |best, _| {
+            match (best, self.weights.draw().and_then(candidate)) {
+                (Some(x), Some(y)) if !lighter(x, y) => Some(y),
+                (None, y) => y,
+                (x, _) => x,
+            }
+        });
+        best.or_else(|| {
+            scan_preferred(endpoints, ctx, a, |i| self.weights.weight(i) > 0)
+                .or_else(|| endpoints.get(a))
+        })
     }
 }
 
@@ -128,6 +129,30 @@ mod tests {
             (270..=330).contains(&heavy),
             "weight 3 of 4 should hold ~300: {heavy}"
         );
+    }
+
+    #[test]
+    fn more_choices_find_the_least_loaded_more_often() {
+        fastrand::seed(17);
+        let w = [1; 8];
+        let eps = endpoints(&w);
+        // Endpoint i holds i requests: with 2 choices the idle one wins only when drawn; with
+        // 8 (drawn with replacement) it wins much more often.
+        let _held: Vec<_> = eps
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| (0..i).map(|_| e.state.admit()).collect::<Vec<_>>())
+            .collect();
+        let idle_share = |lb: &LeastRequest| {
+            (0..2000)
+                .filter(|_| pick_index(lb, &eps, &PickContext::default()) == 0)
+                .count()
+        };
+        let two = idle_share(&LeastRequest::new(&w));
+        let eight = idle_share(&LeastRequest::with_choices(&w, 8));
+        // P(idle among 2 distinct of 8) = 1/4; among 8 draws ≈ 1 − (7/8)^8 ≈ 0.66.
+        assert!((400..600).contains(&two), "{two}");
+        assert!(eight > 1150, "{eight}");
     }
 
     #[test]

@@ -46,6 +46,23 @@ impl Weighted {
         Some(self.ends.partition_point(|&end| end <= r))
     }
 
+    /// A second candidate, different from `a` whenever another endpoint has weight: one redraw,
+    /// then the next weighted endpoint after `a`. (With replacement, as Envoy draws, two
+    /// endpoints would compare an endpoint with itself a quarter of the time and send that share
+    /// to a busy one.)
+    pub(super) fn draw_other(&self, a: usize) -> usize {
+        match self.draw() {
+            Some(b) if b != a => b,
+            _ => {
+                let n = self.len();
+                (1..n)
+                    .map(|k| (a + k) % n)
+                    .find(|&i| self.weight(i) > 0)
+                    .unwrap_or(a)
+            }
+        }
+    }
+
     /// How many endpoints.
     pub(super) fn len(&self) -> usize {
         self.ends.len()

@@ -41,6 +41,8 @@ pub struct Forward {
     pub retry: Box<crate::cluster::retry::RetryPolicy>,
     /// The route's own circuit breakers.
     pub breaker: Option<Box<crate::breaker::RouteBreaker>>,
+    /// The request hash for hash-based balancers (`None`: the route has no `hash_policy`).
+    pub hash_policy: Option<Box<super::RequestHash>>,
 }
 
 /// One cluster or a weighted split.
@@ -156,6 +158,7 @@ impl Action {
                     clusters.metrics(),
                 ))
             }),
+            hash_policy: super::RequestHash::compile(&r.hash_policy)?,
         }))
     }
 }

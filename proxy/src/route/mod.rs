@@ -2,12 +2,14 @@
 //! virtual host and route that take it; [`action`] holds what a route does.
 
 pub(crate) mod action;
+mod hash;
 mod host;
 mod matcher;
 #[cfg(test)]
 mod tests;
 
 pub use action::{Action, Backends, Forward, HeaderOps};
+pub use hash::RequestHash;
 pub(crate) use host::strip_port;
 
 use crate::cluster::Registry;

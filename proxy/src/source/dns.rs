@@ -359,13 +359,21 @@ fn assignment(kind: DiscoveryType, answers: &[Option<Vec<(SocketAddr, u32)>>]) -
     if kind == DiscoveryType::LogicalDns {
         return all
             .take(1)
-            .map(|&(address, _)| Endpoint { address, weight: 1 })
+            .map(|&(address, _)| Endpoint {
+                address,
+                weight: 1,
+                zone: None,
+            })
             .collect();
     }
     let mut seen = HashSet::new();
     let mut out: Vec<Endpoint> = all
         .filter(|(a, _)| seen.insert(*a))
-        .map(|&(address, weight)| Endpoint { address, weight })
+        .map(|&(address, weight)| Endpoint {
+            address,
+            weight,
+            zone: None,
+        })
         .collect();
     out.sort_by_key(|e| e.address);
     out
@@ -521,6 +529,7 @@ mod tests {
             endpoints: Some(vec![Endpoint {
                 address: a("127.0.0.1:2"),
                 weight: 1,
+                zone: None,
             }]),
         };
         assert!(dns.accept(report(id)).is_none());

@@ -81,6 +81,7 @@ pub struct Writer {
     reconciler: Reconciler,
     filters: Vec<Arc<dyn HttpFilter>>,
     health: crate::health::Supervisor,
+    node: config::Node,
 }
 
 impl Writer {
@@ -102,7 +103,20 @@ impl Writer {
             reconciler,
             filters,
             health: Default::default(),
+            node: config::Node::default(),
         }
+    }
+
+    /// Sets who this proxy is (`node`, read at start, before the first update): the registry
+    /// learns its zone for locality preference.
+    pub fn set_node(&mut self, node: &config::Node) {
+        self.node = node.clone();
+        self.registry.set_zone(node.zone.as_deref());
+    }
+
+    /// Who this proxy is (as set at start).
+    pub fn node(&self) -> &config::Node {
+        &self.node
     }
 
     /// The live resources.
@@ -263,7 +277,8 @@ impl Writer {
 
     /// Swaps in a snapshot of the current state and tells the workers about listener changes.
     fn publish(&mut self) {
-        let config = Config::from_resources(self.admin.clone(), self.resources.values());
+        let mut config = Config::from_resources(self.admin.clone(), self.resources.values());
+        config.node = self.node.clone();
         let snapshot = Snapshot {
             generation: self.live.generation() + 1,
             config: Arc::new(config),
