@@ -55,6 +55,9 @@ pub struct ClusterLoadAssignment {
 }
 
 /// One resource.
+// Resources live in the writer's map and in config updates, never on the request path: the
+// size of the largest (a cluster with its resilience and balancing settings) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
     /// A listener.
