@@ -20,6 +20,8 @@ pub enum Act {
     Echo,
     /// This status.
     Status(u16),
+    /// 200 with `grpc-status` (a trailers-only gRPC answer).
+    Grpc(&'static str),
     /// This status with `Retry-After`.
     RetryAfter(u16, &'static str),
     /// Close the connection without an answer.
@@ -141,6 +143,16 @@ impl Upstream {
                                     Act::Echo => Ok(resp(200, body)),
                                     Act::Status(s) => {
                                         Ok(resp(s, Bytes::from_static(b"scripted\n")))
+                                    }
+                                    Act::Grpc(code) => {
+                                        let mut r = resp(200, Bytes::new());
+                                        r.headers_mut().insert(
+                                            "content-type",
+                                            "application/grpc".parse().unwrap(),
+                                        );
+                                        r.headers_mut()
+                                            .insert("grpc-status", code.parse().unwrap());
+                                        Ok(r)
                                     }
                                     Act::RetryAfter(s, after) => {
                                         let mut r = resp(s, Bytes::new());
@@ -657,4 +669,38 @@ fn no_idempotent_request_is_lost_while_an_upstream_is_killed_and_restarted() {
         })
         .sum();
     assert!(retried >= 1.0, "the kills were retried: {m}");
+}
+
+#[test]
+fn a_grpc_unavailable_is_retried_and_other_codes_are_not() {
+    let up = Upstream::start("u", |n| match n {
+        0 => Act::Grpc("14"),
+        1 => Act::Grpc("0"),
+        _ => Act::Grpc("13"),
+    });
+    let p = proxy(
+        &[("/", "u", ", retry_policy: { retry_on: [unavailable] }")],
+        &[("u", &[up.addr], "")],
+    );
+    let grpc = |path: &str| {
+        curl(&[
+            "-D",
+            "-",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/grpc",
+            "--data-binary",
+            "",
+            &p.url("main", path),
+        ])
+    };
+    let r = grpc("/pkg.Svc/Call");
+    assert_eq!((r.status, r.header("grpc-status")), (200, Some("0")));
+    assert_eq!(up.count(), 2, "UNAVAILABLE was retried");
+    assert_eq!(retries(&p, "u", "grpc_status"), 1.0);
+    // INTERNAL is not in retry_on: answered as is.
+    let r = grpc("/pkg.Svc/Call");
+    assert_eq!(r.header("grpc-status"), Some("13"));
+    assert_eq!(up.count(), 3);
 }

@@ -11,7 +11,7 @@
 //! timeouts, backoff — runs in a boxed future that only such requests pay for.
 
 use super::pool::{EndpointPool, Lease, Pools, SendError, UpstreamBody, UpstreamProtocol, Via};
-use super::retry::{Attempted, Reason, RetryPolicy};
+use super::retry::{Attempted, Reason, Resend, RetryPolicy};
 use super::{ClusterHandle, Transport};
 use crate::breaker::{Gauge, Held, RouteBreaker, Threshold};
 pub(crate) use crate::endpoint::ActiveRequest;
@@ -226,6 +226,7 @@ fn with_copy<'a>(call: Call<'a>, request: Request<RequestBody>, route: RouteSlot
     let (parts, body) = request.into_parts();
     let body = ReplayBody::new(body, call.retry.replay_limit);
     let copy = Copy {
+        resendable: call.retry.resendable(&parts.method, &parts.headers),
         head: Head::of(&parts),
         body: body.handle(),
     };
@@ -266,6 +267,9 @@ impl Head {
 struct Copy {
     head: Head,
     body: ReplayBody<RequestBody>,
+    /// The method is idempotent (or listed, or keyed): every condition may resend it; else
+    /// only the policy's gRPC codes.
+    resendable: bool,
 }
 
 impl Copy {
@@ -428,10 +432,15 @@ fn may_retry(
     result: Attempted<'_>,
     copy: Option<&Copy>,
 ) -> Result<Reason, ()> {
-    let sent_ok = copy.is_some_and(Copy::replayable);
+    let resend = match copy {
+        Some(c) if c.replayable() && c.resendable => Resend::Any,
+        Some(c) if c.replayable() => Resend::GrpcStatus,
+        _ => Resend::No,
+    };
     let metrics = &call.cluster.metrics;
-    let Some(reason) = call.retry.reason(result, sent_ok) else {
-        if copy.is_some() && !sent_ok && call.retry.reason(result, true).is_some() {
+    let Some(reason) = call.retry.reason(result, resend) else {
+        if copy.is_some_and(|c| !c.replayable()) && call.retry.reason(result, Resend::Any).is_some()
+        {
             // Retried, had the body fitted the replay buffer.
             metrics.retry_limited.inc("replay_limit");
         }

@@ -87,6 +87,23 @@ impl Default for RetryPolicy {
     }
 }
 
+/// What a request that reached the upstream may be resent for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resend {
+    /// Nothing (no complete copy).
+    No,
+    /// Only the gRPC codes of the policy (a non-idempotent gRPC call).
+    GrpcStatus,
+    /// Every condition of the policy.
+    Any,
+}
+
+impl From<bool> for Resend {
+    fn from(any: bool) -> Self {
+        if any { Resend::Any } else { Resend::No }
+    }
+}
+
 /// An attempt's result as the decision sees it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Attempted<'a> {
@@ -157,8 +174,12 @@ impl RetryPolicy {
             return false;
         }
         let fits = body_len.is_none_or(|n| n <= self.replay_limit as u64);
-        // A refused stream was not processed (RFC 9113 §8.7): any method may be resent.
-        let safe = self.on & SENT == 0 || self.resendable(method, headers);
+        // A refused stream was not processed (RFC 9113 §8.7): any method may be resent. A gRPC
+        // request is resent for the gRPC codes the policy lists, whatever its method (the
+        // service's owner opts in per code, as in gRPC's own retry policy, gRFC A6).
+        let safe = self.on & SENT == 0
+            || self.resendable(method, headers)
+            || (self.on & GRPC != 0 && crate::message::fields::is_grpc(headers));
         fits && safe
     }
 
@@ -177,13 +198,15 @@ impl RetryPolicy {
             || headers.contains_key("idempotency-key")
     }
 
-    /// Why this result is retried under the policy, if it is. `sent_ok`: the request may be
-    /// sent again (it is resendable and its copy is complete); results for which the request
-    /// provably never left are retried regardless.
-    pub(crate) fn reason(&self, result: Attempted<'_>, sent_ok: bool) -> Option<Reason> {
+    /// Why this result is retried under the policy, if it is. `resend`: what a request that
+    /// reached the upstream may be sent again for (its copy is complete, and it is resendable,
+    /// or a gRPC request for listed codes only); results for which the request provably never
+    /// left are retried regardless.
+    pub(crate) fn reason(&self, result: Attempted<'_>, resend: Resend) -> Option<Reason> {
         if self.on == 0 {
             return None;
         }
+        let sent_ok = resend == Resend::Any;
         match result {
             Attempted::Failed(e) => {
                 let reason = failure_reason(e)?;
@@ -198,13 +221,14 @@ impl RetryPolicy {
                 (self.on & on != 0 && (unsent || sent_ok)).then_some(reason)
             }
             Attempted::Response { status, headers } => {
-                if !sent_ok {
+                if resend == Resend::No {
                     return None;
                 }
                 let s = status.as_u16();
-                let by_status = (self.on & C_5XX != 0 && status.is_server_error())
-                    || (self.on & C_GATEWAY != 0 && matches!(s, 502..=504))
-                    || (self.on & C_STATUS != 0 && self.statuses.contains(&s));
+                let by_status = sent_ok
+                    && ((self.on & C_5XX != 0 && status.is_server_error())
+                        || (self.on & C_GATEWAY != 0 && matches!(s, 502..=504))
+                        || (self.on & C_STATUS != 0 && self.statuses.contains(&s)));
                 if by_status {
                     return Some(Reason::Status);
                 }
@@ -456,7 +480,11 @@ mod tests {
             (&[On::ConnectFailure], resp(503, &none), true, None),
         ];
         for (i, (on, result, sent_ok, want)) in cases.into_iter().enumerate() {
-            assert_eq!(policy(on).reason(result, sent_ok), want, "case {i}: {on:?}");
+            assert_eq!(
+                policy(on).reason(result, sent_ok.into()),
+                want,
+                "case {i}: {on:?}"
+            );
         }
         // No retries, no reasons.
         let off = RetryPolicy::compile(&sluice_config::RetryPolicy {
@@ -465,7 +493,14 @@ mod tests {
             ..Default::default()
         });
         assert!(!off.retries());
-        assert_eq!(off.reason(Attempted::Failed(&connect), true), None);
+        assert_eq!(off.reason(Attempted::Failed(&connect), Resend::Any), None);
+        // A non-idempotent gRPC call is resent for its listed codes only.
+        let g = policy(&[On::FiveXx, On::Unavailable]);
+        assert_eq!(
+            g.reason(resp(200, &grpc14), Resend::GrpcStatus),
+            Some(Reason::Grpc)
+        );
+        assert_eq!(g.reason(resp(503, &none), Resend::GrpcStatus), None);
     }
 
     #[test]

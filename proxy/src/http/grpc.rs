@@ -1,16 +1,10 @@
 //! gRPC over HTTP/2 specifics the request path needs: the client's deadline (`grpc-timeout`,
 //! gRPC's PROTOCOL-HTTP2 spec: 1–8 digits and a unit `H`, `M`, `S`, `m`, `u` or `n`).
 
-use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName};
 use std::time::Duration;
 
-/// True for a gRPC request (`content-type: application/grpc…`).
-pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
+pub(crate) use crate::message::fields::is_grpc;
 
 /// The deadline a gRPC request carries in `grpc-timeout`, if it is one and the value is valid
 /// (an invalid one is ignored, as gRPC servers do).
@@ -73,7 +67,7 @@ mod tests {
         h.insert("grpc-timeout", HeaderValue::from_static("100m"));
         assert_eq!(deadline(&h), None, "not a gRPC request");
         h.insert(
-            CONTENT_TYPE,
+            http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc+proto"),
         );
         assert_eq!(deadline(&h), Some(Duration::from_millis(100)));

@@ -36,6 +36,13 @@ pub(crate) fn only_chunked(h: &HeaderMap) -> bool {
     }
 }
 
+/// True for a gRPC request (`content-type: application/grpc…`).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
