@@ -13,7 +13,7 @@ const BUCKETS: usize = 10;
 
 /// A cluster's retry budget: one window per worker.
 #[derive(Debug)]
-pub(crate) struct RetryBudget {
+pub struct RetryBudget {
     workers: Box<[Window]>,
 }
 
@@ -53,7 +53,8 @@ fn bump(a: &AtomicU32) {
 }
 
 impl RetryBudget {
-    pub(crate) fn new(workers: usize) -> Self {
+    /// A budget with a window for each of `workers` workers.
+    pub fn new(workers: usize) -> Self {
         RetryBudget {
             workers: (0..workers.max(1)).map(|_| Window::default()).collect(),
         }
@@ -64,7 +65,7 @@ impl RetryBudget {
     }
 
     /// Counts a request (its first attempt).
-    pub(crate) fn deposit(&self, c: &Config, worker: usize, now: Instant) {
+    pub fn deposit(&self, c: &Config, worker: usize, now: Instant) {
         if !c.enabled {
             return;
         }
@@ -78,7 +79,7 @@ impl RetryBudget {
     }
 
     /// Takes one retry from the budget; false when it is spent.
-    pub(crate) fn withdraw(&self, c: &Config, worker: usize, now: Instant) -> bool {
+    pub fn withdraw(&self, c: &Config, worker: usize, now: Instant) -> bool {
         if !c.enabled {
             return true;
         }

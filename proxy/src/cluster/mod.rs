@@ -8,7 +8,7 @@
 //! (CDS) keeps the endpoints. Each endpoint, keyed by address, carries shared state (health
 //! flags, active requests) that survives endpoint-set changes.
 
-mod budget;
+pub mod budget;
 pub(crate) mod call;
 pub(crate) mod connect;
 mod endpoint;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// Why an attempt is retried (the `reason` label of `sluice_upstream_retries_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reason {
+pub enum Reason {
     /// The connection could not be opened.
     ConnectFailure,
     /// An HTTP/2 upstream refused the stream.
@@ -36,7 +36,7 @@ impl Reason {
         Reason::Grpc,
     ];
 
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Reason::ConnectFailure => "connect_failure",
             Reason::RefusedStream => "refused_stream",
@@ -89,7 +89,7 @@ impl Default for RetryPolicy {
 
 /// What a request that reached the upstream may be resent for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Resend {
+pub enum Resend {
     /// Nothing (no complete copy).
     No,
     /// Only the gRPC codes of the policy (a non-idempotent gRPC call).
@@ -106,7 +106,7 @@ impl From<bool> for Resend {
 
 /// An attempt's result as the decision sees it.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Attempted<'a> {
+pub enum Attempted<'a> {
     /// A response head.
     Response {
         status: StatusCode,
@@ -162,7 +162,7 @@ impl RetryPolicy {
     /// body up to the replay limit): the policy has a condition for sent requests (or
     /// `refused-stream` toward an HTTP/2 upstream), the request is idempotent or marked
     /// retriable, and its declared body length (if any) fits the replay limit.
-    pub(crate) fn keeps_copy(
+    pub fn keeps_copy(
         &self,
         method: &Method,
         headers: &HeaderMap,
@@ -185,7 +185,7 @@ impl RetryPolicy {
 
     /// True when a request that reached the upstream may be sent again: an idempotent method
     /// (RFC 9110 §9.2.2), one the policy lists, or an `Idempotency-Key` header.
-    pub(crate) fn resendable(&self, method: &Method, headers: &HeaderMap) -> bool {
+    pub fn resendable(&self, method: &Method, headers: &HeaderMap) -> bool {
         matches!(
             *method,
             Method::GET
@@ -202,7 +202,7 @@ impl RetryPolicy {
     /// reached the upstream may be sent again for (its copy is complete, and it is resendable,
     /// or a gRPC request for listed codes only); results for which the request provably never
     /// left are retried regardless.
-    pub(crate) fn reason(&self, result: Attempted<'_>, resend: Resend) -> Option<Reason> {
+    pub fn reason(&self, result: Attempted<'_>, resend: Resend) -> Option<Reason> {
         if self.on == 0 {
             return None;
         }
