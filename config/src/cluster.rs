@@ -126,6 +126,12 @@ pub struct PoolSettings {
     /// (also bounded by the upstream's own `SETTINGS_MAX_CONCURRENT_STREAMS`). Default 100.
     #[serde(default = "default_max_streams")]
     pub max_requests_per_http2_connection: u32,
+    /// An upstream connection is not given new requests once it is this old (Envoy
+    /// `max_connection_duration`): HTTP/1.1 connections are closed when their response ends,
+    /// HTTP/2 connections once their last stream ends; new requests open fresh connections,
+    /// which lets upstream load balancers and DNS changes take effect. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_age: Option<Duration>,
 }
 
 impl Default for PoolSettings {
@@ -134,6 +140,7 @@ impl Default for PoolSettings {
             idle_timeout: default_pool_idle_timeout(),
             max_idle_per_endpoint: default_max_idle(),
             max_requests_per_http2_connection: default_max_streams(),
+            max_connection_age: None,
         }
     }
 }

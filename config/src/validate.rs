@@ -646,6 +646,12 @@ impl Validator {
         self.buffer_limit(p, c.per_connection_buffer_limit_bytes);
         self.issues.extend(crate::health::validate(p, c));
         self.issues.extend(crate::discovery::check(p, c));
+        if c.pool.max_connection_age.is_some_and(|d| d.is_zero()) {
+            self.err(
+                format!("{p}.pool.max_connection_age"),
+                "must be greater than 0s (leave it out for none)",
+            );
+        }
         if c.pool.max_requests_per_http2_connection == 0 {
             self.err(
                 format!("{p}.pool.max_requests_per_http2_connection"),

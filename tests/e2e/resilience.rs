@@ -704,3 +704,23 @@ fn a_grpc_unavailable_is_retried_and_other_codes_are_not() {
     assert_eq!(r.header("grpc-status"), Some("13"));
     assert_eq!(up.count(), 3);
 }
+
+#[test]
+fn a_connection_past_its_max_age_takes_no_new_request() {
+    let up = Upstream::start("u", |_| Act::Echo);
+    let connections = |p: &InProcess| {
+        metric_value(
+            &p.metrics(),
+            "sluice_upstream_connections_total{cluster=\"u\"}",
+        )
+    };
+    for (pool, expected) in [("", 1.0), (", pool: { max_connection_age: 100ms }", 2.0)] {
+        let p = proxy(&[("/", "u", "")], &[("u", &[up.addr], pool)]);
+        let mut client = KeepAlive::new(p.addr("main"));
+        assert_eq!(client.get("/").unwrap().status, 200);
+        // Let the first upstream connection age past 100 ms (the limit under test is a time).
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(client.get("/").unwrap().status, 200);
+        assert_eq!(connections(&p), expected, "pool settings `{pool}`");
+    }
+}

@@ -73,6 +73,8 @@ pub struct Transport {
     pub max_idle: usize,
     /// Most concurrent streams per upstream HTTP/2 connection.
     pub max_h2_streams: u32,
+    /// A connection this old takes no new request.
+    pub max_age: Option<Duration>,
     /// Most bytes read ahead per upstream connection (HTTP/1.1 read buffer) or stream (HTTP/2
     /// window and send buffer); validated to be at least 8KiB.
     pub buffer_limit: usize,
@@ -90,6 +92,7 @@ impl Transport {
             idle_timeout: c.pool.idle_timeout.get(),
             max_idle: c.pool.max_idle_per_endpoint as usize,
             max_h2_streams: c.pool.max_requests_per_http2_connection,
+            max_age: c.pool.max_connection_age.map(|d| d.get()),
             buffer_limit: c.per_connection_buffer_limit_bytes.bytes() as usize,
         }
     }

@@ -101,6 +101,8 @@ pub(crate) struct EndpointPool {
     idle_timeout: Duration,
     max_idle: usize,
     max_h2_streams: u32,
+    /// A connection this old takes no new request.
+    max_age: Option<Duration>,
     /// Most bytes read ahead per connection (HTTP/1.1) or stream (HTTP/2).
     buffer_limit: usize,
     idle_h1: RefCell<Vec<IdleH1>>,
@@ -113,6 +115,8 @@ pub(crate) struct EndpointPool {
 struct IdleH1 {
     sender: http1::SendRequest<UpstreamBody>,
     since: Instant,
+    /// When the connection was opened.
+    born: Instant,
 }
 
 #[derive(Debug)]
@@ -120,6 +124,8 @@ struct H2Conn {
     sender: http2::SendRequest<UpstreamBody>,
     active: Rc<Cell<u32>>,
     idle_since: Rc<Cell<Instant>>,
+    /// When the connection was opened.
+    born: Instant,
 }
 
 /// Holds an upstream connection (HTTP/1.1) or stream slot (HTTP/2) for the life of one response.
@@ -129,6 +135,8 @@ pub(crate) enum Lease {
     H1 {
         sender: Option<http1::SendRequest<UpstreamBody>>,
         pool: Rc<EndpointPool>,
+        /// When the connection was opened.
+        born: Instant,
     },
     /// A stream on a shared HTTP/2 connection.
     H2 {
@@ -142,10 +150,10 @@ pub(crate) enum Lease {
 impl Lease {
     /// The response ended cleanly: an HTTP/1.1 connection may serve the next request.
     pub(crate) fn release(&mut self) {
-        if let Lease::H1 { sender, pool } = self
+        if let Lease::H1 { sender, pool, born } = self
             && let Some(s) = sender.take()
         {
-            pool.put_h1(s);
+            pool.put_h1(s, *born);
         }
     }
 }
@@ -173,6 +181,7 @@ impl EndpointPool {
             idle_timeout: t.idle_timeout,
             max_idle: t.max_idle,
             max_h2_streams: t.max_h2_streams,
+            max_age: t.max_age,
             buffer_limit: t.buffer_limit,
             idle_h1: RefCell::new(Vec::new()),
             h2: RefCell::new(Vec::new()),
@@ -197,27 +206,39 @@ impl EndpointPool {
             .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
         self.h2.borrow_mut().retain(|c| {
             !c.sender.is_closed()
-                && (c.active.get() > 0 || now.duration_since(c.idle_since.get()) < timeout)
+                && (c.active.get() > 0
+                    || (now.duration_since(c.idle_since.get()) < timeout
+                        && !self.too_old(c.born, now)))
         });
     }
 
-    fn put_h1(&self, sender: http1::SendRequest<UpstreamBody>) {
+    /// True when a connection opened at `born` may take no new request.
+    fn too_old(&self, born: Instant, now: Instant) -> bool {
+        self.max_age.is_some_and(|a| now.duration_since(born) >= a)
+    }
+
+    fn put_h1(&self, sender: http1::SendRequest<UpstreamBody>, born: Instant) {
+        let now = crate::clock::coarse_now();
         let mut idle = self.idle_h1.borrow_mut();
-        if idle.len() < self.max_idle && !sender.is_closed() {
+        // A connection past its age is dropped here, which closes it.
+        if idle.len() < self.max_idle && !sender.is_closed() && !self.too_old(born, now) {
             idle.push(IdleH1 {
                 sender,
-                since: crate::clock::coarse_now(),
+                since: now,
+                born,
             });
         }
     }
 
-    fn take_h1(&self) -> Option<http1::SendRequest<UpstreamBody>> {
+    fn take_h1(&self) -> Option<(http1::SendRequest<UpstreamBody>, Instant)> {
         let mut idle = self.idle_h1.borrow_mut();
+        let now = crate::clock::coarse_now();
         while let Some(c) = idle.pop() {
             if !c.sender.is_closed()
-                && crate::clock::coarse_now().duration_since(c.since) < self.idle_timeout
+                && now.duration_since(c.since) < self.idle_timeout
+                && !self.too_old(c.born, now)
             {
-                return Some(c.sender);
+                return Some((c.sender, c.born));
             }
         }
         None
@@ -243,12 +264,12 @@ impl EndpointPool {
         via: Via<'_>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         loop {
-            let (mut sender, reused) = match self.take_h1() {
-                Some(s) => (s, true),
+            let (mut sender, reused, born) = match self.take_h1() {
+                Some((s, born)) => (s, true, born),
                 // Boxed: connecting is rare, and its future would otherwise inflate every
                 // request's (and every idle connection's) state.
                 None => match Box::pin(self.connect_h1(false, via)).await {
-                    Ok(s) => (s, false),
+                    Ok(s) => (s, false, crate::clock::coarse_now()),
                     Err(error) => {
                         return Err(SendError {
                             error,
@@ -265,6 +286,7 @@ impl EndpointPool {
                     let lease = Lease::H1 {
                         sender: Some(sender),
                         pool: Rc::clone(self),
+                        born,
                     };
                     return Ok((resp, lease));
                 }
@@ -401,9 +423,14 @@ impl EndpointPool {
     )> {
         let mut conns = self.h2.borrow_mut();
         conns.retain(|c| !c.sender.is_closed());
+        let now = crate::clock::coarse_now();
         conns
             .iter()
-            .find(|c| c.active.get() < self.max_h2_streams && c.sender.is_ready())
+            .find(|c| {
+                c.active.get() < self.max_h2_streams
+                    && c.sender.is_ready()
+                    && !self.too_old(c.born, now)
+            })
             .map(|c| {
                 (
                     c.sender.clone(),
@@ -445,6 +472,7 @@ impl EndpointPool {
             sender,
             active: Rc::new(Cell::new(0)),
             idle_since: Rc::new(Cell::new(Instant::now())),
+            born: crate::clock::coarse_now(),
         })
     }
 }
