@@ -41,9 +41,9 @@ pub struct Metrics {
     pub(crate) health_changes: Family<Labels, Counter>,
     pub(crate) cluster_endpoints: Family<Labels, Gauge>,
     /// DNS discovery (`source/dns.rs`).
-    pub(crate) dns: crate::source::dns::DnsMetrics,
+    pub(crate) dns: DnsMetrics,
     /// Fault injection (`http/filters/fault.rs`).
-    fault: crate::http::filters::FaultMetrics,
+    fault: FaultMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -280,7 +280,7 @@ impl Metrics {
             overflows: labelled(&self.upstream_overflows, name, "breaker", &BREAKERS),
             ejections: labelled(&self.outlier_ejections, name, "reason", &EJECTION_REASONS),
             ejected: self.outlier_ejected.get_or_create(&l()).clone(),
-            lb: crate::lb::LbMetrics {
+            lb: LbMetrics {
                 panic: self.lb_panic.get_or_create(&l()).clone(),
                 local_zone: self.lb_local_zone.get_or_create(&l()).clone(),
                 overload_skips: self.lb_overload_skips.get_or_create(&l()).clone(),
@@ -345,7 +345,7 @@ pub struct ListenerHandles {
     /// exists from the start and counting needs no label lookup).
     sanitized: [Counter; Sanitized::ALL.len()],
     /// Injected faults.
-    pub(crate) fault: crate::http::filters::FaultCounters,
+    pub(crate) fault: FaultCounters,
     name: String,
 }
 
@@ -531,7 +531,7 @@ pub struct ClusterMetrics {
     /// Endpoints ejected now.
     pub ejected: Gauge,
     /// Load-balancing gauges and counters.
-    pub lb: crate::lb::LbMetrics,
+    pub lb: LbMetrics,
     name: String,
 }
 
@@ -549,5 +549,96 @@ impl ClusterMetrics {
                 ("kind", kind.to_string()),
             ])
             .inc();
+    }
+}
+
+/// The balancing metrics of one cluster .
+#[derive(Clone, Debug, Default)]
+pub struct LbMetrics {
+    /// 1 while the cluster balances across all endpoints ignoring health (panic threshold).
+    pub panic: Gauge,
+    /// 1 while only the local zone's endpoints are picked.
+    pub local_zone: Gauge,
+    /// Picks by bounded-load hashing that passed over an endpoint with more than its share in
+    /// flight.
+    pub overload_skips: Counter,
+}
+
+/// The DNS source's metric family: `sluice_dns_resolutions_total{cluster, result}`.
+#[derive(Clone, Debug, Default)]
+pub struct DnsMetrics {
+    resolutions: Family<Vec<(&'static str, String)>, Counter>,
+}
+
+/// One cluster's resolution counters (created, and so exported at 0, when its task starts).
+#[derive(Clone, Debug)]
+pub(crate) struct DnsCounters {
+    pub(crate) success: Counter,
+    pub(crate) failure: Counter,
+}
+
+impl DnsMetrics {
+    /// Registers the family.
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "dns_resolutions",
+            "DNS resolutions of a DNS-discovered cluster's names, by cluster and result (success or failure; a failure keeps the last good endpoints)",
+            self.resolutions.clone(),
+        );
+    }
+
+    pub(crate) fn counters(&self, cluster: &str) -> DnsCounters {
+        let get = |result: &str| {
+            self.resolutions
+                .get_or_create(&vec![
+                    ("cluster", cluster.to_string()),
+                    ("result", result.to_string()),
+                ])
+                .clone()
+        };
+        DnsCounters {
+            success: get("success"),
+            failure: get("failure"),
+        }
+    }
+}
+
+/// The fault filter's metric family: `sluice_fault_injected_total{listener, kind}`.
+#[derive(Clone, Debug, Default)]
+pub struct FaultMetrics {
+    injected: Family<Vec<(&'static str, String)>, Counter>,
+}
+
+/// One listener's fault counters (created with the listener, so exported at 0).
+#[derive(Clone, Debug)]
+pub struct FaultCounters {
+    pub(crate) delay: Counter,
+    pub(crate) abort: Counter,
+}
+
+impl FaultMetrics {
+    /// Registers the family.
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "fault_injected",
+            "Faults injected by the fault filter, by listener and kind (delay: DI, abort: FI)",
+            self.injected.clone(),
+        );
+    }
+
+    /// The counters of listener `name`.
+    pub(crate) fn counters(&self, name: &str) -> FaultCounters {
+        let get = |kind: &str| {
+            self.injected
+                .get_or_create(&vec![
+                    ("listener", name.to_string()),
+                    ("kind", kind.to_string()),
+                ])
+                .clone()
+        };
+        FaultCounters {
+            delay: get("delay"),
+            abort: get("abort"),
+        }
     }
 }

@@ -22,9 +22,8 @@ pub use random::Random;
 pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 
+pub use crate::metrics::LbMetrics;
 use crate::endpoint::{Endpoint, EndpointGroup};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use sluice_config::{self as config, LbPolicy};
 use std::fmt;
 use std::net::SocketAddr;
@@ -115,18 +114,6 @@ impl LbSettings {
             local_zone: local_zone.cloned(),
         }
     }
-}
-
-/// The balancing metrics of one cluster (registered in `metrics.rs`).
-#[derive(Clone, Debug, Default)]
-pub struct LbMetrics {
-    /// 1 while the cluster balances across all endpoints ignoring health (panic threshold).
-    pub panic: Gauge,
-    /// 1 while only the local zone's endpoints are picked.
-    pub local_zone: Gauge,
-    /// Picks by bounded-load hashing that passed over an endpoint with more than its share in
-    /// flight.
-    pub overload_skips: Counter,
 }
 
 /// Builds the balancer for `settings` over `endpoints`, with state for `workers` worker

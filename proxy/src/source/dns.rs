@@ -11,16 +11,13 @@
 //! (`sluice_dns_resolutions_total{cluster, result="failure"}`) and logged, and is retried after
 //! `min_refresh`, doubling per consecutive failure up to `max_refresh`.
 
-use crate::metrics::Metrics;
+use crate::metrics::{DnsCounters, Metrics};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
 use sluice_config::{
     AddressFamily, ClusterLoadAssignment, Discovery, DiscoveryType, DnsName, Endpoint, Resource,
     ResourceKey, Update,
@@ -390,45 +387,6 @@ fn refresh_after(ttl: Option<u32>, min: Duration, max: Duration) -> Duration {
 fn retry_after(failures: u32, min: Duration, max: Duration) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(16);
     min.saturating_mul(factor).min(max.max(min))
-}
-
-/// The DNS source's metric family: `sluice_dns_resolutions_total{cluster, result}`.
-#[derive(Clone, Debug, Default)]
-pub struct DnsMetrics {
-    resolutions: Family<Vec<(&'static str, String)>, Counter>,
-}
-
-/// One cluster's resolution counters (created, and so exported at 0, when its task starts).
-#[derive(Clone, Debug)]
-struct DnsCounters {
-    success: Counter,
-    failure: Counter,
-}
-
-impl DnsMetrics {
-    /// Registers the family.
-    pub(crate) fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "dns_resolutions",
-            "DNS resolutions of a DNS-discovered cluster's names, by cluster and result (success or failure; a failure keeps the last good endpoints)",
-            self.resolutions.clone(),
-        );
-    }
-
-    fn counters(&self, cluster: &str) -> DnsCounters {
-        let get = |result: &str| {
-            self.resolutions
-                .get_or_create(&vec![
-                    ("cluster", cluster.to_string()),
-                    ("result", result.to_string()),
-                ])
-                .clone()
-        };
-        DnsCounters {
-            success: get("success"),
-            failure: get("failure"),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -10,12 +10,10 @@
 use super::{HttpFilter, RequestHead, ResponseFlag, Verdict};
 use crate::http::grpc;
 use crate::metrics::ListenerMetrics;
+pub use crate::metrics::{FaultCounters, FaultMetrics};
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
 use sluice_config::Fault as FaultConfig;
 use std::time::Duration;
 
@@ -189,46 +187,6 @@ fn abort_response(a: Abort, grpc_request: bool) -> Response<Bytes> {
     };
     resp.extensions_mut().insert(ResponseFlag("FI"));
     resp
-}
-
-/// The fault filter's metric family: `sluice_fault_injected_total{listener, kind}`.
-#[derive(Clone, Debug, Default)]
-pub struct FaultMetrics {
-    injected: Family<Vec<(&'static str, String)>, Counter>,
-}
-
-/// One listener's fault counters (created with the listener, so exported at 0).
-#[derive(Clone, Debug)]
-pub struct FaultCounters {
-    delay: Counter,
-    abort: Counter,
-}
-
-impl FaultMetrics {
-    /// Registers the family.
-    pub(crate) fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "fault_injected",
-            "Faults injected by the fault filter, by listener and kind (delay: DI, abort: FI)",
-            self.injected.clone(),
-        );
-    }
-
-    /// The counters of listener `name`.
-    pub(crate) fn counters(&self, name: &str) -> FaultCounters {
-        let get = |kind: &str| {
-            self.injected
-                .get_or_create(&vec![
-                    ("listener", name.to_string()),
-                    ("kind", kind.to_string()),
-                ])
-                .clone()
-        };
-        FaultCounters {
-            delay: get("delay"),
-            abort: get("abort"),
-        }
-    }
 }
 
 #[cfg(test)]
