@@ -455,3 +455,140 @@ fn default_max_ejection() -> Duration {
 fn default_max_ejection_percent() -> u32 {
     10
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{RetryOn, parse};
+
+    /// A file with one route carrying `route_extra` and one cluster carrying `cluster_extra`.
+    fn yaml(route_extra: &str, cluster_extra: &str) -> String {
+        format!(
+            "listeners: [{{ name: l, address: 127.0.0.1:8080, http: {{ route_table: t }} }}]
+route_tables:
+  - name: t
+    virtual_hosts:
+      - name: v
+        domains: ['*']
+        routes: [{{ match: {{ prefix: / }}, cluster: c{route_extra} }}]
+clusters: [{{ name: c, endpoints: [127.0.0.1:9001]{cluster_extra} }}]
+"
+        )
+    }
+
+    fn errors(route_extra: &str, cluster_extra: &str) -> Vec<String> {
+        match parse(&yaml(route_extra, cluster_extra), "t.yaml") {
+            Ok(_) => panic!("expected errors for {route_extra} / {cluster_extra}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = parse(&yaml("", ""), "t.yaml").unwrap();
+        let route = &c.route_tables[0].virtual_hosts[0].routes[0];
+        assert!(route.retry_policy.is_none() && route.circuit_breakers.is_none());
+        let d = super::RetryPolicy::default();
+        assert_eq!(
+            d.retry_on,
+            [RetryOn::ConnectFailure, RetryOn::RefusedStream]
+        );
+        assert_eq!((d.num_retries, d.replay_limit.bytes()), (2, 64 << 10));
+        let cl = &c.clusters[0];
+        assert!(cl.retry_budget.enabled && cl.outlier_detection.enabled);
+        assert_eq!(cl.retry_budget.retry_percent, 20);
+        assert_eq!(cl.circuit_breakers.max_requests, 1024);
+        assert_eq!(cl.circuit_breakers.max_retries, 3);
+        assert_eq!(cl.outlier_detection.consecutive_5xx, 5);
+        assert_eq!(cl.outlier_detection.max_ejection_percent, 10);
+        // Every condition name parses.
+        let all = ", retry_policy: { retry_on: [5xx, gateway-error, reset, connect-failure, \
+                   refused-stream, retriable-status-codes, cancelled, deadline-exceeded, \
+                   internal, resource-exhausted, unavailable], retriable_status_codes: [409] }";
+        let c = parse(&yaml(all, ""), "t.yaml").unwrap();
+        let p = c.route_tables[0].virtual_hosts[0].routes[0]
+            .retry_policy
+            .as_ref()
+            .unwrap();
+        assert_eq!(p.retry_on.len(), 11);
+    }
+
+    #[test]
+    fn invalid_settings_are_reported_by_field_and_line() {
+        let r = "route_tables[0].virtual_hosts[0].routes[0]";
+        let cases = [
+            (
+                ", retry_policy: { num_retries: 11 }",
+                "",
+                format!("{r}.retry_policy.num_retries: must be at most 10"),
+            ),
+            (
+                ", retry_policy: { per_try_timeout: 0s }",
+                "",
+                format!(
+                    "{r}.retry_policy.per_try_timeout: must be greater than 0s (leave it out for none)"
+                ),
+            ),
+            (
+                ", retry_policy: { retry_on: [retriable-status-codes], retriable_status_codes: [99] }",
+                "",
+                format!(
+                    "{r}.retry_policy.retriable_status_codes[0]: 99 is not an HTTP status (100-599)"
+                ),
+            ),
+            (
+                ", retry_policy: { retriable_status_codes: [409] }",
+                "",
+                format!(
+                    "{r}.retry_policy.retriable_status_codes: has no effect unless `retry_on` includes `retriable-status-codes`"
+                ),
+            ),
+            (
+                ", retry_policy: { retriable_methods: [post] }",
+                "",
+                format!("{r}.retry_policy.retriable_methods[0]: `post` is not an HTTP method"),
+            ),
+            (
+                ", retry_policy: { back_off: { base_interval: 1s, max_interval: 10ms } }",
+                "",
+                format!("{r}.retry_policy.back_off.max_interval: must be at least `base_interval`"),
+            ),
+            (
+                ", circuit_breakers: { max_requests: 0 }",
+                "",
+                format!("{r}.circuit_breakers.max_requests: must be at least 1"),
+            ),
+            (
+                "",
+                ", circuit_breakers: { max_connections: 0 }",
+                "clusters[0].circuit_breakers.max_connections: must be at least 1".into(),
+            ),
+            (
+                "",
+                ", retry_budget: { ttl: 500ms }",
+                "clusters[0].retry_budget.ttl: must be at least 1s".into(),
+            ),
+            (
+                "",
+                ", outlier_detection: { max_ejection_percent: 101 }",
+                "clusters[0].outlier_detection.max_ejection_percent: must be a percentage (0-100)"
+                    .into(),
+            ),
+            (
+                "",
+                ", outlier_detection: { base_ejection_time: 60s, max_ejection_time: 30s }",
+                "clusters[0].outlier_detection.max_ejection_time: must be at least `base_ejection_time`"
+                    .into(),
+            ),
+        ];
+        for (route, cluster, want) in cases {
+            let e = errors(route, cluster);
+            assert_eq!(e.len(), 1, "{e:#?}");
+            // `t.yaml:LINE:COL: path: message`.
+            assert!(e[0].starts_with("t.yaml:"), "{}", e[0]);
+            assert!(e[0].ends_with(&want), "{} (wanted …{want})", e[0]);
+        }
+        // An unknown condition is a parse error that names the value.
+        let e = errors(", retry_policy: { retry_on: [sometimes] }", "");
+        assert!(e[0].contains("sometimes"), "{e:#?}");
+    }
+}

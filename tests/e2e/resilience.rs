@@ -336,6 +336,19 @@ fn a_reset_is_retried_on_another_endpoint_with_the_body_replayed() {
         retries(&p, "both", "reset") >= 1.0,
         "round robin sent some to the bad one first"
     );
+    // The same over HTTP/2 from the client (the attempt loop is the same for both).
+    for _ in 0..2 {
+        let r = curl(&[
+            "--http2-prior-knowledge",
+            "-X",
+            "PUT",
+            "--data-binary",
+            &data,
+            &p.url("main", "/both"),
+        ]);
+        assert_eq!(r.status, 200);
+        assert_eq!(sha256_hex(&r.body), sha256_hex(&body));
+    }
     for s in good.seen.lock().unwrap().iter() {
         assert_eq!(
             s.body.len(),

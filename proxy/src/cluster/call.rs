@@ -207,17 +207,19 @@ fn first_result<'a>(
 /// True when the retry policy may resend this request after it reached the upstream, so it
 /// needs a copy (see [`RetryPolicy::keeps_copy`]).
 fn keeps_copy(call: &Call<'_>, request: &Request<RequestBody>) -> bool {
+    let http2 = call.proto == UpstreamProtocol::Http2;
+    // The policy first: the default one never copies toward HTTP/1.1, and then the request's
+    // length is not looked up.
+    if !call.retry.may_keep_copy(http2) {
+        return false;
+    }
     let body_len = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .or_else(|| http_body::Body::is_end_stream(request.body()).then_some(0));
-    call.retry.keeps_copy(
-        request.method(),
-        request.headers(),
-        body_len,
-        call.proto == UpstreamProtocol::Http2,
-    )
+    call.retry
+        .keeps_copy(request.method(), request.headers(), body_len, http2)
 }
 
 /// The attempt loop of a request the retry policy may resend after it reached the upstream,

@@ -320,7 +320,7 @@ impl EndpointPool {
         upgrades: bool,
         via: Via<'_>,
     ) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
-        let (stream, slot) = self.open(via).await?;
+        let (stream, slot) = open_counted(&self.connector, self.addr, via).await?;
         let io = TokioIo::new(stream);
         // hyper's default limit of 100 response headers: setting any limit explicitly would
         // make it allocate a header vector per response. The read buffer is bounded by the
@@ -352,12 +352,6 @@ impl EndpointPool {
             });
         }
         Ok(sender)
-    }
-
-    /// Opens a connection under the cluster's `max_connections` and `max_pending_requests`
-    /// breakers; the slot counts the connection until dropped (with the connection's task).
-    async fn open(&self, via: Via<'_>) -> Result<(tokio::net::TcpStream, ConnSlot), ProxyError> {
-        open_with(&self.connector, self.addr, via).await
     }
 
     async fn send_h2(
@@ -441,7 +435,7 @@ impl EndpointPool {
     }
 
     async fn connect_h2(&self, via: Via<'_>) -> Result<H2Conn, ProxyError> {
-        let (stream, slot) = self.open(via).await?;
+        let (stream, slot) = open_counted(&self.connector, self.addr, via).await?;
         let io = TokioIo::new(stream);
         // A stream's window is what the upstream may send that nobody has taken yet: bounded
         // by the buffer limit (never below the protocol default), as is the send buffer.
@@ -494,17 +488,10 @@ fn overflow(via: Via<'_>, t: Threshold) -> ProxyError {
     }
 }
 
-/// Opens a connection for the TCP proxy under the cluster's breakers (see
-/// [`EndpointPool::open`]); the slot counts the connection while held.
+/// Opens a connection under the cluster's `max_pending_requests` and `max_connections`
+/// breakers (for the pools and the TCP proxy); the slot counts the connection until dropped
+/// (with the connection's task, or the tunnel).
 pub(crate) async fn open_counted(
-    connector: &Connector,
-    addr: SocketAddr,
-    via: Via<'_>,
-) -> Result<(tokio::net::TcpStream, impl Sized + use<>), ProxyError> {
-    open_with(connector, addr, via).await
-}
-
-async fn open_with(
     connector: &Connector,
     addr: SocketAddr,
     via: Via<'_>,
@@ -525,7 +512,7 @@ async fn open_with(
 
 /// One unit of a cluster breaker (an open connection, or a request waiting for one).
 #[derive(Debug)]
-struct ConnSlot(Arc<EndpointGroup>, Threshold);
+pub(crate) struct ConnSlot(Arc<EndpointGroup>, Threshold);
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {

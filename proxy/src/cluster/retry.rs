@@ -169,8 +169,7 @@ impl RetryPolicy {
         body_len: Option<u64>,
         http2: bool,
     ) -> bool {
-        let sent_conditions = self.on & (SENT | if http2 { C_REFUSED } else { 0 });
-        if sent_conditions == 0 && self.per_try_timeout.is_none() {
+        if !self.may_keep_copy(http2) {
             return false;
         }
         let fits = body_len.is_none_or(|n| n <= self.replay_limit as u64);
@@ -181,6 +180,14 @@ impl RetryPolicy {
             || self.resendable(method, headers)
             || (self.on & GRPC != 0 && crate::message::fields::is_grpc(headers));
         fits && safe
+    }
+
+    /// True when the policy could ever resend a request that reached the upstream toward this
+    /// upstream protocol (a condition for sent requests, `refused-stream` toward HTTP/2, or a
+    /// per-try timeout): the cheap first half of [`RetryPolicy::keeps_copy`], false for the
+    /// default policy toward HTTP/1.1.
+    pub fn may_keep_copy(&self, http2: bool) -> bool {
+        self.on & (SENT | if http2 { C_REFUSED } else { 0 }) != 0 || self.per_try_timeout.is_some()
     }
 
     /// True when a request that reached the upstream may be sent again: an idempotent method

@@ -22,8 +22,8 @@ pub use random::Random;
 pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 
-pub use crate::metrics::LbMetrics;
 use crate::endpoint::{Endpoint, EndpointGroup};
+pub use crate::metrics::LbMetrics;
 use sluice_config::{self as config, LbPolicy};
 use std::fmt;
 use std::net::SocketAddr;
