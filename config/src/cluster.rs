@@ -74,6 +74,9 @@ pub struct Cluster {
     /// Ejection of endpoints that keep failing (on by default).
     #[serde(default)]
     pub outlier_detection: OutlierDetection,
+    /// Originate TLS to the endpoints (see [`crate::UpstreamTls`]). Default: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 /// Upstream protocol.

@@ -34,6 +34,7 @@ pub mod raw;
 mod resilience;
 mod resource;
 mod route;
+mod tls;
 mod units;
 mod validate;
 
@@ -62,6 +63,10 @@ pub use route::{
     DEFAULT_ROUTE_TIMEOUT, DirectResponse, HeaderList, HeaderMatcher, HeaderMutation,
     QueryParameterMatcher, Redirect, RegexRewrite, Rewrite, Route, RouteAction, RouteMatch,
     RouteTable, VirtualHost, WeightedCluster,
+};
+pub use tls::{
+    Authorization, CertificateFiles, ClientCertificate, DownstreamTls, ForwardClientCert,
+    TlsVersion, UpstreamTls,
 };
 pub use units::{ByteSize, Cidr, Duration, parse_byte_size, parse_cidr, parse_duration};
 pub use validate::{REGEX_SIZE_LIMIT, full_match_regex, search_regex, validate, validate_resource};

@@ -16,6 +16,8 @@ pub struct Listener {
     pub address: SocketAddr,
     /// What it does with its connections.
     pub kind: ListenerKind,
+    /// TLS termination (HTTP listeners).
+    pub tls: Option<crate::tls::DownstreamTls>,
 }
 
 /// What a listener does: exactly one of these.
@@ -39,6 +41,7 @@ impl TryFrom<RawListener> for Listener {
             name: l.name,
             address: l.address,
             kind,
+            tls: l.tls,
         })
     }
 }
@@ -54,6 +57,7 @@ impl From<Listener> for RawListener {
             address: l.address,
             http,
             tcp,
+            tls: l.tls,
         }
     }
 }
@@ -129,6 +133,10 @@ pub struct HttpListener {
     /// Which clients' forwarding, request-id and internal headers Sluice believes.
     #[serde(default)]
     pub trust: Trust,
+    /// Who may send requests on this listener, by verified client SPIFFE ID (needs `tls` with
+    /// client certificates); denied requests get 403 (gRPC: `PERMISSION_DENIED`).
+    #[serde(default, skip_serializing_if = "crate::tls::Authorization::is_empty")]
+    pub authorization: crate::tls::Authorization,
 }
 
 /// Path normalization (Envoy `normalize_path`, `merge_slashes`,
@@ -282,6 +290,7 @@ impl HttpListener {
             headers_with_underscores: UnderscoreAction::default(),
             strip_trailing_host_dot: true,
             trust: Trust::default(),
+            authorization: Default::default(),
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct RawListener {
     /// Proxy raw TCP bytes to a cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpListener>,
+    /// Terminate TLS in front of the HTTP server (see [`crate::DownstreamTls`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::DownstreamTls>,
 }
 
 /// A named set of virtual hosts (Envoy `RouteConfiguration`).
@@ -137,4 +140,8 @@ pub struct RawRoute {
     /// follows one that did) ends the list. No hash: the balancer picks at random.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hash_policy: Vec<crate::lb::RawHashPolicy>,
+    /// Who may use this route, by verified client SPIFFE ID (checked after the listener's own
+    /// `authorization`); denied requests get 403 (gRPC: `PERMISSION_DENIED`).
+    #[serde(default, skip_serializing_if = "crate::tls::Authorization::is_empty")]
+    pub authorization: crate::tls::Authorization,
 }

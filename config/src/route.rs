@@ -61,6 +61,8 @@ pub struct Route {
     pub fault: Option<crate::fault::Fault>,
     /// How a request hash is computed for hash-based balancers (Envoy `hash_policy`).
     pub hash_policy: Vec<crate::lb::HashPolicy>,
+    /// Who may use this route, by verified client SPIFFE ID.
+    pub authorization: crate::tls::Authorization,
 }
 
 /// What a route does: exactly one of these.
@@ -165,6 +167,7 @@ impl TryFrom<RawRoute> for Route {
                 .into_iter()
                 .map(TryFrom::try_from)
                 .collect::<Result<_, _>>()?,
+            authorization: r.authorization,
         })
     }
 }
@@ -186,6 +189,7 @@ impl From<Route> for RawRoute {
             response_headers: r.response_headers,
             fault: r.fault,
             hash_policy: r.hash_policy.into_iter().map(Into::into).collect(),
+            authorization: r.authorization,
         };
         match r.action {
             RouteAction::Cluster(c) => raw.cluster = Some(c),

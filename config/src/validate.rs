@@ -187,9 +187,34 @@ impl Validator {
             (Some(_), Some(_)) => self.err(p, "set only one of `http` or `tcp`"),
             (None, None) => self.err(p, "one of `http` or `tcp` is required"),
         }
+        if let Some(tls) = &l.tls {
+            if l.tcp.is_some() {
+                self.err(
+                    format!("{p}.tls"),
+                    "TLS termination is for `http` listeners (a `tcp` listener passes TLS through)",
+                );
+            }
+            crate::tls::check_downstream(&format!("{p}.tls"), tls, &mut self.issues);
+        }
+        if let Some(h) = &l.http
+            && !h.authorization.is_empty()
+            && l.tls
+                .as_ref()
+                .is_none_or(|t| t.client_certificate == crate::tls::ClientCertificate::None)
+        {
+            self.err(
+                format!("{p}.http.authorization"),
+                "needs client certificates: set `tls.client_certificate` to `optional` or `required`",
+            );
+        }
     }
 
     fn http_listener(&mut self, p: &str, h: &HttpListener, tables: &Refs<'_>) {
+        crate::tls::check_authorization(
+            &format!("{p}.authorization"),
+            &h.authorization,
+            &mut self.issues,
+        );
         if !tables.contains(h.route_table.as_str()) {
             self.err(
                 format!("{p}.route_table"),
@@ -312,6 +337,11 @@ impl Validator {
 
     fn route(&mut self, p: &str, r: &RawRoute, clusters: &Refs<'_>) {
         self.route_match(&format!("{p}.match"), &r.matcher);
+        crate::tls::check_authorization(
+            &format!("{p}.authorization"),
+            &r.authorization,
+            &mut self.issues,
+        );
         crate::resilience::validate_route(
             r.retry_policy.as_ref(),
             r.circuit_breakers.as_ref(),
@@ -659,6 +689,14 @@ impl Validator {
             );
         }
         crate::lb::check_cluster(p, c, &mut self.issues);
+        if let Some(tls) = &c.tls {
+            crate::tls::check_upstream(
+                &format!("{p}.tls"),
+                tls,
+                c.discovery.is_some(),
+                &mut self.issues,
+            );
+        }
     }
 
     /// hyper refuses buffer limits under 8KiB; above 16MiB a limit no longer limits much.

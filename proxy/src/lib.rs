@@ -42,6 +42,7 @@ pub mod outlier;
 pub mod route;
 pub mod source;
 pub mod state;
+pub mod tls;
 mod tunnel;
 mod worker;
 

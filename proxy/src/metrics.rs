@@ -44,6 +44,8 @@ pub struct Metrics {
     pub(crate) dns: DnsMetrics,
     /// Fault injection (`http/filters/fault.rs`).
     fault: FaultMetrics,
+    /// TLS handshakes, reloads, certificate expiry, authorization (`tls/`).
+    pub(crate) tls: TlsMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -89,6 +91,7 @@ impl Metrics {
             cluster_endpoints: Family::default(),
             dns: Default::default(),
             fault: Default::default(),
+            tls: Default::default(),
             registry: Registry::with_prefix("sluice"),
         };
         // prometheus-client appends `_total` to counters.
@@ -205,6 +208,7 @@ impl Metrics {
         );
         m.dns.register(r);
         m.fault.register(r);
+        m.tls.register(r);
         r.register(
             "health_checks",
             "Active health checks, by cluster and result (success, failure, timeout)",
@@ -253,6 +257,7 @@ impl Metrics {
             responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|c| self.downstream_responses.get_or_create(&class(c)).clone()),
             rejected: self.downstream_rejected.clone(),
+            tls: self.tls.clone(),
             errors: self.downstream_errors.clone(),
             sanitized: Sanitized::ALL.map(|a| {
                 self.downstream_sanitized
@@ -285,6 +290,7 @@ impl Metrics {
                 local_zone: self.lb_local_zone.get_or_create(&l()).clone(),
                 overload_skips: self.lb_overload_skips.get_or_create(&l()).clone(),
             },
+            tls: self.tls.clone(),
             name: name.to_string(),
         }
     }
@@ -346,6 +352,7 @@ pub struct ListenerHandles {
     sanitized: [Counter; Sanitized::ALL.len()],
     /// Injected faults.
     pub(crate) fault: FaultCounters,
+    tls: TlsMetrics,
     name: String,
 }
 
@@ -532,10 +539,16 @@ pub struct ClusterMetrics {
     pub ejected: Gauge,
     /// Load-balancing gauges and counters.
     pub lb: LbMetrics,
+    tls: TlsMetrics,
     name: String,
 }
 
 impl ClusterMetrics {
+    /// The TLS families.
+    pub(crate) fn tls(&self) -> &TlsMetrics {
+        &self.tls
+    }
+
     /// The cluster's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -640,5 +653,107 @@ impl FaultMetrics {
             delay: get("delay"),
             abort: get("abort"),
         }
+    }
+}
+
+/// TLS and identity metrics: `sluice_downstream_tls_handshakes_total{listener, result}`,
+/// `sluice_upstream_tls_handshakes_total{cluster, result}` (`ok`, `failed`, `timeout`),
+/// `sluice_tls_reloads_total{result}` (`success`, `failure`),
+/// `sluice_tls_certificate_expiry_seconds{cert}` (seconds until the certificate in that file
+/// expires; negative once expired) and `sluice_authz_denied_total{listener, scope}` (`listener`
+/// or `route`).
+#[derive(Clone, Debug, Default)]
+pub struct TlsMetrics {
+    downstream_handshakes: Family<Labels, Counter>,
+    upstream_handshakes: Family<Labels, Counter>,
+    reloads: Family<Labels, Counter>,
+    expiry: Family<Labels, Gauge>,
+    expiry_names: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    authz_denied: Family<Labels, Counter>,
+}
+
+impl TlsMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "downstream_tls_handshakes",
+            "TLS handshakes with clients, by listener and result (ok, failed, timeout)",
+            self.downstream_handshakes.clone(),
+        );
+        r.register(
+            "upstream_tls_handshakes",
+            "TLS handshakes with endpoints, by cluster and result (ok, failed, timeout)",
+            self.upstream_handshakes.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "Certificate, key or CA file changes applied (success) or rejected, keeping the last good files (failure)",
+            self.reloads.clone(),
+        );
+        r.register(
+            "tls_certificate_expiry_seconds",
+            "Seconds until the certificate in this file expires (negative once expired), for every certificate in use",
+            self.expiry.clone(),
+        );
+        r.register(
+            "authz_denied",
+            "Requests refused by identity authorization, by listener and scope (listener or route)",
+            self.authz_denied.clone(),
+        );
+    }
+
+    /// Counts an upstream handshake.
+    pub(crate) fn upstream_handshake(&self, cluster: &str, result: &'static str) {
+        self.upstream_handshakes
+            .get_or_create(&vec![
+                ("cluster", cluster.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+
+    pub(crate) fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    /// Sets the expiry of every certificate in use (by file) and drops the others.
+    pub(crate) fn set_expiry(&self, live: std::collections::HashMap<String, i64>) {
+        let mut names = self.expiry_names.lock().unwrap_or_else(|p| p.into_inner());
+        for old in names.iter().filter(|n| !live.contains_key(*n)) {
+            self.expiry.remove(&vec![("cert", old.clone())]);
+        }
+        names.clear();
+        for (cert, secs) in live {
+            self.expiry
+                .get_or_create(&vec![("cert", cert.clone())])
+                .set(secs);
+            names.push(cert);
+        }
+    }
+}
+
+impl ListenerMetrics {
+    /// Counts a client handshake (`ok`, `failed`, `timeout`).
+    pub(crate) fn tls_handshake(&self, result: &'static str) {
+        self.tls
+            .downstream_handshakes
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Counts a request refused by authorization (`listener` or `route` scope).
+    pub(crate) fn authz_denied(&self, scope: &'static str) {
+        self.tls
+            .authz_denied
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("scope", scope.to_string()),
+            ])
+            .inc();
     }
 }

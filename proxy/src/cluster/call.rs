@@ -686,7 +686,15 @@ pub(crate) async fn send_upgrade(
 pub(crate) async fn connect_tcp(
     cluster: &ClusterHandle,
     worker: usize,
-) -> Result<(tokio::net::TcpStream, ActiveRequest, SocketAddr, impl Sized), ProxyError> {
+) -> Result<
+    (
+        crate::tls::UpstreamIo,
+        ActiveRequest,
+        SocketAddr,
+        impl Sized,
+    ),
+    ProxyError,
+> {
     let (connector, active, addr) = {
         let settings = cluster.settings_guard();
         let Some(settings) = settings.as_ref() else {
@@ -708,7 +716,8 @@ pub(crate) async fn connect_tcp(
         metrics: &cluster.metrics,
         shared: &cluster.shared,
     };
-    let (stream, slot) = super::pool::open_counted(&connector, addr, via).await?;
+    let (stream, slot) =
+        super::pool::open_counted(&connector, addr, via, crate::tls::Alpn::None).await?;
     Ok((stream, active, addr, slot))
 }
 

@@ -81,14 +81,16 @@ pub struct Transport {
 }
 
 impl Transport {
-    fn new(c: &config::Cluster) -> Self {
+    fn new(c: &config::Cluster, tls: Option<Arc<crate::tls::ClientTls>>) -> Self {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         c.connect_timeout.hash(&mut h);
         c.pool.hash(&mut h);
         c.per_connection_buffer_limit_bytes.hash(&mut h);
+        // The effective TLS settings (with the discovered SNI), not the configured ones.
+        tls.as_ref().map(|t| &t.settings).hash(&mut h);
         Transport {
             key: h.finish(),
-            connector: Connector::new(c.connect_timeout.get()),
+            connector: Connector::new(c.connect_timeout.get(), tls),
             idle_timeout: c.pool.idle_timeout.get(),
             max_idle: c.pool.max_idle_per_endpoint as usize,
             max_h2_streams: c.pool.max_requests_per_http2_connection,
@@ -142,6 +144,8 @@ pub struct Registry {
     next_version: u64,
     /// The proxy's zone (`node.zone`), for locality preference.
     zone: Option<Arc<str>>,
+    /// Listener and cluster TLS configs, reloaded when their files change.
+    tls: Arc<crate::tls::TlsStore>,
 }
 
 impl Registry {
@@ -149,11 +153,17 @@ impl Registry {
     pub fn new(metrics: Arc<Metrics>, workers: usize) -> Self {
         Registry {
             clusters: HashMap::new(),
+            tls: crate::tls::TlsStore::new(metrics.tls.clone()),
             metrics,
             workers: workers.max(1),
             next_version: 1,
             zone: None,
         }
+    }
+
+    /// The TLS store (listeners' TLS is built through it too).
+    pub fn tls(&self) -> &Arc<crate::tls::TlsStore> {
+        &self.tls
     }
 
     /// Sets the proxy's zone (`node.zone`; at start, before any cluster is configured).
@@ -193,8 +203,9 @@ impl Registry {
         self.clusters.get(name)
     }
 
-    /// Sets a cluster's settings (its `endpoints` field is ignored).
-    pub fn set_settings(&mut self, cfg: &config::Cluster) -> Change {
+    /// Sets a cluster's settings (its `endpoints` field is ignored). Fails, changing nothing,
+    /// when its TLS files cannot be used.
+    pub fn set_settings(&mut self, cfg: &config::Cluster) -> Result<Change, String> {
         let h = self.handle(&cfg.name);
         let old = h.settings();
         let cfg = config::Cluster {
@@ -202,15 +213,30 @@ impl Registry {
             ..cfg.clone()
         };
         if old.as_ref().is_some_and(|o| o.config == cfg) {
-            return Change::Unchanged;
+            return Ok(Change::Unchanged);
         }
+        let tls = match &cfg.tls {
+            Some(t) => {
+                let dns_name = cfg
+                    .discovery
+                    .as_ref()
+                    .and_then(|d| d.names.first())
+                    .map(|n| n.rsplit_once(':').map_or(n.as_str(), |(host, _)| host));
+                Some(
+                    self.tls
+                        .client(t, dns_name)
+                        .map_err(|e| format!("tls: {e}"))?,
+                )
+            }
+            None => None,
+        };
         let lb = LbSettings::new(&cfg, self.zone.as_ref());
         let lb_changed = old
             .as_ref()
             .map(|o| LbSettings::new(&o.config, self.zone.as_ref()))
             != Some(lb.clone());
         let settings = ClusterSettings {
-            transport: Transport::new(&cfg),
+            transport: Transport::new(&cfg, tls),
             config: cfg,
         };
         h.shared
@@ -233,11 +259,11 @@ impl Registry {
             h.endpoints.store(Arc::new(set));
         }
         h.settings.store(Some(Arc::new(settings)));
-        if old.is_some() {
+        Ok(if old.is_some() {
             Change::Updated
         } else {
             Change::Added
-        }
+        })
     }
 
     /// Replaces a cluster's endpoints. Endpoints whose address stays keep their shared state

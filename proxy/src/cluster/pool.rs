@@ -320,7 +320,8 @@ impl EndpointPool {
         upgrades: bool,
         via: Via<'_>,
     ) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
-        let (stream, slot) = open_counted(&self.connector, self.addr, via).await?;
+        let (stream, slot) =
+            open_counted(&self.connector, self.addr, via, crate::tls::Alpn::Http1).await?;
         let io = TokioIo::new(stream);
         // hyper's default limit of 100 response headers: setting any limit explicitly would
         // make it allocate a header vector per response. The read buffer is bounded by the
@@ -435,7 +436,8 @@ impl EndpointPool {
     }
 
     async fn connect_h2(&self, via: Via<'_>) -> Result<H2Conn, ProxyError> {
-        let (stream, slot) = open_counted(&self.connector, self.addr, via).await?;
+        let (stream, slot) =
+            open_counted(&self.connector, self.addr, via, crate::tls::Alpn::Http2).await?;
         let io = TokioIo::new(stream);
         // A stream's window is what the upstream may send that nobody has taken yet: bounded
         // by the buffer limit (never below the protocol default), as is the send buffer.
@@ -495,7 +497,8 @@ pub(crate) async fn open_counted(
     connector: &Connector,
     addr: SocketAddr,
     via: Via<'_>,
-) -> Result<(tokio::net::TcpStream, ConnSlot), ProxyError> {
+    alpn: crate::tls::Alpn,
+) -> Result<(crate::tls::UpstreamIo, ConnSlot), ProxyError> {
     let breakers = &via.shared.breakers;
     if !breakers.pending.try_acquire() {
         return Err(overflow(via, Threshold::Pending));
@@ -505,7 +508,7 @@ pub(crate) async fn open_counted(
         return Err(overflow(via, Threshold::Connections));
     }
     let slot = ConnSlot(Arc::clone(via.shared), Threshold::Connections);
-    let stream = connector.connect(addr, via.metrics).await?;
+    let stream = connector.connect(addr, via.metrics, alpn).await?;
     drop(pending);
     Ok((stream, slot))
 }

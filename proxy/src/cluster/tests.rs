@@ -45,15 +45,15 @@ fn a_handle_outlives_settings_and_endpoint_changes() {
         early.settings().is_none(),
         "known by name before it is configured"
     );
-    assert_eq!(r.set_settings(&cluster("c")), Change::Added);
-    assert_eq!(r.set_settings(&cluster("c")), Change::Unchanged);
+    assert_eq!(r.set_settings(&cluster("c")).unwrap(), Change::Added);
+    assert_eq!(r.set_settings(&cluster("c")).unwrap(), Change::Unchanged);
     assert_eq!(r.set_endpoints(&cla("c", &[1, 2])), Change::Added);
     assert_eq!(r.set_endpoints(&cla("c", &[1, 2])), Change::Unchanged);
     assert!(Arc::ptr_eq(&early, &r.handle("c")));
     assert_eq!(early.endpoints().endpoints.len(), 2);
     let mut slower = cluster("c");
     slower.connect_timeout = sluice_config::Duration::from_secs(5);
-    assert_eq!(r.set_settings(&slower), Change::Updated);
+    assert_eq!(r.set_settings(&slower).unwrap(), Change::Updated);
     assert_eq!(
         early.endpoints().endpoints.len(),
         2,
@@ -66,7 +66,7 @@ fn a_handle_outlives_settings_and_endpoint_changes() {
 #[test]
 fn endpoints_that_stay_keep_their_state() {
     let mut r = registry();
-    r.set_settings(&cluster("c"));
+    r.set_settings(&cluster("c")).unwrap();
     r.set_endpoints(&cla("c", &[1, 2]));
     let before = r.handle("c").endpoints();
     let kept = Arc::clone(&before.get(SocketAddrV4(2)).unwrap().state);
@@ -87,7 +87,7 @@ fn endpoints_that_stay_keep_their_state() {
 fn unreferenced_unconfigured_handles_are_collected() {
     let mut r = registry();
     drop(r.handle("ghost"));
-    r.set_settings(&cluster("kept"));
+    r.set_settings(&cluster("kept")).unwrap();
     let held = r.handle("held");
     r.collect_garbage();
     assert!(r.get("ghost").is_none());
@@ -112,7 +112,7 @@ fn zones_and_balancing_settings_rebuild_the_set_and_the_local_zone_is_preferred(
     let mut r = registry();
     r.set_zone(Some("a"));
     let metrics = Arc::clone(&r.metrics);
-    r.set_settings(&cluster("c"));
+    r.set_settings(&cluster("c")).unwrap();
     let mut zoned = cla("c", &[1, 2, 3, 4, 5, 6]);
     for (i, e) in zoned.endpoints.iter_mut().enumerate() {
         e.zone = Some(if i < 2 { "a" } else { "b" }.into());
@@ -138,7 +138,7 @@ fn zones_and_balancing_settings_rebuild_the_set_and_the_local_zone_is_preferred(
     let before = r.handle("c").endpoints().version;
     let mut hashed = cluster("c");
     hashed.lb_policy = sluice_config::LbPolicy::Maglev;
-    assert_eq!(r.set_settings(&hashed), Change::Updated);
+    assert_eq!(r.set_settings(&hashed).unwrap(), Change::Updated);
     let after = r.handle("c").endpoints();
     assert!(after.version > before);
     assert!(Arc::ptr_eq(&after.endpoints[1].state, &state));

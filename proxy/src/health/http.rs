@@ -33,7 +33,15 @@ impl Client {
     ) -> Result<Client, Failure> {
         let stream = spec
             .connector
-            .connect(addr, &spec.cluster_metrics)
+            .connect(
+                addr,
+                &spec.cluster_metrics,
+                if http2 {
+                    crate::tls::Alpn::Http2
+                } else {
+                    crate::tls::Alpn::Http1
+                },
+            )
             .await
             .map_err(|e| Failure::Connect(e.to_string()))?;
         let io = TokioIo::new(stream);

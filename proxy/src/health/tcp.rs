@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 pub(super) async fn check(spec: &Spec, addr: SocketAddr) -> Result<(), Failure> {
     let stream = spec
         .connector
-        .connect(addr, &spec.cluster_metrics)
+        .connect(addr, &spec.cluster_metrics, crate::tls::Alpn::None)
         .await
         .map_err(|e| Failure::Connect(e.to_string()))?;
     drop(stream);

@@ -232,7 +232,7 @@ impl Fixture {
     }
 
     fn apply(&mut self, hc: Option<&str>, endpoints: &[SocketAddr]) {
-        self.registry.set_settings(&cluster(hc));
+        self.registry.set_settings(&cluster(hc)).unwrap();
         self.registry.set_endpoints(&cla(endpoints));
         self.supervisor.sync(&self.registry, &self.metrics);
     }
@@ -250,7 +250,7 @@ async fn new_endpoints_are_pending_until_checked_and_a_dead_one_stays_out() {
     let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (live, dead) = (up.local_addr().unwrap(), closed_port().await);
     let mut f = Fixture::new();
-    f.registry.set_settings(&cluster(Some(TCP)));
+    f.registry.set_settings(&cluster(Some(TCP))).unwrap();
     f.registry.set_endpoints(&cla(&[live, dead]));
     assert!(
         failed(&f.registry, live) && failed(&f.registry, dead),
@@ -315,7 +315,7 @@ async fn health_is_kept_for_endpoints_that_stay_and_new_ones_are_checked() {
     let mut other = cluster(Some(TCP));
     other.pool.idle_timeout = sluice_config::Duration::from_secs(7);
     assert_eq!(
-        f.registry.set_settings(&other),
+        f.registry.set_settings(&other).unwrap(),
         crate::cluster::Change::Updated
     );
     f.registry.set_endpoints(&cla(&[live, dead, added]));
@@ -378,9 +378,11 @@ async fn changed_settings_restart_the_checker() {
 #[test]
 fn the_no_traffic_interval_applies_until_the_cluster_sees_a_request() {
     let mut f = Fixture::new();
-    f.registry.set_settings(&cluster(Some(
-        "{ tcp: {}, interval: 1s, no_traffic_interval: 1m, interval_jitter_percent: 0 }",
-    )));
+    f.registry
+        .set_settings(&cluster(Some(
+            "{ tcp: {}, interval: 1s, no_traffic_interval: 1m, interval_jitter_percent: 0 }",
+        )))
+        .unwrap();
     let handle = Arc::clone(f.registry.get("c").unwrap());
     let settings = handle.settings().unwrap();
     let key = Key {
@@ -418,7 +420,7 @@ async fn an_address_removed_and_added_back_before_the_checker_looked_is_checked_
 async fn the_endpoint_gauge_counts_every_flag_and_forgets_removed_clusters() {
     let metrics = Arc::new(Metrics::new());
     let mut registry = Registry::new(Arc::clone(&metrics), 1);
-    registry.set_settings(&cluster(None));
+    registry.set_settings(&cluster(None)).unwrap();
     registry.set_endpoints(&cla(&[closed_port().await, closed_port().await]));
     let handle = Arc::clone(registry.get("c").unwrap());
     handle.endpoints().endpoints[0]
@@ -444,7 +446,7 @@ async fn the_endpoint_gauge_counts_every_flag_and_forgets_removed_clusters() {
 /// listens on (each check ends within its 1s timeout, whether refused or timed out).
 async fn checks_in(hc: &str, virtual_secs: u64) -> u64 {
     let mut f = Fixture::new();
-    f.registry.set_settings(&cluster(Some(hc)));
+    f.registry.set_settings(&cluster(Some(hc))).unwrap();
     f.registry.set_endpoints(&cla(&[closed_port().await]));
     let handle = Arc::clone(f.registry.get("c").unwrap());
     let settings = handle.settings().unwrap();

@@ -26,6 +26,8 @@ pub struct TlsInfo {
     pub alpn: Option<Vec<u8>>,
     /// The client certificate's identity (SPIFFE ID), when verified.
     pub peer_identity: Option<String>,
+    /// SHA-256 of the client certificate (DER, lowercase hex), when one was verified.
+    pub peer_cert_sha256: Option<String>,
 }
 
 impl ConnContext {
@@ -36,6 +38,20 @@ impl ConnContext {
             local,
             tls: None,
         }
+    }
+
+    /// Context of a connection whose TLS was terminated.
+    pub fn tls(peer: SocketAddr, local: SocketAddr, tls: TlsInfo) -> Self {
+        ConnContext {
+            peer,
+            local,
+            tls: Some(Box::new(tls)),
+        }
+    }
+
+    /// The verified client SPIFFE ID, if any.
+    pub fn peer_identity(&self) -> Option<&str> {
+        self.tls.as_ref()?.peer_identity.as_deref()
     }
 
     /// `https` when TLS was terminated, else `http`: how the client reached the listener.

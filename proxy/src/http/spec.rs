@@ -44,6 +44,7 @@ impl HttpSpec {
         routes: Arc<RouteTable>,
         s: &config::HttpListener,
         extra_filters: &[Arc<dyn HttpFilter>],
+        tls: Option<&crate::tls::ServerTls>,
     ) -> HttpSpec {
         let mut h1 = http1::Builder::new();
         // hyper parses up to 100 headers in a stack array; an explicit limit (even 100) makes it
@@ -66,7 +67,17 @@ impl HttpSpec {
             .header_read_timeout(None);
         HttpSpec {
             name: name.to_string(),
-            filters: FilterChain::standard(extra_filters, s.generate_request_id, &metrics),
+            filters: FilterChain::standard(
+                extra_filters,
+                crate::http::filters::Identity::new(
+                    &s.authorization,
+                    tls,
+                    Arc::clone(&routes),
+                    metrics.clone(),
+                ),
+                s.generate_request_id,
+                &metrics,
+            ),
             metrics,
             routes,
             settings: s.clone(),

@@ -246,6 +246,9 @@ async fn serve(
     spec.metrics.connections.inc();
     spec.metrics.active.inc();
     match (&spec.kind, current.http.clone()) {
+        (ListenerKind::Http(_), Some(http_current)) if spec.tls.is_some() => {
+            serve_tls(stream, peer, &spec, &current, http_current, worker, drain).await
+        }
         (ListenerKind::Http(http), Some(http_current)) => {
             if let Some(http2) = detect_protocol(&stream, peer, http, &spec).await {
                 let local = current.local_addr(&stream, spec.address);
@@ -259,6 +262,38 @@ async fn serve(
         (ListenerKind::Http(_), None) => {}
     }
     spec.metrics.active.dec();
+}
+
+/// Terminates TLS, then serves HTTP over it: ALPN `h2` is HTTP/2, anything else (or no ALPN)
+/// HTTP/1.1. The handshake is bounded by the listener's `tls.handshake_timeout`.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    spec: &ListenerSpec,
+    current: &Current,
+    http_current: Rc<CurrentSpec>,
+    worker: Rc<Worker>,
+    drain: Drain,
+) {
+    let Some(tls) = &spec.tls else { return };
+    let local = current.local_addr(&stream, spec.address);
+    match crate::tls::accept(stream, tls).await {
+        Ok((stream, info)) => {
+            spec.metrics.tls_handshake("ok");
+            let http2 = info.alpn.as_deref() == Some(b"h2");
+            let ctx = ConnContext::tls(peer, local, info);
+            let conn = HttpConn::new(worker, drain, ctx, http_current, http2);
+            crate::http::server::serve(stream, conn).await;
+        }
+        Err(crate::tls::AcceptError::Timeout) => {
+            spec.metrics.tls_handshake("timeout");
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
+        Err(crate::tls::AcceptError::Failed(e)) => {
+            spec.metrics.tls_handshake("failed");
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+    }
 }
 
 /// Waits (within the header timeout) for the first bytes and tells HTTP/2 (the client preface)

@@ -20,6 +20,8 @@ pub struct ListenerSpec {
     pub address: SocketAddr,
     /// HTTP or TCP.
     pub kind: ListenerKind,
+    /// TLS terminated in front of the HTTP server.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Metric handles.
     pub metrics: ListenerMetrics,
 }
@@ -43,14 +45,19 @@ pub struct TcpSpec {
 }
 
 impl ListenerSpec {
-    /// Compiles a listener; `route_table` resolves its HTTP route table by name.
+    /// Compiles a listener; `route_table` resolves its HTTP route table by name. Fails when its
+    /// TLS files cannot be used.
     pub fn compile(
         l: &config::Listener,
         route_table: impl FnOnce(&str) -> Arc<RouteTable>,
         clusters: &mut Registry,
         metrics: &Metrics,
         filters: &[Arc<dyn HttpFilter>],
-    ) -> ListenerSpec {
+    ) -> Result<ListenerSpec, String> {
+        let tls = match &l.tls {
+            Some(t) => Some(clusters.tls().server(t).map_err(|e| format!("tls: {e}"))?),
+            None => None,
+        };
         let kind = match &l.kind {
             config::ListenerKind::Http(h) => ListenerKind::Http(Arc::new(HttpSpec::compile(
                 &l.name,
@@ -58,18 +65,20 @@ impl ListenerSpec {
                 route_table(&h.route_table),
                 h,
                 filters,
+                tls.as_deref(),
             ))),
             config::ListenerKind::Tcp(t) => ListenerKind::Tcp(TcpSpec {
                 cluster: clusters.handle(&t.cluster),
                 idle_timeout: (!t.idle_timeout.is_zero()).then(|| t.idle_timeout.get()),
             }),
         };
-        ListenerSpec {
+        Ok(ListenerSpec {
             name: l.name.clone(),
             address: l.address,
             kind,
+            tls,
             metrics: metrics.listener(&l.name),
-        }
+        })
     }
 
     /// `"http"` or `"tcp"`.

@@ -83,6 +83,8 @@ pub struct Route {
     pub response_headers: HeaderOps,
     /// Fault injection (read by the fault filter).
     pub fault: Option<Box<config::Fault>>,
+    /// Who may use it (read by the identity filter); `None`: everyone.
+    pub authorization: Option<Box<crate::http::filters::Policy>>,
 }
 
 impl RouteTable {
@@ -123,6 +125,7 @@ impl RouteTable {
                         request_headers: HeaderOps::compile(&r.request_headers)?,
                         response_headers: HeaderOps::compile(&r.response_headers)?,
                         fault: r.fault.clone().map(Box::new),
+                        authorization: crate::http::filters::Policy::compile(&r.authorization),
                     })
                 })
                 .collect::<Result<_, CompileError>>()?;
@@ -139,6 +142,13 @@ impl RouteTable {
             hosts,
             virtual_hosts,
         })
+    }
+
+    /// The virtual host a host name (or SNI) picks.
+    pub fn virtual_host_for(&self, host: &str) -> Option<&VirtualHost> {
+        self.hosts
+            .find(host)
+            .and_then(|i| self.virtual_hosts.get(i))
     }
 
     /// The virtual host and first route that take `req`, or `None` (answered with 404).

@@ -11,7 +11,7 @@ fn table(yaml: &str) -> RouteTable {
     let cfg = sluice_config::parse(&src, "t.yaml").unwrap_or_else(|e| panic!("{e}\n{src}"));
     let mut clusters = crate::cluster::Registry::new(std::sync::Arc::new(Metrics::new()), 1);
     for c in &cfg.clusters {
-        clusters.set_settings(c);
+        clusters.set_settings(c).unwrap();
     }
     RouteTable::compile(&cfg.route_tables[0], &mut clusters).unwrap()
 }

@@ -174,8 +174,16 @@ impl Writer {
             if let Some(Resource::Listener(l)) =
                 self.resources.get(&(ResourceType::Listener, name.clone()))
             {
-                let spec = self.compile_listener(&l.clone());
-                self.listeners.insert(name, Arc::new(spec));
+                // Its TLS is live (held by the current spec), so only a bug fails here; the
+                // listener then keeps its current settings.
+                match self.compile_listener(&l.clone()) {
+                    Ok(spec) => {
+                        self.listeners.insert(name, Arc::new(spec));
+                    }
+                    Err(e) => {
+                        tracing::error!(listener = %name, error = %e, "listener not recompiled")
+                    }
+                }
             }
         }
         self.registry.collect_garbage();
@@ -214,7 +222,7 @@ impl Writer {
             Change::Added
         };
         match r {
-            Resource::Cluster(c) => Ok(self.registry.set_settings(c)),
+            Resource::Cluster(c) => self.registry.set_settings(c),
             Resource::Endpoints(e) => Ok(self.registry.set_endpoints(e)),
             Resource::RouteTable(t) => {
                 let table =
@@ -224,7 +232,7 @@ impl Writer {
                 Ok(change)
             }
             Resource::Listener(l) => {
-                let spec = self.compile_listener(l);
+                let spec = self.compile_listener(l)?;
                 let previous = self.listeners.get(&l.name);
                 self.reconciler
                     .prepare(&spec, previous.map(|p| &**p))
@@ -258,7 +266,7 @@ impl Writer {
         }
     }
 
-    fn compile_listener(&mut self, l: &config::Listener) -> ListenerSpec {
+    fn compile_listener(&mut self, l: &config::Listener) -> Result<ListenerSpec, String> {
         let tables = &mut self.route_tables;
         ListenerSpec::compile(
             l,

@@ -11,11 +11,13 @@
 mod fault;
 mod forwarded;
 mod header_ops;
+mod identity;
 mod request_id;
 
 pub use fault::{Fault, FaultCounters, FaultMetrics};
 pub use forwarded::Forwarded;
 pub use header_ops::HeaderOps;
+pub use identity::{Identity, Policy};
 pub use request_id::RequestId;
 
 use crate::http::ConnContext;
@@ -160,14 +162,17 @@ impl FilterChain {
     }
 
     /// The standard chain of an HTTP listener: `extra` (embedders' and tests' filters) first,
-    /// then fault injection (first of the configured filters, as Envoy requires), header
+    /// then identity (421, authorization, `x-forwarded-client-cert`: nothing else runs for a
+    /// request it refuses), fault injection (first of the rest, as Envoy requires), header
     /// operations, `x-forwarded-*`, and request ids when enabled.
     pub fn standard(
         extra: &[Arc<dyn HttpFilter>],
+        identity: Identity,
         request_ids: bool,
         metrics: &ListenerMetrics,
     ) -> Self {
         let mut filters: Vec<Arc<dyn HttpFilter>> = extra.to_vec();
+        filters.push(Arc::new(identity));
         filters.push(Arc::new(Fault::new(metrics.clone())));
         filters.push(Arc::new(HeaderOps));
         filters.push(Arc::new(Forwarded));

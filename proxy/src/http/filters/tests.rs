@@ -14,7 +14,15 @@ impl HttpFilter for Tracks {
 #[test]
 fn the_chain_knows_whether_completion_is_tracked() {
     let metrics = crate::metrics::Metrics::new().listener("l");
-    assert!(!FilterChain::standard(&[], true, &metrics).wants_completion());
+    let identity = || {
+        Identity::new(
+            &Default::default(),
+            None,
+            Arc::new(crate::route::RouteTable::empty("t")),
+            metrics.clone(),
+        )
+    };
+    assert!(!FilterChain::standard(&[], identity(), true, &metrics).wants_completion());
     let with: Vec<Arc<dyn HttpFilter>> = vec![Arc::new(Tracks)];
-    assert!(FilterChain::standard(&with, false, &metrics).wants_completion());
+    assert!(FilterChain::standard(&with, identity(), false, &metrics).wants_completion());
 }

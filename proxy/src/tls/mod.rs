@@ -1,0 +1,433 @@
+//! TLS: termination on listeners and origination to clusters (rustls with the aws-lc-rs
+//! provider, TLS 1.2 and 1.3 only), certificate rotation and expiry.
+//!
+//! The [`TlsStore`] is shared by the writer (which asks it for a listener's or a cluster's TLS
+//! when compiling them) and a reload thread. Each distinct `tls` block gets one entry whose
+//! rustls config sits behind an `ArcSwap`: a handshake loads the current one, so a reload swaps
+//! it in without touching a connection already established. The store watches the
+//! directories of every file it read (a Kubernetes secret volume swaps a symlink, so the file
+//! itself is not what changes); when a file's bytes change, the entries using it are rebuilt
+//! whole. A rebuilt server config has new session tickets and a new session cache, and a
+//! rebuilt client config a new resumption store, so a changed trust bundle cannot be bypassed
+//! by resuming a session established under the old one. A rebuild that fails (a key written
+//! before its certificate, say) keeps the last good config and is retried on the next change.
+
+mod client;
+mod load;
+mod server;
+mod stream;
+
+pub(crate) use load::CertInfo;
+pub(crate) use stream::{AcceptError, Alpn, UpstreamIo, accept};
+
+use crate::metrics::TlsMetrics;
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::ServerName;
+use sluice_config::{DownstreamTls, TlsVersion, UpstreamTls};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::time::{Duration, SystemTime};
+
+/// The aws-lc-rs provider (one per process).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())))
+}
+
+fn versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    match min {
+        TlsVersion::Tls12 => rustls::ALL_VERSIONS,
+        TlsVersion::Tls13 => &TLS13_ONLY,
+    }
+}
+
+/// A built config with what it was built from.
+#[derive(Debug)]
+struct Loaded<T> {
+    config: Option<Arc<T>>,
+    /// Every file read, with its bytes.
+    files: Vec<(PathBuf, Vec<u8>)>,
+    /// The certificates offered (leaf details), by file.
+    certs: Vec<(PathBuf, CertInfo)>,
+}
+
+impl<T> Default for Loaded<T> {
+    fn default() -> Self {
+        Loaded {
+            config: None,
+            files: Vec::new(),
+            certs: Vec::new(),
+        }
+    }
+}
+
+impl<T> Loaded<T> {
+    fn read(&mut self, path: &Path) -> Result<Vec<u8>, String> {
+        let bytes = load::read(path)?;
+        self.files.push((path.to_path_buf(), bytes.clone()));
+        Ok(bytes)
+    }
+}
+
+/// One `tls` block's live config.
+#[derive(Debug)]
+pub(crate) struct Entry<T> {
+    current: ArcSwap<T>,
+    state: Mutex<EntryState>,
+}
+
+#[derive(Debug)]
+struct EntryState {
+    files: Vec<(PathBuf, Vec<u8>)>,
+    certs: Vec<(PathBuf, CertInfo)>,
+}
+
+impl<T> Entry<T> {
+    fn new(loaded: Loaded<T>) -> Result<Self, String> {
+        let config = loaded.config.ok_or("TLS config not built")?;
+        Ok(Entry {
+            current: ArcSwap::new(config),
+            state: Mutex::new(EntryState {
+                files: loaded.files,
+                certs: loaded.certs,
+            }),
+        })
+    }
+
+    /// The config for the next handshake.
+    pub(crate) fn current(&self) -> Arc<T> {
+        self.current.load_full()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, EntryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True when some file it was built from now reads differently.
+    fn stale(&self) -> bool {
+        self.state()
+            .files
+            .iter()
+            .any(|(path, bytes)| std::fs::read(path).ok().as_ref() != Some(bytes))
+    }
+
+    fn replace(&self, loaded: Loaded<T>) {
+        if let Some(config) = loaded.config {
+            self.current.store(config);
+            let mut s = self.state();
+            s.files = loaded.files;
+            s.certs = loaded.certs;
+        }
+    }
+
+    fn dirs(&self) -> Vec<PathBuf> {
+        self.state().files.iter().map(|(p, _)| parent(p)).collect()
+    }
+}
+
+fn parent(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A listener's TLS.
+#[derive(Debug)]
+pub struct ServerTls {
+    /// The settings it was built from.
+    pub settings: DownstreamTls,
+    pub(crate) entry: Entry<rustls::ServerConfig>,
+    /// This proxy's own SPIFFE ID (the default certificate's), for `x-forwarded-client-cert`.
+    pub(crate) identity: Option<String>,
+}
+
+/// A cluster's TLS.
+#[derive(Debug)]
+pub struct ClientTls {
+    /// The settings it was built from.
+    pub settings: UpstreamTls,
+    pub(crate) entry: Entry<client::ClientConfigs>,
+    /// The name sent in SNI and checked (an IP address when only SANs are checked: no SNI).
+    pub(crate) server_name: Option<ServerName<'static>>,
+}
+
+/// Every live listener and cluster TLS config, and their reloading.
+#[derive(Debug)]
+pub struct TlsStore {
+    inner: Mutex<Inner>,
+    metrics: TlsMetrics,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    servers: HashMap<DownstreamTls, Weak<ServerTls>>,
+    clients: HashMap<UpstreamTls, Weak<ClientTls>>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: HashSet<PathBuf>,
+    /// Wakes the reload thread (started with the first watch).
+    wake: Option<mpsc::Sender<()>>,
+}
+
+/// How often expiry is re-exported and warned about.
+const EXPIRY_TICK: Duration = Duration::from_secs(30);
+/// Certificates expiring sooner than this are warned about.
+const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Burst of file events folded into one reload.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+impl TlsStore {
+    /// An empty store exporting to `metrics`.
+    pub fn new(metrics: TlsMetrics) -> Arc<Self> {
+        Arc::new(TlsStore {
+            inner: Mutex::default(),
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The TLS of a listener with these settings (shared with any other listener using the
+    /// same settings), reading its files if it is new.
+    pub fn server(self: &Arc<Self>, cfg: &DownstreamTls) -> Result<Arc<ServerTls>, String> {
+        if let Some(s) = self.lock().servers.get(cfg).and_then(Weak::upgrade) {
+            return Ok(s);
+        }
+        let loaded = server::build(cfg)?;
+        let identity = loaded
+            .certs
+            .first()
+            .and_then(|(_, i)| i.spiffe_id().map(str::to_string));
+        let tls = Arc::new(ServerTls {
+            settings: cfg.clone(),
+            entry: Entry::new(loaded)?,
+            identity,
+        });
+        self.warn_expiry(&tls.entry);
+        let dirs = tls.entry.dirs();
+        let mut inner = self.lock();
+        inner.servers.retain(|_, w| w.strong_count() > 0);
+        inner.servers.insert(cfg.clone(), Arc::downgrade(&tls));
+        self.watch(&mut inner, dirs);
+        drop(inner);
+        self.export_expiry();
+        Ok(tls)
+    }
+
+    /// The TLS of a cluster with these settings; `dns_name` is the discovered host name (the
+    /// default SNI).
+    pub fn client(
+        self: &Arc<Self>,
+        cfg: &UpstreamTls,
+        dns_name: Option<&str>,
+    ) -> Result<Arc<ClientTls>, String> {
+        let mut key = cfg.clone();
+        if key.sni.is_none() {
+            key.sni = dns_name.map(str::to_string);
+        }
+        if let Some(c) = self.lock().clients.get(&key).and_then(Weak::upgrade) {
+            return Ok(c);
+        }
+        let server_name = match &key.sni {
+            Some(n) => Some(
+                ServerName::try_from(n.clone()).map_err(|_| format!("`{n}` is not a DNS name"))?,
+            ),
+            None => None,
+        };
+        let loaded = client::build(&key)?;
+        let tls = Arc::new(ClientTls {
+            settings: key.clone(),
+            entry: Entry::new(loaded)?,
+            server_name,
+        });
+        self.warn_expiry(&tls.entry);
+        let dirs = tls.entry.dirs();
+        let mut inner = self.lock();
+        inner.clients.retain(|_, w| w.strong_count() > 0);
+        inner.clients.insert(key, Arc::downgrade(&tls));
+        self.watch(&mut inner, dirs);
+        drop(inner);
+        self.export_expiry();
+        Ok(tls)
+    }
+
+    /// Watches `dirs` (starting the watcher and the reload thread the first time).
+    fn watch(self: &Arc<Self>, inner: &mut Inner, dirs: Vec<PathBuf>) {
+        use notify::Watcher;
+        if inner.watcher.is_none() {
+            let (tx, rx) = mpsc::channel();
+            let events = tx.clone();
+            let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+                if ev.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = events.send(());
+                }
+            });
+            match watcher {
+                Ok(w) => inner.watcher = Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch TLS files; certificates will not be reloaded");
+                    return;
+                }
+            }
+            inner.wake = Some(tx);
+            let store = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new()
+                .name("sluice-tls".into())
+                .spawn(move || reload_thread(store, rx));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the TLS reload thread");
+            }
+        }
+        for dir in dirs {
+            if inner.watched.contains(&dir) {
+                continue;
+            }
+            let Some(w) = inner.watcher.as_mut() else {
+                return;
+            };
+            match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    inner.watched.insert(dir);
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch TLS file directory")
+                }
+            }
+        }
+    }
+
+    /// Rebuilds every live entry whose files changed.
+    pub fn reload(&self) {
+        let (servers, clients) = {
+            let inner = self.lock();
+            (
+                inner
+                    .servers
+                    .values()
+                    .filter_map(Weak::upgrade)
+                    .collect::<Vec<_>>(),
+                inner
+                    .clients
+                    .values()
+                    .filter_map(Weak::upgrade)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        for s in servers.iter().filter(|s| s.entry.stale()) {
+            self.finish_reload("listener", server::build(&s.settings), &s.entry);
+        }
+        for c in clients.iter().filter(|c| c.entry.stale()) {
+            self.finish_reload("cluster", client::build(&c.settings), &c.entry);
+        }
+        self.export_expiry();
+    }
+
+    fn finish_reload<T>(&self, side: &'static str, built: Result<Loaded<T>, String>, e: &Entry<T>) {
+        match built {
+            Ok(loaded) => {
+                let files: Vec<String> = loaded
+                    .files
+                    .iter()
+                    .map(|(p, _)| p.display().to_string())
+                    .collect();
+                e.replace(loaded);
+                self.warn_expiry(e);
+                self.metrics.reload(true);
+                tracing::info!(side, files = ?files, "TLS certificates reloaded");
+            }
+            Err(error) => {
+                self.metrics.reload(false);
+                tracing::warn!(side, %error, "TLS reload failed; keeping the last good certificates");
+            }
+        }
+    }
+
+    fn warn_expiry<T>(&self, e: &Entry<T>) {
+        let now = unix_now();
+        for (path, info) in &e.state().certs {
+            let left = info.not_after - now;
+            if left <= 0 {
+                tracing::error!(cert = %path.display(), expired_secs_ago = -left, "TLS certificate has expired");
+            } else if left < EXPIRY_WARNING.as_secs() as i64 {
+                tracing::warn!(cert = %path.display(), expires_in_secs = left, "TLS certificate expires soon");
+            }
+            if info.not_before > now {
+                tracing::warn!(cert = %path.display(), "TLS certificate is not valid yet");
+            }
+        }
+    }
+
+    /// Sets `sluice_tls_certificate_expiry_seconds` for every live certificate and removes
+    /// those no longer used.
+    fn export_expiry(&self) {
+        let now = unix_now();
+        let mut live: HashMap<String, i64> = HashMap::new();
+        {
+            let inner = self.lock();
+            let mut add = |certs: &[(PathBuf, CertInfo)]| {
+                for (p, i) in certs {
+                    live.insert(p.display().to_string(), i.not_after - now);
+                }
+            };
+            for s in inner.servers.values().filter_map(Weak::upgrade) {
+                add(&s.entry.state().certs);
+            }
+            for c in inner.clients.values().filter_map(Weak::upgrade) {
+                add(&c.entry.state().certs);
+            }
+        }
+        self.metrics.set_expiry(live);
+    }
+
+    /// The periodic expiry duties.
+    fn tick(&self) {
+        let entries: Vec<Arc<ServerTls>> = self
+            .lock()
+            .servers
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let now = unix_now();
+        for s in &entries {
+            for (path, info) in &s.entry.state().certs {
+                let left = info.not_after - now;
+                // Once a day per certificate (ticks are 30 s apart).
+                if left < EXPIRY_WARNING.as_secs() as i64 && left % 86_400 < 30 {
+                    tracing::warn!(cert = %path.display(), expires_in_secs = left, "TLS certificate expires soon");
+                }
+            }
+        }
+        self.export_expiry();
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Folds bursts of file events into one reload; re-exports expiry every tick. Ends when the
+/// store (and with it the watcher and the channel's senders) is gone.
+fn reload_thread(store: Weak<TlsStore>, rx: mpsc::Receiver<()>) {
+    loop {
+        match rx.recv_timeout(EXPIRY_TICK) {
+            Ok(()) => {
+                // More events of the same write (create, modify, rename) come within the burst.
+                while rx.recv_timeout(DEBOUNCE).is_ok() {}
+                let Some(s) = store.upgrade() else { return };
+                s.reload();
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let Some(s) = store.upgrade() else { return };
+                s.tick();
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
