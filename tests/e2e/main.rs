@@ -23,5 +23,6 @@ mod resources;
 mod routing;
 mod stream;
 mod support;
+mod tls;
 mod translate;
 mod upgrade_tcp;
