@@ -50,7 +50,7 @@ pub use lb::{
 };
 pub use listener::{
     EscapedSlashes, Http2Settings, HttpListener, Listener, ListenerKind, PathNormalization,
-    TcpListener, Trust, UnderscoreAction,
+    SniRoute, TcpListener, Trust, UnderscoreAction,
 };
 pub use locate::{Position, PositionIndex};
 pub use raw::{RawConfig, RawListener, RawRoute, RawRouteTable, RawVirtualHost};

@@ -4,11 +4,13 @@
 
 pub(crate) mod detect;
 mod reconcile;
+mod sni;
 mod spec;
 mod tcp;
 
 pub use reconcile::{BoundListener, Command, Reconciler, WorkerSink};
 pub use spec::{ListenerKind, ListenerSpec, TcpSpec};
+pub use sni::SniRoutes;
 
 use crate::drain::Drain;
 use crate::http::{ConnContext, CurrentSpec, HttpConn, HttpSpec};
