@@ -547,7 +547,10 @@ fn tls_passthrough_listener_and_defaults() {
     };
     assert_eq!(t.cluster, None);
     assert_eq!(t.sni.len(), 2);
-    assert_eq!(t.tls_inspector_timeout.get(), std::time::Duration::from_secs(5));
+    assert_eq!(
+        t.tls_inspector_timeout.get(),
+        std::time::Duration::from_secs(5)
+    );
     assert_eq!(t.clusters().collect::<Vec<_>>(), ["a", "b"]);
     // Round trip keeps the routes and the absent default.
     let text = serde_yaml_ng::to_string(&c).unwrap();
@@ -561,7 +564,10 @@ fn tls_passthrough_listener_and_defaults() {
         panic!("not tcp")
     };
     assert_eq!(t.cluster.as_deref(), Some("web"));
-    assert_eq!(t.tls_inspector_timeout.get(), std::time::Duration::from_millis(300));
+    assert_eq!(
+        t.tls_inspector_timeout.get(),
+        std::time::Duration::from_millis(300)
+    );
 }
 
 #[test]

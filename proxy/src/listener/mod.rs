@@ -9,8 +9,8 @@ mod spec;
 mod tcp;
 
 pub use reconcile::{BoundListener, Command, Reconciler, WorkerSink};
-pub use spec::{ListenerKind, ListenerSpec, TcpSpec};
 pub use sni::SniRoutes;
+pub use spec::{ListenerKind, ListenerSpec, TcpSpec};
 
 use crate::drain::Drain;
 use crate::http::{ConnContext, CurrentSpec, HttpConn, HttpSpec};

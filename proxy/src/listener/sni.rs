@@ -70,10 +70,10 @@ pub(crate) fn inspect(buf: &[u8]) -> Inspected {
         Some(3) => {}
         Some(_) => return Inspected::NotTls,
     }
-    let Some(header) = buf.get(..5) else {
+    let Some(&[_, _, _, hi, lo]) = buf.get(..5) else {
         return Inspected::Incomplete;
     };
-    let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    let len = usize::from(u16::from_be_bytes([hi, lo]));
     if len == 0 || len > MAX_RECORD_BODY {
         return Inspected::Malformed;
     }
@@ -107,7 +107,9 @@ impl<'a> Reader<'a> {
     }
     fn u24(&mut self) -> Option<usize> {
         let b = self.bytes(3)?;
-        Some(usize::from(*b.first()?) << 16 | usize::from(*b.get(1)?) << 8 | usize::from(*b.get(2)?))
+        Some(
+            usize::from(*b.first()?) << 16 | usize::from(*b.get(1)?) << 8 | usize::from(*b.get(2)?),
+        )
     }
     /// A vector with a one-byte length.
     fn vec8(&mut self) -> Option<Reader<'a>> {

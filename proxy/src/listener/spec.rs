@@ -43,7 +43,7 @@ pub struct TcpSpec {
     /// Idle timeout, if any.
     pub idle_timeout: Option<Duration>,
     /// TLS passthrough routes by server name, if any.
-    pub sni: Option<SniRoutes>,
+    pub sni: Option<Box<SniRoutes>>,
 }
 
 impl ListenerSpec {
@@ -66,7 +66,7 @@ impl ListenerSpec {
             config::ListenerKind::Tcp(t) => ListenerKind::Tcp(TcpSpec {
                 cluster: t.cluster.as_deref().map(|c| clusters.handle(c)),
                 idle_timeout: (!t.idle_timeout.is_zero()).then(|| t.idle_timeout.get()),
-                sni: SniRoutes::compile(&l.name, t, clusters, metrics),
+                sni: SniRoutes::compile(&l.name, t, clusters, metrics).map(Box::new),
             }),
         };
         ListenerSpec {

@@ -39,8 +39,7 @@ pub(super) async fn proxy(
     // No cluster: a passthrough listener without a default (the decision was counted and
     // logged by `pick`).
     let Some(cluster) = cluster else { return };
-    let (mut upstream, _active, addr, _slot) = match call::connect_tcp(cluster, worker.id).await
-    {
+    let (mut upstream, _active, addr, _slot) = match call::connect_tcp(cluster, worker.id).await {
         Ok(c) => c,
         // No cluster or no endpoint is a config problem (warned, as before); connect failures
         // are counted on the cluster by the connector.
@@ -107,8 +106,12 @@ fn pick<'a>(
         tcp.cluster.as_ref()
     };
     match default {
-        Some(c) => tracing::debug!(listener = %spec.name, %peer, reason = why.as_str(), cluster = %c.name, "tls passthrough: to the default cluster"),
-        None => tracing::debug!(listener = %spec.name, %peer, reason = why.as_str(), "tls passthrough: connection closed (no default cluster)"),
+        Some(c) => {
+            tracing::debug!(listener = %spec.name, %peer, reason = why.as_str(), cluster = %c.name, "tls passthrough: to the default cluster")
+        }
+        None => {
+            tracing::debug!(listener = %spec.name, %peer, reason = why.as_str(), "tls passthrough: connection closed (no default cluster)")
+        }
     }
     default
 }

@@ -57,12 +57,19 @@ fn reads_server_name_and_alpn_of_a_real_client_hello() {
 #[test]
 fn every_truncation_of_a_real_client_hello_asks_for_more() {
     for n in 0..OPENSSL_HELLO.len() {
-        assert_eq!(inspect(&OPENSSL_HELLO[..n]), Inspected::Incomplete, "{n} bytes");
+        assert_eq!(
+            inspect(&OPENSSL_HELLO[..n]),
+            Inspected::Incomplete,
+            "{n} bytes"
+        );
     }
     // Bytes after the record (the client's next flight) change nothing.
     let mut more = OPENSSL_HELLO.to_vec();
     more.extend_from_slice(b"\x14\x03\x03\x00\x01\x01");
-    assert_eq!(inspect(&more), hello(Some("a.example"), &["h2", "http/1.1"]));
+    assert_eq!(
+        inspect(&more),
+        hello(Some("a.example"), &["h2", "http/1.1"])
+    );
 }
 
 #[test]
@@ -107,10 +114,7 @@ fn synthetic_client_hellos() {
     let mut other = sni_ext(b"a.example");
     other.1[2] = 1;
     assert_eq!(inspect(&build(&[other])), hello(None, &[]));
-    assert_eq!(
-        inspect(&build(&[sni_ext(b"a b")])),
-        Inspected::Malformed
-    );
+    assert_eq!(inspect(&build(&[sni_ext(b"a b")])), Inspected::Malformed);
     assert_eq!(inspect(&build(&[sni_ext(b"")])), Inspected::Malformed);
     assert_eq!(
         inspect(&build(&[sni_ext(b"a.example"), sni_ext(b"b.example")])),
@@ -219,11 +223,9 @@ fn routes_exact_first_then_the_longest_wildcard() {
         "{text}"
     );
     routes.unmatched(Unmatched::NoSni);
-    assert!(
-        metrics
-            .encode_text()
-            .contains("sluice_tcp_sni_unmatched_total{listener=\"l\",reason=\"no_sni\",action=\"closed\"} 1")
-    );
+    assert!(metrics.encode_text().contains(
+        "sluice_tcp_sni_unmatched_total{listener=\"l\",reason=\"no_sni\",action=\"closed\"} 1"
+    ));
     assert_eq!(routes.timeout, Duration::from_secs(5));
 }
 
