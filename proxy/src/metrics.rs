@@ -680,7 +680,7 @@ impl SniMetrics {
         );
         registry.register(
             "tcp_sni_unmatched",
-            "TLS passthrough connections no server name routed, by listener, reason (no_sni, no_match, not_tls, malformed, timeout, client_closed) and action (default: to the listener's cluster; closed)",
+            "TLS passthrough connections no server name routed, by listener, reason (no_sni, no_match, not_tls, malformed, timeout, client_closed) and action (default: to the listener's cluster; closed: no default, or client_closed: the client ended or reset the connection before sending a byte)",
             self.unmatched.clone(),
         );
     }
@@ -700,6 +700,12 @@ impl SniMetrics {
         LabelledCounters {
             values: SNI_UNMATCHED_REASONS,
             counters: SNI_UNMATCHED_REASONS.map(|r| {
+                // A client that left before a byte is never forwarded.
+                let action = if r == "client_closed" {
+                    "closed"
+                } else {
+                    action
+                };
                 self.unmatched
                     .get_or_create(&vec![
                         ("listener", listener.to_string()),

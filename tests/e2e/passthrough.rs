@@ -243,6 +243,12 @@ fn plain_tcp_and_silent_clients_go_to_the_default() {
     let mut got = [0u8; 5];
     c.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"late\n");
+    // A client that leaves before a byte is closed, not forwarded, default or not.
+    drop(TcpStream::connect(mixed).unwrap());
+    let left = r#"sluice_tcp_sni_unmatched_total{listener="mixed",reason="client_closed",action="closed"}"#;
+    eventually("the early close", || {
+        (metric(&s.proxy, left) == 1.0).then_some(())
+    });
     assert_eq!(
         metric(
             &s.proxy,

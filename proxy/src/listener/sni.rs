@@ -235,7 +235,8 @@ pub(crate) enum Unmatched {
     Malformed,
     /// No decision within `tls_inspector_timeout`.
     Timeout,
-    /// The client closed before sending a byte.
+    /// The client closed before sending a byte, or its connection failed before a decision
+    /// (always closed, never forwarded).
     ClientClosed,
 }
 

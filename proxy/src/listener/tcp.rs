@@ -31,7 +31,8 @@ pub(super) async fn proxy(
                 (cluster, prefix)
             }
             Err(e) => {
-                tracing::debug!(listener = %spec.name, %peer, error = %e, "tls inspector: read failed");
+                routes.unmatched(Unmatched::ClientClosed);
+                tracing::debug!(listener = %spec.name, %peer, error = %e, "tls passthrough: read failed before a decision; connection closed");
                 return;
             }
         },
@@ -110,7 +111,7 @@ fn pick<'a>(
             tracing::debug!(listener = %spec.name, %peer, reason = why.as_str(), cluster = %c.name, "tls passthrough: to the default cluster")
         }
         None => {
-            tracing::debug!(listener = %spec.name, %peer, reason = why.as_str(), "tls passthrough: connection closed (no default cluster)")
+            tracing::debug!(listener = %spec.name, %peer, reason = why.as_str(), "tls passthrough: connection closed (no default cluster, or the client left)")
         }
     }
     default
