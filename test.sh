@@ -10,6 +10,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# The TLS passthrough tests' backends and client (openssl req, s_server, s_client).
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 # The DNS discovery tests' local DNS server (tests/e2e/dns_server.py).
 /usr/bin/python3 -c 'import dnslib' >/dev/null 2>&1 || need+=(python3-dnslib)

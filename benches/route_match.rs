@@ -76,7 +76,7 @@ fn build(n: usize, catch_all: bool) -> RouteTable {
     let metrics = std::sync::Arc::new(sluice_proxy::metrics::Metrics::new());
     let mut clusters = sluice_proxy::cluster::Registry::new(metrics, 1);
     for c in &cfg.clusters {
-        clusters.set_settings(c);
+        clusters.set_settings(c).expect("cluster settings");
     }
     RouteTable::compile(&cfg.route_tables[0], &mut clusters).expect("route table compiles")
 }

@@ -14,7 +14,7 @@ pub(crate) fn prepare() -> anyhow::Result<Source> {
         .listeners
         .iter()
         .filter_map(|l| match &l.kind {
-            sluice_config::ListenerKind::Tcp(t) => Some(t.cluster.as_str()),
+            sluice_config::ListenerKind::Tcp(t) => t.cluster.as_deref(),
             sluice_config::ListenerKind::Http(_) => None,
         })
         .collect();

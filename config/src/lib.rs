@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`Listener`] with `http` | `Listener` + one filter chain with an `HttpConnectionManager` (`rds.route_config_name` = `route_table`) |
 //! | [`Listener`] with `tcp` | `Listener` + one filter chain with a `TcpProxy` (`cluster`) |
+//! | [`Listener`] with `tcp.sni` ([`SniRoute`]) | `Listener` with the `tls_inspector` listener filter (`tls_inspector_timeout`: Envoy's listener filter timeout) and one filter chain per route (`filter_chain_match.server_names`, each a `TcpProxy`), `tcp.cluster` as the default filter chain |
 //! | [`RouteTable`] | `RouteConfiguration` |
 //! | [`VirtualHost`] | `VirtualHost` (`domains`, `routes`, `request_headers_to_add/remove`) |
 //! | [`Route`] `cluster`/`weighted_clusters`/`rewrite`/`timeout` | `Route.route` (`RouteAction`: `cluster`, `weighted_clusters`, `prefix_rewrite`, `regex_rewrite`, `host_rewrite_literal`, `timeout`) |
@@ -51,7 +52,7 @@ pub use lb::{
 };
 pub use listener::{
     EscapedSlashes, Http2Settings, HttpListener, Listener, ListenerKind, PathNormalization,
-    TcpListener, Trust, UnderscoreAction,
+    SniRoute, TcpListener, Trust, UnderscoreAction,
 };
 pub use locate::{Position, PositionIndex};
 pub use raw::{RawConfig, RawListener, RawRoute, RawRouteTable, RawVirtualHost};

@@ -260,16 +260,62 @@ impl Default for Http2Settings {
     }
 }
 
-/// Raw TCP proxying (Envoy `TcpProxy`).
+/// Raw TCP proxying (Envoy `TcpProxy`), optionally routed by the TLS server name the client
+/// asks for without terminating TLS (TLS passthrough: Envoy's `tls_inspector` listener filter
+/// with one filter chain per `filter_chain_match.server_names`).
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpListener {
-    /// Name of the cluster in `clusters` that receives the connections.
-    pub cluster: String,
+    /// Name of the cluster in `clusters` that receives the connections. Required without `sni`;
+    /// with `sni` it is the default for connections no server name matched (no SNI, not TLS,
+    /// unreadable ClientHello, or `tls_inspector_timeout` passed), and without it those
+    /// connections are closed (counted in `sluice_tcp_sni_unmatched_total`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// A connection with no bytes in either direction for this long is closed. `0s` disables.
     /// Default `1h` (Envoy's default).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// TLS passthrough: routes by the server name (SNI) of the client's ClientHello, which is
+    /// read but not terminated (the bytes go to the upstream unchanged). An exact name wins over
+    /// wildcards, and a longer `*.suffix` over a shorter one; names are case-insensitive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniRoute>,
+    /// With `sni`: how long to wait for the ClientHello (Envoy's `tls_inspector` timeout). On
+    /// expiry the connection goes to `cluster`, or is closed without one. Default `5s`.
+    #[serde(default = "default_tls_inspector_timeout")]
+    pub tls_inspector_timeout: Duration,
+}
+
+/// One TLS passthrough route: connections whose SNI is one of `server_names` go to `cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniRoute {
+    /// Exact names (`api.example.com`) or wildcards (`*.example.com`, matching any name ending
+    /// in `.example.com`, however many labels precede it, but not `example.com` itself).
+    pub server_names: Vec<String>,
+    /// Name of the cluster in `clusters` that receives the matching connections.
+    pub cluster: String,
+}
+
+impl TcpListener {
+    /// A plain TCP listener (no SNI routing) with default settings, proxying to `cluster`.
+    pub fn new(cluster: impl Into<String>) -> Self {
+        TcpListener {
+            cluster: Some(cluster.into()),
+            idle_timeout: default_idle_timeout(),
+            sni: Vec::new(),
+            tls_inspector_timeout: default_tls_inspector_timeout(),
+        }
+    }
+
+    /// Every cluster the listener may send connections to (the default first).
+    pub fn clusters(&self) -> impl Iterator<Item = &str> {
+        self.cluster
+            .as_deref()
+            .into_iter()
+            .chain(self.sni.iter().map(|r| r.cluster.as_str()))
+    }
 }
 
 impl HttpListener {
@@ -306,6 +352,9 @@ fn default_request_header_timeout() -> Duration {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_tls_inspector_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_graceful_close_timeout() -> Duration {
     Duration::from_secs(5)

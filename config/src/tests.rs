@@ -525,3 +525,83 @@ fn path_prefix_is_a_path_specifier() {
     let src = BASE.replace("match: { prefix: / }", "match: { path_prefix: api }");
     assert!(one_error(&src).ends_with("match.path_prefix: must start with '/'"));
 }
+
+/// BASE plus a TCP listener `pass` (line 6 on) with the given body lines (indented 6), and
+/// clusters `a` and `b`.
+fn passthrough(tcp: &str) -> String {
+    format!("{BASE}  - name: a\n    endpoints: [127.0.0.1:9443]\n  - name: b\n    endpoints: [127.0.0.1:9444]\n")
+        .replace(
+            "    http: { route_table: main }\n",
+            &format!("    http: {{ route_table: main }}\n  - name: pass\n    address: 127.0.0.1:8443\n    tcp:\n{tcp}"),
+        )
+}
+
+#[test]
+fn tls_passthrough_listener_and_defaults() {
+    let src = passthrough(
+        "      sni:\n        - { server_names: [a.example, '*.a.example'], cluster: a }\n        - { server_names: [B.Example], cluster: b }\n",
+    );
+    let c = parse(&src, "test.yaml").unwrap();
+    let ListenerKind::Tcp(t) = &c.listeners[1].kind else {
+        panic!("not tcp")
+    };
+    assert_eq!(t.cluster, None);
+    assert_eq!(t.sni.len(), 2);
+    assert_eq!(
+        t.tls_inspector_timeout.get(),
+        std::time::Duration::from_secs(5)
+    );
+    assert_eq!(t.clusters().collect::<Vec<_>>(), ["a", "b"]);
+    // Round trip keeps the routes and the absent default.
+    let text = serde_yaml_ng::to_string(&c).unwrap();
+    assert_eq!(parse(&text, "again.yaml").unwrap(), c);
+    // A default and a timeout.
+    let src = passthrough(
+        "      cluster: web\n      tls_inspector_timeout: 300ms\n      sni: [{ server_names: [a.example], cluster: a }]\n",
+    );
+    let c = parse(&src, "test.yaml").unwrap();
+    let ListenerKind::Tcp(t) = &c.listeners[1].kind else {
+        panic!("not tcp")
+    };
+    assert_eq!(t.cluster.as_deref(), Some("web"));
+    assert_eq!(
+        t.tls_inspector_timeout.get(),
+        std::time::Duration::from_millis(300)
+    );
+}
+
+#[test]
+fn tcp_listener_needs_a_cluster_or_sni() {
+    let src = passthrough("      idle_timeout: 1m\n");
+    assert_eq!(
+        one_error(&src),
+        "test.yaml:7:5: listeners[1].tcp: `cluster` is required (or `sni` routes, with `cluster` as their optional default)"
+    );
+}
+
+#[test]
+fn sni_route_errors_name_their_field() {
+    let src = passthrough(
+        "      cluster: nodefault\n      tls_inspector_timeout: 0s\n      sni:\n        - server_names: []\n          cluster: gone\n        - server_names: [a.example, 'A.EXAMPLE', 'a.*.example', '*', 'x y', '*.b.example']\n          cluster: b\n",
+    );
+    assert_eq!(
+        errors(&src),
+        [
+            "test.yaml:8:7: listeners[1].tcp.cluster: unknown cluster `nodefault`",
+            "test.yaml:9:7: listeners[1].tcp.tls_inspector_timeout: must be greater than 0s",
+            "test.yaml:12:11: listeners[1].tcp.sni[0].cluster: unknown cluster `gone`",
+            "test.yaml:11:11: listeners[1].tcp.sni[0].server_names: must list at least one server name",
+            "test.yaml:13:37: listeners[1].tcp.sni[1].server_names[1]: duplicate server name `A.EXAMPLE` (also in listeners[1].tcp.sni[1].server_names[0])",
+            "test.yaml:13:50: listeners[1].tcp.sni[1].server_names[2]: server name `a.*.example`: a wildcard must be a leading `*.` (`*.example.com`); connections no name matches go to the listener's `cluster`",
+            "test.yaml:13:65: listeners[1].tcp.sni[1].server_names[3]: server name `*`: a wildcard must be a leading `*.` (`*.example.com`); connections no name matches go to the listener's `cluster`",
+            "test.yaml:13:70: listeners[1].tcp.sni[1].server_names[4]: server name `x y` is not a host name (letters, digits, `-` and `_` in dot-separated labels)",
+        ]
+    );
+    // Duplicates across routes name the first use.
+    let src = passthrough(
+        "      sni:\n        - { server_names: ['*.a.example'], cluster: a }\n        - { server_names: ['*.A.example'], cluster: b }\n",
+    );
+    assert!(
+        one_error(&src).ends_with("listeners[1].tcp.sni[1].server_names[0]: duplicate server name `*.A.example` (also in listeners[1].tcp.sni[0].server_names[0])")
+    );
+}

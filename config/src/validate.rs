@@ -5,7 +5,7 @@
 use crate::QueryParameterMatcher;
 use crate::cluster::{Cluster, Endpoint};
 use crate::error::Issue;
-use crate::listener::HttpListener;
+use crate::listener::{HttpListener, TcpListener};
 use crate::raw::{RawConfig, RawListener, RawRoute, RawRouteTable};
 use crate::resource::Resource;
 use crate::route::{HeaderMatcher, HeaderMutation, Redirect, RouteMatch};
@@ -176,14 +176,7 @@ impl Validator {
     fn listener(&mut self, p: &str, l: &RawListener, tables: &Refs<'_>, clusters: &Refs<'_>) {
         match (&l.http, &l.tcp) {
             (Some(h), None) => self.http_listener(&format!("{p}.http"), h, tables),
-            (None, Some(t)) => {
-                if !clusters.contains(t.cluster.as_str()) {
-                    self.err(
-                        format!("{p}.tcp.cluster"),
-                        format!("unknown cluster `{}`", t.cluster),
-                    );
-                }
-            }
+            (None, Some(t)) => self.tcp_listener(&format!("{p}.tcp"), t, clusters),
             (Some(_), Some(_)) => self.err(p, "set only one of `http` or `tcp`"),
             (None, None) => self.err(p, "one of `http` or `tcp` is required"),
         }
@@ -206,6 +199,61 @@ impl Validator {
                 format!("{p}.http.authorization"),
                 "needs client certificates: set `tls.client_certificate` to `optional` or `required`",
             );
+        }
+    }
+
+    fn tcp_listener(&mut self, p: &str, t: &TcpListener, clusters: &Refs<'_>) {
+        match &t.cluster {
+            Some(c) if !clusters.contains(c) => {
+                self.err(format!("{p}.cluster"), format!("unknown cluster `{c}`"));
+            }
+            Some(_) => {}
+            None if t.sni.is_empty() => self.err(
+                p,
+                "`cluster` is required (or `sni` routes, with `cluster` as their optional default)",
+            ),
+            None => {}
+        }
+        if t.tls_inspector_timeout.is_zero() {
+            self.err(
+                format!("{p}.tls_inspector_timeout"),
+                "must be greater than 0s",
+            );
+        }
+        // Names are compared lower-cased, as SNI is matched.
+        let mut seen: HashMap<String, (usize, usize)> = HashMap::new();
+        for (i, route) in t.sni.iter().enumerate() {
+            let rp = format!("{p}.sni[{i}]");
+            if !clusters.contains(route.cluster.as_str()) {
+                self.err(
+                    format!("{rp}.cluster"),
+                    format!("unknown cluster `{}`", route.cluster),
+                );
+            }
+            if route.server_names.is_empty() {
+                self.err(
+                    format!("{rp}.server_names"),
+                    "must list at least one server name",
+                );
+            }
+            for (j, name) in route.server_names.iter().enumerate() {
+                let np = format!("{rp}.server_names[{j}]");
+                if let Err(e) = check_server_name(name) {
+                    self.err(np, e);
+                    continue;
+                }
+                let key = name.to_ascii_lowercase();
+                if let Some((fi, fj)) = seen.get(&key) {
+                    self.err(
+                        np,
+                        format!(
+                            "duplicate server name `{name}` (also in {p}.sni[{fi}].server_names[{fj}])"
+                        ),
+                    );
+                } else {
+                    seen.insert(key, (i, j));
+                }
+            }
         }
     }
 
@@ -785,6 +833,34 @@ fn check_domain(d: &str) -> Result<(), String> {
     if !ok {
         return Err(format!(
             "domain `{d}` contains characters not allowed in a host name"
+        ));
+    }
+    Ok(())
+}
+
+/// TLS passthrough server names: a host name (`api.example.com`) or `*.` and a host name
+/// (`*.example.com`); no port, no other wildcard.
+fn check_server_name(n: &str) -> Result<(), String> {
+    if n.is_empty() {
+        return Err("server name must not be empty".into());
+    }
+    let host = n.strip_prefix("*.").unwrap_or(n);
+    if host.contains('*') || host.is_empty() {
+        return Err(format!(
+            "server name `{n}`: a wildcard must be a leading `*.` (`*.example.com`); \
+             connections no name matches go to the listener's `cluster`"
+        ));
+    }
+    let labels_ok = host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !labels_ok {
+        return Err(format!(
+            "server name `{n}` is not a host name (letters, digits, `-` and `_` in dot-separated labels)"
         ));
     }
     Ok(())

@@ -46,6 +46,8 @@ pub struct Metrics {
     fault: FaultMetrics,
     /// TLS handshakes, reloads, certificate expiry, authorization (`tls/`).
     pub(crate) tls: TlsMetrics,
+    /// TLS passthrough (SNI routing of TCP listeners).
+    pub(crate) sni: SniMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -92,6 +94,7 @@ impl Metrics {
             dns: Default::default(),
             fault: Default::default(),
             tls: Default::default(),
+            sni: Default::default(),
             registry: Registry::with_prefix("sluice"),
         };
         // prometheus-client appends `_total` to counters.
@@ -209,6 +212,7 @@ impl Metrics {
         m.dns.register(r);
         m.fault.register(r);
         m.tls.register(r);
+        m.sni.register(r);
         r.register(
             "health_checks",
             "Active health checks, by cluster and result (success, failure, timeout)",
@@ -755,5 +759,75 @@ impl ListenerMetrics {
                 ("scope", scope.to_string()),
             ])
             .inc();
+    }
+}
+/// TLS passthrough's metric families: `sluice_tcp_sni_routed_total{listener, cluster}`
+/// (connections a server name routed) and `sluice_tcp_sni_unmatched_total{listener, reason,
+/// action}` (connections no server name routed, sent to the default cluster or closed).
+#[derive(Clone, Debug, Default)]
+pub struct SniMetrics {
+    routed: Family<Labels, Counter>,
+    unmatched: Family<Labels, Counter>,
+}
+
+/// The `reason` labels of `sluice_tcp_sni_unmatched_total`.
+pub const SNI_UNMATCHED_REASONS: [&str; 6] = [
+    "no_sni",
+    "no_match",
+    "not_tls",
+    "malformed",
+    "timeout",
+    "client_closed",
+];
+
+/// One listener's unmatched counters, one per reason (created with the listener, so exported
+/// at 0).
+pub type SniCounters = LabelledCounters<6>;
+
+impl SniMetrics {
+    /// Registers the families.
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "tcp_sni_routed",
+            "TLS passthrough connections routed by their server name (SNI), by listener and cluster",
+            self.routed.clone(),
+        );
+        registry.register(
+            "tcp_sni_unmatched",
+            "TLS passthrough connections no server name routed, by listener, reason (no_sni, no_match, not_tls, malformed, timeout, client_closed) and action (default: to the listener's cluster; closed: no default, or client_closed: the client ended or reset the connection before sending a byte)",
+            self.unmatched.clone(),
+        );
+    }
+
+    /// The routed counter of `cluster` on `listener`.
+    pub(crate) fn routed(&self, listener: &str, cluster: &str) -> Counter {
+        self.routed
+            .get_or_create(&vec![
+                ("listener", listener.to_string()),
+                ("cluster", cluster.to_string()),
+            ])
+            .clone()
+    }
+
+    /// The unmatched counters of `listener`, whose unmatched connections meet `action`.
+    pub(crate) fn unmatched(&self, listener: &str, action: &'static str) -> SniCounters {
+        LabelledCounters {
+            values: SNI_UNMATCHED_REASONS,
+            counters: SNI_UNMATCHED_REASONS.map(|r| {
+                // A client that left before a byte is never forwarded.
+                let action = if r == "client_closed" {
+                    "closed"
+                } else {
+                    action
+                };
+                self.unmatched
+                    .get_or_create(&vec![
+                        ("listener", listener.to_string()),
+                        ("reason", r.to_string()),
+                        ("action", action.to_string()),
+                    ])
+                    .clone()
+            }),
+        }
     }
 }

@@ -17,6 +17,7 @@ mod filters;
 mod health;
 mod lifecycle;
 mod limits;
+mod passthrough;
 mod reload;
 mod resilience;
 mod resources;

@@ -4,10 +4,12 @@
 
 pub(crate) mod detect;
 mod reconcile;
+mod sni;
 mod spec;
 mod tcp;
 
 pub use reconcile::{BoundListener, Command, Reconciler, WorkerSink};
+pub use sni::SniRoutes;
 pub use spec::{ListenerKind, ListenerSpec, TcpSpec};
 
 use crate::drain::Drain;

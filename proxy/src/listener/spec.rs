@@ -1,6 +1,7 @@
 //! Compiled listener settings: what a worker needs to accept and serve a listener's
 //! connections. HTTP settings are compiled by `http::spec`.
 
+use super::sni::SniRoutes;
 use crate::cluster::{ClusterHandle, Registry};
 use crate::http::HttpSpec;
 use crate::http::filters::HttpFilter;
@@ -38,10 +39,13 @@ pub enum ListenerKind {
 /// Compiled TCP listener settings.
 #[derive(Debug)]
 pub struct TcpSpec {
-    /// Destination cluster.
-    pub cluster: Arc<ClusterHandle>,
+    /// Destination cluster; with `sni`, the default for connections no server name routed
+    /// (`None`: those are closed).
+    pub cluster: Option<Arc<ClusterHandle>>,
     /// Idle timeout, if any.
     pub idle_timeout: Option<Duration>,
+    /// TLS passthrough routes by server name, if any.
+    pub sni: Option<Box<SniRoutes>>,
 }
 
 impl ListenerSpec {
@@ -68,8 +72,9 @@ impl ListenerSpec {
                 tls.as_deref(),
             ))),
             config::ListenerKind::Tcp(t) => ListenerKind::Tcp(TcpSpec {
-                cluster: clusters.handle(&t.cluster),
+                cluster: t.cluster.as_deref().map(|c| clusters.handle(c)),
                 idle_timeout: (!t.idle_timeout.is_zero()).then(|| t.idle_timeout.get()),
+                sni: SniRoutes::compile(&l.name, t, clusters, metrics).map(Box::new),
             }),
         };
         Ok(ListenerSpec {

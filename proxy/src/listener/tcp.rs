@@ -1,25 +1,46 @@
 //! TCP listeners: each connection goes to an endpoint of the listener's cluster and bytes flow
-//! both ways until either side closes or the connection idles out.
+//! both ways until either side closes or the connection idles out. With `sni` routes (TLS
+//! passthrough) the cluster is picked per connection from the ClientHello's server name
+//! (`sni.rs`), and the bytes read to find it are sent to the upstream first.
 
+use super::sni::{self, Inspected, Unmatched};
 use super::{ListenerSpec, TcpSpec};
-use crate::cluster::call;
+use crate::cluster::{ClusterHandle, call};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::local::Worker;
 use crate::tunnel::{self, Ended};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 pub(super) async fn proxy(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     spec: &ListenerSpec,
     tcp: &TcpSpec,
     worker: &Worker,
     drain: &Drain,
 ) {
-    let cluster = &tcp.cluster;
-    let (upstream, _active, addr, _slot) = match call::connect_tcp(cluster, worker.id).await {
+    let (cluster, prefix) = match &tcp.sni {
+        None => (tcp.cluster.as_ref(), Vec::new()),
+        Some(routes) => match sni::read_client_hello(&mut stream, routes.timeout).await {
+            Ok((prefix, inspected)) => {
+                let cluster = pick(spec, tcp, routes, peer, &prefix, inspected);
+                (cluster, prefix)
+            }
+            Err(e) => {
+                routes.unmatched(Unmatched::ClientClosed);
+                tracing::debug!(listener = %spec.name, %peer, error = %e, "tls passthrough: read failed before a decision; connection closed");
+                return;
+            }
+        },
+    };
+    // No cluster: a passthrough listener without a default (the decision was counted and
+    // logged by `pick`).
+    let Some(cluster) = cluster else { return };
+    let (mut upstream, _active, addr, _slot) = match call::connect_tcp(cluster, worker.id).await {
         Ok(c) => c,
         // No cluster or no endpoint is a config problem (warned, as before); connect failures
         // are counted on the cluster by the connector.
@@ -32,12 +53,77 @@ pub(super) async fn proxy(
             return;
         }
     };
+    if !prefix.is_empty()
+        && let Err(e) = upstream.write_all(&prefix).await
+    {
+        tracing::debug!(%peer, %addr, error = %e, "tcp upstream write of the inspected bytes failed");
+        return;
+    }
+    let inspected = prefix.len() as u64;
+    drop(prefix);
     match tunnel::splice(stream, upstream, tcp.idle_timeout, drain.watch()).await {
         Ended::Closed(sent, received) => {
+            let sent = sent + inspected;
             tracing::debug!(%peer, %addr, sent, received, "tcp connection closed")
         }
         Ended::Error(e) => tracing::debug!(%peer, %addr, error = %e, "tcp connection failed"),
         Ended::Idle => tracing::debug!(%peer, %addr, "tcp connection idle timeout"),
         Ended::Drained => tracing::debug!(%peer, %addr, "tcp connection closed by drain"),
+    }
+}
+
+/// The cluster for a passthrough connection from what the inspector read (`None` from the
+/// inspector: its timeout passed). Counts and logs the decision.
+fn pick<'a>(
+    spec: &ListenerSpec,
+    tcp: &'a TcpSpec,
+    routes: &'a sni::SniRoutes,
+    peer: SocketAddr,
+    prefix: &[u8],
+    inspected: Option<Inspected>,
+) -> Option<&'a Arc<ClusterHandle>> {
+    let why = match inspected {
+        Some(Inspected::Hello(hello)) => match hello.server_name {
+            Some(name) => {
+                if let Some(c) = routes.route(&name) {
+                    tracing::debug!(listener = %spec.name, %peer, sni = %name, alpn = ?AlpnList(&hello.alpn), cluster = %c.name, "tls passthrough: routed by server name");
+                    return Some(c);
+                }
+                tracing::debug!(listener = %spec.name, %peer, sni = %name, "tls passthrough: no route for the server name");
+                Unmatched::NoMatch
+            }
+            None => Unmatched::NoSni,
+        },
+        Some(Inspected::NotTls) => Unmatched::NotTls,
+        Some(Inspected::Malformed) => Unmatched::Malformed,
+        Some(Inspected::Incomplete) if prefix.is_empty() => Unmatched::ClientClosed,
+        Some(Inspected::Incomplete) => Unmatched::Malformed,
+        None => Unmatched::Timeout,
+    };
+    routes.unmatched(why);
+    let default = if why == Unmatched::ClientClosed {
+        None
+    } else {
+        tcp.cluster.as_ref()
+    };
+    match default {
+        Some(c) => {
+            tracing::debug!(listener = %spec.name, %peer, reason = why.as_str(), cluster = %c.name, "tls passthrough: to the default cluster")
+        }
+        None => {
+            tracing::debug!(listener = %spec.name, %peer, reason = why.as_str(), "tls passthrough: connection closed (no default cluster, or the client left)")
+        }
+    }
+    default
+}
+
+/// ALPN protocols for a log line (`["h2", "http/1.1"]`).
+struct AlpnList<'a>(&'a [Vec<u8>]);
+
+impl std::fmt::Debug for AlpnList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|p| String::from_utf8_lossy(p)))
+            .finish()
     }
 }
