@@ -912,8 +912,7 @@ route_tables:
         watch: false,
         filters: Vec::new(),
     })
-    .err()
-    .expect("a missing certificate must be refused")
+    .expect_err("a missing certificate must be refused")
     .to_string();
     assert!(
         err.contains("tls") && err.contains(&p(&missing)) && err.contains("tls"),

@@ -136,7 +136,10 @@ pub(super) fn build(cfg: &UpstreamTls) -> Result<Loaded<ClientConfigs>, String> 
             let cert_pem = loaded.read(cert)?;
             let key_pem = loaded.read(key)?;
             let chain = load::certs(cert, &cert_pem)?;
-            let info = load::info(&chain[0]).unwrap_or_default();
+            let info = chain
+                .first()
+                .and_then(|c| load::info(c))
+                .unwrap_or_default();
             loaded.certs.push((cert.clone(), info));
             builder
                 .with_client_auth_cert(chain, load::key(key, &key_pem)?)

@@ -63,7 +63,10 @@ pub(super) fn build(cfg: &DownstreamTls) -> Result<Loaded<rustls::ServerConfig>,
             .key_provider
             .load_private_key(key)
             .map_err(|e| format!("{}: unsupported private key: {e}", c.key.display()))?;
-        let info: CertInfo = load::info(&chain[0]).unwrap_or_default();
+        let info: CertInfo = chain
+            .first()
+            .and_then(|c| load::info(c))
+            .unwrap_or_default();
         let certified = Arc::new(CertifiedKey::new(chain, signing));
         certified.keys_match().map_err(|_| {
             format!(
