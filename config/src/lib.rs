@@ -7,6 +7,9 @@
 //! | [`Listener`] with `http` | `Listener` + one filter chain with an `HttpConnectionManager` (`rds.route_config_name` = `route_table`) |
 //! | [`Listener`] with `tcp` | `Listener` + one filter chain with a `TcpProxy` (`cluster`) |
 //! | [`Listener`] with `tcp.sni` ([`SniRoute`]) | `Listener` with the `tls_inspector` listener filter (`tls_inspector_timeout`: Envoy's listener filter timeout) and one filter chain per route (`filter_chain_match.server_names`, each a `TcpProxy`), `tcp.cluster` as the default filter chain |
+//! | [`Listener`] `tls` ([`DownstreamTls`]) | the filter chain's `transport_socket` `DownstreamTlsContext` (`tls_certificates`, one filter chain per `server_names` set, `require_client_certificate`, `validation_context.trusted_ca`, `alpn_protocols`, `tls_params.tls_minimum_protocol_version`) and the HCM's `forward_client_cert_details` |
+//! | [`Authorization`] (listener `http.authorization`, route `authorization`) | the RBAC HTTP filter with `principals` `authenticated.principal_name` (exact or prefix) |
+//! | [`Cluster`] `tls` ([`UpstreamTls`]) | `Cluster.transport_socket` `UpstreamTlsContext` (`sni`, `validation_context.trusted_ca`, `match_typed_subject_alt_names`, `tls_certificates`); ALPN follows `protocol` |
 //! | [`RouteTable`] | `RouteConfiguration` |
 //! | [`VirtualHost`] | `VirtualHost` (`domains`, `routes`, `request_headers_to_add/remove`) |
 //! | [`Route`] `cluster`/`weighted_clusters`/`rewrite`/`timeout` | `Route.route` (`RouteAction`: `cluster`, `weighted_clusters`, `prefix_rewrite`, `regex_rewrite`, `host_rewrite_literal`, `timeout`) |
