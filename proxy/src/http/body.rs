@@ -7,6 +7,7 @@ use crate::cluster::Lease;
 use crate::cluster::call::ActiveRequest;
 use crate::http::conn::InflightGuard;
 use crate::http::filters::{Completion, FilterChain, Outcome};
+use crate::http::grpc::StatusTally;
 use crate::message::trailers::{Replay, Replayable};
 use bytes::Bytes;
 use http::StatusCode;
@@ -31,6 +32,8 @@ pub struct ResponseBody {
     tracker: Option<Box<Tracker>>,
     /// Frames read ahead to find trailers (`message/trailers.rs`), sent first.
     replay: Option<Box<Replay>>,
+    /// Counts the gRPC status the body ends with (gRPC responses only).
+    grpc: Option<Box<StatusTally>>,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,7 @@ impl ResponseBody {
             active: None,
             tracker: None,
             replay: None,
+            grpc: None,
         }
     }
 
@@ -84,6 +88,11 @@ impl ResponseBody {
         } else {
             self.tracker = Some(tracker);
         }
+    }
+
+    /// Counts the gRPC status this body ends with.
+    pub(crate) fn track_grpc(&mut self, tally: StatusTally) {
+        self.grpc = Some(Box::new(tally));
     }
 
     /// Keeps the request in flight until the body is done; a body already at its end is
@@ -168,6 +177,18 @@ impl Body for ResponseBody {
             let done = !matches!(frame, Some(Ok(_))) || self.is_end_stream();
             if done && let Some(g) = self.inflight.as_mut() {
                 g.complete();
+            }
+        }
+        if let (Poll::Ready(frame), Some(_)) = (&polled, &self.grpc) {
+            let end = self.is_end_stream();
+            if let Some(g) = self.grpc.as_mut() {
+                match frame {
+                    Some(Ok(f)) if f.is_trailers() => g.end(f.trailers_ref()),
+                    Some(Ok(_)) if end => g.end(None),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => g.failed(&**e),
+                    None => g.end(None),
+                }
             }
         }
         if let (Poll::Ready(frame), Some(_)) = (&polled, &self.tracker) {

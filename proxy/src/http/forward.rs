@@ -100,6 +100,8 @@ pub(crate) async fn handle(
         .wants_completion()
         .then(tokio::time::Instant::now);
     let mut endpoint = None;
+    // The cluster a gRPC response is counted under (`none` for answers that reached none).
+    let mut grpc_cluster: Option<&crate::cluster::ClusterHandle> = None;
     // Each arm moves its payload out, so only the payload of the taken arm lives across the
     // await.
     let result = match prepare(&conn, http, req, smuggled) {
@@ -118,6 +120,7 @@ pub(crate) async fn handle(
                 body_fault: fault.as_ref(),
                 ..call
             };
+            grpc_cluster = Some(meta.cluster);
             let sent = if announce {
                 // Rare (HTTP/2 → HTTP/1.1 with a body): boxed.
                 Box::pin(announce_then_send(call, request)).await
@@ -184,6 +187,10 @@ pub(crate) async fn handle(
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     spec.metrics.response(resp.status().as_u16());
+    if error_ctx.grpc {
+        let cluster = grpc_cluster.map_or("none", |c| c.name.as_str());
+        grpc::track_status(&mut resp, &spec.metrics, cluster);
+    }
     if let Some(started) = started {
         let status = resp.status();
         resp.body_mut().track_completion(Tracker::new(
