@@ -50,6 +50,8 @@ pub struct Metrics {
     pub(crate) sni: SniMetrics,
     /// gRPC responses by status (`http/grpc.rs`).
     grpc_responses: Family<Labels, Counter>,
+    /// gRPC-Web requests by mode (`http/filters/grpc_web.rs`).
+    grpc_web_requests: Family<Labels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -98,6 +100,7 @@ impl Metrics {
             tls: Default::default(),
             sni: Default::default(),
             grpc_responses: Family::default(),
+            grpc_web_requests: Family::default(),
             registry: Registry::with_prefix("sluice"),
         };
         // prometheus-client appends `_total` to counters.
@@ -106,6 +109,11 @@ impl Metrics {
             "grpc_responses",
             "gRPC responses by listener, cluster and grpc-status, counted at the response's end",
             m.grpc_responses.clone(),
+        );
+        r.register(
+            "grpc_web_requests",
+            "gRPC-Web requests sent upstream as gRPC, by listener and mode (binary or text)",
+            m.grpc_web_requests.clone(),
         );
         r.register(
             "downstream_connections",
@@ -281,6 +289,7 @@ impl Metrics {
             }),
             fault: self.fault.counters(name),
             grpc_responses: self.grpc_responses.clone(),
+            grpc_web_requests: self.grpc_web_requests.clone(),
             name: name.to_string(),
         }))
     }
@@ -367,6 +376,7 @@ pub struct ListenerHandles {
     pub(crate) fault: FaultCounters,
     tls: TlsMetrics,
     grpc_responses: Family<Labels, Counter>,
+    grpc_web_requests: Family<Labels, Counter>,
     name: String,
 }
 
@@ -450,6 +460,16 @@ impl ListenerHandles {
                 ("listener", self.name.clone()),
                 ("cluster", cluster.to_string()),
                 ("grpc_status", status.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Counts a gRPC-Web request by mode (`binary` or `text`).
+    pub fn grpc_web_request(&self, mode: &str) {
+        self.grpc_web_requests
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("mode", mode.to_string()),
             ])
             .inc();
     }

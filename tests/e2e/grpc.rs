@@ -354,3 +354,231 @@ fn grpc_methods_route_to_their_own_clusters() {
     assert_eq!(grpc_responses(&p, "a", "0"), 2.0);
     assert_eq!(grpc_responses(&p, "b", "0"), 1.0);
 }
+
+// gRPC-Web: a hand-built HTTP/1.1 client (hyper) and curl against `grpc_web: true`.
+
+fn web_proxy(addr: SocketAddr) -> InProcess {
+    InProcess::start(&format!(
+        r#"
+listeners:
+  - {{ name: main, address: 127.0.0.1:0, http: {{ route_table: main, grpc_web: true }} }}
+route_tables:
+  - name: main
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - {{ match: {{ prefix: / }}, cluster: up }}
+clusters:
+  - {{ name: up, protocol: http2, endpoints: [{addr}] }}
+"#
+    ))
+}
+
+/// A gRPC length-prefixed frame.
+fn frame(flag: u8, msg: &[u8]) -> Vec<u8> {
+    let mut f = vec![flag];
+    f.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_be_bytes());
+    f.extend_from_slice(msg);
+    f
+}
+
+/// Splits a gRPC-Web body into its frames (flag, payload).
+fn frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        assert!(body.len() >= 5, "a truncated frame header: {body:?}");
+        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+        out.push((body[0], body[5..5 + len].to_vec()));
+        body = &body[5 + len..];
+    }
+    out
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn b64_encode(input: &[u8]) -> String {
+    let mut out = String::new();
+    for c in input.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn b64_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for &c in input {
+        let Some(v) = B64.iter().position(|&b| b == c) else {
+            continue; // padding and whitespace
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// A gRPC-Web POST over HTTP/1.1 (no `te: trailers`, as browsers send); the status, head and
+/// body.
+fn web_call(
+    p: &InProcess,
+    method: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let addr = p.addr("main");
+    rt().block_on(async move {
+        let io =
+            hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::post(format!("/test.Peer/{method}"))
+            .header("host", "grpc.test")
+            .header("content-type", content_type)
+            .header("x-grpc-web", "1")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        let (bytes, trailers) = collect(body).await;
+        assert!(trailers.is_none(), "gRPC-Web carries no HTTP trailers");
+        (parts.status.as_u16(), parts.headers, bytes.to_vec())
+    })
+}
+
+fn trailer_block(f: &(u8, Vec<u8>)) -> String {
+    assert_eq!(f.0, 0x80, "the last frame is the trailer frame");
+    String::from_utf8(f.1.clone()).unwrap()
+}
+
+#[test]
+fn grpc_web_binary_unary_and_server_streaming() {
+    let peer = Peer::start("a");
+    let p = web_proxy(peer.addr);
+    let (status, head, body) = web_call(
+        &p,
+        "Unary",
+        "application/grpc-web+proto",
+        frame(0, b"hello web"),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(head["content-type"], "application/grpc-web+proto");
+    let f = frames(&body);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert_eq!(f[0], (0, b"hello web".to_vec()));
+    assert!(trailer_block(&f[1]).contains("grpc-status: 0\r\n"), "{f:?}");
+
+    let (_, head, body) = web_call(&p, "ServerStream", "application/grpc-web", frame(0, b"3"));
+    assert_eq!(head["content-type"], "application/grpc-web");
+    let f = frames(&body);
+    let msgs: Vec<_> = f[..3].iter().map(|(_, m)| m.clone()).collect();
+    assert_eq!(msgs, [b"item-0".to_vec(), b"item-1".to_vec(), b"item-2".to_vec()]);
+    assert!(trailer_block(&f[3]).starts_with("grpc-status: 0\r\n"));
+
+    // A status with a message and binary metadata ends up in the trailer frame; a
+    // trailers-only answer keeps it in the head.
+    let every_byte: String = (0..=255u8).map(|b| format!("{b:02x}")).collect();
+    for messages in [1, 0] {
+        let spec = json!({"code": 5, "message": "not here", "bin_hex": every_byte, "messages": messages});
+        let (status, head, body) = web_call(
+            &p,
+            "Status",
+            "application/grpc-web",
+            frame(0, spec.to_string().as_bytes()),
+        );
+        assert_eq!(status, 200);
+        let all_bytes: Vec<u8> = (0..=255u8).collect();
+        if messages == 1 {
+            let f = frames(&body);
+            assert_eq!(f[0], (0, b"before-0".to_vec()));
+            let t = trailer_block(&f[1]);
+            assert!(t.contains("grpc-status: 5\r\n"), "{t}");
+            assert!(t.contains("grpc-message: not here\r\n"), "{t}");
+            let bin = t
+                .lines()
+                .find_map(|l| l.strip_prefix("x-detail-bin: "))
+                .expect("binary metadata in the trailer frame");
+            assert_eq!(b64_decode(bin.as_bytes()), all_bytes);
+        } else {
+            assert_eq!(head["grpc-status"], "5");
+            assert_eq!(head["grpc-message"], "not here");
+            assert_eq!(b64_decode(head["x-detail-bin"].as_bytes()), all_bytes);
+            assert!(body.is_empty());
+        }
+    }
+    let m = p.metrics();
+    assert_eq!(
+        metric_value(&m, "sluice_grpc_web_requests_total{listener=\"main\",mode=\"binary\"}"),
+        4.0
+    );
+    assert_eq!(
+        metric_value(&m, "sluice_grpc_responses_total{listener=\"main\",cluster=\"up\",grpc_status=\"5\"}"),
+        2.0
+    );
+}
+
+#[test]
+fn grpc_web_text_round_trips_base64_both_ways() {
+    let peer = Peer::start("a");
+    let p = web_proxy(peer.addr);
+    // The request in two separately padded base64 segments, as clients may send.
+    let msg = b"text mode \x00\xff bytes";
+    let mut text = b64_encode(&frame(0, msg)[..7]);
+    text.push_str(&b64_encode(&frame(0, msg)[7..]));
+    let (status, head, body) = web_call(
+        &p,
+        "Unary",
+        "application/grpc-web-text",
+        text.into_bytes(),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(head["content-type"], "application/grpc-web-text");
+    let f = frames(&b64_decode(&body));
+    assert_eq!(f[0], (0, msg.to_vec()));
+    assert!(trailer_block(&f[1]).contains("grpc-status: 0\r\n"));
+
+    let (_, head, body) = web_call(
+        &p,
+        "ServerStream",
+        "application/grpc-web-text+proto",
+        b64_encode(&frame(0, b"2")).into_bytes(),
+    );
+    assert_eq!(head["content-type"], "application/grpc-web-text+proto");
+    let f = frames(&b64_decode(&body));
+    assert_eq!(f.len(), 3, "{f:?}");
+    assert_eq!((f[0].1.as_slice(), f[1].1.as_slice()), (&b"item-0"[..], &b"item-1"[..]));
+    assert!(trailer_block(&f[2]).contains("grpc-status: 0\r\n"));
+
+    // curl, one text-mode call.
+    let out = curl(&[
+        "-sS",
+        "--data-binary",
+        &b64_encode(&frame(0, b"from curl")),
+        "-H",
+        "content-type: application/grpc-web-text",
+        "-H",
+        "x-grpc-web: 1",
+        &p.url("main", "/test.Peer/Unary"),
+    ]);
+    assert_eq!(out.status, 200);
+    let f = frames(&b64_decode(out.text().trim().as_bytes()));
+    assert_eq!(f[0], (0, b"from curl".to_vec()));
+    assert!(trailer_block(&f[1]).contains("grpc-status: 0\r\n"));
+    assert_eq!(
+        metric_value(&p.metrics(), "sluice_grpc_web_requests_total{listener=\"main\",mode=\"text\"}"),
+        3.0
+    );
+}

@@ -9,6 +9,7 @@ use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
 use crate::http::body::Tracker;
 use crate::http::conn::ConnState;
+use crate::http::filters::grpc_web;
 use crate::http::filters::{RequestHead as FilterRequest, ResponseFlag, Verdict, WaitFuture};
 use crate::http::finish::{ResponseMeta, finish};
 use crate::http::respond::ErrorContext;
@@ -588,12 +589,23 @@ fn plan_forward<'a>(
         None => return Err(ProxyError::NoCluster(cluster.name.clone())),
     };
     let downstream_version = parts.version;
-    let proto = decide::upstream_protocol(configured, downstream_version);
+    // gRPC-Web (`http/filters/grpc_web.rs`): a gRPC request to an HTTP/2 upstream from here on.
+    let grpc_web = if http.settings.grpc_web {
+        grpc_web::Mode::of(&parts.headers)
+    } else {
+        None
+    };
+    let proto = match grpc_web {
+        Some(_) => UpstreamProtocol::Http2,
+        None => decide::upstream_protocol(configured, downstream_version),
+    };
     let websocket = headers::is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
-    let wants_trailers = parts
-        .headers
-        .get(TE)
-        .is_some_and(|v| headers::has_token(v, "trailers"));
+    // A gRPC-Web client gets its trailers in the body.
+    let wants_trailers = grpc_web.is_none()
+        && parts
+            .headers
+            .get(TE)
+            .is_some_and(|v| headers::has_token(v, "trailers"));
     let upgrade = if websocket {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
@@ -601,11 +613,19 @@ fn plan_forward<'a>(
     };
     parts.extensions.clear();
     headers::strip_hop_by_hop(&mut parts.headers, websocket);
+    if let Some(mode) = grpc_web {
+        mode.request_head(&mut parts.headers);
+        http.metrics.grpc_web_request(mode.as_str());
+        tracing::debug!(listener = %http.name, mode = mode.as_str(), "gRPC-Web request");
+    }
     // Room for x-forwarded-for/-proto, x-request-id and Host in one growth of hyper's
     // exactly-sized map instead of several.
     parts.headers.reserve(4);
     let head = parts.method == Method::HEAD;
-    let (body, fault) = RequestBody::new(body);
+    let (mut body, fault) = RequestBody::new(body);
+    if grpc_web.is_some_and(|m| m.text) {
+        body.decode_grpc_web_text();
+    }
     let upstream_http2 = decide::wire_protocol(proto, upgrade.is_some()) == UpstreamProtocol::Http2;
     Ok(Plan {
         request: Some((parts, body)),
@@ -623,6 +643,7 @@ fn plan_forward<'a>(
             head,
             wants_trailers,
             upstream_http2,
+            grpc_web,
         },
     })
 }

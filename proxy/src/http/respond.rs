@@ -50,6 +50,9 @@ pub(crate) fn error(err: &ProxyError, ctx: ErrorContext) -> Response<ResponseBod
         ProxyError::RequestBody(BodyFault::InvalidTrailer) => {
             ("bad request: invalid trailer field\n", true)
         }
+        ProxyError::RequestBody(BodyFault::InvalidGrpcWebText) => {
+            ("bad request: invalid grpc-web-text body\n", true)
+        }
         ProxyError::InvalidFieldValue => ("bad request: invalid header field value\n", true),
         ProxyError::InvalidPath(_) => ("bad request: invalid path\n", true),
         ProxyError::InvalidHost(_) => ("bad request: invalid Host\n", true),
