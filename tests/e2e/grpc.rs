@@ -582,3 +582,38 @@ fn grpc_web_text_round_trips_base64_both_ways() {
         3.0
     );
 }
+
+#[test]
+fn grpc_web_clients_get_sluices_own_answers_as_grpc_web() {
+    // Nothing listens here: UNAVAILABLE, trailers-only, with the client's content type.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let p = web_proxy(closed);
+    let (status, head, body) = web_call(&p, "Unary", "application/grpc-web-text", b64_encode(&frame(0, b"x")).into_bytes());
+    assert_eq!(status, 200);
+    assert_eq!(head["grpc-status"], "14");
+    assert_eq!(head["content-type"], "application/grpc-web-text");
+    assert!(body.is_empty());
+}
+
+#[test]
+fn grpc_web_is_enabled_per_route_too() {
+    let peer = Peer::start("a");
+    let p = proxy(
+        "          - { match: { path: /test.Peer/Unary }, cluster: up, grpc_web: true }\n          - { match: { prefix: / }, cluster: up }",
+        &format!("  - {{ name: up, protocol: http2, endpoints: [{}] }}", peer.addr),
+    );
+    let (status, head, body) = web_call(&p, "Unary", "application/grpc-web", frame(0, b"on"));
+    assert_eq!(status, 200);
+    assert_eq!(head["content-type"], "application/grpc-web");
+    let f = frames(&body);
+    assert_eq!(f[0], (0, b"on".to_vec()));
+    assert!(trailer_block(&f[1]).contains("grpc-status: 0\r\n"));
+    // Elsewhere the listener's setting (off) applies: nothing is translated, so no trailer
+    // frame reaches the client.
+    let (_, _, body) = web_call(&p, "Who", "application/grpc-web", frame(0, b""));
+    assert!(!body.windows(1).any(|w| w[0] == 0x80), "{body:?}");
+    assert_eq!(
+        counter_or_zero(&p.metrics(), "sluice_grpc_web_requests_total{listener=\"main\",mode=\"binary\"}"),
+        1.0
+    );
+}

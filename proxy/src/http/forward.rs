@@ -96,6 +96,12 @@ pub(crate) async fn handle(
     let http: &HttpSpec = &spec;
     let http1 = req.version() != Version::HTTP_2;
     let error_ctx = ErrorContext::of(req.headers());
+    // A gRPC-Web client gets Sluice's own gRPC answers with its content type.
+    let grpc_web = if error_ctx.grpc {
+        grpc_web::Mode::of(req.headers())
+    } else {
+        None
+    };
     let started = http
         .filters
         .wants_completion()
@@ -180,7 +186,13 @@ pub(crate) async fn handle(
                 return Err(StreamReset(h2::Error::from(reason)));
             }
             flag = Some(e.flag());
-            respond::error(&e, error_ctx)
+            let mut resp = respond::error(&e, error_ctx);
+            if let Some(mode) = grpc_web
+                && resp.headers().contains_key("grpc-status")
+            {
+                mode.response_head(resp.headers_mut());
+            }
+            resp
         }
     };
     if http1 && conn.drain.is_draining() {
@@ -590,7 +602,7 @@ fn plan_forward<'a>(
     };
     let downstream_version = parts.version;
     // gRPC-Web (`http/filters/grpc_web.rs`): a gRPC request to an HTTP/2 upstream from here on.
-    let grpc_web = if http.settings.grpc_web {
+    let grpc_web = if route.grpc_web.unwrap_or(http.settings.grpc_web) {
         grpc_web::Mode::of(&parts.headers)
     } else {
         None
