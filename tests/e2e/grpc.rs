@@ -124,7 +124,10 @@ fn grpc_unary_and_every_streaming_kind_pass_through() {
     let p = simple(peer.addr);
     let a = p.addr("main");
     let r = grpc_call(a, json!({"method": "Unary", "requests": ["hello"]}));
-    assert_eq!((r["code"].clone(), r["replies"].clone()), (json!(0), json!(["hello"])));
+    assert_eq!(
+        (r["code"].clone(), r["replies"].clone()),
+        (json!(0), json!(["hello"]))
+    );
     let r = grpc_call(
         a,
         json!({"method": "ServerStream", "kind": "server", "requests": ["5"]}),
@@ -138,7 +141,10 @@ fn grpc_unary_and_every_streaming_kind_pass_through() {
         a,
         json!({"method": "ClientStream", "kind": "client", "requests": ["a", "b", "c", "d"]}),
     );
-    assert_eq!((r["code"].clone(), r["replies"].clone()), (json!(0), json!(["a,b,c,d"])));
+    assert_eq!(
+        (r["code"].clone(), r["replies"].clone()),
+        (json!(0), json!(["a,b,c,d"]))
+    );
     let r = grpc_call(
         a,
         json!({"method": "Bidi", "kind": "bidi", "requests": ["1", "2", "3"]}),
@@ -168,7 +174,11 @@ fn grpc_trailers_keep_status_message_and_binary_metadata() {
         );
         assert_eq!(r["code"], 3, "{r}");
         assert_eq!(r["details"], "bad argument: 100% wrong");
-        assert_eq!(r["trailing"]["x-detail-bin"], json!(every_byte), "byte-exact");
+        assert_eq!(
+            r["trailing"]["x-detail-bin"],
+            json!(every_byte),
+            "byte-exact"
+        );
         assert_eq!(r["trailing"]["x-note"], json!("74657874"));
         assert_eq!(r["replies"].as_array().unwrap().len(), messages);
     }
@@ -193,7 +203,10 @@ fn grpc_client_deadline_reaches_the_upstream_and_expires() {
 fn statuses_sluice_answers_are_grpc_statuses() {
     let peer = Peer::start("a");
     // Nothing listens here: no upstream to reach.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let p = proxy(
         r#"          - { match: { path: /test.Peer/Slow }, cluster: up, timeout: 300ms }
           - { match: { path: /test.Peer/Unary }, cluster: empty }
@@ -211,30 +224,45 @@ fn statuses_sluice_answers_are_grpc_statuses() {
     let r = grpc_call(a, json!({"method": "Slow"}));
     assert_eq!(r["code"], 4, "route timeout → DEADLINE_EXCEEDED: {r}");
     // One bidi call holds the only slot (its requests stay open until stdin closes).
-    let mut held = client_command(a, &json!({"method": "Bidi", "kind": "bidi", "requests": ["1"], "hold": true}))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut held = client_command(
+        a,
+        &json!({"method": "Bidi", "kind": "bidi", "requests": ["1"], "hold": true}),
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut out = BufReader::new(held.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "echo:1", "the held call's first reply");
-    let r = grpc_call(a, json!({"method": "Bidi", "kind": "bidi", "requests": ["2"]}));
+    let r = grpc_call(
+        a,
+        json!({"method": "Bidi", "kind": "bidi", "requests": ["2"]}),
+    );
     assert_eq!(r["code"], 8, "breaker overflow → RESOURCE_EXHAUSTED: {r}");
     drop(held.stdin.take());
     let _ = held.wait();
     let m = p.metrics();
     assert_eq!(
-        metric_value(&m, "sluice_grpc_responses_total{listener=\"main\",cluster=\"empty\",grpc_status=\"14\"}"),
+        metric_value(
+            &m,
+            "sluice_grpc_responses_total{listener=\"main\",cluster=\"empty\",grpc_status=\"14\"}"
+        ),
         1.0
     );
     assert_eq!(
-        metric_value(&m, "sluice_grpc_responses_total{listener=\"main\",cluster=\"up\",grpc_status=\"4\"}"),
+        metric_value(
+            &m,
+            "sluice_grpc_responses_total{listener=\"main\",cluster=\"up\",grpc_status=\"4\"}"
+        ),
         1.0
     );
     assert_eq!(
-        metric_value(&m, "sluice_grpc_responses_total{listener=\"main\",cluster=\"capped\",grpc_status=\"8\"}"),
+        metric_value(
+            &m,
+            "sluice_grpc_responses_total{listener=\"main\",cluster=\"capped\",grpc_status=\"8\"}"
+        ),
         1.0
     );
 }
@@ -288,16 +316,16 @@ fn upstream_resets_map_to_grpc_statuses() {
     let p = simple(up);
     // gRPC's PROTOCOL-HTTP2.md, "Errors": RST_STREAM code → status.
     let table = [
-        (0, 13),  // NO_ERROR → INTERNAL
-        (1, 13),  // PROTOCOL_ERROR
-        (2, 13),  // INTERNAL_ERROR
-        (3, 13),  // FLOW_CONTROL_ERROR
-        (4, 13),  // SETTINGS_TIMEOUT
-        (6, 13),  // FRAME_SIZE_ERROR
-        (7, 14),  // REFUSED_STREAM → UNAVAILABLE
-        (8, 1),   // CANCEL → CANCELLED
-        (11, 8),  // ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED
-        (12, 7),  // INADEQUATE_SECURITY → PERMISSION_DENIED
+        (0, 13), // NO_ERROR → INTERNAL
+        (1, 13), // PROTOCOL_ERROR
+        (2, 13), // INTERNAL_ERROR
+        (3, 13), // FLOW_CONTROL_ERROR
+        (4, 13), // SETTINGS_TIMEOUT
+        (6, 13), // FRAME_SIZE_ERROR
+        (7, 14), // REFUSED_STREAM → UNAVAILABLE
+        (8, 1),  // CANCEL → CANCELLED
+        (11, 8), // ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED
+        (12, 7), // INADEQUATE_SECURITY → PERMISSION_DENIED
     ];
     for (code, want) in table {
         for when in ["R", "H"] {
@@ -316,9 +344,15 @@ fn grpc_unavailable_is_retried() {
     let peer = Peer::start("a");
     let p = proxy(
         "          - { match: { prefix: / }, cluster: up, retry_policy: { retry_on: [unavailable], num_retries: 2, back_off: { base_interval: 1ms, max_interval: 2ms } } }",
-        &format!("  - {{ name: up, protocol: http2, endpoints: [{}] }}", peer.addr),
+        &format!(
+            "  - {{ name: up, protocol: http2, endpoints: [{}] }}",
+            peer.addr
+        ),
     );
-    let r = grpc_call(p.addr("main"), json!({"method": "Flaky", "requests": ["k:1"]}));
+    let r = grpc_call(
+        p.addr("main"),
+        json!({"method": "Flaky", "requests": ["k:1"]}),
+    );
     assert_eq!(r["code"], 0, "{r}");
     assert_eq!(r["replies"], json!(["ok after 2 calls"]));
     assert_eq!(peer.stats()["flaky"]["k"], 2);
@@ -330,7 +364,10 @@ fn grpc_unavailable_is_retried() {
         1.0
     );
     // Past the retries the client sees UNAVAILABLE.
-    let r = grpc_call(p.addr("main"), json!({"method": "Flaky", "requests": ["j:5"]}));
+    let r = grpc_call(
+        p.addr("main"),
+        json!({"method": "Flaky", "requests": ["j:5"]}),
+    );
     assert_eq!(r["code"], 14, "{r}");
     assert_eq!(peer.stats()["flaky"]["j"], 3);
 }
@@ -441,8 +478,7 @@ fn web_call(
 ) -> (u16, http::HeaderMap, Vec<u8>) {
     let addr = p.addr("main");
     rt().block_on(async move {
-        let io =
-            hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
         tokio::spawn(conn);
         let req = http::Request::post(format!("/test.Peer/{method}"))
@@ -485,14 +521,18 @@ fn grpc_web_binary_unary_and_server_streaming() {
     assert_eq!(head["content-type"], "application/grpc-web");
     let f = frames(&body);
     let msgs: Vec<_> = f[..3].iter().map(|(_, m)| m.clone()).collect();
-    assert_eq!(msgs, [b"item-0".to_vec(), b"item-1".to_vec(), b"item-2".to_vec()]);
+    assert_eq!(
+        msgs,
+        [b"item-0".to_vec(), b"item-1".to_vec(), b"item-2".to_vec()]
+    );
     assert!(trailer_block(&f[3]).starts_with("grpc-status: 0\r\n"));
 
     // A status with a message and binary metadata ends up in the trailer frame; a
     // trailers-only answer keeps it in the head.
     let every_byte: String = (0..=255u8).map(|b| format!("{b:02x}")).collect();
     for messages in [1, 0] {
-        let spec = json!({"code": 5, "message": "not here", "bin_hex": every_byte, "messages": messages});
+        let spec =
+            json!({"code": 5, "message": "not here", "bin_hex": every_byte, "messages": messages});
         let (status, head, body) = web_call(
             &p,
             "Status",
@@ -521,11 +561,17 @@ fn grpc_web_binary_unary_and_server_streaming() {
     }
     let m = p.metrics();
     assert_eq!(
-        metric_value(&m, "sluice_grpc_web_requests_total{listener=\"main\",mode=\"binary\"}"),
+        metric_value(
+            &m,
+            "sluice_grpc_web_requests_total{listener=\"main\",mode=\"binary\"}"
+        ),
         4.0
     );
     assert_eq!(
-        metric_value(&m, "sluice_grpc_responses_total{listener=\"main\",cluster=\"up\",grpc_status=\"5\"}"),
+        metric_value(
+            &m,
+            "sluice_grpc_responses_total{listener=\"main\",cluster=\"up\",grpc_status=\"5\"}"
+        ),
         2.0
     );
 }
@@ -538,12 +584,8 @@ fn grpc_web_text_round_trips_base64_both_ways() {
     let msg = b"text mode \x00\xff bytes";
     let mut text = b64_encode(&frame(0, msg)[..7]);
     text.push_str(&b64_encode(&frame(0, msg)[7..]));
-    let (status, head, body) = web_call(
-        &p,
-        "Unary",
-        "application/grpc-web-text",
-        text.into_bytes(),
-    );
+    let (status, head, body) =
+        web_call(&p, "Unary", "application/grpc-web-text", text.into_bytes());
     assert_eq!(status, 200);
     assert_eq!(head["content-type"], "application/grpc-web-text");
     let f = frames(&b64_decode(&body));
@@ -559,7 +601,10 @@ fn grpc_web_text_round_trips_base64_both_ways() {
     assert_eq!(head["content-type"], "application/grpc-web-text+proto");
     let f = frames(&b64_decode(&body));
     assert_eq!(f.len(), 3, "{f:?}");
-    assert_eq!((f[0].1.as_slice(), f[1].1.as_slice()), (&b"item-0"[..], &b"item-1"[..]));
+    assert_eq!(
+        (f[0].1.as_slice(), f[1].1.as_slice()),
+        (&b"item-0"[..], &b"item-1"[..])
+    );
     assert!(trailer_block(&f[2]).contains("grpc-status: 0\r\n"));
 
     // curl, one text-mode call.
@@ -578,7 +623,10 @@ fn grpc_web_text_round_trips_base64_both_ways() {
     assert_eq!(f[0], (0, b"from curl".to_vec()));
     assert!(trailer_block(&f[1]).contains("grpc-status: 0\r\n"));
     assert_eq!(
-        metric_value(&p.metrics(), "sluice_grpc_web_requests_total{listener=\"main\",mode=\"text\"}"),
+        metric_value(
+            &p.metrics(),
+            "sluice_grpc_web_requests_total{listener=\"main\",mode=\"text\"}"
+        ),
         3.0
     );
 }
@@ -586,9 +634,17 @@ fn grpc_web_text_round_trips_base64_both_ways() {
 #[test]
 fn grpc_web_clients_get_sluices_own_answers_as_grpc_web() {
     // Nothing listens here: UNAVAILABLE, trailers-only, with the client's content type.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let p = web_proxy(closed);
-    let (status, head, body) = web_call(&p, "Unary", "application/grpc-web-text", b64_encode(&frame(0, b"x")).into_bytes());
+    let (status, head, body) = web_call(
+        &p,
+        "Unary",
+        "application/grpc-web-text",
+        b64_encode(&frame(0, b"x")).into_bytes(),
+    );
     assert_eq!(status, 200);
     assert_eq!(head["grpc-status"], "14");
     assert_eq!(head["content-type"], "application/grpc-web-text");
@@ -600,7 +656,10 @@ fn grpc_web_is_enabled_per_route_too() {
     let peer = Peer::start("a");
     let p = proxy(
         "          - { match: { path: /test.Peer/Unary }, cluster: up, grpc_web: true }\n          - { match: { prefix: / }, cluster: up }",
-        &format!("  - {{ name: up, protocol: http2, endpoints: [{}] }}", peer.addr),
+        &format!(
+            "  - {{ name: up, protocol: http2, endpoints: [{}] }}",
+            peer.addr
+        ),
     );
     let (status, head, body) = web_call(&p, "Unary", "application/grpc-web", frame(0, b"on"));
     assert_eq!(status, 200);
@@ -613,7 +672,10 @@ fn grpc_web_is_enabled_per_route_too() {
     let (_, _, body) = web_call(&p, "Who", "application/grpc-web", frame(0, b""));
     assert!(!body.windows(1).any(|w| w[0] == 0x80), "{body:?}");
     assert_eq!(
-        counter_or_zero(&p.metrics(), "sluice_grpc_web_requests_total{listener=\"main\",mode=\"binary\"}"),
+        counter_or_zero(
+            &p.metrics(),
+            "sluice_grpc_web_requests_total{listener=\"main\",mode=\"binary\"}"
+        ),
         1.0
     );
 }

@@ -6,8 +6,8 @@
 use crate::cluster::Lease;
 use crate::cluster::call::ActiveRequest;
 use crate::http::conn::InflightGuard;
-use crate::http::filters::{Completion, FilterChain, Outcome};
 use crate::http::filters::grpc_web::{Mode, ResponseEncoder};
+use crate::http::filters::{Completion, FilterChain, Outcome};
 use crate::http::grpc::StatusTally;
 use crate::message::trailers::{Replay, Replayable};
 use bytes::Bytes;

@@ -156,7 +156,8 @@ fn encode_into(input: &[u8], out: &mut BytesMut) {
     let sym = |i: u32| ALPHABET.get((i & 63) as usize).copied().unwrap_or(b'=');
     let mut chunks = input.chunks_exact(3);
     for c in &mut chunks {
-        let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
+        let &[x, y, z] = c else { continue };
+        let n = (u32::from(x) << 16) | (u32::from(y) << 8) | u32::from(z);
         out.put_slice(&[sym(n >> 18), sym(n >> 12), sym(n >> 6), sym(n)]);
     }
     match *chunks.remainder() {
@@ -271,7 +272,10 @@ mod tests {
         assert_eq!(mode("application/grpc-web+json"), None);
         assert_eq!(mode("application/grpc-webx"), None);
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc-web-text"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc-web-text"),
+        );
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("12"));
         let text = Mode::of(&h).unwrap();
         text.request_head(&mut h);
@@ -326,11 +330,19 @@ mod tests {
             .collect();
         assert_eq!(out, plain);
         for bad in [&b"ab*d"[..], b"a===", b"=abc", b"ab=c"] {
-            assert_eq!(TextDecoder::default().decode(bad), Err(InvalidText), "{bad:?}");
+            assert_eq!(
+                TextDecoder::default().decode(bad),
+                Err(InvalidText),
+                "{bad:?}"
+            );
         }
         let mut d = TextDecoder::default();
         d.decode(b"Zm9").unwrap();
-        assert_eq!(d.finish(), Err(InvalidText), "an incomplete quad at the end");
+        assert_eq!(
+            d.finish(),
+            Err(InvalidText),
+            "an incomplete quad at the end"
+        );
     }
 
     fn trailers() -> HeaderMap {
