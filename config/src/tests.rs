@@ -603,6 +603,109 @@ fn sni_route_errors_name_their_field() {
     );
     assert!(
         one_error(&src).ends_with("listeners[1].tcp.sni[1].server_names[0]: duplicate server name `*.A.example` (also in listeners[1].tcp.sni[0].server_names[0])")
+    );
+}
+
+/// BASE with a listener `tls` block, listener options and a cluster `tls` block.
+fn with_tls(listener_tls: &str, http_extra: &str, cluster_tls: &str) -> String {
+    format!(
+        "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    http: {{ route_table: main{http_extra} }}
+    tls: {listener_tls}
+route_tables:
+  - name: main
+    virtual_hosts:
+      - name: any
+        domains: ['*']
+        routes:
+          - match: {{ prefix: / }}
+            cluster: web
+clusters:
+  - name: web
+    endpoints: [127.0.0.1:9001]
+    tls: {cluster_tls}
+"
+    )
+}
+
+#[test]
+fn tls_blocks_have_safe_defaults() {
+    let c = parse(
+        &with_tls(
+            "{ certificates: [{ cert: s.crt, key: s.key }] }",
+            "",
+            "{ sni: web.internal }",
+        ),
+        "test.yaml",
+    )
+    .unwrap();
+    let t = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(t.alpn, ["h2", "http/1.1"]);
+    assert_eq!(t.min_version, TlsVersion::Tls12);
+    assert_eq!(t.client_certificate, ClientCertificate::None);
+    assert_eq!(t.forward_client_cert, ForwardClientCert::Sanitize);
+    assert_eq!(t.handshake_timeout, Duration::from_secs(10));
+    let u = c.clusters[0].tls.as_ref().unwrap();
+    assert_eq!((u.ca.as_ref(), u.cert.as_ref()), (None, None));
+    // Round trip.
+    let again = parse(&serde_yaml_ng::to_string(&c).unwrap(), "rt.yaml").unwrap();
+    assert_eq!(again, c);
+}
+
+#[test]
+fn tls_errors_name_their_field_and_line() {
+    let src = with_tls(
+        "{ certificates: [{ cert: s.crt, key: s.key, server_names: ['a.*.example', api.example, API.example] }], client_certificate: required, alpn: [h3], handshake_timeout: 0s }",
+        ", authorization: { allow: ['spiffe://corp/*'], deny: ['corp/x', 'spiffe://a*b'] }",
+        "{ cert: c.crt, verify_subject_alt_names: [''] }",
+    );
+    assert_eq!(
+        errors(&src),
+        [
+            "test.yaml:4:84: listeners[0].http.authorization.deny[0]: `corp/x` is not a SPIFFE ID (`spiffe://TRUST_DOMAIN/PATH`, or a prefix ending in `*`)",
+            "test.yaml:4:94: listeners[0].http.authorization.deny[1]: `spiffe://a*b` is not a SPIFFE ID (`spiffe://TRUST_DOMAIN/PATH`, or a prefix ending in `*`)",
+            "test.yaml:5:69: listeners[0].tls.certificates[0].server_names[0]: `a.*.example` is not a server name (`api.example.com` or `*.example.com`)",
+            "test.yaml:5:97: listeners[0].tls.certificates[0].server_names[2]: `API.example` is served by an earlier certificate",
+            "test.yaml:5:5: listeners[0].tls.client_ca: is required to verify client certificates",
+            "test.yaml:5:151: listeners[0].tls.alpn[0]: `h3` is not served here (use `h2` or `http/1.1`)",
+            "test.yaml:5:156: listeners[0].tls.handshake_timeout: must be greater than 0s",
+            "test.yaml:17:5: clusters[0].tls.key: is required with `cert`",
+            "test.yaml:17:52: clusters[0].tls.verify_subject_alt_names[0]: must be a URI (`spiffe://…`) or a DNS name",
+        ]
+    );
+}
+
+#[test]
+fn tls_rules_between_blocks() {
+    // Authorization needs client certificates; static IP endpoints need a server name.
+    let src = with_tls(
+        "{ certificates: [{ cert: s.crt, key: s.key }] }",
+        ", authorization: { allow: ['spiffe://corp/*'] }",
+        "{ ca: ca.pem }",
+    );
+    let e = errors(&src);
+    assert!(
+        e.iter().any(|m| m.contains("listeners[0].http.authorization: needs client certificates")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter().any(|m| m.contains("clusters[0].tls.sni: is required: the endpoints are IP addresses")),
+        "{e:#?}"
+    );
+    // TLS termination belongs to HTTP listeners.
+    let src = BASE.replace(
+        "    http: { route_table: main }\n",
+        "    tcp: { cluster: web }\n    tls: { certificates: [{ cert: s.crt, key: s.key }] }\n",
+    );
+    assert!(
+        one_error(&src).contains("listeners[0].tls: TLS termination is for `http` listeners"),
+        "{src}"
+    );
+}
+
 #[test]
 fn grpc_web_settings_default_off_and_bad_values_are_located() {
     let c = parse(BASE, "test.yaml").unwrap();
