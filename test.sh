@@ -25,7 +25,8 @@ if ((${#need[@]})); then
 fi
 
 # The gRPC health check test runs a real grpcio server (tests/e2e/grpc_health_server.py);
-# grpcio-health-checking is only on PyPI.
+# grpcio-health-checking is only on PyPI. tests/e2e/grpc.rs runs grpcio servers and clients
+# (tests/e2e/grpc_peer.py) and fails, never skips, without them.
 if ! python3 -c 'import grpc, grpc_health.v1.health' >/dev/null 2>&1; then
     echo "test.sh: installing grpcio and grpcio-health-checking"
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \

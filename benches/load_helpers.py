@@ -6,6 +6,8 @@
       `GET /` on each (at most CONCURRENCY in flight), reads each response, then
       keeps every socket open. Writes "READY ok=N failed=M" to STATUS_FILE once
       all are done and sleeps until killed (SIGTERM/SIGINT closes the sockets).
+      With HOLD_TLS=1 in the environment the connections are TLS (certificate not
+      verified: the benchmark's self-signed one).
 
   load_helpers.py report RESULTS_FILE OUT_MD
       Renders the key=value results written by load.sh as a Markdown table plus
@@ -23,10 +25,30 @@ import sys
 # hold
 
 
+def _tls_context():
+    if os.environ.get("HOLD_TLS") != "1":
+        return None
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+_TLS = _tls_context()
+
+
 async def _one(port, sem, keep, counters):
     async with sem:
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1",
+                port,
+                ssl=_TLS,
+                server_hostname="bench.local" if _TLS else None,
+            )
             writer.write(
                 b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: idle-holder\r\n\r\n"
             )

@@ -118,6 +118,11 @@ pub struct HttpListener {
     /// untrusted client sent (see `trust`). Default true.
     #[serde(default = "default_true")]
     pub generate_request_id: bool,
+    /// gRPC-Web (Envoy's `grpc_web` filter): requests with an `application/grpc-web…` content
+    /// type go to the (HTTP/2) upstream as gRPC and their responses come back as gRPC-Web
+    /// (trailers in a final frame, base64 for `-text`). Default false.
+    #[serde(default)]
+    pub grpc_web: bool,
     /// How request paths are normalized before routing; routing and the upstream see the same
     /// normalized path.
     #[serde(default)]
@@ -332,6 +337,7 @@ impl HttpListener {
             per_connection_buffer_limit_bytes: default_buffer_limit(),
             http2: Http2Settings::default(),
             generate_request_id: true,
+            grpc_web: false,
             path_normalization: PathNormalization::default(),
             headers_with_underscores: UnderscoreAction::default(),
             strip_trailing_host_dot: true,

@@ -133,6 +133,10 @@ pub struct RawRoute {
     /// Fault injection: delays and aborts (forwarding routes only). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<crate::fault::Fault>,
+    /// gRPC-Web for this route: `true` or `false` overrides the listener's `grpc_web`.
+    /// Default: the listener's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_web: Option<bool>,
     /// How a request hash is computed for `ring_hash` and `maglev` clusters (Envoy
     /// `hash_policy`): each item hashes one of `header: NAME`, `cookie: { name: NAME }`,
     /// `source_ip: true` or `query_parameter: NAME`, with optional `terminal: true`. The hashes

@@ -59,6 +59,8 @@ pub struct Route {
     pub response_headers: HeaderMutation,
     /// Fault injection (delays and aborts).
     pub fault: Option<crate::fault::Fault>,
+    /// gRPC-Web for this route (overrides the listener's `grpc_web`).
+    pub grpc_web: Option<bool>,
     /// How a request hash is computed for hash-based balancers (Envoy `hash_policy`).
     pub hash_policy: Vec<crate::lb::HashPolicy>,
     /// Who may use this route, by verified client SPIFFE ID.
@@ -162,6 +164,7 @@ impl TryFrom<RawRoute> for Route {
             request_headers: r.request_headers,
             response_headers: r.response_headers,
             fault: r.fault,
+            grpc_web: r.grpc_web,
             hash_policy: r
                 .hash_policy
                 .into_iter()
@@ -188,6 +191,7 @@ impl From<Route> for RawRoute {
             request_headers: r.request_headers,
             response_headers: r.response_headers,
             fault: r.fault,
+            grpc_web: r.grpc_web,
             hash_policy: r.hash_policy.into_iter().map(Into::into).collect(),
             authorization: r.authorization,
         };

@@ -705,3 +705,41 @@ fn tls_rules_between_blocks() {
         "{src}"
     );
 }
+
+#[test]
+fn grpc_web_settings_default_off_and_bad_values_are_located() {
+    let c = parse(BASE, "test.yaml").unwrap();
+    let ListenerKind::Http(h) = &c.listeners[0].kind else {
+        panic!("an HTTP listener");
+    };
+    assert!(!h.grpc_web);
+    let on = BASE
+        .replace(
+            "{ route_table: main }",
+            "{ route_table: main, grpc_web: true }",
+        )
+        .replace(
+            "cluster: web\n",
+            "cluster: web\n            grpc_web: false\n",
+        );
+    let c = parse(&on, "test.yaml").unwrap();
+    let ListenerKind::Http(h) = &c.listeners[0].kind else {
+        panic!("an HTTP listener");
+    };
+    assert!(h.grpc_web);
+    assert_eq!(
+        c.route_tables[0].virtual_hosts[0].routes[0].grpc_web,
+        Some(false)
+    );
+    let bad = BASE.replace(
+        "cluster: web\n",
+        "cluster: web\n            grpc_web: sometimes\n",
+    );
+    let e = one_error(&bad);
+    assert!(
+        e.starts_with(
+            "test.yaml:13:23: route_tables[0].virtual_hosts[0].routes[0].grpc_web: invalid type"
+        ),
+        "{e}"
+    );
+}

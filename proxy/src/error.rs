@@ -162,6 +162,8 @@ pub enum BodyFault {
     Incomplete,
     /// A trailer field that may not be forwarded (a value with leading or trailing whitespace).
     InvalidTrailer,
+    /// A gRPC-Web text body that is not base64.
+    InvalidGrpcWebText,
 }
 
 impl ProxyError {
@@ -268,6 +270,7 @@ impl ProxyError {
             ProxyError::RequestBody(BodyFault::BadChunked) => Some("bad_chunked_body"),
             ProxyError::RequestBody(BodyFault::Incomplete) => Some("incomplete_body"),
             ProxyError::RequestBody(BodyFault::InvalidTrailer) => Some("invalid_trailer"),
+            ProxyError::RequestBody(BodyFault::InvalidGrpcWebText) => Some("invalid_grpc_web_text"),
             ProxyError::InvalidFieldValue => Some("invalid_field_value"),
             ProxyError::InvalidPath(_) => Some("invalid_path"),
             ProxyError::InvalidHost(_) => Some("invalid_host"),

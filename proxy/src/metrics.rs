@@ -48,6 +48,10 @@ pub struct Metrics {
     pub(crate) tls: TlsMetrics,
     /// TLS passthrough (SNI routing of TCP listeners).
     pub(crate) sni: SniMetrics,
+    /// gRPC responses by status (`http/grpc.rs`).
+    grpc_responses: Family<Labels, Counter>,
+    /// gRPC-Web requests by mode (`http/filters/grpc_web.rs`).
+    grpc_web_requests: Family<Labels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -95,10 +99,22 @@ impl Metrics {
             fault: Default::default(),
             tls: Default::default(),
             sni: Default::default(),
+            grpc_responses: Family::default(),
+            grpc_web_requests: Family::default(),
             registry: Registry::with_prefix("sluice"),
         };
         // prometheus-client appends `_total` to counters.
         let r = &mut m.registry;
+        r.register(
+            "grpc_responses",
+            "gRPC responses by listener, cluster and grpc-status, counted at the response's end",
+            m.grpc_responses.clone(),
+        );
+        r.register(
+            "grpc_web_requests",
+            "gRPC-Web requests sent upstream as gRPC, by listener and mode (binary or text)",
+            m.grpc_web_requests.clone(),
+        );
         r.register(
             "downstream_connections",
             "Connections accepted, by listener",
@@ -272,6 +288,8 @@ impl Metrics {
                     .clone()
             }),
             fault: self.fault.counters(name),
+            grpc_responses: self.grpc_responses.clone(),
+            grpc_web_requests: self.grpc_web_requests.clone(),
             name: name.to_string(),
         }))
     }
@@ -357,6 +375,8 @@ pub struct ListenerHandles {
     /// Injected faults.
     pub(crate) fault: FaultCounters,
     tls: TlsMetrics,
+    grpc_responses: Family<Labels, Counter>,
+    grpc_web_requests: Family<Labels, Counter>,
     name: String,
 }
 
@@ -430,6 +450,28 @@ impl ListenerHandles {
         if let Some(c) = self.responses.get(i) {
             c.inc();
         }
+    }
+
+    /// Counts a gRPC response by the status it ended with (`cluster` is `none` for answers
+    /// that reached no cluster). Looks the labels up: gRPC responses only.
+    pub fn grpc_response(&self, cluster: &str, status: &str) {
+        self.grpc_responses
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("cluster", cluster.to_string()),
+                ("grpc_status", status.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Counts a gRPC-Web request by mode (`binary` or `text`).
+    pub fn grpc_web_request(&self, mode: &str) {
+        self.grpc_web_requests
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("mode", mode.to_string()),
+            ])
+            .inc();
     }
 
     /// Counts a rejection (rare path: looks the label up).

@@ -14,6 +14,7 @@ mod dns;
 mod edge;
 mod fault;
 mod filters;
+mod grpc;
 mod health;
 mod lifecycle;
 mod limits;

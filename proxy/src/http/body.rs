@@ -6,7 +6,9 @@
 use crate::cluster::Lease;
 use crate::cluster::call::ActiveRequest;
 use crate::http::conn::InflightGuard;
+use crate::http::filters::grpc_web::{Mode, ResponseEncoder};
 use crate::http::filters::{Completion, FilterChain, Outcome};
+use crate::http::grpc::StatusTally;
 use crate::message::trailers::{Replay, Replayable};
 use bytes::Bytes;
 use http::StatusCode;
@@ -31,6 +33,10 @@ pub struct ResponseBody {
     tracker: Option<Box<Tracker>>,
     /// Frames read ahead to find trailers (`message/trailers.rs`), sent first.
     replay: Option<Box<Replay>>,
+    /// Counts the gRPC status the body ends with (gRPC responses only).
+    grpc: Option<Box<StatusTally>>,
+    /// Turns a gRPC body into gRPC-Web (`http/filters/grpc_web.rs`).
+    web: Option<Box<ResponseEncoder>>,
 }
 
 #[derive(Debug)]
@@ -72,6 +78,8 @@ impl ResponseBody {
             active: None,
             tracker: None,
             replay: None,
+            grpc: None,
+            web: None,
         }
     }
 
@@ -84,6 +92,57 @@ impl ResponseBody {
         } else {
             self.tracker = Some(tracker);
         }
+    }
+
+    /// Sends this gRPC body as gRPC-Web.
+    pub(crate) fn encode_grpc_web(&mut self, mode: Mode) {
+        self.web = Some(Box::new(ResponseEncoder::new(mode)));
+    }
+
+    /// The next frame, as gRPC-Web when the body is encoded (trailers become the final data
+    /// frame; text is base64 with at most 2 bytes carried).
+    fn poll_web(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(web) = this.web.as_ref() else {
+                return Pin::new(&mut *this).poll_inner(cx);
+            };
+            if web.done {
+                return Poll::Ready(None);
+            }
+            let frame = ready!(Pin::new(&mut *this).poll_inner(cx));
+            let Some(web) = this.web.as_mut() else {
+                return Poll::Ready(frame);
+            };
+            return Poll::Ready(match frame {
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => match web.data(d) {
+                        Some(out) => Some(Ok(Frame::data(out))),
+                        // Less than 3 bytes of text: wait for more.
+                        None => continue,
+                    },
+                    Err(f) => match f.into_trailers() {
+                        Ok(t) => {
+                            if let Some(g) = this.grpc.as_mut() {
+                                g.end(Some(&t));
+                            }
+                            Some(Ok(Frame::data(web.trailers(&t))))
+                        }
+                        Err(_) => continue,
+                    },
+                },
+                None => web.finish().map(|b| Ok(Frame::data(b))),
+                Some(Err(e)) => Some(Err(e)),
+            });
+        }
+    }
+
+    /// Counts the gRPC status this body ends with.
+    pub(crate) fn track_grpc(&mut self, tally: StatusTally) {
+        self.grpc = Some(Box::new(tally));
     }
 
     /// Keeps the request in flight until the body is done; a body already at its end is
@@ -159,7 +218,7 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = self.as_mut().poll_inner(cx);
+        let polled = self.as_mut().poll_web(cx);
         if let Poll::Ready(frame) = &polled
             && self.inflight.is_some()
         {
@@ -168,6 +227,18 @@ impl Body for ResponseBody {
             let done = !matches!(frame, Some(Ok(_))) || self.is_end_stream();
             if done && let Some(g) = self.inflight.as_mut() {
                 g.complete();
+            }
+        }
+        if let (Poll::Ready(frame), Some(_)) = (&polled, &self.grpc) {
+            let end = self.is_end_stream();
+            if let Some(g) = self.grpc.as_mut() {
+                match frame {
+                    Some(Ok(f)) if f.is_trailers() => g.end(f.trailers_ref()),
+                    Some(Ok(_)) if end => g.end(None),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => g.failed(&**e),
+                    None => g.end(None),
+                }
             }
         }
         if let (Poll::Ready(frame), Some(_)) = (&polled, &self.tracker) {
@@ -191,6 +262,9 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(w) = &self.web {
+            return w.done;
+        }
         if let Some(r) = &self.replay {
             return r.is_end();
         }
@@ -202,7 +276,7 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.replay.is_some() {
+        if self.replay.is_some() || self.web.is_some() {
             // Part of the body has been read ahead: its length is no longer the inner's.
             return SizeHint::default();
         }

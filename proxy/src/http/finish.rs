@@ -22,6 +22,8 @@ pub(crate) struct ResponseMeta<'a> {
     pub(crate) wants_trailers: bool,
     /// The request goes to the upstream over HTTP/2.
     pub(crate) upstream_http2: bool,
+    /// A gRPC-Web request: the response goes back as gRPC-Web.
+    pub(crate) grpc_web: Option<crate::http::filters::grpc_web::Mode>,
 }
 
 /// Turns the upstream's response into the downstream response.
@@ -51,6 +53,11 @@ pub(crate) fn finish(meta: &ResponseMeta<'_>, upstream: Upstream) -> Response<Re
     } else {
         rparts.version = Version::HTTP_2;
     }
+    // gRPC-Web: a gRPC response (not, say, a plain 404) is mapped back.
+    let grpc_web = meta.grpc_web.filter(|_| is_grpc(&rparts.headers));
+    if let Some(mode) = grpc_web {
+        mode.response_head(&mut rparts.headers);
+    }
     let bodyless = decide::bodyless(meta.head, rparts.status);
     if rparts.status == StatusCode::NO_CONTENT {
         rparts.headers.remove(http::header::CONTENT_LENGTH);
@@ -65,7 +72,13 @@ pub(crate) fn finish(meta: &ResponseMeta<'_>, upstream: Upstream) -> Response<Re
         }
         ResponseBody::empty()
     } else {
-        ResponseBody::upstream(rbody, lease, active)
+        let mut body = ResponseBody::upstream(rbody, lease, active);
+        if let Some(mode) = grpc_web
+            && !body.is_end_stream()
+        {
+            body.encode_grpc_web(mode);
+        }
+        body
     };
     Response::from_parts(rparts, body)
 }

@@ -9,6 +9,7 @@ use crate::error::ProxyError;
 use crate::http::body::ResponseBody;
 use crate::http::body::Tracker;
 use crate::http::conn::ConnState;
+use crate::http::filters::grpc_web;
 use crate::http::filters::{RequestHead as FilterRequest, ResponseFlag, Verdict, WaitFuture};
 use crate::http::finish::{ResponseMeta, finish};
 use crate::http::respond::ErrorContext;
@@ -95,11 +96,19 @@ pub(crate) async fn handle(
     let http: &HttpSpec = &spec;
     let http1 = req.version() != Version::HTTP_2;
     let error_ctx = ErrorContext::of(req.headers());
+    // A gRPC-Web client gets Sluice's own gRPC answers with its content type.
+    let grpc_web = if error_ctx.grpc {
+        grpc_web::Mode::of(req.headers())
+    } else {
+        None
+    };
     let started = http
         .filters
         .wants_completion()
         .then(tokio::time::Instant::now);
     let mut endpoint = None;
+    // The cluster a gRPC response is counted under (`none` for answers that reached none).
+    let mut grpc_cluster: Option<&crate::cluster::ClusterHandle> = None;
     // Each arm moves its payload out, so only the payload of the taken arm lives across the
     // await.
     let result = match prepare(&conn, http, req, smuggled) {
@@ -118,6 +127,7 @@ pub(crate) async fn handle(
                 body_fault: fault.as_ref(),
                 ..call
             };
+            grpc_cluster = Some(meta.cluster);
             let sent = if announce {
                 // Rare (HTTP/2 → HTTP/1.1 with a body): boxed.
                 Box::pin(announce_then_send(call, request)).await
@@ -176,7 +186,13 @@ pub(crate) async fn handle(
                 return Err(StreamReset(h2::Error::from(reason)));
             }
             flag = Some(e.flag());
-            respond::error(&e, error_ctx)
+            let mut resp = respond::error(&e, error_ctx);
+            if let Some(mode) = grpc_web
+                && resp.headers().contains_key("grpc-status")
+            {
+                mode.response_head(resp.headers_mut());
+            }
+            resp
         }
     };
     if http1 && conn.drain.is_draining() {
@@ -184,6 +200,10 @@ pub(crate) async fn handle(
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     spec.metrics.response(resp.status().as_u16());
+    if error_ctx.grpc {
+        let cluster = grpc_cluster.map_or("none", |c| c.name.as_str());
+        grpc::track_status(&mut resp, &spec.metrics, cluster);
+    }
     if let Some(started) = started {
         let status = resp.status();
         resp.body_mut().track_completion(Tracker::new(
@@ -581,12 +601,23 @@ fn plan_forward<'a>(
         None => return Err(ProxyError::NoCluster(cluster.name.clone())),
     };
     let downstream_version = parts.version;
-    let proto = decide::upstream_protocol(configured, downstream_version);
+    // gRPC-Web (`http/filters/grpc_web.rs`): a gRPC request to an HTTP/2 upstream from here on.
+    let grpc_web = if route.grpc_web.unwrap_or(http.settings.grpc_web) {
+        grpc_web::Mode::of(&parts.headers)
+    } else {
+        None
+    };
+    let proto = match grpc_web {
+        Some(_) => UpstreamProtocol::Http2,
+        None => decide::upstream_protocol(configured, downstream_version),
+    };
     let websocket = headers::is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
-    let wants_trailers = parts
-        .headers
-        .get(TE)
-        .is_some_and(|v| headers::has_token(v, "trailers"));
+    // A gRPC-Web client gets its trailers in the body.
+    let wants_trailers = grpc_web.is_none()
+        && parts
+            .headers
+            .get(TE)
+            .is_some_and(|v| headers::has_token(v, "trailers"));
     let upgrade = if websocket {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
@@ -594,11 +625,19 @@ fn plan_forward<'a>(
     };
     parts.extensions.clear();
     headers::strip_hop_by_hop(&mut parts.headers, websocket);
+    if let Some(mode) = grpc_web {
+        mode.request_head(&mut parts.headers);
+        http.metrics.grpc_web_request(mode.as_str());
+        tracing::debug!(listener = %http.name, mode = mode.as_str(), "gRPC-Web request");
+    }
     // Room for x-forwarded-for/-proto, x-request-id and Host in one growth of hyper's
     // exactly-sized map instead of several.
     parts.headers.reserve(4);
     let head = parts.method == Method::HEAD;
-    let (body, fault) = RequestBody::new(body);
+    let (mut body, fault) = RequestBody::new(body);
+    if grpc_web.is_some_and(|m| m.text) {
+        body.decode_grpc_web_text();
+    }
     let upstream_http2 = decide::wire_protocol(proto, upgrade.is_some()) == UpstreamProtocol::Http2;
     Ok(Plan {
         request: Some((parts, body)),
@@ -616,6 +655,7 @@ fn plan_forward<'a>(
             head,
             wants_trailers,
             upstream_http2,
+            grpc_web,
         },
     })
 }

@@ -1,7 +1,10 @@
 //! gRPC over HTTP/2 specifics the request path needs: the client's deadline (`grpc-timeout`,
-//! gRPC's PROTOCOL-HTTP2 spec: 1–8 digits and a unit `H`, `M`, `S`, `m`, `u` or `n`).
+//! gRPC's PROTOCOL-HTTP2 spec: 1–8 digits and a unit `H`, `M`, `S`, `m`, `u` or `n`), and the
+//! status each gRPC response ends with (`sluice_grpc_responses_total`).
 
-use http::{HeaderMap, HeaderName};
+use crate::http::body::ResponseBody;
+use crate::metrics::ListenerMetrics;
+use http::{HeaderMap, HeaderName, Response};
 use std::time::Duration;
 
 pub(crate) use crate::message::fields::is_grpc;
@@ -33,6 +36,80 @@ fn parse_timeout(v: &[u8]) -> Option<Duration> {
         b'n' => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// Counts the status a gRPC response ends with, once: from its head (a trailers-only answer,
+/// including every one Sluice makes), or from its trailers when the body ends. A body cut by
+/// an upstream reset counts the status a client derives from the reset (PROTOCOL-HTTP2.md), one
+/// the downstream abandons counts CANCELLED, one that ends without `grpc-status` INTERNAL (or
+/// the HTTP status's mapping when not 200).
+pub(crate) fn track_status(
+    resp: &mut Response<ResponseBody>,
+    metrics: &ListenerMetrics,
+    cluster: &str,
+) {
+    let mut tally = StatusTally {
+        metrics: metrics.clone(),
+        cluster: cluster.to_string(),
+        http_status: resp.status().as_u16(),
+        done: false,
+    };
+    if let Some(code) = resp.headers().get(&GRPC_STATUS) {
+        tally.count(code.to_str().unwrap_or("2"));
+    } else if http_body::Body::is_end_stream(resp.body()) {
+        tally.end(None);
+    } else {
+        resp.body_mut().track_grpc(tally);
+    }
+}
+
+/// The pending count of one gRPC response (see [`track_status`]).
+#[derive(Debug)]
+pub(crate) struct StatusTally {
+    metrics: ListenerMetrics,
+    cluster: String,
+    http_status: u16,
+    done: bool,
+}
+
+impl StatusTally {
+    fn count(&mut self, code: &str) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if code != "0" {
+            tracing::debug!(cluster = %self.cluster, grpc_status = code, "gRPC response");
+        }
+        self.metrics.grpc_response(&self.cluster, code);
+    }
+
+    /// The body ended, with these trailers (if any).
+    pub(crate) fn end(&mut self, trailers: Option<&HeaderMap>) {
+        match trailers.and_then(|t| t.get(&GRPC_STATUS)) {
+            Some(code) => self.count(code.to_str().unwrap_or("2")),
+            None if self.http_status != 200 => {
+                self.count(crate::http::respond::grpc_code_for_status(self.http_status))
+            }
+            None => self.count("13"),
+        }
+    }
+
+    /// The body failed: an upstream reset counts as the status a client derives from it.
+    pub(crate) fn failed(&mut self, err: &(dyn std::error::Error + 'static)) {
+        let code = crate::http::respond::h2_reason(err)
+            .map_or("13", crate::http::respond::grpc_code_for_reset);
+        self.count(code);
+    }
+}
+
+impl Drop for StatusTally {
+    fn drop(&mut self) {
+        // Abandoned before its end: the downstream went away.
+        self.count("1");
+    }
 }
 
 #[cfg(test)]

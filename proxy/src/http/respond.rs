@@ -50,6 +50,9 @@ pub(crate) fn error(err: &ProxyError, ctx: ErrorContext) -> Response<ResponseBod
         ProxyError::RequestBody(BodyFault::InvalidTrailer) => {
             ("bad request: invalid trailer field\n", true)
         }
+        ProxyError::RequestBody(BodyFault::InvalidGrpcWebText) => {
+            ("bad request: invalid grpc-web-text body\n", true)
+        }
         ProxyError::InvalidFieldValue => ("bad request: invalid header field value\n", true),
         ProxyError::InvalidPath(_) => ("bad request: invalid path\n", true),
         ProxyError::InvalidHost(_) => ("bad request: invalid Host\n", true),
@@ -102,7 +105,40 @@ fn grpc_status(err: &ProxyError) -> &'static str {
     if matches!(err, ProxyError::Overflow { .. }) {
         return "8";
     }
+    // An upstream stream reset before the head is answered with the status a gRPC client would
+    // have derived from the reset itself.
+    if let ProxyError::Upstream(e) = err
+        && let Some(reason) = h2_reason(e)
+    {
+        return grpc_code_for_reset(reason);
+    }
     grpc_code_for_status(err.status().as_u16())
+}
+
+/// The HTTP/2 error code in an error's source chain (an upstream `RST_STREAM` or `GOAWAY`).
+pub(crate) fn h2_reason(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason();
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// gRPC's mapping of HTTP/2 error codes to statuses (PROTOCOL-HTTP2.md, "Errors"), the status
+/// a gRPC client reports for a stream reset with `reason`: REFUSED_STREAM → UNAVAILABLE (14),
+/// CANCEL → CANCELLED (1), ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED (8), INADEQUATE_SECURITY →
+/// PERMISSION_DENIED (7), every other code → INTERNAL (13).
+pub(crate) fn grpc_code_for_reset(reason: h2::Reason) -> &'static str {
+    match reason {
+        h2::Reason::REFUSED_STREAM => "14",
+        h2::Reason::CANCEL => "1",
+        h2::Reason::ENHANCE_YOUR_CALM => "8",
+        h2::Reason::INADEQUATE_SECURITY => "7",
+        _ => "13",
+    }
 }
 
 /// gRPC's HTTP-to-gRPC status mapping (Envoy's too), for local answers to gRPC requests.
@@ -244,6 +280,14 @@ mod tests {
                 ProxyError::UpstreamTimeout(std::time::Duration::from_secs(1)),
                 "4",
             ),
+            (
+                ProxyError::Overflow {
+                    scope: "cluster",
+                    breaker: "max_requests",
+                },
+                "8",
+            ),
+            (ProxyError::NoEndpoint("c".into()), "14"),
         ];
         for (e, code) in cases {
             let r = error(&e, grpc);
@@ -260,5 +304,30 @@ mod tests {
         assert!(ErrorContext::of(&h).grpc);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         assert!(!ErrorContext::of(&h).grpc);
+    }
+
+    #[test]
+    fn stream_resets_map_as_grpc_protocol_http2_says() {
+        use h2::Reason;
+        for (reason, code) in [
+            (Reason::NO_ERROR, "13"),
+            (Reason::PROTOCOL_ERROR, "13"),
+            (Reason::INTERNAL_ERROR, "13"),
+            (Reason::FLOW_CONTROL_ERROR, "13"),
+            (Reason::SETTINGS_TIMEOUT, "13"),
+            (Reason::FRAME_SIZE_ERROR, "13"),
+            (Reason::COMPRESSION_ERROR, "13"),
+            (Reason::CONNECT_ERROR, "13"),
+            (Reason::REFUSED_STREAM, "14"),
+            (Reason::CANCEL, "1"),
+            (Reason::ENHANCE_YOUR_CALM, "8"),
+            (Reason::INADEQUATE_SECURITY, "7"),
+        ] {
+            assert_eq!(grpc_code_for_reset(reason), code, "{reason:?}");
+        }
+        let e = h2::Error::from(Reason::CANCEL);
+        assert_eq!(h2_reason(&e), Some(Reason::CANCEL));
+        let io = std::io::Error::other("closed");
+        assert_eq!(h2_reason(&io), None);
     }
 }

@@ -99,6 +99,8 @@ pub(crate) struct RequestBody {
     fault: Option<FaultNote>,
     /// Frames read ahead to find trailers (`message/trailers.rs`), sent first.
     replay: Option<Box<Replay>>,
+    /// Decodes a gRPC-Web text body (`http/filters/grpc_web.rs`).
+    text: Option<Box<crate::http::filters::grpc_web::TextDecoder>>,
 }
 
 impl RequestBody {
@@ -111,8 +113,14 @@ impl RequestBody {
             inner,
             fault,
             replay: None,
+            text: None,
         };
         (body, note)
+    }
+
+    /// Base64-decodes the body as it streams (a gRPC-Web text request).
+    pub(crate) fn decode_grpc_web_text(&mut self) {
+        self.text = Some(Box::default());
     }
 
     fn note(&self, f: BodyFault) {
@@ -151,7 +159,33 @@ impl Body for RequestBody {
                 None => self.replay = None,
             }
         }
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = loop {
+            let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+            let Some(text) = self.text.as_mut() else {
+                break frame;
+            };
+            let decoded = match &frame {
+                Some(Ok(f)) => match f.data_ref() {
+                    Some(d) => text.decode(d).map(Some),
+                    None => Ok(None),
+                },
+                None => text.finish().map(|()| None),
+                Some(Err(_)) => Ok(None),
+            };
+            match decoded {
+                // A chunk shorter than a quad: read on (unless it was the last).
+                Ok(Some(d)) if d.is_empty() && !self.inner.is_end_stream() => continue,
+                Ok(Some(d)) => break Some(Ok(Frame::data(d))),
+                Ok(None) => break frame,
+                Err(e) => {
+                    tracing::debug!(error = %e, "gRPC-Web text request body");
+                    self.note(BodyFault::InvalidGrpcWebText);
+                    return Poll::Ready(Some(Err(Box::new(DownstreamBodyError(
+                        BodyFault::InvalidGrpcWebText,
+                    )))));
+                }
+            }
+        };
         match frame {
             Some(Err(e)) => {
                 let fault = classify(&e);
@@ -192,6 +226,8 @@ impl Body for RequestBody {
         match &self.replay {
             // Part of the body has been read ahead: its length is no longer the inner's.
             Some(_) => SizeHint::default(),
+            // Decoding changes the length.
+            None if self.text.is_some() => SizeHint::default(),
             None => self.inner.size_hint(),
         }
     }

@@ -85,6 +85,8 @@ pub struct Route {
     pub fault: Option<Box<config::Fault>>,
     /// Who may use it (read by the identity filter); `None`: everyone.
     pub authorization: Option<Box<crate::http::filters::Policy>>,
+    /// gRPC-Web on this route (the listener's setting when unset).
+    pub grpc_web: Option<bool>,
 }
 
 impl RouteTable {
@@ -126,6 +128,7 @@ impl RouteTable {
                         response_headers: HeaderOps::compile(&r.response_headers)?,
                         fault: r.fault.clone().map(Box::new),
                         authorization: crate::http::filters::Policy::compile(&r.authorization),
+                        grpc_web: r.grpc_web,
                     })
                 })
                 .collect::<Result<_, CompileError>>()?;

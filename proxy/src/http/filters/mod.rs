@@ -10,6 +10,7 @@
 
 mod fault;
 mod forwarded;
+pub(crate) mod grpc_web;
 mod header_ops;
 mod identity;
 mod request_id;
