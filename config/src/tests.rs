@@ -688,7 +688,8 @@ fn tls_rules_between_blocks() {
     );
     let e = errors(&src);
     assert!(
-        e.iter().any(|m| m.contains("listeners[0].http.authorization: needs client certificates")),
+        e.iter()
+            .any(|m| m.contains("listeners[0].http.authorization: needs client certificates")),
         "{e:#?}"
     );
     assert!(
