@@ -95,6 +95,7 @@ taskset -c "$PROXY_CPU" nginx -c "$D/proxy.conf" -e "$D/proxy/early.log" &
 taskset -c "$PROXY_CPU" haproxy -db -f "$D/haproxy.cfg" &
 echo $! >"$D/haproxy.pid"
 taskset -c "$PROXY_CPU" "$BIN" --log warn proxy -c "$D/sluice.yaml" --workers 1 --no-watch &
+echo $! >"$D/sluice.pid"
 for t in sluice nginx haproxy; do
     for _ in $(seq 1 100); do
         curl -skf "https://127.0.0.1:${PORT[$t]}/" >/dev/null 2>&1 && break
@@ -103,22 +104,39 @@ for t in sluice nginx haproxy; do
     curl -skf "https://127.0.0.1:${PORT[$t]}/" >/dev/null || { echo "$t did not come up" >&2; exit 1; }
 done
 
-declare -A KA HS
+# CPU time (utime + stime, clock ticks) of a proxy's serving process: Sluice itself, nginx's
+# worker, HAProxy. Per request it tells whether the proxy or the load generator was the limit.
+declare -A CPUPID=([sluice]=$(cat "$D/sluice.pid") [haproxy]=$(cat "$D/haproxy.pid")
+    [nginx]=$(pgrep -P "$(cat "$D/proxy.nginx.pid")" | head -1))
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+declare -A KA HS KCPU HCPU KN HN
 rps() { awk '/Requests\/sec/{print $2}'; }
+reqs() { awk '/requests in/{print $1}'; }
+run() { # TARGET EXTRA-ARGS... → "rps requests cpu_ticks"
+    local t=$1; shift
+    local c0 out
+    c0=$(ticks "${CPUPID[$t]}")
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SLICE}s" "$@" "https://127.0.0.1:${PORT[$t]}/")
+    echo "$(rps <<<"$out") $(reqs <<<"$out") $(($(ticks "${CPUPID[$t]}") - c0))"
+}
 for _ in $(seq 1 "$ROUNDS"); do
     for t in sluice nginx haproxy; do
-        u="https://127.0.0.1:${PORT[$t]}/"
-        KA[$t]="${KA[$t]:-} $(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SLICE}s" "$u" | rps)"
-        HS[$t]="${HS[$t]:-} $(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SLICE}s" -H 'Connection: close' "$u" | rps)"
+        read -r r n c <<<"$(run "$t")"
+        KA[$t]="${KA[$t]:-} $r"; KN[$t]=$((${KN[$t]:-0} + n)); KCPU[$t]=$((${KCPU[$t]:-0} + c))
+        read -r r n c <<<"$(run "$t" -H 'Connection: close')"
+        HS[$t]="${HS[$t]:-} $r"; HN[$t]=$((${HN[$t]:-0} + n)); HCPU[$t]=$((${HCPU[$t]:-0} + c))
     done
 done
 mean() { python3 -c "import sys; v=[float(x) for x in sys.argv[1:]]; print(round(sum(v)/len(v)))" $1; }
-printf '| target | HTTPS keep-alive req/s | new TLS handshakes/s |\n|---|---|---|\n'
+HZ=$(getconf CLK_TCK)
+us() { python3 -c "print(round($1 * 1e6 / $HZ / max($2, 1), 1))"; }
+printf '| target | HTTPS keep-alive req/s | proxy CPU µs/request | new TLS handshakes/s | proxy CPU µs/handshake |\n|---|---|---|---|---|\n'
 declare -A MK MH
 for t in sluice nginx haproxy; do
     MK[$t]=$(mean "${KA[$t]}")
     MH[$t]=$(mean "${HS[$t]}")
-    printf '| %s | %s | %s |\n' "$t" "${MK[$t]}" "${MH[$t]}"
+    printf '| %s | %s | %s | %s | %s |\n' "$t" "${MK[$t]}" "$(us "${KCPU[$t]}" "${KN[$t]}")" \
+        "${MH[$t]}" "$(us "${HCPU[$t]}" "${HN[$t]}")"
 done
 for t in sluice haproxy; do
     printf '%s / nginx: keep-alive %.2f, handshakes %.2f\n' "$t" \
