@@ -170,6 +170,8 @@ struct Inner {
     watched: HashSet<PathBuf>,
     /// Wakes the reload thread (started with the first watch).
     wake: Option<mpsc::Sender<()>>,
+    /// When each soon-expiring certificate was last warned about (Unix seconds).
+    warned: HashMap<PathBuf, i64>,
 }
 
 /// How often expiry is re-exported and warned about.
@@ -384,24 +386,37 @@ impl TlsStore {
         self.metrics.set_expiry(live);
     }
 
-    /// The periodic expiry duties.
+    /// The periodic expiry duties: the gauge, and a warning once a day for each certificate in
+    /// use that expires within [`EXPIRY_WARNING`] (each load warned already).
     fn tick(&self) {
-        let entries: Vec<Arc<ServerTls>> = self
-            .lock()
-            .servers
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
         let now = unix_now();
-        for s in &entries {
-            for (path, info) in &s.entry.state().certs {
-                let left = info.not_after - now;
-                // Once a day per certificate (ticks are 30 s apart).
-                if left < EXPIRY_WARNING.as_secs() as i64 && left % 86_400 < 30 {
+        let mut certs: Vec<(PathBuf, CertInfo)> = Vec::new();
+        {
+            let inner = self.lock();
+            for s in inner.servers.values().filter_map(|w| w.upgrade()) {
+                certs.extend(s.entry.state().certs.iter().cloned());
+            }
+            for c in inner.clients.values().filter_map(|w| w.upgrade()) {
+                certs.extend(c.entry.state().certs.iter().cloned());
+            }
+        }
+        let mut inner = self.lock();
+        for (path, info) in certs {
+            let left = info.not_after - now;
+            if left >= EXPIRY_WARNING.as_secs() as i64 {
+                continue;
+            }
+            let last = inner.warned.entry(path.clone()).or_insert(now);
+            if now - *last >= 86_400 {
+                *last = now;
+                if left <= 0 {
+                    tracing::error!(cert = %path.display(), expired_secs_ago = -left, "TLS certificate has expired");
+                } else {
                     tracing::warn!(cert = %path.display(), expires_in_secs = left, "TLS certificate expires soon");
                 }
             }
         }
+        drop(inner);
         self.export_expiry();
     }
 }
