@@ -50,7 +50,7 @@ pub struct Metrics {
     pub(crate) sni: SniMetrics,
     /// gRPC responses by status (`http/grpc.rs`).
     grpc_responses: Family<Labels, Counter>,
-    /// gRPC-Web requests by mode (`http/filters/grpc_web.rs`).
+    /// gRPC-Web requests by mode (`message/grpc_web.rs`).
     grpc_web_requests: Family<Labels, Counter>,
 }
 

@@ -35,7 +35,7 @@ pub struct ResponseBody {
     replay: Option<Box<Replay>>,
     /// Counts the gRPC status the body ends with (gRPC responses only).
     grpc: Option<Box<StatusTally>>,
-    /// Turns a gRPC body into gRPC-Web (`http/filters/grpc_web.rs`).
+    /// Turns a gRPC body into gRPC-Web (`message/grpc_web.rs`).
     web: Option<Box<ResponseEncoder>>,
 }
 

@@ -2,6 +2,7 @@
 //! TLS terminates in front of protocol detection, the TLS details (SNI, ALPN, peer identity).
 //! The request path takes the scheme from here, never from a literal.
 
+pub use crate::tls::TlsInfo;
 use std::net::SocketAddr;
 
 /// What the listener knows about an accepted connection; handed to `http` with the byte stream
@@ -15,19 +16,6 @@ pub struct ConnContext {
     /// TLS details when TLS was terminated in front of protocol detection (`None`: plaintext).
     /// Boxed: every idle connection keeps its context, and most are plaintext.
     pub tls: Option<Box<TlsInfo>>,
-}
-
-/// What a TLS handshake established (filled in by the TLS work).
-#[derive(Clone, Debug, Default)]
-pub struct TlsInfo {
-    /// Server name the client asked for (SNI).
-    pub sni: Option<String>,
-    /// Negotiated application protocol (ALPN).
-    pub alpn: Option<Vec<u8>>,
-    /// The client certificate's identity (SPIFFE ID), when verified.
-    pub peer_identity: Option<String>,
-    /// SHA-256 of the client certificate (DER, lowercase hex), when one was verified.
-    pub peer_cert_sha256: Option<String>,
 }
 
 impl ConnContext {

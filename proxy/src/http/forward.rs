@@ -601,7 +601,7 @@ fn plan_forward<'a>(
         None => return Err(ProxyError::NoCluster(cluster.name.clone())),
     };
     let downstream_version = parts.version;
-    // gRPC-Web (`http/filters/grpc_web.rs`): a gRPC request to an HTTP/2 upstream from here on.
+    // gRPC-Web (`message/grpc_web.rs`): a gRPC request to an HTTP/2 upstream from here on.
     let grpc_web = if route.grpc_web.unwrap_or(http.settings.grpc_web) {
         grpc_web::Mode::of(&parts.headers)
     } else {

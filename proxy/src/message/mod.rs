@@ -4,6 +4,7 @@
 //! both build on it, neither through the other.
 
 pub(crate) mod fields;
+pub(crate) mod grpc_web;
 pub(crate) mod replay;
 pub(crate) mod reqbody;
 pub(crate) mod trailers;

@@ -99,8 +99,8 @@ pub(crate) struct RequestBody {
     fault: Option<FaultNote>,
     /// Frames read ahead to find trailers (`message/trailers.rs`), sent first.
     replay: Option<Box<Replay>>,
-    /// Decodes a gRPC-Web text body (`http/filters/grpc_web.rs`).
-    text: Option<Box<crate::http::filters::grpc_web::TextDecoder>>,
+    /// Decodes a gRPC-Web text body (`message/grpc_web.rs`).
+    text: Option<Box<super::grpc_web::TextDecoder>>,
 }
 
 impl RequestBody {

@@ -5,12 +5,14 @@ pub(crate) mod action;
 mod hash;
 mod host;
 mod matcher;
+mod policy;
 #[cfg(test)]
 mod tests;
 
 pub use action::{Action, Backends, Forward, HeaderOps};
 pub use hash::RequestHash;
 pub(crate) use host::strip_port;
+pub use policy::Policy;
 
 use crate::cluster::Registry;
 use http::{HeaderMap, Method};
@@ -84,7 +86,7 @@ pub struct Route {
     /// Fault injection (read by the fault filter).
     pub fault: Option<Box<config::Fault>>,
     /// Who may use it (read by the identity filter); `None`: everyone.
-    pub authorization: Option<Box<crate::http::filters::Policy>>,
+    pub authorization: Option<Box<Policy>>,
     /// gRPC-Web on this route (the listener's setting when unset).
     pub grpc_web: Option<bool>,
 }
@@ -127,7 +129,7 @@ impl RouteTable {
                         request_headers: HeaderOps::compile(&r.request_headers)?,
                         response_headers: HeaderOps::compile(&r.response_headers)?,
                         fault: r.fault.clone().map(Box::new),
-                        authorization: crate::http::filters::Policy::compile(&r.authorization),
+                        authorization: Policy::compile(&r.authorization),
                         grpc_web: r.grpc_web,
                     })
                 })

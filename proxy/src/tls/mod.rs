@@ -18,6 +18,7 @@ mod server;
 mod stream;
 
 pub(crate) use load::CertInfo;
+pub use stream::TlsInfo;
 pub(crate) use stream::{AcceptError, Alpn, UpstreamIo, accept};
 
 use crate::metrics::TlsMetrics;

@@ -2,12 +2,24 @@
 //! for the request path) and the upstream connection type, plaintext or TLS.
 
 use super::{ClientTls, ServerTls, load};
-use crate::http::TlsInfo;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// What a TLS handshake established (it travels with the connection in `http::ConnContext`).
+#[derive(Clone, Debug, Default)]
+pub struct TlsInfo {
+    /// Server name the client asked for (SNI).
+    pub sni: Option<String>,
+    /// Negotiated application protocol (ALPN).
+    pub alpn: Option<Vec<u8>>,
+    /// The client certificate's identity (SPIFFE ID), when verified.
+    pub peer_identity: Option<String>,
+    /// SHA-256 of the client certificate (DER, lowercase hex), when one was verified.
+    pub peer_cert_sha256: Option<String>,
+}
 
 /// Which ALPN an upstream connection offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 
 mod fault;
 mod forwarded;
-pub(crate) mod grpc_web;
+pub(crate) use crate::message::grpc_web;
 mod header_ops;
 mod identity;
 mod request_id;
@@ -18,7 +18,7 @@ mod request_id;
 pub use fault::{Fault, FaultCounters, FaultMetrics};
 pub use forwarded::Forwarded;
 pub use header_ops::HeaderOps;
-pub use identity::{Identity, Policy};
+pub use identity::Identity;
 pub use request_id::RequestId;
 
 use crate::http::ConnContext;

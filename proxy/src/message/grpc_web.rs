@@ -8,9 +8,12 @@
 //! CORS preflights are the route's business (they are not gRPC-Web requests).
 //!
 //! It runs ahead of the filter chain (as Envoy places it first): the request filters see a gRPC
-//! request. It is not an [`super::HttpFilter`] object because it rewrites bodies, which that
+//! request. It is not an `HttpFilter` object because it rewrites bodies, which that
 //! trait does not see: the request path calls [`Mode::of`] and the body codecs here. Nothing is
 //! buffered beyond base64 alignment (at most 3 bytes of text in, 2 bytes out).
+//!
+//! It lives in `message/` (not `http/filters/`) because the request body (`message/reqbody.rs`)
+//! decodes with it and `message` must not depend on `http`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TE};
