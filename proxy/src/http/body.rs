@@ -46,6 +46,12 @@ enum Inner {
     Upstream(Incoming),
 }
 
+impl Default for ResponseBody {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
 impl ResponseBody {
     /// No body.
     pub fn empty() -> Self {

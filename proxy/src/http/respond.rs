@@ -65,7 +65,7 @@ pub(crate) fn error(err: &ProxyError, ctx: ErrorContext) -> Response<ResponseBod
         }
     };
     if ctx.grpc && !close {
-        return grpc_error(grpc_status(err), body.trim_end());
+        return grpc_error(HeaderValue::from_static(grpc_status(err)), body.trim_end());
     }
     let mut resp = text(err.status(), Bytes::from_static(body.as_bytes()));
     if close {
@@ -154,12 +154,13 @@ pub(crate) fn grpc_code_for_status(status: u16) -> &'static str {
 }
 
 /// A gRPC "trailers-only" answer: HTTP 200 with `grpc-status` (`code`) and `grpc-message` in
-/// the head and no body.
-pub(crate) fn grpc_error(code: &'static str, message: &str) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::empty());
+/// the head and no body. Sluice's own errors and the filters' answers (fault aborts,
+/// authorization) alike.
+pub(crate) fn grpc_error<B: Default>(code: HeaderValue, message: &str) -> Response<B> {
+    let mut resp = Response::new(B::default());
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    h.insert("grpc-status", HeaderValue::from_static(code));
+    h.insert("grpc-status", code);
     if let Ok(m) = HeaderValue::from_str(message) {
         h.insert("grpc-message", m);
     }

@@ -169,8 +169,6 @@ struct Inner {
     clients: HashMap<UpstreamTls, Weak<ClientTls>>,
     watcher: Option<notify::RecommendedWatcher>,
     watched: HashSet<PathBuf>,
-    /// Wakes the reload thread (started with the first watch).
-    wake: Option<mpsc::Sender<()>>,
     /// When each soon-expiring certificate was last warned about (Unix seconds).
     warned: HashMap<PathBuf, i64>,
 }
@@ -211,14 +209,10 @@ impl TlsStore {
             entry: Entry::new(loaded)?,
             identity,
         });
-        self.warn_expiry(&tls.entry);
-        let dirs = tls.entry.dirs();
-        let mut inner = self.lock();
-        inner.servers.retain(|_, w| w.strong_count() > 0);
-        inner.servers.insert(cfg.clone(), Arc::downgrade(&tls));
-        self.watch(&mut inner, dirs);
-        drop(inner);
-        self.export_expiry();
+        self.adopt(&tls.entry, |inner| {
+            inner.servers.retain(|_, w| w.strong_count() > 0);
+            inner.servers.insert(cfg.clone(), Arc::downgrade(&tls));
+        });
         Ok(tls)
     }
 
@@ -248,23 +242,32 @@ impl TlsStore {
             entry: Entry::new(loaded)?,
             server_name,
         });
-        self.warn_expiry(&tls.entry);
-        let dirs = tls.entry.dirs();
+        self.adopt(&tls.entry, |inner| {
+            inner.clients.retain(|_, w| w.strong_count() > 0);
+            inner.clients.insert(key, Arc::downgrade(&tls));
+        });
+        Ok(tls)
+    }
+
+    /// Takes a new entry in: warns about its certificates' expiry, records it (`insert`, which
+    /// also drops dead entries), watches its files and exports the expiry gauge.
+    fn adopt<T>(self: &Arc<Self>, entry: &Entry<T>, insert: impl FnOnce(&mut Inner)) {
+        self.warn_expiry(entry);
+        let dirs = entry.dirs();
         let mut inner = self.lock();
-        inner.clients.retain(|_, w| w.strong_count() > 0);
-        inner.clients.insert(key, Arc::downgrade(&tls));
+        insert(&mut inner);
         self.watch(&mut inner, dirs);
         drop(inner);
         self.export_expiry();
-        Ok(tls)
     }
 
     /// Watches `dirs` (starting the watcher and the reload thread the first time).
     fn watch(self: &Arc<Self>, inner: &mut Inner, dirs: Vec<PathBuf>) {
         use notify::Watcher;
         if inner.watcher.is_none() {
-            let (tx, rx) = mpsc::channel();
-            let events = tx.clone();
+            // The watcher's callback holds the only sender: dropping the store drops the
+            // watcher, which ends the reload thread.
+            let (events, rx) = mpsc::channel();
             let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
                 if ev.is_ok_and(|e| !e.kind.is_access()) {
                     let _ = events.send(());
@@ -277,7 +280,6 @@ impl TlsStore {
                     return;
                 }
             }
-            inner.wake = Some(tx);
             let store = Arc::downgrade(self);
             let spawned = std::thread::Builder::new()
                 .name("sluice-tls".into())

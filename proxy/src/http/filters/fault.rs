@@ -161,17 +161,7 @@ fn abort_response(a: Abort, grpc_request: bool) -> Response<Bytes> {
         Abort::Http(_) => None,
     };
     let mut resp = match grpc_code {
-        Some(code) => {
-            let mut r = Response::new(Bytes::new());
-            let h = r.headers_mut();
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-            h.insert("grpc-status", code);
-            h.insert(
-                "grpc-message",
-                HeaderValue::from_static("fault filter abort"),
-            );
-            r
-        }
+        Some(code) => crate::http::respond::grpc_error(code, "fault filter abort"),
         None => {
             let mut r = Response::new(Bytes::from_static(b"fault filter abort\n"));
             if let Abort::Http(s) = a {

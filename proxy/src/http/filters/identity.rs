@@ -148,15 +148,7 @@ impl super::HttpFilter for Identity {
 
 fn denied(grpc_request: bool) -> Response<Bytes> {
     let mut r = if grpc_request {
-        let mut r = Response::new(Bytes::new());
-        let h = r.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert("grpc-status", HeaderValue::from_static("7"));
-        h.insert(
-            "grpc-message",
-            HeaderValue::from_static("RBAC: access denied"),
-        );
-        r
+        crate::http::respond::grpc_error(HeaderValue::from_static("7"), "RBAC: access denied")
     } else {
         let mut r = Response::new(Bytes::from_static(b"RBAC: access denied\n"));
         *r.status_mut() = StatusCode::FORBIDDEN;
