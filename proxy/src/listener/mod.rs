@@ -248,8 +248,20 @@ async fn serve(
     spec.metrics.connections.inc();
     spec.metrics.active.inc();
     match (&spec.kind, current.http.clone()) {
+        // Boxed: this future is every connection's task, and the TLS arm (rustls' connection
+        // state, the HTTP server over a TLS stream) would otherwise size it for plaintext
+        // connections too.
         (ListenerKind::Http(_), Some(http_current)) if spec.tls.is_some() => {
-            serve_tls(stream, peer, &spec, &current, http_current, worker, drain).await
+            Box::pin(serve_tls(
+                stream,
+                peer,
+                &spec,
+                &current,
+                http_current,
+                worker,
+                drain,
+            ))
+            .await
         }
         (ListenerKind::Http(http), Some(http_current)) => {
             if let Some(http2) = detect_protocol(&stream, peer, http, &spec).await {
