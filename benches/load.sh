@@ -7,6 +7,8 @@
 #   SKIP_BUILD=1 bash benches/load.sh    # use the existing target/release binaries
 #   WAIT_QUIET=300 bash benches/load.sh  # first wait (<= 300 s) for other CPU users to finish
 #   PROFILE=1 bash benches/load.sh       # also `perf record` Sluice under wrk afterwards
+#   TLS_GRPC=0 bash benches/load.sh      # without the TLS and gRPC rows (tls.sh, grpc.sh and
+#                                        # idle TLS memory, run at the end on the same cores)
 #
 # Results: stdout and benches/out/results.md; raw tool output in benches/out/run.*/ (latest
 # symlinked as benches/out/latest).
@@ -49,6 +51,7 @@ need nginx nginx-light
 need haproxy haproxy
 need wrk wrk
 need h2load nghttp2-client
+need openssl openssl
 need curl curl
 need taskset util-linux
 need ss iproute2
@@ -604,5 +607,26 @@ fi
 
 # --- report ----------------------------------------------------------------------------------
 python3 "$ROOT/benches/load_helpers.py" report "$RES" "$OUT_DIR/results.md"
+
+# --- TLS and gRPC rows -----------------------------------------------------------------------
+# The same pinned cores, the same release binary, in this run: TLS termination (keep-alive and
+# new handshakes; benches/tls.sh), gRPC unary calls (benches/grpc.sh) and memory per idle TLS
+# connection (benches/idle_conn.sh). TLS_GRPC=0 skips them.
+if [[ ${TLS_GRPC:-1} == 1 ]]; then
+    SLUICE_BIN=$ROOT/target/release/sluice
+    log "TLS rows (benches/tls.sh)"
+    tls_out=$(SKIP_BUILD=1 PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU bash "$ROOT/benches/tls.sh" 2>"$RUN/tls.err") ||
+        tls_out="tls.sh failed: $(tail -3 "$RUN/tls.err")"
+    log "gRPC rows (benches/grpc.sh)"
+    grpc_out=$(SKIP_BUILD=1 PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU bash "$ROOT/benches/grpc.sh" 2>"$RUN/grpc.err") ||
+        grpc_out="grpc.sh failed: $(tail -3 "$RUN/grpc.err")"
+    log "idle TLS connections (benches/idle_conn.sh, N=$IDLE_CONNS)"
+    idle_tls=$(TLS=1 N=$IDLE_CONNS bash "$ROOT/benches/idle_conn.sh" "$SLUICE_BIN" 2>&1 | tail -1)
+    {
+        printf '\n## TLS termination (HTTPS, TLS 1.3, ECDSA P-256; benches/tls.sh)\n\n%s\n' "$tls_out"
+        printf '\n## gRPC unary calls (h2load, small messages; benches/grpc.sh)\n\n%s\n' "$grpc_out"
+        printf '\n## Idle TLS connections (benches/idle_conn.sh with TLS=1)\n\n%s\n' "$idle_tls"
+    } >>"$OUT_DIR/results.md"
+fi
 cp "$OUT_DIR/results.md" "$RUN/results.md"
 log "written $OUT_DIR/results.md (raw output in $RUN)"

@@ -289,6 +289,7 @@ impl Metrics {
             }),
             fault: self.fault.counters(name),
             grpc_responses: self.grpc_responses.clone(),
+            grpc_by_cluster: Default::default(),
             grpc_web_requests: self.grpc_web_requests.clone(),
             name: name.to_string(),
         }))
@@ -376,8 +377,49 @@ pub struct ListenerHandles {
     pub(crate) fault: FaultCounters,
     tls: TlsMetrics,
     grpc_responses: Family<Labels, Counter>,
+    /// This listener's gRPC status counters per cluster, resolved on a cluster's first gRPC
+    /// response and read lock-free after that.
+    grpc_by_cluster: arc_swap::ArcSwap<std::collections::HashMap<Box<str>, GrpcStatusCounters>>,
     grpc_web_requests: Family<Labels, Counter>,
     name: String,
+}
+
+/// The `grpc_status` label values: the codes gRPC defines (0–16), then `other` for anything
+/// else a peer sends (so a misbehaving upstream cannot grow the series without bound).
+const GRPC_STATUSES: [&str; 18] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "other",
+];
+
+/// One listener × cluster's `sluice_grpc_responses_total` counters, one per status, all created
+/// together (so every status shows from the cluster's first gRPC response).
+#[derive(Clone, Debug)]
+pub(crate) struct GrpcStatusCounters(std::sync::Arc<GrpcStatusInner>);
+
+#[derive(Debug)]
+struct GrpcStatusInner {
+    cluster: Box<str>,
+    counters: [Counter; GRPC_STATUSES.len()],
+}
+
+impl GrpcStatusCounters {
+    /// Counts a response that ended with `code` (the `grpc-status` value).
+    pub(crate) fn inc(&self, code: &str) {
+        let i = match code.parse::<u8>() {
+            Ok(n) if usize::from(n) < GRPC_STATUSES.len() - 1 && !code.starts_with('+') => {
+                usize::from(n)
+            }
+            _ => GRPC_STATUSES.len() - 1,
+        };
+        if let Some(c) = self.0.counters.get(i) {
+            c.inc();
+        }
+    }
+
+    /// The cluster's name.
+    pub(crate) fn cluster(&self) -> &str {
+        &self.0.cluster
+    }
 }
 
 /// A change the normalize step made to a request head (the `action` label of
@@ -452,16 +494,31 @@ impl ListenerHandles {
         }
     }
 
-    /// Counts a gRPC response by the status it ended with (`cluster` is `none` for answers
-    /// that reached no cluster). Looks the labels up: gRPC responses only.
-    pub fn grpc_response(&self, cluster: &str, status: &str) {
-        self.grpc_responses
-            .get_or_create(&vec![
-                ("listener", self.name.clone()),
-                ("cluster", cluster.to_string()),
-                ("grpc_status", status.to_string()),
-            ])
-            .inc();
+    /// The gRPC status counters of this listener for `cluster` (`none` for answers that reached
+    /// no cluster). A lock-free map read after the first gRPC response of each cluster; that
+    /// first one creates the cluster's 18 series.
+    pub(crate) fn grpc_statuses(&self, cluster: &str) -> GrpcStatusCounters {
+        if let Some(c) = self.grpc_by_cluster.load().get(cluster) {
+            return c.clone();
+        }
+        let made = GrpcStatusCounters(std::sync::Arc::new(GrpcStatusInner {
+            cluster: cluster.into(),
+            counters: GRPC_STATUSES.map(|code| {
+                self.grpc_responses
+                    .get_or_create(&vec![
+                        ("listener", self.name.clone()),
+                        ("cluster", cluster.to_string()),
+                        ("grpc_status", code.to_string()),
+                    ])
+                    .clone()
+            }),
+        }));
+        self.grpc_by_cluster.rcu(|map| {
+            let mut map = std::collections::HashMap::clone(map);
+            map.entry(cluster.into()).or_insert_with(|| made.clone());
+            map
+        });
+        made
     }
 
     /// Counts a gRPC-Web request by mode (`binary` or `text`).
@@ -871,5 +928,37 @@ impl SniMetrics {
                     .clone()
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_statuses_are_resolved_once_and_unknown_codes_fold_into_other() {
+        let m = Metrics::new();
+        let l = m.listener("main");
+        let up = l.grpc_statuses("up");
+        up.inc("0");
+        up.inc("14");
+        // Out of range, signed, or not a number: one `other` series, not one per value.
+        for bad in ["17", "255", "+3", "-1", "abc", ""] {
+            l.grpc_statuses("up").inc(bad);
+        }
+        let text = m.encode_text();
+        let line = |status: &str| {
+            format!(
+                "sluice_grpc_responses_total{{listener=\"main\",cluster=\"up\",grpc_status=\"{status}\"}}"
+            )
+        };
+        assert!(text.contains(&format!("{} 1\n", line("0"))), "{text}");
+        assert!(text.contains(&format!("{} 1\n", line("14"))), "{text}");
+        assert!(text.contains(&format!("{} 6\n", line("other"))), "{text}");
+        // Every status exists from the first response, at zero.
+        assert!(text.contains(&format!("{} 0\n", line("16"))), "{text}");
+        assert!(!text.contains("grpc_status=\"17\""), "{text}");
+        // The second lookup reads the cached handles.
+        assert_eq!(l.grpc_by_cluster.load().len(), 1);
     }
 }

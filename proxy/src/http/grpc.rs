@@ -3,7 +3,7 @@
 //! status each gRPC response ends with (`sluice_grpc_responses_total`).
 
 use crate::http::body::ResponseBody;
-use crate::metrics::ListenerMetrics;
+use crate::metrics::{GrpcStatusCounters, ListenerMetrics};
 use http::{HeaderMap, HeaderName, Response};
 use std::time::Duration;
 
@@ -51,8 +51,7 @@ pub(crate) fn track_status(
     cluster: &str,
 ) {
     let mut tally = StatusTally {
-        metrics: metrics.clone(),
-        cluster: cluster.to_string(),
+        counters: metrics.grpc_statuses(cluster),
         http_status: resp.status().as_u16(),
         done: false,
     };
@@ -68,8 +67,7 @@ pub(crate) fn track_status(
 /// The pending count of one gRPC response (see [`track_status`]).
 #[derive(Debug)]
 pub(crate) struct StatusTally {
-    metrics: ListenerMetrics,
-    cluster: String,
+    counters: GrpcStatusCounters,
     http_status: u16,
     done: bool,
 }
@@ -81,9 +79,9 @@ impl StatusTally {
         }
         self.done = true;
         if code != "0" {
-            tracing::debug!(cluster = %self.cluster, grpc_status = code, "gRPC response");
+            tracing::debug!(cluster = %self.counters.cluster(), grpc_status = code, "gRPC response");
         }
-        self.metrics.grpc_response(&self.cluster, code);
+        self.counters.inc(code);
     }
 
     /// The body ended, with these trailers (if any).
