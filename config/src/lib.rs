@@ -41,6 +41,8 @@ mod route;
 mod tls;
 mod units;
 mod validate;
+#[cfg(feature = "xds")]
+pub mod xds;
 
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
 pub use discovery::{AddressFamily, Discovery, DiscoveryType, DnsName};
