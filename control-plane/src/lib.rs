@@ -15,3 +15,7 @@
 
 /// The config model the control plane serves.
 pub use sluice_config as config;
+
+pub mod api;
+pub mod settings;
+pub mod source;
