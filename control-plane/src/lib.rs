@@ -17,5 +17,6 @@
 pub use sluice_config as config;
 
 pub mod api;
+pub mod run;
 pub mod settings;
 pub mod source;
