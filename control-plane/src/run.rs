@@ -145,7 +145,10 @@ pub async fn run(inputs: Inputs, mut current: DirConfig, mut publish: impl Publi
 }
 
 /// Watches the directory tree (editors replace files; Kubernetes swaps a `..data` link).
-fn watch(dir: &PathBuf, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+fn watch(
+    dir: &std::path::Path,
+    tx: mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut w = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(e) = ev
