@@ -1,0 +1,239 @@
+//! State-of-the-world ADS: per type, the proxy names what it wants (or everything, for LDS and
+//! CDS) and every response carries the whole answer at one version.
+//!
+//! Rules (xds_protocol.rst):
+//! * a request whose `response_nonce` is not the latest nonce sent for its type is stale and
+//!   ignored entirely (a newer response is on its way);
+//! * with the latest nonce: `error_detail` set is a NACK (recorded; the rejected version is
+//!   not sent again, only a newer one), otherwise an ACK of the version sent;
+//! * a response is sent for a type when its snapshot version differs from the version this
+//!   stream was last sent, or when the subscription changed;
+//! * LDS/CDS responses carry every resource (anything missing is deleted by the proxy),
+//!   RDS/EDS/SDS only the subscribed names that exist;
+//! * on a snapshot change, types go out in [`type_url::PUSH_ORDER`] (secrets, clusters,
+//!   endpoints, listeners, routes) without waiting for ACKs between them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tonic::Streaming;
+
+use super::Stream;
+use crate::cache::Published;
+use crate::snapshot::{Resources, type_url};
+use crate::status::{Nack, now_ms};
+
+/// What the proxy subscribed to for one type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Names {
+    All,
+    Only(BTreeSet<String>),
+}
+
+/// One type's state on one stream.
+#[derive(Debug)]
+struct TypeState {
+    names: Names,
+    /// The proxy has named resources for this type at least once (so an empty list now means
+    /// "nothing", not the legacy wildcard).
+    named_before: bool,
+    /// The subscription changed since the last response.
+    dirty: bool,
+    sent_version: Option<String>,
+    nonce: Option<String>,
+    /// When the snapshot behind the last response was set, until its ACK or NACK.
+    pending_since: Option<Instant>,
+}
+
+impl TypeState {
+    fn new() -> Self {
+        Self {
+            names: Names::Only(BTreeSet::new()),
+            named_before: false,
+            dirty: true,
+            sent_version: None,
+            nonce: None,
+            pending_since: None,
+        }
+    }
+
+    /// Applies a request's `resource_names`; true if the subscription changed.
+    fn subscribe(&mut self, type_url: &str, names: &[String]) -> bool {
+        let wanted = if names.iter().any(|n| n == "*")
+            || (names.is_empty() && !self.named_before && type_url::wildcard_by_default(type_url))
+        {
+            Names::All
+        } else {
+            Names::Only(names.iter().cloned().collect())
+        };
+        if !names.is_empty() {
+            self.named_before = true;
+        }
+        let changed = wanted != self.names;
+        self.names = wanted;
+        changed
+    }
+}
+
+/// Runs one SotW stream until the proxy goes away.
+pub(super) async fn run(
+    mut stream: Stream<DiscoveryResponse>,
+    first: DiscoveryRequest,
+    mut inbound: Streaming<DiscoveryRequest>,
+) {
+    let mut state = Sotw {
+        types: BTreeMap::new(),
+        current: stream.watch.current(),
+    };
+    stream.note_key();
+    if !state.request(&mut stream, first).await {
+        return;
+    }
+    loop {
+        tokio::select! {
+            message = inbound.message() => {
+                let Ok(Some(request)) = message else { return };
+                if !state.request(&mut stream, request).await {
+                    return;
+                }
+            }
+            () = stream.watch.changed() => {
+                state.current = stream.watch.current();
+                stream.note_key();
+                if !state.push_all(&mut stream).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Sotw {
+    types: BTreeMap<String, TypeState>,
+    current: Option<Arc<Published>>,
+}
+
+impl Sotw {
+    /// Handles one request; false when the stream should end.
+    async fn request(
+        &mut self,
+        stream: &mut Stream<DiscoveryResponse>,
+        request: DiscoveryRequest,
+    ) -> bool {
+        let url = request.type_url;
+        if url.is_empty() {
+            let _ = stream
+                .tx
+                .send(Err(tonic::Status::invalid_argument("type_url is empty")))
+                .await;
+            return false;
+        }
+        let first_for_type = !self.types.contains_key(&url);
+        let st = self.types.entry(url.clone()).or_insert_with(TypeState::new);
+        let nonce = request.response_nonce;
+        if !nonce.is_empty() {
+            if st.nonce.as_deref() != Some(nonce.as_str()) {
+                tracing::trace!(type_url = %url, %nonce, "stale nonce ignored");
+                return true;
+            }
+            let shared = &stream.shared;
+            match request.error_detail {
+                Some(error) => {
+                    shared.metrics.nacked(&url);
+                    let nack = Nack {
+                        version: st.sent_version.clone().unwrap_or_default(),
+                        error: error.message,
+                        code: error.code,
+                        at_ms: now_ms(),
+                    };
+                    tracing::warn!(type_url = %url, version = %nack.version, error = %nack.error, "NACK");
+                    st.pending_since = None;
+                    shared.entry.update_type(&url, |t| t.last_nack = Some(nack));
+                }
+                None => {
+                    if let Some(since) = st.pending_since.take() {
+                        shared
+                            .metrics
+                            .push_latency
+                            .observe(since.elapsed().as_secs_f64());
+                    }
+                    let version = request.version_info.clone();
+                    shared
+                        .entry
+                        .update_type(&url, |t| t.acked_version = Some(version));
+                }
+            }
+        }
+        if st.subscribe(&url, &request.resource_names) {
+            st.dirty = true;
+        }
+        if nonce.is_empty() && first_for_type && !request.version_info.is_empty() {
+            // A reconnecting proxy says which version it has: do not resend it.
+            let version = request.version_info;
+            st.sent_version = Some(version.clone());
+            st.dirty = false;
+            stream
+                .shared
+                .entry
+                .update_type(&url, |t| t.acked_version = Some(version));
+        }
+        self.push(stream, &url).await
+    }
+
+    /// Pushes every subscribed type that needs it, in push order.
+    async fn push_all(&mut self, stream: &mut Stream<DiscoveryResponse>) -> bool {
+        let mut urls: Vec<String> = self.types.keys().cloned().collect();
+        urls.sort_by_key(|u| (type_url::rank(u), u.clone()));
+        for url in urls {
+            if !self.push(stream, &url).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends one type if its version or subscription changed; false when the proxy is gone.
+    async fn push(&mut self, stream: &mut Stream<DiscoveryResponse>, url: &str) -> bool {
+        let Some(published) = self.current.clone() else {
+            return true;
+        };
+        let Some(st) = self.types.get_mut(url) else {
+            return true;
+        };
+        let empty = Resources::empty();
+        let resources = published.snapshot.resources(url).unwrap_or(&empty);
+        let version = resources.version();
+        if !st.dirty && st.sent_version.as_deref() == Some(version) {
+            return true;
+        }
+        let items = match &st.names {
+            Names::All => resources.items().values().map(|r| r.any.clone()).collect(),
+            Names::Only(names) => names
+                .iter()
+                .filter_map(|n| resources.get(n).map(|r| r.any.clone()))
+                .collect(),
+        };
+        let nonce = stream.nonce();
+        st.sent_version = Some(version.to_owned());
+        st.nonce = Some(nonce.clone());
+        st.dirty = false;
+        st.pending_since = Some(published.set_at);
+        let response = DiscoveryResponse {
+            version_info: version.to_owned(),
+            resources: items,
+            type_url: url.to_owned(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        stream.shared.metrics.pushed(url);
+        let version = version.to_owned();
+        stream.shared.entry.update_type(url, |t| {
+            t.sent_version = Some(version);
+            t.sent_nonce = Some(nonce);
+            t.last_push_ms = Some(now_ms());
+        });
+        stream.send(response).await
+    }
+}
