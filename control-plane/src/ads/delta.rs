@@ -12,6 +12,8 @@
 //! * a response carries the subscribed resources whose version differs from what the proxy
 //!   has, and in `removed_resources` the ones it has that no longer exist, and explicitly
 //!   subscribed names that do not exist (once), so the proxy need not wait for a timeout;
+//! * on a snapshot change, types go out in push order, and removed clusters and endpoints
+//!   in a last response of their own (stale resources removed last);
 //! * nothing is sent when nothing changed; `system_version_info` is the type's snapshot
 //!   version (informational).
 
@@ -164,19 +166,62 @@ impl Delta {
         self.push(stream, &url).await
     }
 
+    /// Pushes every type's changes in push order; removals of clusters and endpoints go out
+    /// last, after listeners and routes stopped referring to them (make-before-break).
     async fn push_all(&mut self, stream: &mut Stream<DeltaDiscoveryResponse>) -> bool {
         let mut urls: Vec<String> = self.types.keys().cloned().collect();
         urls.sort_by_key(|u| (type_url::rank(u), u.clone()));
-        for url in urls {
-            if !self.push(stream, &url).await {
+        let endpoint_rank = type_url::rank(type_url::ENDPOINT);
+        let others_change = urls
+            .iter()
+            .any(|u| type_url::rank(u) > endpoint_rank && self.would_change(u));
+        for url in &urls {
+            let deferred = others_change && (url == type_url::CLUSTER || url == type_url::ENDPOINT);
+            if !self.push_with(stream, url, !deferred).await {
+                return false;
+            }
+        }
+        for url in [type_url::CLUSTER, type_url::ENDPOINT] {
+            if !self.push(stream, url).await {
                 return false;
             }
         }
         true
     }
 
-    /// Sends what changed for one type, if anything; false when the proxy is gone.
     async fn push(&mut self, stream: &mut Stream<DeltaDiscoveryResponse>, url: &str) -> bool {
+        self.push_with(stream, url, true).await
+    }
+
+    /// Whether a push of `url` would send anything (read-only [`diff`]).
+    fn would_change(&self, url: &str) -> bool {
+        let (Some(published), Some(st)) = (self.current.as_ref(), self.types.get(url)) else {
+            return false;
+        };
+        let empty = Resources::empty();
+        let resources = published.snapshot.resources(url).unwrap_or(&empty);
+        resources
+            .items()
+            .iter()
+            .any(|(name, item)| st.wants(name) && st.known.get(name) != Some(&item.version))
+            || st
+                .known
+                .iter()
+                .any(|(name, v)| v.as_str() != ABSENT && resources.get(name).is_none())
+            || st
+                .names
+                .iter()
+                .any(|name| resources.get(name).is_none() && !st.known.contains_key(name))
+    }
+
+    /// Sends what changed for one type (with or without removals), if anything; false when
+    /// the proxy is gone.
+    async fn push_with(
+        &mut self,
+        stream: &mut Stream<DeltaDiscoveryResponse>,
+        url: &str,
+        removals: bool,
+    ) -> bool {
         let Some(published) = self.current.clone() else {
             return true;
         };
@@ -185,7 +230,7 @@ impl Delta {
         };
         let empty = Resources::empty();
         let resources = published.snapshot.resources(url).unwrap_or(&empty);
-        let (changed, removed) = diff(st, resources);
+        let (changed, removed) = diff(st, resources, removals);
         if changed.is_empty() && removed.is_empty() {
             return true;
         }
@@ -213,7 +258,7 @@ impl Delta {
 }
 
 /// The resources to send and the names to remove, updating what the proxy is known to have.
-fn diff(st: &mut TypeState, resources: &Resources) -> (Vec<Resource>, Vec<String>) {
+fn diff(st: &mut TypeState, resources: &Resources, removals: bool) -> (Vec<Resource>, Vec<String>) {
     let mut changed = Vec::new();
     for (name, item) in resources.items() {
         if st.wants(name) && st.known.get(name) != Some(&item.version) {
@@ -225,6 +270,9 @@ fn diff(st: &mut TypeState, resources: &Resources) -> (Vec<Resource>, Vec<String
                 ..Default::default()
             });
         }
+    }
+    if !removals {
+        return (changed, Vec::new());
     }
     let mut removed: Vec<String> = st
         .known

@@ -11,13 +11,15 @@
 //! * LDS/CDS responses carry every resource (anything missing is deleted by the proxy),
 //!   RDS/EDS/SDS only the subscribed names that exist;
 //! * on a snapshot change, types go out in [`type_url::PUSH_ORDER`] (secrets, clusters,
-//!   endpoints, listeners, routes) without waiting for ACKs between them.
+//!   endpoints, listeners, routes) without waiting for ACKs between them, and clusters that
+//!   disappear are removed last (see [`Sotw::push_all`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::time::Instant;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
 use tonic::Streaming;
 
 use super::Stream;
@@ -45,6 +47,8 @@ struct TypeState {
     nonce: Option<String>,
     /// When the snapshot behind the last response was set, until its ACK or NACK.
     pending_since: Option<Instant>,
+    /// The snapshot of the last response (its clusters are the ones the proxy has).
+    sent_from: Option<Arc<Published>>,
 }
 
 impl TypeState {
@@ -56,6 +60,7 @@ impl TypeState {
             sent_version: None,
             nonce: None,
             pending_since: None,
+            sent_from: None,
         }
     }
 
@@ -182,31 +187,51 @@ impl Sotw {
         self.push(stream, &url).await
     }
 
-    /// Pushes every subscribed type that needs it, in push order.
+    /// Pushes every subscribed type that needs it, in push order. When clusters disappear
+    /// while other types change too, the stale clusters are removed last: the first CDS
+    /// response keeps them (the new clusters plus the stale ones, at version
+    /// `NEW+stale`), and the exact set follows after endpoints, listeners and routes.
     async fn push_all(&mut self, stream: &mut Stream<DiscoveryResponse>) -> bool {
         let mut urls: Vec<String> = self.types.keys().cloned().collect();
         urls.sort_by_key(|u| (type_url::rank(u), u.clone()));
-        for url in urls {
-            if !self.push(stream, &url).await {
+        let cluster_rank = type_url::rank(type_url::CLUSTER);
+        let others_change = urls
+            .iter()
+            .any(|u| type_url::rank(u) > cluster_rank && self.build(u).is_some());
+        let keep_stale = if others_change {
+            match self.send_with_stale_clusters(stream).await {
+                Some(sent) => sent,
+                None => return false,
+            }
+        } else {
+            false
+        };
+        for url in &urls {
+            let deferred = keep_stale && url == type_url::CLUSTER;
+            if !deferred && !self.push(stream, url).await {
                 return false;
             }
         }
-        true
+        !keep_stale || self.push(stream, type_url::CLUSTER).await
     }
 
     /// Sends one type if its version or subscription changed; false when the proxy is gone.
     async fn push(&mut self, stream: &mut Stream<DiscoveryResponse>, url: &str) -> bool {
-        let Some(published) = self.current.clone() else {
-            return true;
-        };
-        let Some(st) = self.types.get_mut(url) else {
-            return true;
-        };
+        match self.build(url) {
+            Some((version, items)) => self.send(stream, url, version, items).await,
+            None => true,
+        }
+    }
+
+    /// The response for one type, if one is due: its version and resources.
+    fn build(&self, url: &str) -> Option<(String, Vec<Any>)> {
+        let published = self.current.as_ref()?;
+        let st = self.types.get(url)?;
         let empty = Resources::empty();
         let resources = published.snapshot.resources(url).unwrap_or(&empty);
         let version = resources.version();
         if !st.dirty && st.sent_version.as_deref() == Some(version) {
-            return true;
+            return None;
         }
         let items = match &st.names {
             Names::All => resources.items().values().map(|r| r.any.clone()).collect(),
@@ -215,20 +240,76 @@ impl Sotw {
                 .filter_map(|n| resources.get(n).map(|r| r.any.clone()))
                 .collect(),
         };
+        Some((version.to_owned(), items))
+    }
+
+    /// If CDS is due and drops clusters this stream was sent, sends the new clusters plus the
+    /// dropped ones. `Some(true)` if sent, `Some(false)` if not needed, `None` if the proxy
+    /// is gone.
+    async fn send_with_stale_clusters(
+        &mut self,
+        stream: &mut Stream<DiscoveryResponse>,
+    ) -> Option<bool> {
+        let url = type_url::CLUSTER;
+        let (Some((version, mut items)), Some(st)) = (self.build(url), self.types.get(url)) else {
+            return Some(false);
+        };
+        let Some(previous) = st.sent_from.as_ref() else {
+            return Some(false);
+        };
+        let current = self
+            .current
+            .as_ref()
+            .and_then(|p| p.snapshot.resources(url));
+        let stale: Vec<Any> = previous
+            .snapshot
+            .resources(url)
+            .into_iter()
+            .flat_map(|r| r.items())
+            .filter(|(name, _)| {
+                current.and_then(|c| c.get(name)).is_none()
+                    && match &st.names {
+                        Names::All => true,
+                        Names::Only(names) => names.contains(*name),
+                    }
+            })
+            .map(|(_, r)| r.any.clone())
+            .collect();
+        if stale.is_empty() {
+            return Some(false);
+        }
+        items.extend(stale);
+        let sent = self
+            .send(stream, url, format!("{version}+stale"), items)
+            .await;
+        sent.then_some(true)
+    }
+
+    /// Sends a response and records it; false when the proxy is gone.
+    async fn send(
+        &mut self,
+        stream: &mut Stream<DiscoveryResponse>,
+        url: &str,
+        version: String,
+        items: Vec<Any>,
+    ) -> bool {
+        let (Some(published), Some(st)) = (self.current.clone(), self.types.get_mut(url)) else {
+            return true;
+        };
         let nonce = stream.nonce();
-        st.sent_version = Some(version.to_owned());
+        st.sent_version = Some(version.clone());
         st.nonce = Some(nonce.clone());
         st.dirty = false;
         st.pending_since = Some(published.set_at);
+        st.sent_from = Some(published);
         let response = DiscoveryResponse {
-            version_info: version.to_owned(),
+            version_info: version.clone(),
             resources: items,
             type_url: url.to_owned(),
             nonce: nonce.clone(),
             ..Default::default()
         };
         stream.shared.metrics.pushed(url);
-        let version = version.to_owned();
         stream.shared.entry.update_type(url, |t| {
             t.sent_version = Some(version);
             t.sent_nonce = Some(nonce);

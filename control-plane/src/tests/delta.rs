@@ -195,3 +195,45 @@ async fn delta_pushes_in_order_and_requires_a_node() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn removed_clusters_go_last() {
+    let h = Harness::start().await;
+    h.set("*", full("v1"));
+    let mut d = h.delta(first("n1", CLUSTER, &["*"])).await;
+    let r = d.recv().await;
+    d.ack(&r).await;
+    for url in [ENDPOINT, LISTENER] {
+        d.send(sub(url, &["*"], &[])).await;
+        let r = d.recv().await;
+        d.ack(&r).await;
+    }
+    // Cluster b and its endpoints go away while the listeners change.
+    h.set(
+        "*",
+        Snapshot::new()
+            .with(CLUSTER, [cluster("a", "v1"), cluster("c", "v2")])
+            .with(ENDPOINT, [endpoints("a", 1), endpoints("c", 1)])
+            .with(LISTENER, [listener("l1", "v2")]),
+    );
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let r = d.recv().await;
+        seen.push((
+            r.type_url.clone(),
+            resource_names(&r).join(","),
+            r.removed_resources.join(","),
+        ));
+    }
+    let s = |t: &str, n: &str, r: &str| (t.to_owned(), n.to_owned(), r.to_owned());
+    assert_eq!(
+        seen,
+        [
+            s(CLUSTER, "c", ""),
+            s(ENDPOINT, "a,c", ""),
+            s(LISTENER, "l1", "l2"),
+            s(CLUSTER, "", "b"),
+            s(ENDPOINT, "", "b"),
+        ]
+    );
+}

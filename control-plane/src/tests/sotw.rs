@@ -269,3 +269,57 @@ async fn a_closed_stream_leaves_the_status_board() {
     .unwrap();
     assert_eq!(h.server.metrics().connected_proxies.get(), 0);
 }
+
+#[tokio::test]
+async fn stale_clusters_are_removed_last() {
+    let h = Harness::start().await;
+    h.set("*", full("v1"));
+    let mut s = h.sotw(first("n1", CLUSTER, &[])).await;
+    let r = s.recv().await;
+    s.ack(&r, &[]).await;
+    s.send(request(LISTENER, &[])).await;
+    let r = s.recv().await;
+    s.ack(&r, &[]).await;
+    // Cluster b goes away while the listeners change: CDS keeps b until LDS went out.
+    let next = Snapshot::new()
+        .with(CLUSTER, [cluster("a", "v1"), cluster("c", "v2")])
+        .with(LISTENER, [listener("l1", "v2")]);
+    h.set("*", next.clone());
+    let first_cds = s.recv().await;
+    assert_eq!(first_cds.type_url, CLUSTER);
+    let mut kept = names(&first_cds);
+    kept.sort();
+    assert_eq!(kept, ["a", "b", "c"]);
+    assert_eq!(
+        first_cds.version_info,
+        format!("{}+stale", next.version(CLUSTER))
+    );
+    let lds = s.recv().await;
+    assert_eq!(lds.type_url, LISTENER);
+    let final_cds = s.recv().await;
+    assert_eq!(final_cds.type_url, CLUSTER);
+    assert_eq!(names(&final_cds), ["a", "c"]);
+    assert_eq!(final_cds.version_info, next.version(CLUSTER));
+    // The ACK of the intermediate response is stale; the final one counts.
+    s.ack(&first_cds, &[]).await;
+    s.ack(&final_cds, &[]).await;
+    probe(&mut s, &["x"]).await;
+    assert_eq!(
+        h.server.status()[0].types["cluster"]
+            .acked_version
+            .as_deref(),
+        Some(final_cds.version_info.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_removed_cluster_alone_is_removed_at_once() {
+    let h = Harness::start().await;
+    h.set("*", full("v1"));
+    let mut s = h.sotw(first("n1", CLUSTER, &[])).await;
+    let r = s.recv().await;
+    s.ack(&r, &[]).await;
+    h.set("*", full("v1").with(CLUSTER, [cluster("a", "v1")]));
+    assert_eq!(names(&s.recv().await), ["a"]);
+    probe(&mut s, &["x"]).await;
+}
