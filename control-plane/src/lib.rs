@@ -45,13 +45,28 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     server: AdsServer,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with_shutdown(listener, server, std::future::pending()).await
+}
+
+/// [`serve`] until `shutdown` completes; then every open stream ends with UNAVAILABLE
+/// ([`AdsServer::close_streams`]) and it returns once the connections have closed.
+pub async fn serve_with_shutdown(
+    listener: tokio::net::TcpListener,
+    server: AdsServer,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
+    let closer = server.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closer.close_streams();
+    };
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(server.into_service())
-        .serve_with_incoming(incoming)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -100,6 +100,7 @@ pub(super) async fn run(
                     return;
                 }
             }
+            () = super::closed(&mut stream.closing, &stream.tx) => return,
             () = stream.watch.changed() => {
                 state.current = stream.watch.current();
                 stream.note_key();

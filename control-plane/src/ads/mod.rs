@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -37,6 +37,8 @@ pub struct AdsServer {
     cache: SnapshotCache,
     status: StatusBoard,
     metrics: AdsMetrics,
+    /// Set to true to end every open stream (shutdown).
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl AdsServer {
@@ -46,6 +48,7 @@ impl AdsServer {
             cache,
             status: StatusBoard::new(),
             metrics: AdsMetrics::new(),
+            closing: Arc::default(),
         }
     }
 
@@ -74,6 +77,13 @@ impl AdsServer {
     /// Every connected stream's status.
     pub fn status(&self) -> Vec<ProxyStatus> {
         self.status.status()
+    }
+
+    /// Ends every open stream with UNAVAILABLE (so proxies reconnect, to this server once it
+    /// serves again or to another one) and every stream opened later. Used at shutdown:
+    /// tonic's graceful shutdown waits for open streams, which otherwise never end.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     /// The tonic service to add to a `Server` (message size limits raised to 64 MiB: a full
@@ -105,6 +115,7 @@ impl AdsServer {
             }),
             tx,
             next_nonce: 0,
+            closing: self.closing.subscribe(),
         };
         (stream, ReceiverStream::new(rx))
     }
@@ -130,6 +141,7 @@ struct Stream<R> {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Result<R, Status>>,
     next_nonce: u64,
+    closing: watch::Receiver<bool>,
 }
 
 impl<R> Stream<R> {
@@ -148,6 +160,18 @@ impl<R> Stream<R> {
     async fn send(&self, response: R) -> bool {
         self.tx.send(Ok(response)).await.is_ok()
     }
+}
+
+/// Resolves when the server closes its streams, after queueing the UNAVAILABLE status the
+/// stream ends with. (A free function so it borrows only these two fields of a [`Stream`].)
+async fn closed<R>(closing: &mut watch::Receiver<bool>, tx: &mpsc::Sender<Result<R, Status>>) {
+    // An error means the server itself is gone: as good a reason to end.
+    let _ = closing.wait_for(|closing| *closing).await;
+    let _ = tx
+        .send(Err(Status::unavailable(
+            "the control plane is shutting down",
+        )))
+        .await;
 }
 
 /// The node of a stream's first request, or the INVALID_ARGUMENT status the stream ends with.

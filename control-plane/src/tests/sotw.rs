@@ -323,3 +323,39 @@ async fn a_removed_cluster_alone_is_removed_at_once() {
     assert_eq!(names(&s.recv().await), ["a"]);
     probe(&mut s, &["x"]).await;
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_with_unavailable() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = AdsServer::new(SnapshotCache::new());
+    server.cache().set("*", full("v1"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(crate::serve_with_shutdown(
+        listener,
+        server.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(first("n1", CLUSTER, &[])).await.unwrap();
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(responses.message().await.unwrap().is_some());
+    stop.send(()).unwrap();
+    let err = responses.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    drop((tx, responses, client));
+    tokio::time::timeout(FAILSAFE, serving)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
