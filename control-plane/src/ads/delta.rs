@@ -87,6 +87,7 @@ pub(super) async fn run(
     let mut state = Delta {
         types: BTreeMap::new(),
         current: stream.watch.current(),
+        since: Instant::now(),
     };
     stream.note_key();
     if !state.request(&mut stream, first).await {
@@ -103,6 +104,7 @@ pub(super) async fn run(
             () = super::closed(&mut stream.closing, &stream.tx) => return,
             () = stream.watch.changed() => {
                 state.current = stream.watch.current();
+                state.since = state.current.as_ref().map_or_else(Instant::now, |p| p.set_at);
                 stream.note_key();
                 if !state.push_all(&mut stream).await {
                     return;
@@ -115,6 +117,10 @@ pub(super) async fn run(
 struct Delta {
     types: BTreeMap<String, TypeState>,
     current: Option<Arc<Published>>,
+    /// What caused the pushes being made: the snapshot's `set_at` for a snapshot change,
+    /// the request's arrival for a subscription (a proxy connecting an hour after the
+    /// snapshot was set must not count an hour of push latency).
+    since: Instant,
 }
 
 impl Delta {
@@ -123,6 +129,7 @@ impl Delta {
         stream: &mut Stream<DeltaDiscoveryResponse>,
         request: DeltaDiscoveryRequest,
     ) -> bool {
+        self.since = Instant::now();
         let url = request.type_url.clone();
         if url.is_empty() {
             let _ = stream
@@ -239,7 +246,7 @@ impl Delta {
         let version = resources.version().to_owned();
         st.nonce = Some(nonce.clone());
         st.sent_version = Some(version.clone());
-        st.pending_since = Some(published.set_at);
+        st.pending_since = Some(self.since);
         let response = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
             resources: changed,

@@ -91,6 +91,7 @@ pub(super) async fn run(
     let mut state = Sotw {
         types: BTreeMap::new(),
         current: stream.watch.current(),
+        since: Instant::now(),
     };
     stream.note_key();
     if !state.request(&mut stream, first).await {
@@ -107,6 +108,7 @@ pub(super) async fn run(
             () = super::closed(&mut stream.closing, &stream.tx) => return,
             () = stream.watch.changed() => {
                 state.current = stream.watch.current();
+                state.since = state.current.as_ref().map_or_else(Instant::now, |p| p.set_at);
                 stream.note_key();
                 if !state.push_all(&mut stream).await {
                     return;
@@ -119,6 +121,10 @@ pub(super) async fn run(
 struct Sotw {
     types: BTreeMap<String, TypeState>,
     current: Option<Arc<Published>>,
+    /// What caused the pushes being made: the snapshot's `set_at` for a snapshot change,
+    /// the request's arrival for a subscription (a proxy connecting an hour after the
+    /// snapshot was set must not count an hour of push latency).
+    since: Instant,
 }
 
 impl Sotw {
@@ -128,6 +134,7 @@ impl Sotw {
         stream: &mut Stream<DiscoveryResponse>,
         request: DiscoveryRequest,
     ) -> bool {
+        self.since = Instant::now();
         let url = request.type_url;
         if url.is_empty() {
             let _ = stream
@@ -301,7 +308,7 @@ impl Sotw {
         st.sent_version = Some(version.clone());
         st.nonce = Some(nonce.clone());
         st.dirty = false;
-        st.pending_since = Some(published.set_at);
+        st.pending_since = Some(self.since);
         st.sent_from = Some(published);
         let response = DiscoveryResponse {
             version_info: version.clone(),
