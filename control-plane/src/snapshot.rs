@@ -104,6 +104,22 @@ impl Resources {
         &self.items
     }
 
+    /// The version of the subset `names` (those that exist): a hash of their names and
+    /// versions, so a SotW stream subscribed by name is answered only when its own resources
+    /// change, not whenever any resource of the type does.
+    pub fn subset_version<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(b"subset");
+        for name in names {
+            if let Some(item) = self.items.get(name) {
+                hasher.update((name.len() as u64).to_be_bytes());
+                hasher.update(name.as_bytes());
+                hasher.update(item.version.as_bytes());
+            }
+        }
+        hex16(&hasher.finalize())
+    }
+
     /// One resource by name.
     pub fn get(&self, name: &str) -> Option<&VersionedResource> {
         self.items.get(name)
@@ -224,6 +240,17 @@ mod tests {
             a.get("b").map(|r| &r.version),
             c.get("b").map(|r| &r.version)
         );
+    }
+
+    #[test]
+    fn subset_versions_change_only_with_their_resources() {
+        let names = ["a".to_owned(), "x".to_owned()];
+        let one = Resources::new([cluster("a", 1), cluster("b", 2)]);
+        let two = Resources::new([cluster("a", 1), cluster("b", 3)]);
+        let three = Resources::new([cluster("a", 4), cluster("b", 3)]);
+        assert_eq!(one.subset_version(&names), two.subset_version(&names));
+        assert_ne!(two.subset_version(&names), three.subset_version(&names));
+        assert_ne!(one.subset_version(&names), one.version());
     }
 
     #[test]

@@ -94,19 +94,22 @@ pub(super) async fn run(
         return;
     }
     loop {
+        // Biased: shutdown first, then snapshot changes, then requests, so a request that
+        // arrives after a snapshot was set is answered from that snapshot.
         tokio::select! {
-            message = inbound.message() => {
-                let Ok(Some(request)) = message else { return };
-                if !state.request(&mut stream, request).await {
-                    return;
-                }
-            }
+            biased;
             () = super::closed(&mut stream.closing, &stream.tx) => return,
             () = stream.watch.changed() => {
                 state.current = stream.watch.current();
                 state.since = state.current.as_ref().map_or_else(Instant::now, |p| p.set_at);
                 stream.note_key();
                 if !state.push_all(&mut stream).await {
+                    return;
+                }
+            }
+            message = inbound.message() => {
+                let Ok(Some(request)) = message else { return };
+                if !state.request(&mut stream, request).await {
                     return;
                 }
             }

@@ -6,8 +6,11 @@
 //!   ignored entirely (a newer response is on its way);
 //! * with the latest nonce: `error_detail` set is a NACK (recorded; the rejected version is
 //!   not sent again, only a newer one), otherwise an ACK of the version sent;
-//! * a response is sent for a type when its snapshot version differs from the version this
-//!   stream was last sent, or when the subscription changed;
+//! * a response is sent for a type when its version differs from the version this stream
+//!   was last sent, or when the subscription changed; the version is the type's snapshot
+//!   version for a wildcard subscription, and the version of the subscribed subset
+//!   ([`Resources::subset_version`]) for one by name, so a proxy asking for endpoints of
+//!   three clusters hears nothing when a fourth one's change;
 //! * LDS/CDS responses carry every resource (anything missing is deleted by the proxy),
 //!   RDS/EDS/SDS only the subscribed names that exist;
 //! * on a snapshot change, types go out in [`type_url::PUSH_ORDER`] (secrets, clusters,
@@ -98,19 +101,22 @@ pub(super) async fn run(
         return;
     }
     loop {
+        // Biased: shutdown first, then snapshot changes, then requests, so a request that
+        // arrives after a snapshot was set is answered from that snapshot.
         tokio::select! {
-            message = inbound.message() => {
-                let Ok(Some(request)) = message else { return };
-                if !state.request(&mut stream, request).await {
-                    return;
-                }
-            }
+            biased;
             () = super::closed(&mut stream.closing, &stream.tx) => return,
             () = stream.watch.changed() => {
                 state.current = stream.watch.current();
                 state.since = state.current.as_ref().map_or_else(Instant::now, |p| p.set_at);
                 stream.note_key();
                 if !state.push_all(&mut stream).await {
+                    return;
+                }
+            }
+            message = inbound.message() => {
+                let Ok(Some(request)) = message else { return };
+                if !state.request(&mut stream, request).await {
                     return;
                 }
             }
@@ -237,8 +243,11 @@ impl Sotw {
         let st = self.types.get(url)?;
         let empty = Resources::empty();
         let resources = published.snapshot.resources(url).unwrap_or(&empty);
-        let version = resources.version();
-        if !st.dirty && st.sent_version.as_deref() == Some(version) {
+        let version = match &st.names {
+            Names::All => resources.version().to_owned(),
+            Names::Only(names) => resources.subset_version(names),
+        };
+        if !st.dirty && st.sent_version.as_deref() == Some(version.as_str()) {
             return None;
         }
         let items = match &st.names {
@@ -248,7 +257,7 @@ impl Sotw {
                 .filter_map(|n| resources.get(n).map(|r| r.any.clone()))
                 .collect(),
         };
-        Some((version.to_owned(), items))
+        Some((version, items))
     }
 
     /// If CDS is due and drops clusters this stream was sent, sends the new clusters plus the

@@ -359,3 +359,33 @@ async fn shutdown_ends_open_streams_with_unavailable() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn named_subscriptions_hear_only_about_their_own_resources() {
+    let h = Harness::start().await;
+    h.set("*", full("v1"));
+    let mut s = h.sotw(first("n1", ENDPOINT, &["a"])).await;
+    let r1 = s.recv().await;
+    assert_eq!(
+        r1.version_info,
+        full("v1")
+            .resources(ENDPOINT)
+            .unwrap()
+            .subset_version(&["a".to_owned()])
+    );
+    s.ack(&r1, &["a"]).await;
+    // Only b's endpoints change: nothing for this stream.
+    h.set(
+        "*",
+        full("v1").with(ENDPOINT, [endpoints("a", 167), endpoints("b", 1)]),
+    );
+    probe(&mut s, &["x"]).await;
+    // a's change: sent.
+    h.set(
+        "*",
+        full("v1").with(ENDPOINT, [endpoints("a", 2), endpoints("b", 1)]),
+    );
+    let r2 = s.recv().await;
+    assert_eq!(r2.type_url, ENDPOINT);
+    assert_ne!(r2.version_info, r1.version_info);
+}
