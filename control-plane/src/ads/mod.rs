@@ -1,5 +1,5 @@
 //! The Aggregated Discovery Service: one gRPC stream per proxy carrying every resource type,
-//! state of the world ([`sotw`]) or incremental ([`delta`]).
+//! state of the world (`sotw.rs`) or incremental (`delta.rs`).
 //!
 //! Each stream is one task that owns the stream's state (per type: subscription, last nonce,
 //! sent / ACKed versions) and waits on two things: the proxy's next request and a change of
