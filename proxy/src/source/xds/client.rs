@@ -153,7 +153,7 @@ async fn session(
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,
-        Err(e) => return lost(format!("cannot connect: {e}")),
+        Err(e) => return lost(format!("cannot connect: {}", chain(&e))),
     };
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
@@ -245,6 +245,18 @@ async fn answer(
         return None;
     }
     Some(finished.requests)
+}
+
+/// An error with its sources (tonic's transport error alone says only "transport error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Has the control loop apply `update`; `None` when it is gone.

@@ -634,3 +634,101 @@ async fn xds_proxy_with_a_static_bootstrap_owns_resources_by_source() {
     tokio::task::block_in_place(|| proxy.wait());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A second fixture decoder, for the protocol state alone: the `Any`'s bytes are a Sluice YAML
+/// config, and its resources of the response's type are the decoded ones.
+fn yaml_decode(type_url: &str, any: &Any) -> Result<Vec<Resource>, String> {
+    let text = std::str::from_utf8(&any.value).map_err(|e| e.to_string())?;
+    let config = sluice_config::parse(text, "xds").map_err(|e| e.to_string())?;
+    Ok(config
+        .resources()
+        .into_values()
+        .filter(|r| super::state::type_url(r.kind()) == type_url)
+        .collect())
+}
+
+fn yaml_any(text: &str) -> Any {
+    Any {
+        type_url: String::new(),
+        value: text.as_bytes().to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn xds_listeners_subscribe_their_route_tables_and_unreferenced_ones_go() {
+    let (mut w, _live) = writer();
+    let mut s = AdsState::new(node("n", ""));
+    let _ = s.reconnect();
+    let step = |s: &mut AdsState, w: &mut Writer, r: DiscoveryResponse| {
+        let prepared = s.prepare(&r, yaml_decode).expect("decodes");
+        let applied = w.apply_from(Origin::Xds, prepared.update.clone());
+        let finished = s.finish(prepared, &applied);
+        if !finished.cleanup.is_empty() {
+            assert!(w.apply_from(Origin::Xds, finished.cleanup).is_ok());
+        }
+        (finished.requests, finished.nack)
+    };
+    let listener = |table: &str| {
+        format!(
+            "listeners:\n  - {{ name: l, address: 127.0.0.1:0, http: {{ route_table: {table} }} }}\n\
+             route_tables:\n  - {{ name: {table}, virtual_hosts: [] }}\n"
+        )
+    };
+    let (requests, nack) = step(
+        &mut s,
+        &mut w,
+        response(LISTENER, "l1", "n1", vec![yaml_any(&listener("t1"))]),
+    );
+    assert_eq!(nack, None);
+    assert!(!s.complete(), "no CDS response yet");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_ack(&requests[0], LISTENER, "l1", "n1");
+    assert_eq!(
+        (requests[1].type_url.as_str(), names(&requests[1])),
+        (ROUTE, vec!["t1"])
+    );
+    let (requests, _) = step(
+        &mut s,
+        &mut w,
+        response(ROUTE, "r1", "n2", vec![yaml_any(&listener("t1"))]),
+    );
+    assert_ack(&requests[0], ROUTE, "r1", "n2");
+    assert!(
+        w.resources()
+            .contains_key(&(ResourceType::RouteTable, "t1".into()))
+    );
+
+    // The listener moves to t2: RDS re-subscribes and t1, no longer referenced, goes.
+    let (requests, _) = step(
+        &mut s,
+        &mut w,
+        response(LISTENER, "l2", "n3", vec![yaml_any(&listener("t2"))]),
+    );
+    assert_eq!(names(&requests[1]), ["t2"]);
+    assert_eq!(requests[1].version_info, "r1");
+    assert!(
+        !w.resources()
+            .contains_key(&(ResourceType::RouteTable, "t1".into()))
+    );
+    assert!(!s.complete(), "t2 not received, no CDS");
+    let (_, _) = step(
+        &mut s,
+        &mut w,
+        response(ROUTE, "r2", "n4", vec![yaml_any(&listener("t2"))]),
+    );
+    let (_, _) = step(&mut s, &mut w, response(CLUSTER, "c1", "n5", vec![]));
+    assert!(s.complete());
+
+    // An empty LDS response removes the listener and unsubscribes RDS (empty names).
+    let (requests, _) = step(&mut s, &mut w, response(LISTENER, "l3", "n6", vec![]));
+    assert!(
+        !w.resources()
+            .contains_key(&(ResourceType::Listener, "l".into()))
+    );
+    assert!(
+        !w.resources()
+            .contains_key(&(ResourceType::RouteTable, "t2".into()))
+    );
+    assert_eq!(requests[1].type_url, ROUTE);
+    assert!(requests[1].resource_names.is_empty());
+}
