@@ -193,8 +193,9 @@ impl Proxy {
         rx.blocking_recv().map_err(|_| ReloadError::Stopped)?
     }
 
-    /// Applies a resource update through the state's one writer (as a dynamic source such as
-    /// xDS does), blocking until done: each resource is applied or rejected by name.
+    /// Applies a resource update through the state's one writer, blocking until done: each
+    /// resource is applied or rejected by name. The resources count as the file's (static:
+    /// the next reload diffs against them; the xDS client cannot replace them).
     pub fn apply(&self, update: Update) -> Result<Applied, ReloadError> {
         let (tx, rx) = oneshot::channel();
         self.tx

@@ -23,6 +23,12 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 /// kernel's timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// HTTP/2 PINGs on the otherwise quiet stream, so a server that vanished without closing the
+/// connection (a partition, a killed VM) is noticed and the client reconnects.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the client asks of the control loop.
 #[derive(Debug)]
 pub(crate) enum XdsEvent {
@@ -148,7 +154,11 @@ async fn session(
         why,
     };
     let endpoint = match tonic::transport::Endpoint::from_shared(options.server.clone()) {
-        Ok(e) => e.connect_timeout(CONNECT_TIMEOUT),
+        Ok(e) => e
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true),
         Err(e) => return lost(format!("invalid server URI: {e}")),
     };
     let channel = match endpoint.connect().await {
