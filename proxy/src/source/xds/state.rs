@@ -251,7 +251,7 @@ impl AdsState {
         for r in &upserts {
             if r.kind() != kind {
                 return Err(format!(
-                    "{kind} response holds a {} \"{}\"",
+                    "{kind} response holds {} \"{}\"",
                     r.kind(),
                     r.name()
                 ));

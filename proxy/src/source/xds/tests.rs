@@ -732,3 +732,45 @@ async fn xds_listeners_subscribe_their_route_tables_and_unreferenced_ones_go() {
     assert_eq!(requests[1].type_url, ROUTE);
     assert!(requests[1].resource_names.is_empty());
 }
+
+#[test]
+fn xds_unknown_types_and_duplicate_names_are_nacked_whole() {
+    let mut s = AdsState::new(node("n", ""));
+    let _ = s.reconnect();
+    let refused = s
+        .prepare(
+            &response("type.googleapis.com/x.Y", "1", "n1", vec![]),
+            test_decode,
+        )
+        .expect_err("unknown type");
+    assert_eq!(refused.kind, None);
+    assert_eq!(refused.nack.type_url, "type.googleapis.com/x.Y");
+    assert_eq!(refused.nack.response_nonce, "n1");
+    assert_eq!(refused.nack.error_detail.map(|e| e.code), Some(3));
+
+    let refused = s
+        .prepare(
+            &response(CLUSTER, "2", "n2", vec![cluster("a"), cluster("a")]),
+            test_decode,
+        )
+        .expect_err("a name twice");
+    assert_eq!(refused.kind, Some(ResourceType::Cluster));
+    assert_eq!(refused.nack.version_info, "", "no good version yet");
+    assert_eq!(refused.nack.response_nonce, "n2");
+    assert_eq!(
+        refused.nack.error_detail.map(|e| e.message),
+        Some(r#"cluster "a" appears twice"#.to_string())
+    );
+    // An endpoints resource in a CDS response.
+    let refused = s
+        .prepare(
+            &response(CLUSTER, "3", "n3", vec![cla("a", &[(1, 1)])]),
+            |_, a| test_decode(ENDPOINT, a),
+        )
+        .expect_err("wrong type");
+    assert!(
+        refused.why == r#"cluster response holds endpoints "a""#,
+        "{}",
+        refused.why
+    );
+}
