@@ -7,6 +7,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sluice_proxy::source::xds::XdsOptions;
 use sluice_proxy::{Exit, Options, Proxy, Source};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,11 +29,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the proxy with a config file (reloaded when it changes and on SIGHUP).
+    /// Run the proxy with a config file (reloaded when it changes and on SIGHUP) and/or an xDS
+    /// server.
     Proxy {
-        /// Config file (YAML).
-        #[arg(short, long, env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        /// Config file (YAML). Optional with `--xds` (then an empty bootstrap: the admin API on
+        /// its default address); its resources are static, xDS cannot replace them.
+        #[arg(short, long, env = "SLUICE_CONFIG", required_unless_present = "xds")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        xds: XdsArgs,
         #[command(flatten)]
         run: RunArgs,
         /// Do not watch the config file (SIGHUP still reloads).
@@ -62,8 +67,49 @@ struct RunArgs {
     drain_timeout: Duration,
 }
 
+#[derive(clap::Args, Debug)]
+struct XdsArgs {
+    /// xDS (ADS, state of the world) server to take listeners, route tables, clusters and
+    /// endpoints from, as a URI (`http://127.0.0.1:18000`).
+    #[arg(long, env = "SLUICE_XDS", requires = "node_id")]
+    xds: Option<String>,
+    /// The node id sent to the xDS server.
+    #[arg(long, env = "SLUICE_NODE_ID")]
+    node_id: Option<String>,
+    /// The node cluster sent to the xDS server.
+    #[arg(long = "cluster", env = "SLUICE_XDS_CLUSTER", default_value = "")]
+    xds_cluster: String,
+    /// Report ready after this long even without a complete xDS config (`15s`).
+    #[arg(long, env = "SLUICE_XDS_INITIAL_FETCH_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    xds_initial_fetch_timeout: Duration,
+}
+
+impl XdsArgs {
+    fn options(&self) -> Option<XdsOptions> {
+        let server = self.xds.clone()?;
+        let mut options =
+            XdsOptions::new(server, self.node_id.clone().unwrap_or_default(), decode_xds);
+        options.cluster = self.xds_cluster.clone();
+        options.initial_fetch_timeout = self.xds_initial_fetch_timeout;
+        Some(options)
+    }
+}
+
+/// Envoy proto → model resources for the xDS client.
+// INTEGRATION: replace the body with
+// `sluice_config::xds::decode(type_url, any).map_err(|e| e.to_string())` once the mapping
+// module lands; until then every xDS response is NACKed with this message.
+fn decode_xds(
+    type_url: &str,
+    _any: &sluice_proxy::source::xds::Any,
+) -> Result<Vec<sluice_config::Resource>, String> {
+    Err(format!(
+        "this build has no Envoy proto decoder for {type_url}"
+    ))
+}
+
 impl RunArgs {
-    fn options(&self, source: Source, watch: bool) -> Options {
+    fn options(&self, source: Source, watch: bool, xds: Option<XdsOptions>) -> Options {
         Options {
             source,
             workers: self
@@ -73,6 +119,7 @@ impl RunArgs {
             handle_signals: true,
             watch,
             filters: Vec::new(),
+            xds,
         }
     }
 }
@@ -97,16 +144,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Proxy {
             config,
+            xds,
             run,
             no_watch,
         } => {
-            let proxy = Proxy::start(run.options(Source::File(config), !no_watch))?;
+            let source = match config {
+                Some(path) => Source::File(path),
+                None => Source::Inline {
+                    name: "(no config file)".into(),
+                    text: "{}\n".into(),
+                },
+            };
+            let proxy = Proxy::start(run.options(source, !no_watch, xds.options()))?;
             Ok(exit_code(proxy.wait()))
         }
         Command::Validate { files } => Ok(validate(&files)),
         Command::Demo { run } => {
             let source = demo::prepare().context("starting the demo upstreams")?;
-            let proxy = Proxy::start(run.options(source, false))?;
+            let proxy = Proxy::start(run.options(source, false, None))?;
             demo::print_usage(&proxy);
             Ok(exit_code(proxy.wait()))
         }

@@ -50,3 +50,4 @@ pub use app::{Exit, Options, Proxy, ReloadError, StartError};
 pub use exec::LocalExec;
 pub use listener::BoundListener;
 pub use source::Source;
+pub use source::xds::XdsOptions;

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub(crate) tls: TlsMetrics,
     /// TLS passthrough (SNI routing of TCP listeners).
     pub(crate) sni: SniMetrics,
+    /// The xDS client (`source/xds/`).
+    pub(crate) xds: XdsMetrics,
     /// gRPC responses by status (`http/grpc.rs`).
     grpc_responses: Family<Labels, Counter>,
     /// gRPC-Web requests by mode (`message/grpc_web.rs`).
@@ -99,6 +101,7 @@ impl Metrics {
             fault: Default::default(),
             tls: Default::default(),
             sni: Default::default(),
+            xds: Default::default(),
             grpc_responses: Family::default(),
             grpc_web_requests: Family::default(),
             registry: Registry::with_prefix("sluice"),
@@ -229,6 +232,7 @@ impl Metrics {
         m.fault.register(r);
         m.tls.register(r);
         m.sni.register(r);
+        m.xds.register(r);
         r.register(
             "health_checks",
             "Active health checks, by cluster and result (success, failure, timeout)",
@@ -716,6 +720,48 @@ impl DnsMetrics {
             success: get("success"),
             failure: get("failure"),
         }
+    }
+}
+
+/// The xDS client's metrics: `sluice_xds_connected`, `sluice_xds_updates_total{type, result}`,
+/// `sluice_xds_reconnects_total`.
+#[derive(Clone, Debug, Default)]
+pub struct XdsMetrics {
+    /// 1 while an ADS stream is open.
+    pub(crate) connected: Gauge,
+    updates: Family<Vec<(&'static str, String)>, Counter>,
+    /// Streams opened after the first (each reconnection attempt that connected or not).
+    pub(crate) reconnects: Counter,
+}
+
+impl XdsMetrics {
+    /// Registers the families.
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "xds_connected",
+            "1 while the ADS stream to the xDS server is open",
+            self.connected.clone(),
+        );
+        registry.register(
+            "xds_updates",
+            "xDS responses answered, by type (cluster, endpoints, listener, route_table) and result (ack or nack)",
+            self.updates.clone(),
+        );
+        registry.register(
+            "xds_reconnects",
+            "Attempts to re-open the ADS stream after a failure or disconnection",
+            self.reconnects.clone(),
+        );
+    }
+
+    /// Counts one response of `kind` answered with `result` (`ack` or `nack`).
+    pub(crate) fn update(&self, kind: &str, result: &'static str) {
+        self.updates
+            .get_or_create(&vec![
+                ("type", kind.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
     }
 }
 

@@ -65,6 +65,7 @@ impl InProcess {
             handle_signals: false,
             watch: false,
             filters,
+            xds: None,
         })
         .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
         InProcess { proxy: Some(proxy) }

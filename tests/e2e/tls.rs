@@ -911,6 +911,7 @@ route_tables:
         handle_signals: false,
         watch: false,
         filters: Vec::new(),
+        xds: None,
     })
     .expect_err("a missing certificate must be refused")
     .to_string();

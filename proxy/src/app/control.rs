@@ -7,7 +7,8 @@ use super::{Exit, Options, ReloadError};
 use crate::admin::{self, AdminState};
 use crate::source::dns::DnsSource;
 use crate::source::file::{FileSource, Loaded};
-use crate::state::{Applied, Writer};
+use crate::source::xds::{self, XdsEvent};
+use crate::state::{Applied, Origin, Writer};
 use crate::worker::WorkerHandle;
 use sluice_config::Update;
 use std::sync::Arc;
@@ -73,7 +74,20 @@ impl ControlLoop {
         outliers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut dns, mut dns_rx) = DnsSource::new(Arc::clone(&self.admin.live.metrics));
         dns.sync(self.writer.resources());
-        if !dns.warming() {
+        let (xds_tx, mut xds_rx) = mpsc::unbounded_channel::<XdsEvent>();
+        // xDS warms until its client reports the first complete config (or its timeout).
+        let mut xds_warm = true;
+        let xds_task = self.options.xds.clone().map(|options| {
+            xds_warm = false;
+            tracing::info!(server = %options.server, node = %options.node_id, "xDS: subscribing");
+            tokio::spawn(xds::run(
+                options,
+                xds_tx.clone(),
+                Arc::clone(&self.admin.live.metrics),
+            ))
+        });
+        drop(xds_tx);
+        if !dns.warming() && xds_warm {
             self.admin.live.set_ready();
         }
         loop {
@@ -96,14 +110,34 @@ impl ControlLoop {
                 },
                 Some(resolved) = dns_rx.recv() => {
                     if let Some(update) = dns.accept(resolved) {
-                        for r in self.writer.apply(update).rejected() {
+                        for r in self.writer.apply_from(Origin::Discovered, update).rejected() {
                             tracing::error!("dns discovery: {r}; the previous endpoints keep serving");
                         }
                     }
-                    if !dns.warming() {
+                    if !dns.warming() && xds_warm {
                         self.admin.live.set_ready();
                     }
                 }
+                Some(event) = xds_rx.recv() => match event {
+                    XdsEvent::Apply { update, reply } => {
+                        let applied = self.writer.apply_from(Origin::Xds, update);
+                        for r in applied.rejected() {
+                            tracing::warn!("xDS update: {r}; its previous version (if any) keeps serving");
+                        }
+                        let _ = reply.send(applied);
+                        dns.sync(self.writer.resources());
+                    }
+                    XdsEvent::Ready { timed_out, done } => {
+                        xds_warm = true;
+                        if !timed_out {
+                            tracing::info!("xDS: first complete config applied");
+                        }
+                        if !dns.warming() {
+                            self.admin.live.set_ready();
+                        }
+                        let _ = done.send(());
+                    }
+                },
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading config");
                     let _ = self.reload(true);
@@ -123,6 +157,9 @@ impl ControlLoop {
                     dns.sync(self.writer.resources());
                 }
             }
+        }
+        if let Some(task) = xds_task {
+            task.abort();
         }
         self.shutdown(&mut term).await
     }
@@ -175,7 +212,8 @@ impl ControlLoop {
                 "config reload: `node` changed, but it is read at start only; restart to apply it"
             );
         }
-        let update = FileSource::update(&config, self.writer.resources());
+        // The file diffs against its own (static) resources only: xDS's are not its to remove.
+        let update = FileSource::update(&config, &self.writer.resources_from(Origin::File));
         let applied = self.writer.apply(update);
         if applied.is_ok() {
             metrics.config_reload("success");

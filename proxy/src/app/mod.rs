@@ -11,6 +11,7 @@ use crate::http::filters::HttpFilter;
 use crate::listener::{self, BindError, BoundListener, Reconciler};
 use crate::metrics::Metrics;
 use crate::source::file::{FileSource, Loaded, Source};
+use crate::source::xds::XdsOptions;
 use crate::state::{Applied, Live, Snapshot, Writer};
 use crate::worker::{self, Command, WorkerHandle};
 use control::{Control, ControlLoop};
@@ -38,6 +39,9 @@ pub struct Options {
     /// Filters run before the configured ones on every HTTP listener (for programs that embed
     /// Sluice, and tests).
     pub filters: Vec<Arc<dyn HttpFilter>>,
+    /// Also take resources from this xDS (ADS) server; the proxy is then ready only once the
+    /// first complete config has arrived (or the initial-fetch timeout passed).
+    pub xds: Option<XdsOptions>,
 }
 
 /// Why the proxy did not start.
@@ -141,6 +145,7 @@ impl Proxy {
             source,
             options,
         };
+        let xds = control.options.xds.is_some();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -148,8 +153,8 @@ impl Proxy {
             .name("sluice-control".into())
             .spawn(move || runtime.block_on(control.run(admin_socket, rx)))?;
         // A DNS cluster warms (as in Envoy): the control loop says ready once the first
-        // resolution of each has finished.
-        if config.clusters.iter().all(|c| c.discovery.is_none()) {
+        // resolution of each has finished; with xDS, once the first complete config arrived.
+        if live_is_warm(&config, xds) {
             live.set_ready();
         }
         Ok(Proxy {
@@ -188,8 +193,9 @@ impl Proxy {
         rx.blocking_recv().map_err(|_| ReloadError::Stopped)?
     }
 
-    /// Applies a resource update through the state's one writer (as a dynamic source such as
-    /// xDS does), blocking until done: each resource is applied or rejected by name.
+    /// Applies a resource update through the state's one writer, blocking until done: each
+    /// resource is applied or rejected by name. The resources count as the file's (static:
+    /// the next reload diffs against them; the xDS client cannot replace them).
     pub fn apply(&self, update: Update) -> Result<Applied, ReloadError> {
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -210,6 +216,11 @@ impl Proxy {
             .and_then(|t| t.join().ok())
             .unwrap_or(Exit::Forced)
     }
+}
+
+/// True when nothing warms at start: no DNS cluster in the file and no xDS.
+fn live_is_warm(config: &sluice_config::Config, xds: bool) -> bool {
+    !xds && config.clusters.iter().all(|c| c.discovery.is_none())
 }
 
 /// Tells every worker to drain (forced after `timeout`) and stop; the receivers resolve as

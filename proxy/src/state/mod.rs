@@ -8,7 +8,7 @@
 mod tests;
 mod writer;
 
-pub use writer::{Applied, ResourceResult, Writer};
+pub use writer::{Applied, Origin, ResourceResult, Writer};
 
 use crate::cluster::ClusterHandle;
 use crate::listener::ListenerSpec;

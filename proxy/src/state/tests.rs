@@ -171,3 +171,92 @@ fn a_route_to_a_cluster_not_yet_known_gets_a_handle_without_settings() {
         "and recover when it returns"
     );
 }
+
+fn cluster_resource(name: &str) -> Resource {
+    let mut c = config("127.0.0.1:1", "/").clusters.remove(0);
+    c.name = name.to_string();
+    c.endpoints.clear();
+    Resource::Cluster(c)
+}
+
+#[test]
+fn xds_cannot_replace_or_remove_static_resources_and_the_file_cannot_touch_xds_ones() {
+    let mut w = writer();
+    let file = config("127.0.0.1:1", "/");
+    assert!(apply(&mut w, &file).is_ok());
+
+    // xDS names a static cluster: rejected by name; its own cluster applies.
+    let applied = w.apply_from(
+        Origin::Xds,
+        Update {
+            upserts: vec![cluster_resource("c"), cluster_resource("x")],
+            removals: vec![(ResourceType::Cluster, "d".into())],
+        },
+    );
+    let rejected: Vec<String> = applied.rejected().map(ToString::to_string).collect();
+    assert_eq!(
+        rejected,
+        [r#"cluster "c" rejected: a static resource (from the bootstrap file) has this name"#]
+    );
+    assert!(
+        applied
+            .results
+            .iter()
+            .any(|r| r.name == "d" && r.outcome == Ok(Change::Unchanged)),
+        "xDS cannot remove a static resource"
+    );
+    assert!(
+        w.resources()
+            .contains_key(&(ResourceType::Cluster, "d".into()))
+    );
+    assert!(
+        w.resources()
+            .contains_key(&(ResourceType::Cluster, "x".into()))
+    );
+
+    // Discovered endpoints of xDS's cluster are xDS's.
+    assert!(
+        w.apply_from(
+            Origin::Discovered,
+            Update {
+                upserts: vec![Resource::Endpoints(sluice_config::ClusterLoadAssignment {
+                    cluster_name: "x".into(),
+                    endpoints: Vec::new(),
+                })],
+                removals: Vec::new(),
+            },
+        )
+        .is_ok()
+    );
+    let xds = w.resources_from(Origin::Xds);
+    assert_eq!(
+        xds.keys().cloned().collect::<Vec<_>>(),
+        [
+            (ResourceType::Cluster, "x".to_string()),
+            (ResourceType::Endpoints, "x".to_string())
+        ]
+    );
+
+    // The file's next version diffs against its own resources: xDS's stay.
+    let next = config("127.0.0.1:2", "/");
+    let update = sluice_config::diff(&w.resources_from(Origin::File), &next.resources());
+    assert!(update.removals.is_empty(), "{update:?}");
+    assert!(w.apply(update).is_ok());
+    assert!(
+        w.resources()
+            .contains_key(&(ResourceType::Cluster, "x".into()))
+    );
+
+    // And the file may not take xDS's name.
+    let applied = w.apply(Update {
+        upserts: vec![cluster_resource("x")],
+        removals: Vec::new(),
+    });
+    assert_eq!(
+        applied
+            .rejected()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [r#"cluster "x" rejected: a dynamic resource (from xDS) has this name"#]
+    );
+}

@@ -43,6 +43,19 @@ impl fmt::Display for ResourceResult {
     }
 }
 
+/// Who brought a resource. A resource belongs to the source that added it: the bootstrap file's
+/// resources are static (Envoy's `static_resources`), xDS's are dynamic, and neither source may
+/// replace or remove the other's (an upsert of a name the other source owns is rejected by name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The config file (or inline text): static resources.
+    File,
+    /// The xDS client: dynamic resources.
+    Xds,
+    /// Discovered endpoints (DNS): owned by whoever owns their cluster.
+    Discovered,
+}
+
 /// The result of one update.
 #[derive(Clone, Debug, Default)]
 pub struct Applied {
@@ -82,6 +95,8 @@ pub struct Writer {
     filters: Vec<Arc<dyn HttpFilter>>,
     health: crate::health::Supervisor,
     node: config::Node,
+    /// Which source owns each live resource (`File` or `Xds`, never `Discovered`).
+    owners: HashMap<ResourceKey, Origin>,
 }
 
 impl Writer {
@@ -104,6 +119,7 @@ impl Writer {
             filters,
             health: Default::default(),
             node: config::Node::default(),
+            owners: HashMap::new(),
         }
     }
 
@@ -124,6 +140,30 @@ impl Writer {
         &self.resources
     }
 
+    /// The live resources `origin` owns (`Discovered` endpoints count as their cluster's
+    /// owner's): what a source diffs its next state against.
+    pub fn resources_from(&self, origin: Origin) -> BTreeMap<ResourceKey, Resource> {
+        self.resources
+            .iter()
+            .filter(|(k, _)| self.owner(k) == self.resolve(origin, k))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Who owns `key` (a resource with no recorded owner is static).
+    fn owner(&self, key: &ResourceKey) -> Origin {
+        self.owners.get(key).copied().unwrap_or(Origin::File)
+    }
+
+    /// The owner a resource from `origin` gets: discovered endpoints belong to their cluster's
+    /// owner.
+    fn resolve(&self, origin: Origin, key: &ResourceKey) -> Origin {
+        match origin {
+            Origin::Discovered => self.owner(&(ResourceType::Cluster, key.1.clone())),
+            o => o,
+        }
+    }
+
     /// The cluster registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -134,9 +174,15 @@ impl Writer {
         &self.reconciler
     }
 
-    /// Applies `update`: every valid resource takes effect, every invalid one is rejected by
-    /// name and its previous version (if any) keeps serving.
+    /// Applies `update` as the file source's (static resources): see [`Writer::apply_from`].
     pub fn apply(&mut self, update: Update) -> Applied {
+        self.apply_from(Origin::File, update)
+    }
+
+    /// Applies `update` from `origin`: every valid resource takes effect, every invalid one is
+    /// rejected by name and its previous version (if any) keeps serving. A resource another
+    /// source owns is rejected (upsert) or left alone (removal, reported unchanged).
+    pub fn apply_from(&mut self, origin: Origin, update: Update) -> Applied {
         let metrics = Arc::clone(&self.live.metrics);
         let mut results = Vec::new();
         let mut upserts = update.upserts;
@@ -145,10 +191,16 @@ impl Writer {
         let mut dirty_listeners: HashSet<String> = HashSet::new();
 
         for r in upserts {
-            let outcome = self.upsert(&r, &mut dirty_tables, &mut dirty_listeners);
+            let key = r.key();
+            let owner = self.resolve(origin, &key);
+            let outcome = match self.owners.get(&key) {
+                Some(current) if *current != owner => Err(conflict(*current)),
+                _ => self.upsert(&r, &mut dirty_tables, &mut dirty_listeners),
+            };
             metrics.config_resource(r.kind().as_str(), outcome.is_ok());
             if outcome.is_ok() {
-                self.resources.insert(r.key(), r.clone());
+                self.owners.insert(key.clone(), owner);
+                self.resources.insert(key, r.clone());
             }
             results.push(ResourceResult {
                 kind: r.kind(),
@@ -157,7 +209,14 @@ impl Writer {
             });
         }
         for key in update.removals {
-            let change = self.remove(&key, &mut dirty_tables);
+            let change = if self.resources.contains_key(&key)
+                && self.owner(&key) != self.resolve(origin, &key)
+            {
+                Change::Unchanged
+            } else {
+                self.owners.remove(&key);
+                self.remove(&key, &mut dirty_tables)
+            };
             results.push(ResourceResult {
                 kind: key.0,
                 name: key.1,
@@ -300,6 +359,16 @@ impl Writer {
         };
         self.live.swap(snapshot);
         self.reconciler.commit(&self.listeners);
+    }
+}
+
+/// Why a source may not replace a resource `owner` owns.
+fn conflict(owner: Origin) -> String {
+    match owner {
+        Origin::File | Origin::Discovered => {
+            "a static resource (from the bootstrap file) has this name".into()
+        }
+        Origin::Xds => "a dynamic resource (from xDS) has this name".into(),
     }
 }
 

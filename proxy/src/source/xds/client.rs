@@ -1,0 +1,277 @@
+//! The ADS client task, on the control thread's runtime: opens the stream, (re)sends the
+//! subscriptions, hands each decoded response to the control loop as an update and answers it
+//! with the ACK or NACK the writer's results make, and reconnects with jittered exponential
+//! backoff. The last good config keeps serving through any outage: nothing is removed when the
+//! stream goes. It reports readiness once, when the first config is complete or when the
+//! initial-fetch timeout passes, whichever comes first.
+
+use super::XdsOptions;
+use super::state::{AdsState, backoff, node};
+use crate::metrics::Metrics;
+use crate::state::Applied;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use sluice_config::Update;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+/// Bounds connecting to the server (a black-holed address would otherwise wait for the
+/// kernel's timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// HTTP/2 PINGs on the otherwise quiet stream, so a server that vanished without closing the
+/// connection (a partition, a killed VM) is noticed and the client reconnects.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the client asks of the control loop.
+#[derive(Debug)]
+pub(crate) enum XdsEvent {
+    /// Apply this update as xDS's (`Origin::Xds`) and send back the results.
+    Apply {
+        /// The update.
+        update: Update,
+        /// The writer's per-resource results.
+        reply: oneshot::Sender<Applied>,
+    },
+    /// The first config is complete (`timed_out` false) or the initial-fetch timeout passed
+    /// (`timed_out` true): the proxy may report ready. Acknowledged once handled.
+    Ready {
+        /// True when the timeout, not a complete config, made it ready.
+        timed_out: bool,
+        /// Sent once readiness is set.
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Why a stream ended.
+enum Ended {
+    /// The control loop is gone: stop.
+    Stopped,
+    /// The stream failed or closed; `responded` when a response had arrived on it.
+    Lost { responded: bool, why: String },
+}
+
+/// Runs the client until the control loop drops its receiver.
+pub(crate) async fn run(
+    options: XdsOptions,
+    events: mpsc::UnboundedSender<XdsEvent>,
+    metrics: Arc<Metrics>,
+) {
+    let mut state = AdsState::new(node(&options.node_id, &options.cluster));
+    let warm = Warmup {
+        deadline: Instant::now() + options.initial_fetch_timeout,
+        done: AtomicBool::new(false),
+    };
+    let mut failures: u32 = 0;
+    loop {
+        let ended = warm
+            .race(
+                &events,
+                session(&options, &mut state, &events, &metrics, &warm),
+            )
+            .await;
+        metrics.xds.connected.set(0);
+        match ended {
+            None | Some(Ended::Stopped) => return,
+            Some(Ended::Lost { responded, why }) => {
+                if responded {
+                    failures = 0;
+                }
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures, options.backoff_base, options.backoff_max);
+                tracing::warn!(server = %options.server, error = %why, retry_in = ?delay, "xDS stream lost; the last good config keeps serving");
+                if warm
+                    .race(&events, async {
+                        tokio::time::sleep(delay).await;
+                        Some(())
+                    })
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
+                metrics.xds.reconnects.inc();
+            }
+        }
+    }
+}
+
+/// The initial-fetch deadline, raced against whatever the client is doing.
+struct Warmup {
+    deadline: Instant,
+    /// Readiness was reported.
+    done: AtomicBool,
+}
+
+impl Warmup {
+    /// Runs `work`, reporting readiness if the deadline passes first. `None` when the control
+    /// loop is gone.
+    async fn race<T>(
+        &self,
+        events: &mpsc::UnboundedSender<XdsEvent>,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                () = tokio::time::sleep_until(self.deadline), if !self.done.load(Ordering::Relaxed) => {
+                    tracing::warn!("xDS: no complete config within the initial fetch timeout; reporting ready with what has arrived");
+                    if !self.report(events, true).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reports readiness once; false when the control loop is gone.
+    async fn report(&self, events: &mpsc::UnboundedSender<XdsEvent>, timed_out: bool) -> bool {
+        if self.done.swap(true, Ordering::Relaxed) {
+            return true;
+        }
+        let (done, rx) = oneshot::channel();
+        events.send(XdsEvent::Ready { timed_out, done }).is_ok() && rx.await.is_ok()
+    }
+}
+
+/// One stream: connect, subscribe, answer responses until it ends.
+async fn session(
+    options: &XdsOptions,
+    state: &mut AdsState,
+    events: &mpsc::UnboundedSender<XdsEvent>,
+    metrics: &Metrics,
+    warm: &Warmup,
+) -> Ended {
+    let lost = |why: String| Ended::Lost {
+        responded: false,
+        why,
+    };
+    let endpoint = match tonic::transport::Endpoint::from_shared(options.server.clone()) {
+        Ok(e) => e
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true),
+        Err(e) => return lost(format!("invalid server URI: {e}")),
+    };
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return lost(format!("cannot connect: {}", chain(&e))),
+    };
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
+    for request in state.reconnect() {
+        let _ = tx.send(request);
+    }
+    let mut inbound = match client
+        .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(status) => return lost(format!("stream refused: {status}")),
+    };
+    metrics.xds.connected.set(1);
+    tracing::info!(server = %options.server, node = %options.node_id, "xDS stream open");
+    let mut responded = false;
+    loop {
+        let response = match inbound.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Ended::Lost {
+                    responded,
+                    why: "the server closed the stream".into(),
+                };
+            }
+            Err(status) => {
+                return Ended::Lost {
+                    responded,
+                    why: status.to_string(),
+                };
+            }
+        };
+        responded = true;
+        let Some(requests) = answer(options, state, events, metrics, warm, &response).await else {
+            return Ended::Stopped;
+        };
+        for request in requests {
+            if tx.send(request).is_err() {
+                return Ended::Lost {
+                    responded,
+                    why: "the request stream closed".into(),
+                };
+            }
+        }
+    }
+}
+
+/// Decodes and applies one response; returns the requests that answer it (`None` when the
+/// control loop is gone).
+async fn answer(
+    options: &XdsOptions,
+    state: &mut AdsState,
+    events: &mpsc::UnboundedSender<XdsEvent>,
+    metrics: &Metrics,
+    warm: &Warmup,
+    response: &DiscoveryResponse,
+) -> Option<Vec<DiscoveryRequest>> {
+    let prepared = match state.prepare(response, options.decode) {
+        Ok(p) => p,
+        Err(refused) => {
+            let kind = refused.kind.map_or("unknown", |k| k.as_str());
+            metrics.xds.update(kind, "nack");
+            tracing::warn!(r#type = kind, version = %response.version_info, "xDS update rejected (NACK), nothing applied: {}", refused.why);
+            return Some(vec![refused.nack]);
+        }
+    };
+    let kind = prepared.kind;
+    let applied = apply(events, prepared.update.clone()).await?;
+    let finished = state.finish(prepared, &applied);
+    if !finished.cleanup.is_empty() {
+        apply(events, finished.cleanup).await?;
+    }
+    match &finished.nack {
+        None => {
+            metrics.xds.update(kind.as_str(), "ack");
+            tracing::debug!(r#type = kind.as_str(), version = %response.version_info, "xDS update applied (ACK)");
+        }
+        Some(why) => {
+            metrics.xds.update(kind.as_str(), "nack");
+            tracing::warn!(
+                r#type = kind.as_str(),
+                version = %response.version_info,
+                kept = state.version(kind),
+                "xDS update rejected (NACK); the accepted resources apply, the rejected ones keep their last good version: {why}"
+            );
+        }
+    }
+    if !warm.done.load(Ordering::Relaxed) && state.complete() && !warm.report(events, false).await {
+        return None;
+    }
+    Some(finished.requests)
+}
+
+/// An error with its sources (tonic's transport error alone says only "transport error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Has the control loop apply `update`; `None` when it is gone.
+async fn apply(events: &mpsc::UnboundedSender<XdsEvent>, update: Update) -> Option<Applied> {
+    let (reply, rx) = oneshot::channel();
+    events.send(XdsEvent::Apply { update, reply }).ok()?;
+    rx.await.ok()
+}
