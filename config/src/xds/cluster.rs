@@ -1,0 +1,1092 @@
+//! Cluster ↔ `envoy.config.cluster.v3.Cluster`, endpoints ↔ `ClusterLoadAssignment`.
+
+use super::value::{
+    any, apply_metadata, dur, finish, from_dur, host_port, metadata, opt_dur, put, remainder,
+    socket_addr, u32v, unany, yv,
+};
+use super::{DecodeError, FieldError, Fr};
+use crate::discovery::{AddressFamily, DiscoveryType};
+use crate::{Cluster, ClusterLoadAssignment, Endpoint, LbPolicy, Resource, UpstreamProtocol};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    self as pbc, CircuitBreakers, OutlierDetection, circuit_breakers::Thresholds, cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    self as core, AggregatedConfigSource, ConfigSource, HealthStatus, Locality, TransportSocket,
+    config_source, health_check, transport_socket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    self as pbe, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pbtls;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use envoy_types::pb::envoy::r#type::v3::{Int64Range, Percent};
+use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
+use serde_yaml_ng::{Mapping, Value};
+use std::collections::HashMap;
+
+/// The `typed_extension_protocol_options` key of the upstream HTTP protocol options.
+pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// The name of the TLS transport socket.
+pub(crate) const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+
+pub(super) fn encode(c: &Cluster) -> pbc::Cluster {
+    let mut pb = native(c);
+    let full = yv(Cluster {
+        endpoints: Vec::new(),
+        ..c.clone()
+    });
+    let native = to_mapping(&pb).unwrap_or_default();
+    pb.metadata = metadata(&remainder::<Cluster>(&full, native));
+    pb
+}
+
+/// The Envoy fields of a cluster.
+fn native(c: &Cluster) -> pbc::Cluster {
+    let mut pb = pbc::Cluster {
+        name: c.name.clone(),
+        connect_timeout: Some(dur(c.connect_timeout)),
+        per_connection_buffer_limit_bytes: u32v(
+            u32::try_from(c.per_connection_buffer_limit_bytes.bytes()).unwrap_or(u32::MAX),
+        ),
+        ..pbc::Cluster::default()
+    };
+    // Discovery.
+    let kind = match &c.discovery {
+        None => {
+            pb.eds_cluster_config = Some(cluster::EdsClusterConfig {
+                eds_config: Some(ConfigSource {
+                    resource_api_version: core::ApiVersion::V3 as i32,
+                    config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                        AggregatedConfigSource {},
+                    )),
+                    ..ConfigSource::default()
+                }),
+                service_name: String::new(),
+            });
+            cluster::DiscoveryType::Eds
+        }
+        Some(d) => {
+            pb.dns_refresh_rate = Some(dur(d.min_refresh));
+            pb.respect_dns_ttl = true;
+            pb.dns_lookup_family = match d.family {
+                AddressFamily::Auto => cluster::DnsLookupFamily::All,
+                AddressFamily::V4 => cluster::DnsLookupFamily::V4Only,
+                AddressFamily::V6 => cluster::DnsLookupFamily::V6Only,
+            } as i32;
+            let lb_endpoints = if d.kind == DiscoveryType::DnsSrv {
+                Vec::new() // no Envoy equivalent: the names travel in Sluice metadata
+            } else {
+                d.names
+                    .iter()
+                    .filter_map(|n| crate::DnsName::parse(n, true).ok())
+                    .map(|n| dns_endpoint(&n.host, n.port.unwrap_or(0)))
+                    .collect()
+            };
+            pb.load_assignment = Some(pbe::ClusterLoadAssignment {
+                cluster_name: c.name.clone(),
+                endpoints: vec![LocalityLbEndpoints {
+                    lb_endpoints,
+                    ..LocalityLbEndpoints::default()
+                }],
+                ..pbe::ClusterLoadAssignment::default()
+            });
+            match d.kind {
+                DiscoveryType::LogicalDns => cluster::DiscoveryType::LogicalDns,
+                DiscoveryType::StrictDns | DiscoveryType::DnsSrv => {
+                    cluster::DiscoveryType::StrictDns
+                }
+            }
+        }
+    };
+    pb.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(kind as i32));
+    // Balancing.
+    let hash_balance_factor = match c.lb_policy {
+        LbPolicy::RingHash => c.ring_hash.hash_balance_factor,
+        LbPolicy::Maglev => c.maglev.hash_balance_factor,
+        _ => None,
+    };
+    pb.lb_policy = match c.lb_policy {
+        // No Envoy enum: the closest load-aware policy; `peak_ewma` is Sluice metadata.
+        LbPolicy::PeakEwma | LbPolicy::LeastRequest => cluster::LbPolicy::LeastRequest,
+        LbPolicy::RoundRobin => cluster::LbPolicy::RoundRobin,
+        LbPolicy::Random => cluster::LbPolicy::Random,
+        LbPolicy::RingHash => cluster::LbPolicy::RingHash,
+        LbPolicy::Maglev => cluster::LbPolicy::Maglev,
+    } as i32;
+    pb.lb_config = match c.lb_policy {
+        LbPolicy::LeastRequest => Some(cluster::LbConfig::LeastRequestLbConfig(
+            cluster::LeastRequestLbConfig {
+                choice_count: u32v(c.least_request.choice_count),
+                ..Default::default()
+            },
+        )),
+        LbPolicy::RingHash => Some(cluster::LbConfig::RingHashLbConfig(
+            cluster::RingHashLbConfig {
+                minimum_ring_size: Some(UInt64Value {
+                    value: c.ring_hash.minimum_ring_size,
+                }),
+                maximum_ring_size: Some(UInt64Value {
+                    value: c.ring_hash.maximum_ring_size,
+                }),
+                ..Default::default()
+            },
+        )),
+        LbPolicy::Maglev => Some(cluster::LbConfig::MaglevLbConfig(cluster::MaglevLbConfig {
+            table_size: Some(UInt64Value {
+                value: c.maglev.table_size,
+            }),
+        })),
+        _ => None,
+    };
+    pb.common_lb_config = Some(cluster::CommonLbConfig {
+        healthy_panic_threshold: Some(Percent {
+            value: f64::from(c.panic_threshold),
+        }),
+        consistent_hashing_lb_config: hash_balance_factor.map(|f| {
+            cluster::common_lb_config::ConsistentHashingLbConfig {
+                hash_balance_factor: u32v(f),
+                ..Default::default()
+            }
+        }),
+        locality_config_specifier: Some(
+            cluster::common_lb_config::LocalityConfigSpecifier::ZoneAwareLbConfig(
+                cluster::common_lb_config::ZoneAwareLbConfig {
+                    routing_enabled: Some(Percent {
+                        value: if c.locality.enabled { 100.0 } else { 0.0 },
+                    }),
+                    min_cluster_size: Some(UInt64Value {
+                        value: u64::from(c.locality.min_cluster_size),
+                    }),
+                    ..Default::default()
+                },
+            ),
+        ),
+        ..Default::default()
+    });
+    // Resilience.
+    let b = &c.circuit_breakers;
+    pb.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_connections: u32v(b.max_connections),
+            max_pending_requests: u32v(b.max_pending_requests),
+            max_requests: u32v(b.max_requests),
+            max_retries: u32v(b.max_retries),
+            ..Thresholds::default()
+        }],
+        ..CircuitBreakers::default()
+    });
+    let o = &c.outlier_detection;
+    if o.enabled {
+        let enforce = |n: u32| u32v(if n == 0 { 0 } else { 100 });
+        pb.outlier_detection = Some(OutlierDetection {
+            consecutive_5xx: u32v(o.consecutive_5xx),
+            enforcing_consecutive_5xx: enforce(o.consecutive_5xx),
+            consecutive_gateway_failure: u32v(o.consecutive_gateway_failure),
+            enforcing_consecutive_gateway_failure: enforce(o.consecutive_gateway_failure),
+            failure_percentage_threshold: u32v(o.failure_percentage_threshold),
+            enforcing_failure_percentage: enforce(o.failure_percentage_threshold),
+            failure_percentage_minimum_hosts: u32v(o.failure_percentage_minimum_hosts),
+            failure_percentage_request_volume: u32v(o.failure_percentage_request_volume),
+            enforcing_success_rate: u32v(0),
+            interval: Some(dur(o.interval)),
+            base_ejection_time: Some(dur(o.base_ejection_time)),
+            max_ejection_time: Some(dur(o.max_ejection_time)),
+            max_ejection_percent: u32v(o.max_ejection_percent),
+            ..OutlierDetection::default()
+        });
+    }
+    if let Some(h) = &c.health_checks {
+        pb.health_checks = vec![health_check_pb(h)];
+    }
+    // Protocol.
+    let protocol_config = match c.protocol {
+        UpstreamProtocol::Http1 => None,
+        UpstreamProtocol::Http2 => Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(
+                    http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        core::Http2ProtocolOptions::default(),
+                    ),
+                ),
+            },
+        )),
+        UpstreamProtocol::Auto => Some(
+            http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                http_protocol_options::UseDownstreamHttpConfig::default(),
+            ),
+        ),
+    };
+    if let Some(p) = protocol_config {
+        let opts = HttpProtocolOptions {
+            upstream_protocol_options: Some(p),
+            ..HttpProtocolOptions::default()
+        };
+        pb.typed_extension_protocol_options =
+            HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), any(&opts))]);
+    }
+    if let Some(t) = &c.tls {
+        pb.transport_socket = Some(upstream_tls_pb(t, c.protocol));
+    }
+    pb
+}
+
+fn dns_endpoint(host: &str, port: u16) -> LbEndpoint {
+    use core::{SocketAddress, address, socket_address};
+    LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(pbe::Endpoint {
+            address: Some(core::Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: host.to_string(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+                    ..SocketAddress::default()
+                })),
+            }),
+            ..pbe::Endpoint::default()
+        })),
+        ..LbEndpoint::default()
+    }
+}
+
+fn health_check_pb(h: &crate::HealthCheck) -> core::HealthCheck {
+    let checker = if let Some(http) = &h.http {
+        health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
+            host: http.host.clone().unwrap_or_default(),
+            path: http.path.clone(),
+            expected_statuses: http
+                .expected_statuses
+                .iter()
+                .map(|r| Int64Range {
+                    start: i64::from(r.start),
+                    end: i64::from(r.end),
+                })
+                .collect(),
+            ..Default::default()
+        })
+    } else if let Some(g) = &h.grpc {
+        health_check::HealthChecker::GrpcHealthCheck(health_check::GrpcHealthCheck {
+            service_name: g.service_name.clone(),
+            authority: g.authority.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    } else {
+        health_check::HealthChecker::TcpHealthCheck(health_check::TcpHealthCheck::default())
+    };
+    core::HealthCheck {
+        timeout: Some(dur(h.timeout)),
+        interval: Some(dur(h.interval)),
+        // Envoy's jitter only adds; Sluice's is ± (the percentage is kept as is).
+        interval_jitter_percent: h.interval_jitter_percent,
+        unhealthy_threshold: u32v(h.unhealthy_threshold),
+        healthy_threshold: u32v(h.healthy_threshold),
+        no_traffic_interval: h.no_traffic_interval.map(dur),
+        health_checker: Some(checker),
+        ..Default::default()
+    }
+}
+
+/// A filename `DataSource`.
+pub(crate) fn file(p: &std::path::Path) -> Option<core::DataSource> {
+    Some(core::DataSource {
+        specifier: Some(core::data_source::Specifier::Filename(
+            p.display().to_string(),
+        )),
+        ..Default::default()
+    })
+}
+
+/// A `DataSource`'s filename; inline data is not supported (Sluice reads and watches files).
+pub(crate) fn filename(d: Option<&core::DataSource>, field: &str) -> Fr<std::path::PathBuf> {
+    match d.and_then(|d| d.specifier.as_ref()) {
+        Some(core::data_source::Specifier::Filename(f)) => Ok(f.into()),
+        Some(_) => Err(FieldError::new(
+            field,
+            "only `filename` is supported (no inline certificates or keys)",
+        )),
+        None => Err(FieldError::new(field, "is required")),
+    }
+}
+
+/// The TLS version as Envoy's `tls_minimum_protocol_version`.
+pub(crate) fn tls_version(v: crate::TlsVersion) -> pbtls::tls_parameters::TlsProtocol {
+    match v {
+        crate::TlsVersion::Tls12 => pbtls::tls_parameters::TlsProtocol::TlSv12,
+        crate::TlsVersion::Tls13 => pbtls::tls_parameters::TlsProtocol::TlSv13,
+    }
+}
+
+/// Envoy's `tls_params` as the model's minimum version (Envoy's default, TLS 1.2, when unset).
+pub(crate) fn min_version(p: Option<&pbtls::TlsParameters>, field: &str) -> Fr<crate::TlsVersion> {
+    use pbtls::tls_parameters::TlsProtocol as P;
+    match p.map(|p| p.tls_minimum_protocol_version) {
+        None => Ok(crate::TlsVersion::Tls12),
+        Some(v) if v == P::TlsAuto as i32 || v == P::TlSv12 as i32 => Ok(crate::TlsVersion::Tls12),
+        Some(v) if v == P::TlSv13 as i32 => Ok(crate::TlsVersion::Tls13),
+        Some(v) => Err(FieldError::new(
+            format!("{field}.tls_minimum_protocol_version"),
+            format!("{v}: Sluice supports TLS 1.2 and 1.3 only"),
+        )),
+    }
+}
+
+fn upstream_tls_pb(t: &crate::UpstreamTls, protocol: UpstreamProtocol) -> TransportSocket {
+    use pbtls::subject_alt_name_matcher::SanType;
+    let sans = t
+        .verify_subject_alt_names
+        .iter()
+        .map(|s| pbtls::SubjectAltNameMatcher {
+            san_type: if s.contains("://") { SanType::Uri } else { SanType::Dns } as i32,
+            matcher: Some(envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                match_pattern: Some(
+                    envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(
+                        s.clone(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let validation = pbtls::CertificateValidationContext {
+        trusted_ca: t.ca.as_deref().and_then(file),
+        match_typed_subject_alt_names: sans,
+        ..Default::default()
+    };
+    let tls_certificates = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => vec![pbtls::TlsCertificate {
+            certificate_chain: file(c),
+            private_key: file(k),
+            ..Default::default()
+        }],
+        _ => Vec::new(),
+    };
+    let alpn_protocols = match protocol {
+        UpstreamProtocol::Http1 => vec!["http/1.1".to_string()],
+        UpstreamProtocol::Http2 => vec!["h2".to_string()],
+        UpstreamProtocol::Auto => vec!["h2".to_string(), "http/1.1".to_string()],
+    };
+    let ctx = pbtls::UpstreamTlsContext {
+        sni: t.sni.clone().unwrap_or_default(),
+        common_tls_context: Some(pbtls::CommonTlsContext {
+            tls_params: Some(pbtls::TlsParameters {
+                tls_minimum_protocol_version: tls_version(t.min_version) as i32,
+                ..Default::default()
+            }),
+            tls_certificates,
+            alpn_protocols,
+            validation_context_type: Some(
+                pbtls::common_tls_context::ValidationContextType::ValidationContext(validation),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: TLS_SOCKET.into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+/// Decodes a cluster (and, for a STATIC one, its inline endpoints).
+pub(super) fn decode(pb: &pbc::Cluster) -> Result<Vec<Resource>, DecodeError> {
+    let named = |e: FieldError| e.named(&pb.name);
+    let mut m = to_mapping(pb).map_err(named)?;
+    apply_metadata(&mut m, pb.metadata.as_ref());
+    let c: Cluster = finish(m, "metadata.filter_metadata.sluice").map_err(named)?;
+    let mut out = Vec::new();
+    if is_static(pb) {
+        let la = pb.load_assignment.clone().unwrap_or_default();
+        let endpoints = endpoints(&la, "load_assignment").map_err(named)?;
+        out.push(Resource::Endpoints(ClusterLoadAssignment {
+            cluster_name: c.name.clone(),
+            endpoints,
+        }));
+    }
+    out.insert(0, Resource::Cluster(c));
+    Ok(out)
+}
+
+fn is_static(pb: &pbc::Cluster) -> bool {
+    pb.cluster_discovery_type
+        == Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        ))
+}
+
+/// The model's YAML mapping of a cluster from Envoy's fields alone.
+fn to_mapping(pb: &pbc::Cluster) -> Fr<Mapping> {
+    let mut m = Mapping::new();
+    if pb.name.is_empty() {
+        return Err(FieldError::new("name", "is required"));
+    }
+    put(&mut m, "name", &pb.name);
+    if let Some(t) = &pb.connect_timeout {
+        let d = from_dur(t, "connect_timeout")?;
+        if d.is_zero() {
+            return Err(FieldError::new("connect_timeout", "must be positive"));
+        }
+        put(&mut m, "connect_timeout", d);
+    }
+    if let Some(b) = &pb.per_connection_buffer_limit_bytes {
+        put(
+            &mut m,
+            "per_connection_buffer_limit_bytes",
+            crate::ByteSize(u64::from(b.value)),
+        );
+    }
+    if pb.lb_subset_config.is_some() {
+        return Err(FieldError::new(
+            "lb_subset_config",
+            "subset load balancing is not supported",
+        ));
+    }
+    if pb.load_balancing_policy.is_some() {
+        return Err(FieldError::new(
+            "load_balancing_policy",
+            "typed load balancing policies are not supported (use lb_policy)",
+        ));
+    }
+    if !pb.filters.is_empty() {
+        return Err(FieldError::new(
+            "filters[0]",
+            "upstream network filters are not supported",
+        ));
+    }
+    // Discovery.
+    match &pb.cluster_discovery_type {
+        None => {} // STATIC (the default)
+        Some(cluster::ClusterDiscoveryType::Type(t)) => {
+            let t = cluster::DiscoveryType::try_from(*t)
+                .map_err(|_| FieldError::new("type", format!("unknown cluster type {t}")))?;
+            match t {
+                cluster::DiscoveryType::Static | cluster::DiscoveryType::Eds => {}
+                cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns => {
+                    m.insert("discovery".into(), Value::Mapping(dns_discovery(pb, t)?));
+                }
+                other => {
+                    return Err(FieldError::new(
+                        "type",
+                        format!("unsupported cluster type {}", other.as_str_name()),
+                    ));
+                }
+            }
+        }
+        Some(cluster::ClusterDiscoveryType::ClusterType(c)) => {
+            return Err(FieldError::new(
+                "cluster_type",
+                format!("unsupported custom cluster type `{}`", c.name),
+            ));
+        }
+    }
+    // Balancing.
+    let policy = cluster::LbPolicy::try_from(pb.lb_policy)
+        .map_err(|_| FieldError::new("lb_policy", format!("unknown policy {}", pb.lb_policy)))?;
+    let lb = match policy {
+        cluster::LbPolicy::RoundRobin => LbPolicy::RoundRobin,
+        cluster::LbPolicy::LeastRequest => LbPolicy::LeastRequest,
+        cluster::LbPolicy::RingHash => LbPolicy::RingHash,
+        cluster::LbPolicy::Random => LbPolicy::Random,
+        cluster::LbPolicy::Maglev => LbPolicy::Maglev,
+        other => {
+            return Err(FieldError::new(
+                "lb_policy",
+                format!("unsupported policy {}", other.as_str_name()),
+            ));
+        }
+    };
+    put(&mut m, "lb_policy", lb);
+    let mut lbm = |key: &str, inner: Mapping| {
+        m.insert(key.into(), Value::Mapping(inner));
+    };
+    match &pb.lb_config {
+        Some(cluster::LbConfig::LeastRequestLbConfig(c)) => {
+            let mut x = Mapping::new();
+            if let Some(n) = &c.choice_count {
+                put(&mut x, "choice_count", n.value);
+            }
+            if c.active_request_bias.is_some() || c.slow_start_config.is_some() {
+                return Err(FieldError::new(
+                    "least_request_lb_config",
+                    "active_request_bias and slow_start_config are not supported",
+                ));
+            }
+            lbm("least_request", x);
+        }
+        Some(cluster::LbConfig::RingHashLbConfig(c)) => {
+            let mut x = Mapping::new();
+            if let Some(n) = &c.minimum_ring_size {
+                put(&mut x, "minimum_ring_size", n.value);
+            }
+            if let Some(n) = &c.maximum_ring_size {
+                put(&mut x, "maximum_ring_size", n.value);
+            }
+            if let Some(f) = hash_balance_factor(pb) {
+                put(&mut x, "hash_balance_factor", f);
+            }
+            lbm("ring_hash", x);
+        }
+        Some(cluster::LbConfig::MaglevLbConfig(c)) => {
+            let mut x = Mapping::new();
+            if let Some(n) = &c.table_size {
+                put(&mut x, "table_size", n.value);
+            }
+            if let Some(f) = hash_balance_factor(pb) {
+                put(&mut x, "hash_balance_factor", f);
+            }
+            lbm("maglev", x);
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                "lb_config",
+                "unsupported load balancer config",
+            ));
+        }
+        None => {
+            if let Some(f) = hash_balance_factor(pb) {
+                let key = if lb == LbPolicy::Maglev {
+                    "maglev"
+                } else {
+                    "ring_hash"
+                };
+                let mut x = Mapping::new();
+                put(&mut x, "hash_balance_factor", f);
+                lbm(key, x);
+            }
+        }
+    }
+    if let Some(cl) = &pb.common_lb_config {
+        if let Some(p) = &cl.healthy_panic_threshold {
+            if !(0.0..=100.0).contains(&p.value) || p.value.fract() != 0.0 {
+                return Err(FieldError::new(
+                    "common_lb_config.healthy_panic_threshold",
+                    "must be a whole percentage from 0 to 100",
+                ));
+            }
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            put(&mut m, "panic_threshold", p.value as u32);
+        }
+        use cluster::common_lb_config::LocalityConfigSpecifier as L;
+        match &cl.locality_config_specifier {
+            Some(L::ZoneAwareLbConfig(z)) => {
+                let mut x = Mapping::new();
+                if let Some(p) = &z.routing_enabled {
+                    put(&mut x, "enabled", p.value > 0.0);
+                }
+                if let Some(n) = &z.min_cluster_size {
+                    put(
+                        &mut x,
+                        "min_cluster_size",
+                        u32::try_from(n.value).unwrap_or(u32::MAX),
+                    );
+                }
+                m.insert("locality".into(), Value::Mapping(x));
+            }
+            Some(L::LocalityWeightedLbConfig(_)) => {
+                return Err(FieldError::new(
+                    "common_lb_config.locality_weighted_lb_config",
+                    "locality weights are not supported",
+                ));
+            }
+            None => {}
+        }
+    }
+    // Resilience.
+    if let Some(cb) = &pb.circuit_breakers {
+        for (i, t) in cb.thresholds.iter().enumerate() {
+            if t.priority != core::RoutingPriority::Default as i32 {
+                continue; // HIGH-priority thresholds: Sluice has one priority
+            }
+            let mut x = Mapping::new();
+            let mut set = |k: &str, v: &Option<UInt32Value>| {
+                if let Some(v) = v {
+                    put(&mut x, k, v.value);
+                }
+            };
+            set("max_connections", &t.max_connections);
+            set("max_pending_requests", &t.max_pending_requests);
+            set("max_requests", &t.max_requests);
+            set("max_retries", &t.max_retries);
+            let _ = i;
+            m.insert("circuit_breakers".into(), Value::Mapping(x));
+        }
+    }
+    let mut od = Mapping::new();
+    match &pb.outlier_detection {
+        None => put(&mut od, "enabled", false),
+        Some(o) => {
+            let mut set = |k: &str, v: &Option<UInt32Value>| {
+                if let Some(v) = v {
+                    put(&mut od, k, v.value);
+                }
+            };
+            set("consecutive_5xx", &o.consecutive_5xx);
+            set(
+                "consecutive_gateway_failure",
+                &o.consecutive_gateway_failure,
+            );
+            set(
+                "failure_percentage_threshold",
+                &o.failure_percentage_threshold,
+            );
+            set(
+                "failure_percentage_minimum_hosts",
+                &o.failure_percentage_minimum_hosts,
+            );
+            set(
+                "failure_percentage_request_volume",
+                &o.failure_percentage_request_volume,
+            );
+            set("max_ejection_percent", &o.max_ejection_percent);
+            // Envoy's defaults: gateway failures and failure percentage are not enforced.
+            if o.enforcing_consecutive_5xx
+                .as_ref()
+                .is_some_and(|v| v.value == 0)
+            {
+                put(&mut od, "consecutive_5xx", 0);
+            }
+            if o.enforcing_consecutive_gateway_failure
+                .as_ref()
+                .is_none_or(|v| v.value == 0)
+            {
+                put(&mut od, "consecutive_gateway_failure", 0);
+            }
+            if o.enforcing_failure_percentage
+                .as_ref()
+                .is_none_or(|v| v.value == 0)
+            {
+                put(&mut od, "failure_percentage_threshold", 0);
+            }
+            for (k, d) in [
+                ("interval", &o.interval),
+                ("base_ejection_time", &o.base_ejection_time),
+                ("max_ejection_time", &o.max_ejection_time),
+            ] {
+                if let Some(d) = opt_dur(d.as_ref(), &format!("outlier_detection.{k}"))? {
+                    put(&mut od, k, d);
+                }
+            }
+        }
+    }
+    m.insert("outlier_detection".into(), Value::Mapping(od));
+    match pb.health_checks.as_slice() {
+        [] => {}
+        [h] => {
+            m.insert(
+                "health_checks".into(),
+                Value::Mapping(health_check_mapping(h)?),
+            );
+        }
+        [_, ..] => {
+            return Err(FieldError::new(
+                "health_checks[1]",
+                "Sluice supports one health check per cluster",
+            ));
+        }
+    }
+    // Protocol.
+    for k in pb.typed_extension_protocol_options.keys() {
+        if k != HTTP_PROTOCOL_OPTIONS {
+            return Err(FieldError::new(
+                format!("typed_extension_protocol_options[\"{k}\"]"),
+                "unsupported protocol options",
+            ));
+        }
+    }
+    if let Some(a) = pb
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+    {
+        let f = format!("typed_extension_protocol_options[\"{HTTP_PROTOCOL_OPTIONS}\"]");
+        let o: HttpProtocolOptions = unany(a, &f)?;
+        use http_protocol_options::UpstreamProtocolOptions as U;
+        use http_protocol_options::explicit_http_config::ProtocolConfig as P;
+        let p = match &o.upstream_protocol_options {
+            None => UpstreamProtocol::Http1,
+            Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
+                Some(P::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                Some(P::HttpProtocolOptions(_)) | None => UpstreamProtocol::Http1,
+                Some(P::Http3ProtocolOptions(_)) => {
+                    return Err(FieldError::new(
+                        format!("{f}.explicit_http_config.http3_protocol_options"),
+                        "HTTP/3 upstreams are not supported",
+                    ));
+                }
+            },
+            Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::Auto,
+            Some(U::AutoConfig(_)) => {
+                return Err(FieldError::new(
+                    format!("{f}.auto_config"),
+                    "ALPN-negotiated upstream protocol is not supported",
+                ));
+            }
+        };
+        put(&mut m, "protocol", p);
+    }
+    if let Some(ts) = &pb.transport_socket {
+        m.insert(
+            "tls".into(),
+            Value::Mapping(upstream_tls_mapping(ts, "transport_socket")?),
+        );
+    }
+    Ok(m)
+}
+
+fn hash_balance_factor(pb: &pbc::Cluster) -> Option<u32> {
+    pb.common_lb_config
+        .as_ref()?
+        .consistent_hashing_lb_config
+        .as_ref()?
+        .hash_balance_factor
+        .as_ref()
+        .map(|v| v.value)
+}
+
+fn dns_discovery(pb: &pbc::Cluster, t: cluster::DiscoveryType) -> Fr<Mapping> {
+    let mut d = Mapping::new();
+    put(
+        &mut d,
+        "type",
+        if t == cluster::DiscoveryType::LogicalDns {
+            DiscoveryType::LogicalDns
+        } else {
+            DiscoveryType::StrictDns
+        },
+    );
+    let mut names = Vec::new();
+    if let Some(la) = &pb.load_assignment {
+        for (i, l) in la.endpoints.iter().enumerate() {
+            for (j, e) in l.lb_endpoints.iter().enumerate() {
+                let f =
+                    format!("load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address");
+                let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                    return Err(FieldError::new(f, "is required"));
+                };
+                let (host, port) = host_port(ep.address.as_ref(), &f)?;
+                names.push(if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                });
+            }
+        }
+    }
+    put(&mut d, "names", names);
+    if let Some(r) = opt_dur(pb.dns_refresh_rate.as_ref(), "dns_refresh_rate")? {
+        put(&mut d, "min_refresh", r);
+    }
+    let family = cluster::DnsLookupFamily::try_from(pb.dns_lookup_family).unwrap_or_default();
+    put(
+        &mut d,
+        "family",
+        match family {
+            cluster::DnsLookupFamily::V4Only => AddressFamily::V4,
+            cluster::DnsLookupFamily::V6Only => AddressFamily::V6,
+            _ => AddressFamily::Auto,
+        },
+    );
+    Ok(d)
+}
+
+fn health_check_mapping(h: &core::HealthCheck) -> Fr<Mapping> {
+    let p = "health_checks[0]";
+    let mut m = Mapping::new();
+    for (k, d) in [("timeout", &h.timeout), ("interval", &h.interval)] {
+        match opt_dur(d.as_ref(), &format!("{p}.{k}"))? {
+            Some(d) => put(&mut m, k, d),
+            None => return Err(FieldError::new(format!("{p}.{k}"), "is required")),
+        }
+    }
+    if let Some(d) = opt_dur(
+        h.no_traffic_interval.as_ref(),
+        &format!("{p}.no_traffic_interval"),
+    )? {
+        put(&mut m, "no_traffic_interval", d);
+    }
+    put(&mut m, "interval_jitter_percent", h.interval_jitter_percent);
+    match &h.unhealthy_threshold {
+        Some(v) => put(&mut m, "unhealthy_threshold", v.value),
+        None => {
+            return Err(FieldError::new(
+                format!("{p}.unhealthy_threshold"),
+                "is required",
+            ));
+        }
+    }
+    match &h.healthy_threshold {
+        Some(v) => put(&mut m, "healthy_threshold", v.value),
+        None => {
+            return Err(FieldError::new(
+                format!("{p}.healthy_threshold"),
+                "is required",
+            ));
+        }
+    }
+    use health_check::HealthChecker as H;
+    match &h.health_checker {
+        Some(H::HttpHealthCheck(x)) => {
+            let mut hm = Mapping::new();
+            put(&mut hm, "path", &x.path);
+            if !x.host.is_empty() {
+                put(&mut hm, "host", &x.host);
+            }
+            if !x.expected_statuses.is_empty() {
+                let mut ranges = Vec::new();
+                for (i, r) in x.expected_statuses.iter().enumerate() {
+                    let ok = |v: i64| u16::try_from(v).ok().filter(|v| (100..=600).contains(v));
+                    let (Some(start), Some(end)) = (ok(r.start), ok(r.end)) else {
+                        return Err(FieldError::new(
+                            format!("{p}.http_health_check.expected_statuses[{i}]"),
+                            "must be a range of HTTP statuses within [100, 600)",
+                        ));
+                    };
+                    ranges.push(crate::StatusRange { start, end });
+                }
+                put(&mut hm, "expected_statuses", ranges);
+            }
+            if x.send.is_some() || !x.receive.is_empty() {
+                return Err(FieldError::new(
+                    format!("{p}.http_health_check.receive"),
+                    "payload checks are not supported",
+                ));
+            }
+            m.insert("http".into(), Value::Mapping(hm));
+        }
+        Some(H::GrpcHealthCheck(x)) => {
+            let mut gm = Mapping::new();
+            if !x.service_name.is_empty() {
+                put(&mut gm, "service_name", &x.service_name);
+            }
+            if !x.authority.is_empty() {
+                put(&mut gm, "authority", &x.authority);
+            }
+            m.insert("grpc".into(), Value::Mapping(gm));
+        }
+        Some(H::TcpHealthCheck(x)) => {
+            if x.send.is_some() || !x.receive.is_empty() {
+                return Err(FieldError::new(
+                    format!("{p}.tcp_health_check.send"),
+                    "payload checks are not supported",
+                ));
+            }
+            m.insert("tcp".into(), Value::Mapping(Mapping::new()));
+        }
+        Some(H::CustomHealthCheck(c)) => {
+            return Err(FieldError::new(
+                format!("{p}.custom_health_check"),
+                format!("unsupported health checker `{}`", c.name),
+            ));
+        }
+        None => {
+            return Err(FieldError::new(
+                format!("{p}.health_checker"),
+                "is required",
+            ));
+        }
+    }
+    Ok(m)
+}
+
+fn upstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mapping> {
+    use pbtls::subject_alt_name_matcher::SanType;
+    if ts.name != TLS_SOCKET {
+        return Err(FieldError::new(
+            format!("{p}.name"),
+            format!("unsupported transport socket `{}`", ts.name),
+        ));
+    }
+    let Some(transport_socket::ConfigType::TypedConfig(a)) = &ts.config_type else {
+        return Err(FieldError::new(format!("{p}.typed_config"), "is required"));
+    };
+    let p = format!("{p}.typed_config");
+    let ctx: pbtls::UpstreamTlsContext = unany(a, &p)?;
+    let mut m = Mapping::new();
+    if !ctx.sni.is_empty() {
+        put(&mut m, "sni", &ctx.sni);
+    }
+    let cp = format!("{p}.common_tls_context");
+    let common = ctx.common_tls_context.unwrap_or_default();
+    put(
+        &mut m,
+        "min_version",
+        min_version(common.tls_params.as_ref(), &format!("{cp}.tls_params"))?,
+    );
+    match common.tls_certificates.as_slice() {
+        [] => {}
+        [c] => {
+            let f = format!("{cp}.tls_certificates[0]");
+            put(
+                &mut m,
+                "cert",
+                filename(
+                    c.certificate_chain.as_ref(),
+                    &format!("{f}.certificate_chain"),
+                )?,
+            );
+            put(
+                &mut m,
+                "key",
+                filename(c.private_key.as_ref(), &format!("{f}.private_key"))?,
+            );
+        }
+        [_, ..] => {
+            return Err(FieldError::new(
+                format!("{cp}.tls_certificates[1]"),
+                "one client certificate only",
+            ));
+        }
+    }
+    if !common.tls_certificate_sds_secret_configs.is_empty() {
+        return Err(FieldError::new(
+            format!("{cp}.tls_certificate_sds_secret_configs"),
+            "SDS is not supported yet",
+        ));
+    }
+    use pbtls::common_tls_context::ValidationContextType as V;
+    match &common.validation_context_type {
+        None => {}
+        Some(V::ValidationContext(v)) => {
+            let vp = format!("{cp}.validation_context");
+            if v.trusted_ca.is_some() {
+                put(
+                    &mut m,
+                    "ca",
+                    filename(v.trusted_ca.as_ref(), &format!("{vp}.trusted_ca"))?,
+                );
+            }
+            let mut sans = Vec::new();
+            for (i, s) in v.match_typed_subject_alt_names.iter().enumerate() {
+                let f = format!("{vp}.match_typed_subject_alt_names[{i}]");
+                use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+                let ok_type =
+                    s.san_type == SanType::Dns as i32 || s.san_type == SanType::Uri as i32;
+                match s.matcher.as_ref().and_then(|m| m.match_pattern.as_ref()) {
+                    Some(MatchPattern::Exact(x)) if ok_type => sans.push(x.clone()),
+                    _ => {
+                        return Err(FieldError::new(
+                            f,
+                            "only exact DNS or URI subject alt names are supported",
+                        ));
+                    }
+                }
+            }
+            if !sans.is_empty() {
+                put(&mut m, "verify_subject_alt_names", sans);
+            }
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                format!("{cp}.validation_context_sds_secret_config"),
+                "SDS is not supported yet",
+            ));
+        }
+    }
+    Ok(m)
+}
+
+pub(super) fn encode_endpoints(e: &ClusterLoadAssignment) -> pbe::ClusterLoadAssignment {
+    // Consecutive endpoints of one zone share a LocalityLbEndpoints, so order is kept.
+    let mut groups: Vec<LocalityLbEndpoints> = Vec::new();
+    let mut last_zone: Option<Option<&String>> = None;
+    for ep in &e.endpoints {
+        let lb = LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(pbe::Endpoint {
+                address: Some(super::value::address(ep.address)),
+                ..pbe::Endpoint::default()
+            })),
+            load_balancing_weight: u32v(ep.weight),
+            ..LbEndpoint::default()
+        };
+        match groups.last_mut() {
+            Some(g) if last_zone == Some(ep.zone.as_ref()) => g.lb_endpoints.push(lb),
+            _ => {
+                groups.push(LocalityLbEndpoints {
+                    locality: ep.zone.as_ref().map(|z| Locality {
+                        zone: z.clone(),
+                        ..Locality::default()
+                    }),
+                    lb_endpoints: vec![lb],
+                    ..LocalityLbEndpoints::default()
+                });
+                last_zone = Some(ep.zone.as_ref());
+            }
+        }
+    }
+    pbe::ClusterLoadAssignment {
+        cluster_name: e.cluster_name.clone(),
+        endpoints: groups,
+        ..pbe::ClusterLoadAssignment::default()
+    }
+}
+
+pub(super) fn decode_endpoints(pb: &pbe::ClusterLoadAssignment) -> Result<Resource, DecodeError> {
+    if pb.cluster_name.is_empty() {
+        return Err(FieldError::new("cluster_name", "is required").named(""));
+    }
+    let endpoints = endpoints(pb, "").map_err(|e| e.named(&pb.cluster_name))?;
+    Ok(Resource::Endpoints(ClusterLoadAssignment {
+        cluster_name: pb.cluster_name.clone(),
+        endpoints,
+    }))
+}
+
+/// The model endpoints of an assignment; `p` is its path (empty at the top).
+fn endpoints(pb: &pbe::ClusterLoadAssignment, p: &str) -> Fr<Vec<Endpoint>> {
+    let p = if p.is_empty() {
+        String::new()
+    } else {
+        format!("{p}.")
+    };
+    if !pb.named_endpoints.is_empty() {
+        return Err(FieldError::new(
+            format!("{p}named_endpoints"),
+            "named endpoints are not supported",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, l) in pb.endpoints.iter().enumerate() {
+        let lp = format!("{p}endpoints[{i}]");
+        if l.priority != 0 {
+            return Err(FieldError::new(
+                format!("{lp}.priority"),
+                "Sluice has one priority level (0)",
+            ));
+        }
+        if l.load_balancing_weight.is_some() {
+            return Err(FieldError::new(
+                format!("{lp}.load_balancing_weight"),
+                "locality weights are not supported",
+            ));
+        }
+        let zone = l
+            .locality
+            .as_ref()
+            .map(|l| l.zone.clone())
+            .filter(|z| !z.is_empty());
+        for (j, e) in l.lb_endpoints.iter().enumerate() {
+            let ep = format!("{lp}.lb_endpoints[{j}]");
+            // Endpoints the control plane reports unhealthy or draining take no traffic.
+            let status = HealthStatus::try_from(e.health_status).unwrap_or_default();
+            if matches!(
+                status,
+                HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout
+            ) {
+                continue;
+            }
+            let Some(lb_endpoint::HostIdentifier::Endpoint(x)) = &e.host_identifier else {
+                return Err(FieldError::new(
+                    format!("{ep}.endpoint"),
+                    "is required (endpoint_name is not supported)",
+                ));
+            };
+            let address = socket_addr(x.address.as_ref(), &format!("{ep}.endpoint.address"))?;
+            out.push(Endpoint {
+                address,
+                weight: e.load_balancing_weight.as_ref().map_or(1, |w| w.value),
+                zone: zone.clone(),
+            });
+        }
+    }
+    Ok(out)
+}

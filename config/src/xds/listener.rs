@@ -1,0 +1,787 @@
+//! Listener ↔ `envoy.config.listener.v3.Listener` (an `HttpConnectionManager` or `TcpProxy`
+//! filter chain).
+
+use super::cluster::{TLS_SOCKET, file, filename, min_version, tls_version};
+use super::value::{
+    any, apply_metadata, dur, finish, metadata, opt_dur, put, remainder, socket_addr, u32v, unany,
+    yv,
+};
+use super::{DecodeError, FieldError, Fr};
+use crate::raw::RawListener;
+use crate::{
+    ClientCertificate, DownstreamTls, EscapedSlashes, ForwardClientCert, Listener, ListenerKind,
+    Resource, TcpListener, UnderscoreAction,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    self as core, AggregatedConfigSource, ConfigSource, TransportSocket, config_source,
+    transport_socket,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    self as pbl, Filter, FilterChain, FilterChainMatch, ListenerFilter, filter, listener_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::http::grpc_web::v3::GrpcWeb;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    self as hcm, HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pbtls;
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use serde_yaml_ng::{Mapping, Value};
+
+/// Filter names (Envoy's well-known names).
+pub(crate) const HCM: &str = "envoy.filters.network.http_connection_manager";
+pub(crate) const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+pub(crate) const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+pub(crate) const ROUTER: &str = "envoy.filters.http.router";
+pub(crate) const GRPC_WEB: &str = "envoy.filters.http.grpc_web";
+pub(crate) const FAULT: &str = "envoy.filters.http.fault";
+
+pub(super) fn encode(l: &Listener) -> pbl::Listener {
+    let mut pb = native(l);
+    let full = yv(RawListener::from(l.clone()));
+    let native = to_mapping(&pb).map(|(m, _)| m).unwrap_or_default();
+    pb.metadata = metadata(&remainder::<RawListener>(&full, native));
+    pb
+}
+
+fn ads() -> Option<ConfigSource> {
+    Some(ConfigSource {
+        resource_api_version: core::ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..ConfigSource::default()
+    })
+}
+
+fn typed_filter<T: prost::Name + prost::Message>(name: &str, m: &T) -> Filter {
+    Filter {
+        name: name.into(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(m))),
+    }
+}
+
+fn http_filter<T: prost::Name + prost::Message>(name: &str, m: &T) -> HttpFilter {
+    HttpFilter {
+        name: name.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(m))),
+        ..HttpFilter::default()
+    }
+}
+
+fn tcp_proxy(name: &str, cluster: &str, t: &TcpListener) -> Filter {
+    typed_filter(
+        TCP_PROXY,
+        &TcpProxy {
+            stat_prefix: name.into(),
+            idle_timeout: Some(dur(t.idle_timeout)),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+            ..TcpProxy::default()
+        },
+    )
+}
+
+fn kib(b: crate::ByteSize) -> u32 {
+    u32::try_from(b.bytes().div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+fn bytes32(b: crate::ByteSize) -> Option<UInt32Value> {
+    u32v(u32::try_from(b.bytes()).unwrap_or(u32::MAX))
+}
+
+fn native(l: &Listener) -> pbl::Listener {
+    let mut pb = pbl::Listener {
+        name: l.name.clone(),
+        address: Some(super::value::address(l.address)),
+        ..pbl::Listener::default()
+    };
+    match &l.kind {
+        ListenerKind::Http(h) => {
+            pb.per_connection_buffer_limit_bytes = bytes32(h.per_connection_buffer_limit_bytes);
+            let mut filters = Vec::new();
+            if h.grpc_web {
+                filters.push(http_filter(GRPC_WEB, &GrpcWeb::default()));
+            }
+            filters.push(http_filter(ROUTER, &Router::default()));
+            let p = &h.path_normalization;
+            let m = HttpConnectionManager {
+                stat_prefix: l.name.clone(),
+                codec_type: http_connection_manager::CodecType::Auto as i32,
+                route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+                    config_source: ads(),
+                    route_config_name: h.route_table.clone(),
+                })),
+                http_filters: filters,
+                max_request_headers_kb: u32v(kib(h.max_request_header_bytes)),
+                request_headers_timeout: Some(dur(h.request_header_timeout)),
+                stream_idle_timeout: Some(dur(h.stream_idle_timeout)),
+                drain_timeout: Some(dur(h.graceful_close_timeout)),
+                common_http_protocol_options: Some(core::HttpProtocolOptions {
+                    idle_timeout: Some(dur(h.idle_timeout)),
+                    max_headers_count: u32v(h.max_request_headers),
+                    headers_with_underscores_action: match h.headers_with_underscores {
+                        UnderscoreAction::Allow => core::http_protocol_options::HeadersWithUnderscoresAction::Allow,
+                        UnderscoreAction::Drop => core::http_protocol_options::HeadersWithUnderscoresAction::DropHeader,
+                        UnderscoreAction::Reject => core::http_protocol_options::HeadersWithUnderscoresAction::RejectRequest,
+                    } as i32,
+                    ..Default::default()
+                }),
+                http2_protocol_options: Some(core::Http2ProtocolOptions {
+                    max_concurrent_streams: u32v(h.http2.max_concurrent_streams),
+                    initial_stream_window_size: bytes32(h.http2.initial_stream_window_size),
+                    initial_connection_window_size: bytes32(
+                        h.http2.initial_connection_window_size,
+                    ),
+                    ..Default::default()
+                }),
+                generate_request_id: Some(BoolValue {
+                    value: h.generate_request_id,
+                }),
+                normalize_path: Some(BoolValue { value: p.normalize }),
+                merge_slashes: p.merge_slashes,
+                path_with_escaped_slashes_action: match p.escaped_slashes {
+                    EscapedSlashes::Reject => hcm::http_connection_manager::PathWithEscapedSlashesAction::RejectRequest,
+                    EscapedSlashes::UnescapeAndRedirect => hcm::http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndRedirect,
+                    EscapedSlashes::UnescapeAndForward => hcm::http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndForward,
+                    EscapedSlashes::Keep => hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged,
+                } as i32,
+                use_remote_address: Some(BoolValue { value: true }),
+                xff_num_trusted_hops: h.trust.trusted_hops,
+                strip_trailing_host_dot: h.strip_trailing_host_dot,
+                forward_client_cert_details: l.tls.as_ref().map_or(0, |t| match t.forward_client_cert {
+                    ForwardClientCert::Sanitize => http_connection_manager::ForwardClientCertDetails::Sanitize,
+                    ForwardClientCert::ForwardOnly => http_connection_manager::ForwardClientCertDetails::ForwardOnly,
+                    ForwardClientCert::AppendForward => http_connection_manager::ForwardClientCertDetails::AppendForward,
+                    ForwardClientCert::SanitizeSet => http_connection_manager::ForwardClientCertDetails::SanitizeSet,
+                    ForwardClientCert::AlwaysForwardOnly => http_connection_manager::ForwardClientCertDetails::AlwaysForwardOnly,
+                } as i32),
+                ..HttpConnectionManager::default()
+            };
+            pb.filter_chains = vec![FilterChain {
+                filters: vec![typed_filter(HCM, &m)],
+                transport_socket: l.tls.as_ref().map(downstream_tls_pb),
+                transport_socket_connect_timeout: l.tls.as_ref().map(|t| dur(t.handshake_timeout)),
+                ..FilterChain::default()
+            }];
+        }
+        ListenerKind::Tcp(t) => {
+            if t.sni.is_empty() {
+                pb.filter_chains = vec![FilterChain {
+                    filters: vec![tcp_proxy(
+                        &l.name,
+                        t.cluster.as_deref().unwrap_or_default(),
+                        t,
+                    )],
+                    ..FilterChain::default()
+                }];
+            } else {
+                pb.listener_filters = vec![ListenerFilter {
+                    name: TLS_INSPECTOR.into(),
+                    config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                        &TlsInspector::default(),
+                    ))),
+                    ..ListenerFilter::default()
+                }];
+                pb.listener_filters_timeout = Some(dur(t.tls_inspector_timeout));
+                pb.continue_on_listener_filters_timeout = true;
+                pb.filter_chains = t
+                    .sni
+                    .iter()
+                    .map(|r| FilterChain {
+                        filter_chain_match: Some(FilterChainMatch {
+                            server_names: r.server_names.clone(),
+                            ..FilterChainMatch::default()
+                        }),
+                        filters: vec![tcp_proxy(&l.name, &r.cluster, t)],
+                        ..FilterChain::default()
+                    })
+                    .collect();
+                pb.default_filter_chain = t.cluster.as_ref().map(|c| FilterChain {
+                    filters: vec![tcp_proxy(&l.name, c, t)],
+                    ..FilterChain::default()
+                });
+            }
+        }
+    }
+    pb
+}
+
+fn downstream_tls_pb(t: &DownstreamTls) -> TransportSocket {
+    let ctx = pbtls::DownstreamTlsContext {
+        common_tls_context: Some(pbtls::CommonTlsContext {
+            tls_params: Some(pbtls::TlsParameters {
+                tls_minimum_protocol_version: tls_version(t.min_version) as i32,
+                ..Default::default()
+            }),
+            tls_certificates: t
+                .certificates
+                .iter()
+                .map(|c| pbtls::TlsCertificate {
+                    certificate_chain: file(&c.cert),
+                    private_key: file(&c.key),
+                    ..Default::default()
+                })
+                .collect(),
+            alpn_protocols: t.alpn.clone(),
+            validation_context_type: t.client_ca.as_ref().map(|ca| {
+                pbtls::common_tls_context::ValidationContextType::ValidationContext(
+                    pbtls::CertificateValidationContext {
+                        trusted_ca: file(ca),
+                        ..Default::default()
+                    },
+                )
+            }),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(BoolValue {
+            value: t.client_certificate == ClientCertificate::Required,
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: TLS_SOCKET.into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+pub(super) fn decode(pb: &pbl::Listener) -> Result<Vec<Resource>, DecodeError> {
+    let named = |e: FieldError| e.named(&pb.name);
+    let (mut m, table) = to_mapping(pb).map_err(named)?;
+    apply_metadata(&mut m, pb.metadata.as_ref());
+    let l: Listener = finish(m, "metadata.filter_metadata.sluice").map_err(named)?;
+    let mut out = vec![Resource::Listener(l)];
+    if let Some((t, path)) = table {
+        let t: crate::RouteTable = finish(t, &path).map_err(named)?;
+        out.push(Resource::RouteTable(t));
+    }
+    Ok(out)
+}
+
+/// The listener's mapping from Envoy fields, and an inline route table's mapping (with its
+/// path) if the HCM has one.
+type Decoded = (Mapping, Option<(Mapping, String)>);
+
+fn to_mapping(pb: &pbl::Listener) -> Fr<Decoded> {
+    if pb.name.is_empty() {
+        return Err(FieldError::new("name", "is required"));
+    }
+    let mut m = Mapping::new();
+    put(&mut m, "name", &pb.name);
+    put(
+        &mut m,
+        "address",
+        socket_addr(pb.address.as_ref(), "address")?,
+    );
+    for (bad, what) in [
+        (!pb.additional_addresses.is_empty(), "additional_addresses"),
+        (pb.filter_chain_matcher.is_some(), "filter_chain_matcher"),
+        (
+            pb.use_original_dst.as_ref().is_some_and(|b| b.value),
+            "use_original_dst",
+        ),
+        (pb.udp_listener_config.is_some(), "udp_listener_config"),
+        (pb.api_listener.is_some(), "api_listener"),
+        (pb.fcds_config.is_some(), "fcds_config"),
+    ] {
+        if bad {
+            return Err(FieldError::new(what, "is not supported"));
+        }
+    }
+    let mut inspector = false;
+    for (i, f) in pb.listener_filters.iter().enumerate() {
+        if f.name == TLS_INSPECTOR {
+            inspector = true;
+        } else {
+            return Err(FieldError::new(
+                format!("listener_filters[{i}]"),
+                format!("unsupported listener filter `{}`", f.name),
+            ));
+        }
+    }
+    let chains: Vec<(String, &FilterChain)> = pb
+        .filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
+        .chain(
+            pb.default_filter_chain
+                .iter()
+                .map(|c| ("default_filter_chain".to_string(), c)),
+        )
+        .collect();
+    let Some((_, first)) = chains.first() else {
+        return Err(FieldError::new(
+            "filter_chains",
+            "needs at least one filter chain",
+        ));
+    };
+    for (p, c) in &chains {
+        let fm = c.filter_chain_match.clone().unwrap_or_default();
+        if fm
+            != (FilterChainMatch {
+                server_names: fm.server_names.clone(),
+                transport_protocol: fm.transport_protocol.clone(),
+                ..FilterChainMatch::default()
+            })
+            || !(fm.transport_protocol.is_empty() || fm.transport_protocol == "tls")
+        {
+            return Err(FieldError::new(
+                format!("{p}.filter_chain_match"),
+                "only `server_names` (and transport_protocol `tls`) are supported",
+            ));
+        }
+        if c.use_proxy_proto.as_ref().is_some_and(|b| b.value) {
+            return Err(FieldError::new(
+                format!("{p}.use_proxy_proto"),
+                "is not supported",
+            ));
+        }
+        match c.filters.as_slice() {
+            [_] => {}
+            _ => {
+                return Err(FieldError::new(
+                    format!("{p}.filters"),
+                    "exactly one network filter (http_connection_manager or tcp_proxy) is supported",
+                ));
+            }
+        }
+    }
+    let first_filter = first
+        .filters
+        .first()
+        .map(|f| f.name.as_str())
+        .unwrap_or_default();
+    let mut table = None;
+    if first_filter == HCM {
+        let [(p, c)] = chains.as_slice() else {
+            return Err(FieldError::new(
+                "filter_chains[1]",
+                "an HTTP listener has one filter chain",
+            ));
+        };
+        let fp = format!("{p}.filters[0]");
+        let f = c
+            .filters
+            .first()
+            .ok_or_else(|| FieldError::new(&fp, "is required"))?;
+        let (h, t) = hcm_mapping(f, &fp)?;
+        table = t;
+        if let Some(b) = &pb.per_connection_buffer_limit_bytes {
+            let mut h = h;
+            put(
+                &mut h,
+                "per_connection_buffer_limit_bytes",
+                crate::ByteSize(u64::from(b.value)),
+            );
+            m.insert("http".into(), Value::Mapping(h));
+        } else {
+            m.insert("http".into(), Value::Mapping(h));
+        }
+        if let Some(ts) = &c.transport_socket {
+            let mut tls = downstream_tls_mapping(ts, &format!("{p}.transport_socket"))?;
+            if let Some(d) = opt_dur(
+                c.transport_socket_connect_timeout.as_ref(),
+                &format!("{p}.transport_socket_connect_timeout"),
+            )? {
+                put(&mut tls, "handshake_timeout", d);
+            }
+            let fcc = fcc(f, &fp)?;
+            put(&mut tls, "forward_client_cert", fcc);
+            m.insert("tls".into(), Value::Mapping(tls));
+        }
+    } else {
+        let mut t = Mapping::new();
+        let mut sni = Vec::new();
+        for (p, c) in &chains {
+            if c.transport_socket.is_some() {
+                return Err(FieldError::new(
+                    format!("{p}.transport_socket"),
+                    "TLS termination on TCP listeners is not supported (use an HTTP listener or SNI passthrough)",
+                ));
+            }
+            let fp = format!("{p}.filters[0]");
+            let f = c
+                .filters
+                .first()
+                .ok_or_else(|| FieldError::new(&fp, "is required"))?;
+            let (cluster, idle) = tcp_proxy_fields(f, &fp)?;
+            if let Some(idle) = idle {
+                put(&mut t, "idle_timeout", idle);
+            }
+            let names = c
+                .filter_chain_match
+                .as_ref()
+                .map(|m| m.server_names.clone())
+                .unwrap_or_default();
+            if names.is_empty() {
+                if t.contains_key("cluster") {
+                    return Err(FieldError::new(
+                        p.clone(),
+                        "only one filter chain may match every server name",
+                    ));
+                }
+                put(&mut t, "cluster", cluster);
+            } else {
+                if !inspector {
+                    return Err(FieldError::new(
+                        format!("{p}.filter_chain_match.server_names"),
+                        "needs the `envoy.filters.listener.tls_inspector` listener filter",
+                    ));
+                }
+                let mut r = Mapping::new();
+                put(&mut r, "server_names", names);
+                put(&mut r, "cluster", cluster);
+                sni.push(Value::Mapping(r));
+            }
+        }
+        if !sni.is_empty() {
+            t.insert("sni".into(), Value::Sequence(sni));
+            if let Some(d) = opt_dur(
+                pb.listener_filters_timeout.as_ref(),
+                "listener_filters_timeout",
+            )? {
+                put(&mut t, "tls_inspector_timeout", d);
+            }
+        }
+        m.insert("tcp".into(), Value::Mapping(t));
+    }
+    Ok((m, table))
+}
+
+fn tcp_proxy_fields(f: &Filter, p: &str) -> Fr<(String, Option<crate::Duration>)> {
+    if f.name != TCP_PROXY {
+        return Err(FieldError::new(
+            p,
+            format!("unsupported network filter `{}`", f.name),
+        ));
+    }
+    let Some(filter::ConfigType::TypedConfig(a)) = &f.config_type else {
+        return Err(FieldError::new(format!("{p}.typed_config"), "is required"));
+    };
+    let p = format!("{p}.typed_config");
+    let t: TcpProxy = unany(a, &p)?;
+    for (bad, what) in [
+        (t.tunneling_config.is_some(), "tunneling_config"),
+        (t.metadata_match.is_some(), "metadata_match"),
+        (!t.hash_policy.is_empty(), "hash_policy"),
+        (t.on_demand.is_some(), "on_demand"),
+        (
+            t.max_downstream_connection_duration.is_some(),
+            "max_downstream_connection_duration",
+        ),
+    ] {
+        if bad {
+            return Err(FieldError::new(format!("{p}.{what}"), "is not supported"));
+        }
+    }
+    let cluster = match &t.cluster_specifier {
+        Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => c.clone(),
+        Some(tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
+            return Err(FieldError::new(
+                format!("{p}.weighted_clusters"),
+                "is not supported",
+            ));
+        }
+        None => return Err(FieldError::new(format!("{p}.cluster"), "is required")),
+    };
+    Ok((
+        cluster,
+        opt_dur(t.idle_timeout.as_ref(), &format!("{p}.idle_timeout"))?,
+    ))
+}
+
+fn hcm_config(f: &Filter, p: &str) -> Fr<HttpConnectionManager> {
+    if f.name != HCM {
+        return Err(FieldError::new(
+            p,
+            format!("unsupported network filter `{}`", f.name),
+        ));
+    }
+    let Some(filter::ConfigType::TypedConfig(a)) = &f.config_type else {
+        return Err(FieldError::new(format!("{p}.typed_config"), "is required"));
+    };
+    unany(a, &format!("{p}.typed_config"))
+}
+
+fn fcc(f: &Filter, p: &str) -> Fr<ForwardClientCert> {
+    use http_connection_manager::ForwardClientCertDetails as D;
+    let h = hcm_config(f, p)?;
+    Ok(match D::try_from(h.forward_client_cert_details) {
+        Ok(D::Sanitize) | Err(_) => ForwardClientCert::Sanitize,
+        Ok(D::ForwardOnly) => ForwardClientCert::ForwardOnly,
+        Ok(D::AppendForward) => ForwardClientCert::AppendForward,
+        Ok(D::SanitizeSet) => ForwardClientCert::SanitizeSet,
+        Ok(D::AlwaysForwardOnly) => ForwardClientCert::AlwaysForwardOnly,
+    })
+}
+
+fn hcm_mapping(f: &Filter, p: &str) -> Fr<(Mapping, Option<(Mapping, String)>)> {
+    let h = hcm_config(f, p)?;
+    let p = format!("{p}.typed_config");
+    let mut m = Mapping::new();
+    let mut table = None;
+    match &h.route_specifier {
+        Some(http_connection_manager::RouteSpecifier::Rds(r)) => {
+            put(&mut m, "route_table", &r.route_config_name)
+        }
+        Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
+            let rp = format!("{p}.route_config");
+            let t = super::route::table_mapping(rc)
+                .map_err(|e| FieldError::new(format!("{rp}.{}", e.field), e.message))?;
+            put(&mut m, "route_table", &rc.name);
+            table = Some((t, rp));
+        }
+        _ => {
+            return Err(FieldError::new(
+                format!("{p}.rds"),
+                "`rds` or `route_config` is required (scoped routes are not supported)",
+            ));
+        }
+    }
+    use http_connection_manager::CodecType;
+    if h.codec_type == CodecType::Http3 as i32 {
+        return Err(FieldError::new(
+            format!("{p}.codec_type"),
+            "HTTP/3 is not supported",
+        ));
+    }
+    for (bad, what) in [
+        (
+            !h.original_ip_detection_extensions.is_empty(),
+            "original_ip_detection_extensions",
+        ),
+        (h.local_reply_config.is_some(), "local_reply_config"),
+        (h.request_id_extension.is_some(), "request_id_extension"),
+    ] {
+        if bad {
+            return Err(FieldError::new(format!("{p}.{what}"), "is not supported"));
+        }
+    }
+    // HTTP filters: router last; grpc_web and fault known; optional unknown ones skipped.
+    let mut grpc_web = false;
+    let n = h.http_filters.len();
+    for (i, hf) in h.http_filters.iter().enumerate() {
+        let fp = format!("{p}.http_filters[{i}]");
+        if hf.disabled {
+            continue;
+        }
+        match hf.name.as_str() {
+            ROUTER if i + 1 == n => {}
+            ROUTER => {
+                return Err(FieldError::new(
+                    fp,
+                    "the router must be the last HTTP filter",
+                ));
+            }
+            GRPC_WEB => grpc_web = true,
+            // Faults are configured per route (`typed_per_filter_config`); the filter itself
+            // changes nothing without them.
+            FAULT => {}
+            other if hf.is_optional => {
+                let _ = other;
+            }
+            other => {
+                return Err(FieldError::new(
+                    fp,
+                    format!("unsupported filter \"{other}\""),
+                ));
+            }
+        }
+    }
+    if h.http_filters.last().is_none_or(|f| f.name != ROUTER) {
+        return Err(FieldError::new(
+            format!("{p}.http_filters"),
+            "must end with `envoy.filters.http.router`",
+        ));
+    }
+    put(&mut m, "grpc_web", grpc_web);
+    if let Some(kb) = &h.max_request_headers_kb {
+        put(
+            &mut m,
+            "max_request_header_bytes",
+            crate::ByteSize::kib(u64::from(kb.value)),
+        );
+    }
+    for (k, d, f) in [
+        (
+            "request_header_timeout",
+            &h.request_headers_timeout,
+            "request_headers_timeout",
+        ),
+        (
+            "stream_idle_timeout",
+            &h.stream_idle_timeout,
+            "stream_idle_timeout",
+        ),
+        ("graceful_close_timeout", &h.drain_timeout, "drain_timeout"),
+    ] {
+        if let Some(d) = opt_dur(d.as_ref(), &format!("{p}.{f}"))? {
+            put(&mut m, k, d);
+        }
+    }
+    if let Some(c) = &h.common_http_protocol_options {
+        let cp = format!("{p}.common_http_protocol_options");
+        if let Some(d) = opt_dur(c.idle_timeout.as_ref(), &format!("{cp}.idle_timeout"))? {
+            put(&mut m, "idle_timeout", d);
+        }
+        if let Some(n) = &c.max_headers_count {
+            put(&mut m, "max_request_headers", n.value);
+        }
+        use core::http_protocol_options::HeadersWithUnderscoresAction as U;
+        put(
+            &mut m,
+            "headers_with_underscores",
+            match U::try_from(c.headers_with_underscores_action) {
+                Ok(U::Allow) | Err(_) => UnderscoreAction::Allow,
+                Ok(U::RejectRequest) => UnderscoreAction::Reject,
+                Ok(U::DropHeader) => UnderscoreAction::Drop,
+            },
+        );
+    } else {
+        // Envoy's default: headers with underscores are allowed.
+        put(&mut m, "headers_with_underscores", UnderscoreAction::Allow);
+    }
+    if let Some(h2) = &h.http2_protocol_options {
+        let mut x = Mapping::new();
+        if let Some(v) = &h2.max_concurrent_streams {
+            put(&mut x, "max_concurrent_streams", v.value);
+        }
+        if let Some(v) = &h2.initial_stream_window_size {
+            put(
+                &mut x,
+                "initial_stream_window_size",
+                crate::ByteSize(u64::from(v.value)),
+            );
+        }
+        if let Some(v) = &h2.initial_connection_window_size {
+            put(
+                &mut x,
+                "initial_connection_window_size",
+                crate::ByteSize(u64::from(v.value)),
+            );
+        }
+        m.insert("http2".into(), Value::Mapping(x));
+    }
+    put(
+        &mut m,
+        "generate_request_id",
+        h.generate_request_id.as_ref().is_none_or(|b| b.value),
+    );
+    let mut pn = Mapping::new();
+    put(
+        &mut pn,
+        "normalize",
+        h.normalize_path.as_ref().is_some_and(|b| b.value),
+    );
+    put(&mut pn, "merge_slashes", h.merge_slashes);
+    use http_connection_manager::PathWithEscapedSlashesAction as E;
+    put(
+        &mut pn,
+        "escaped_slashes",
+        match E::try_from(h.path_with_escaped_slashes_action) {
+            Ok(E::ImplementationSpecificDefault | E::KeepUnchanged) | Err(_) => {
+                EscapedSlashes::Keep
+            }
+            Ok(E::RejectRequest) => EscapedSlashes::Reject,
+            Ok(E::UnescapeAndRedirect) => EscapedSlashes::UnescapeAndRedirect,
+            Ok(E::UnescapeAndForward) => EscapedSlashes::UnescapeAndForward,
+        },
+    );
+    m.insert("path_normalization".into(), Value::Mapping(pn));
+    put(&mut m, "strip_trailing_host_dot", h.strip_trailing_host_dot);
+    let mut trust = Mapping::new();
+    put(&mut trust, "trusted_hops", h.xff_num_trusted_hops);
+    m.insert("trust".into(), Value::Mapping(trust));
+    Ok((m, table))
+}
+
+fn downstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mapping> {
+    if ts.name != TLS_SOCKET {
+        return Err(FieldError::new(
+            format!("{p}.name"),
+            format!("unsupported transport socket `{}`", ts.name),
+        ));
+    }
+    let Some(transport_socket::ConfigType::TypedConfig(a)) = &ts.config_type else {
+        return Err(FieldError::new(format!("{p}.typed_config"), "is required"));
+    };
+    let p = format!("{p}.typed_config");
+    let ctx: pbtls::DownstreamTlsContext = unany(a, &p)?;
+    let cp = format!("{p}.common_tls_context");
+    let common = ctx.common_tls_context.unwrap_or_default();
+    let mut m = Mapping::new();
+    let mut certs = Vec::new();
+    for (i, c) in common.tls_certificates.iter().enumerate() {
+        let f = format!("{cp}.tls_certificates[{i}]");
+        let mut x = Mapping::new();
+        put(
+            &mut x,
+            "cert",
+            filename(
+                c.certificate_chain.as_ref(),
+                &format!("{f}.certificate_chain"),
+            )?,
+        );
+        put(
+            &mut x,
+            "key",
+            filename(c.private_key.as_ref(), &format!("{f}.private_key"))?,
+        );
+        certs.push(Value::Mapping(x));
+    }
+    if !common.tls_certificate_sds_secret_configs.is_empty() {
+        return Err(FieldError::new(
+            format!("{cp}.tls_certificate_sds_secret_configs"),
+            "SDS is not supported yet",
+        ));
+    }
+    m.insert("certificates".into(), Value::Sequence(certs));
+    if !common.alpn_protocols.is_empty() {
+        put(&mut m, "alpn", &common.alpn_protocols);
+    }
+    put(
+        &mut m,
+        "min_version",
+        min_version(common.tls_params.as_ref(), &format!("{cp}.tls_params"))?,
+    );
+    let required = ctx
+        .require_client_certificate
+        .as_ref()
+        .is_some_and(|b| b.value);
+    use pbtls::common_tls_context::ValidationContextType as V;
+    match &common.validation_context_type {
+        None => put(&mut m, "client_certificate", ClientCertificate::None),
+        Some(V::ValidationContext(v)) => {
+            let vp = format!("{cp}.validation_context");
+            if !v.match_typed_subject_alt_names.is_empty() {
+                return Err(FieldError::new(
+                    format!("{vp}.match_typed_subject_alt_names"),
+                    "not supported on listeners (use authorization)",
+                ));
+            }
+            put(
+                &mut m,
+                "client_ca",
+                filename(v.trusted_ca.as_ref(), &format!("{vp}.trusted_ca"))?,
+            );
+            put(
+                &mut m,
+                "client_certificate",
+                if required {
+                    ClientCertificate::Required
+                } else {
+                    ClientCertificate::Optional
+                },
+            );
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                format!("{cp}.validation_context_sds_secret_config"),
+                "SDS is not supported yet",
+            ));
+        }
+    }
+    Ok(m)
+}
