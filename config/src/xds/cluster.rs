@@ -422,13 +422,15 @@ fn to_mapping(pb: &pbc::Cluster) -> Fr<Mapping> {
         return Err(FieldError::new("name", "is required"));
     }
     put(&mut m, "name", &pb.name);
-    if let Some(t) = &pb.connect_timeout {
-        let d = from_dur(t, "connect_timeout")?;
-        if d.is_zero() {
-            return Err(FieldError::new("connect_timeout", "must be positive"));
-        }
-        put(&mut m, "connect_timeout", d);
+    // Envoy's default connect timeout is 5s (Sluice's own is 1s).
+    let connect_timeout = match &pb.connect_timeout {
+        Some(t) => from_dur(t, "connect_timeout")?,
+        None => crate::Duration::from_secs(5),
+    };
+    if connect_timeout.is_zero() {
+        return Err(FieldError::new("connect_timeout", "must be positive"));
     }
+    put(&mut m, "connect_timeout", connect_timeout);
     if let Some(b) = &pb.per_connection_buffer_limit_bytes {
         put(
             &mut m,

@@ -19,6 +19,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::listener::v3::{
     self as pbl, Filter, FilterChain, FilterChainMatch, ListenerFilter, filter, listener_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::grpc_web::v3::GrpcWeb;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
@@ -36,7 +37,7 @@ pub(crate) const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 pub(crate) const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 pub(crate) const ROUTER: &str = "envoy.filters.http.router";
 pub(crate) const GRPC_WEB: &str = "envoy.filters.http.grpc_web";
-pub(crate) const FAULT: &str = "envoy.filters.http.fault";
+use super::route::FAULT;
 
 pub(super) fn encode(l: &Listener) -> pbl::Listener {
     let mut pb = native(l);
@@ -104,6 +105,8 @@ fn native(l: &Listener) -> pbl::Listener {
             if h.grpc_web {
                 filters.push(http_filter(GRPC_WEB, &GrpcWeb::default()));
             }
+            // An empty fault filter injects nothing; routes' `fault` configure it per route.
+            filters.push(http_filter(FAULT, &HttpFault::default()));
             filters.push(http_filter(ROUTER, &Router::default()));
             let p = &h.path_normalization;
             let m = HttpConnectionManager {
