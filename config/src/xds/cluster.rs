@@ -409,10 +409,12 @@ pub(super) fn decode(pb: &pbc::Cluster) -> Result<Vec<Resource>, DecodeError> {
 }
 
 fn is_static(pb: &pbc::Cluster) -> bool {
-    pb.cluster_discovery_type
-        == Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::Static as i32,
-        ))
+    // Envoy's default cluster type is STATIC.
+    match &pb.cluster_discovery_type {
+        None => true,
+        Some(cluster::ClusterDiscoveryType::Type(t)) => *t == cluster::DiscoveryType::Static as i32,
+        Some(_) => false,
+    }
 }
 
 /// The model's YAML mapping of a cluster from Envoy's fields alone.

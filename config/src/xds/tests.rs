@@ -307,3 +307,702 @@ fn examples_need_metadata_only_for_sluice_only_settings() {
         .collect();
     assert!(extra.is_empty(), "{extra:#?}");
 }
+
+// ---- Envoy-shaped resources, written as Envoy's docs show them ----
+
+use envoy_types::pb::envoy::config::core::v3::{
+    self as core, SocketAddress, address, socket_address,
+};
+use envoy_types::pb::envoy::config::endpoint::v3 as pbe;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    self as hcm, HttpConnectionManager,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pbtls;
+use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+use value::any as pack_any;
+
+fn sock(ip: &str, port: u32) -> Option<core::Address> {
+    Some(core::Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    })
+}
+
+fn secs(s: i64, nanos: i32) -> Option<PbDuration> {
+    Some(PbDuration { seconds: s, nanos })
+}
+
+fn lb_endpoint(ip: &str, port: u32) -> pbe::LbEndpoint {
+    pbe::LbEndpoint {
+        host_identifier: Some(pbe::lb_endpoint::HostIdentifier::Endpoint(pbe::Endpoint {
+            address: sock(ip, port),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The model resource of this type and name in a (valid) Sluice YAML config.
+fn model(yaml: &str, kind: ResourceType, name: &str) -> Resource {
+    let c = crate::parse(yaml, "expected.yaml").unwrap_or_else(|e| panic!("{e}"));
+    c.resources()
+        .remove(&(kind, name.to_string()))
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn http_filter(name: &str) -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+/// Envoy's quick-start listener (`listener_0`): an HCM with an inline `route_config`, an
+/// access log (harmless: ignored) and the router.
+fn quick_start_listener(http_filters: Vec<hcm::HttpFilter>) -> pbl::Listener {
+    let route_config = pbr::RouteConfiguration {
+        name: "local_route".into(),
+        virtual_hosts: vec![pbr::VirtualHost {
+            name: "local_service".into(),
+            domains: vec!["*".into()],
+            routes: vec![pbr::Route {
+                r#match: Some(pbr::RouteMatch {
+                    path_specifier: Some(pbr::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(pbr::route::Action::Route(pbr::RouteAction {
+                    host_rewrite_specifier: Some(
+                        pbr::route_action::HostRewriteSpecifier::HostRewriteLiteral(
+                            "www.envoyproxy.io".into(),
+                        ),
+                    ),
+                    cluster_specifier: Some(pbr::route_action::ClusterSpecifier::Cluster(
+                        "service_envoyproxy_io".into(),
+                    )),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let m = HttpConnectionManager {
+        stat_prefix: "ingress_http".into(),
+        access_log: vec![Default::default()],
+        http_filters,
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+            route_config,
+        )),
+        ..Default::default()
+    };
+    pbl::Listener {
+        name: "listener_0".into(),
+        address: sock("0.0.0.0", 10000),
+        filter_chains: vec![pbl::FilterChain {
+            filters: vec![pbl::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(pbl::filter::ConfigType::TypedConfig(pack_any(&m))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+const QUICK_START: &str = r#"
+listeners:
+  - name: listener_0
+    address: 0.0.0.0:10000
+    http:
+      route_table: local_route
+      # Envoy's defaults where the HCM leaves them unset:
+      path_normalization: { normalize: false, merge_slashes: false, escaped_slashes: keep }
+      headers_with_underscores: allow
+      strip_trailing_host_dot: false
+route_tables:
+  - name: local_route
+    virtual_hosts:
+      - name: local_service
+        domains: ['*']
+        routes:
+          - match: { prefix: / }
+            cluster: service_envoyproxy_io
+            rewrite: { host: www.envoyproxy.io }
+clusters:
+  - name: service_envoyproxy_io
+    connect_timeout: 5s
+    lb_policy: round_robin
+    outlier_detection: { enabled: false }
+    discovery: { type: logical_dns, names: ['www.envoyproxy.io:443'], family: v4 }
+    tls: { sni: www.envoyproxy.io }
+"#;
+
+#[test]
+fn envoy_quick_start_listener_decodes_into_listener_and_route_table() {
+    let l = quick_start_listener(vec![http_filter("envoy.filters.http.router")]);
+    let got = decode(LISTENER, &pack_any(&l)).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            model(QUICK_START, ResourceType::Listener, "listener_0"),
+            model(QUICK_START, ResourceType::RouteTable, "local_route"),
+        ]
+    );
+}
+
+#[test]
+fn envoy_quick_start_cluster_decodes_into_a_logical_dns_cluster() {
+    // LOGICAL_DNS, V4_ONLY, an inline load_assignment and an UpstreamTlsContext with `sni`.
+    let tls = pbtls::UpstreamTlsContext {
+        sni: "www.envoyproxy.io".into(),
+        ..Default::default()
+    };
+    let c = pbc::Cluster {
+        name: "service_envoyproxy_io".into(),
+        cluster_discovery_type: Some(pbc::cluster::ClusterDiscoveryType::Type(
+            pbc::cluster::DiscoveryType::LogicalDns as i32,
+        )),
+        dns_lookup_family: pbc::cluster::DnsLookupFamily::V4Only as i32,
+        load_assignment: Some(pbe::ClusterLoadAssignment {
+            cluster_name: "service_envoyproxy_io".into(),
+            endpoints: vec![pbe::LocalityLbEndpoints {
+                lb_endpoints: vec![lb_endpoint("www.envoyproxy.io", 443)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        transport_socket: Some(core::TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack_any(
+                &tls,
+            ))),
+        }),
+        ..Default::default()
+    };
+    let got = decode(CLUSTER, &pack_any(&c)).unwrap();
+    // A DNS cluster's endpoints are discovered: no Endpoints resource.
+    assert_eq!(
+        got,
+        vec![model(
+            QUICK_START,
+            ResourceType::Cluster,
+            "service_envoyproxy_io"
+        )]
+    );
+}
+
+#[test]
+fn envoy_static_cluster_gives_cluster_and_endpoints() {
+    // The static cluster of Envoy's "front proxy" style configs.
+    let c = pbc::Cluster {
+        name: "backend".into(),
+        connect_timeout: secs(0, 250_000_000),
+        lb_policy: pbc::cluster::LbPolicy::LeastRequest as i32,
+        load_assignment: Some(pbe::ClusterLoadAssignment {
+            cluster_name: "backend".into(),
+            endpoints: vec![pbe::LocalityLbEndpoints {
+                lb_endpoints: vec![lb_endpoint("10.1.0.1", 8080), lb_endpoint("10.1.0.2", 8080)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        typed_extension_protocol_options: std::collections::HashMap::from([(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+            pack_any(&envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions {
+                upstream_protocol_options: Some(
+                    envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                        envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::ExplicitHttpConfig {
+                            protocol_config: Some(
+                                envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(Default::default()),
+                            ),
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }),
+        )]),
+        ..Default::default()
+    };
+    let yaml = "clusters:\n  - { name: backend, protocol: http2, connect_timeout: 250ms, lb_policy: least_request, outlier_detection: { enabled: false }, endpoints: ['10.1.0.1:8080', '10.1.0.2:8080'] }\n";
+    let got = decode(CLUSTER, &pack_any(&c)).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            model(yaml, ResourceType::Cluster, "backend"),
+            model(yaml, ResourceType::Endpoints, "backend"),
+        ]
+    );
+}
+
+#[test]
+fn envoy_eds_cluster_and_assignment() {
+    // EDS with a (non-ADS) api_config_source, as in Envoy's dynamic-config docs: where the
+    // endpoints come from is the xDS client's business, so it decodes like `ads: {}`.
+    let c = pbc::Cluster {
+        name: "some_service".into(),
+        connect_timeout: secs(1, 0),
+        cluster_discovery_type: Some(pbc::cluster::ClusterDiscoveryType::Type(
+            pbc::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(pbc::cluster::EdsClusterConfig {
+            eds_config: Some(core::ConfigSource {
+                resource_api_version: core::ApiVersion::V3 as i32,
+                config_source_specifier: Some(
+                    core::config_source::ConfigSourceSpecifier::ApiConfigSource(
+                        core::ApiConfigSource {
+                            api_type: core::api_config_source::ApiType::Grpc as i32,
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        outlier_detection: Some(pbc::OutlierDetection {
+            consecutive_5xx: Some(UInt32Value { value: 3 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let yaml = "clusters:\n  - { name: some_service, lb_policy: round_robin, outlier_detection: { consecutive_5xx: 3, consecutive_gateway_failure: 0, failure_percentage_threshold: 0 }, endpoints: ['127.0.0.1:1'] }\n";
+    assert_eq!(
+        decode(CLUSTER, &pack_any(&c)).unwrap(),
+        vec![model(yaml, ResourceType::Cluster, "some_service")]
+    );
+    // Its ClusterLoadAssignment: localities with zones, weights; an UNHEALTHY endpoint takes
+    // no traffic, so it is left out.
+    let mut w = lb_endpoint("10.0.0.2", 80);
+    w.load_balancing_weight = Some(UInt32Value { value: 5 });
+    let mut sick = lb_endpoint("10.0.0.9", 80);
+    sick.health_status = core::HealthStatus::Unhealthy as i32;
+    let cla = pbe::ClusterLoadAssignment {
+        cluster_name: "some_service".into(),
+        endpoints: vec![
+            pbe::LocalityLbEndpoints {
+                locality: Some(core::Locality {
+                    region: "eu".into(),
+                    zone: "eu-1a".into(),
+                    ..Default::default()
+                }),
+                lb_endpoints: vec![lb_endpoint("10.0.0.1", 80), w, sick],
+                ..Default::default()
+            },
+            pbe::LocalityLbEndpoints {
+                lb_endpoints: vec![lb_endpoint("::1", 80)],
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let yaml = "clusters:\n  - name: some_service\n    endpoints:\n      - { address: 10.0.0.1:80, zone: eu-1a }\n      - { address: 10.0.0.2:80, weight: 5, zone: eu-1a }\n      - '[::1]:80'\n";
+    assert_eq!(
+        decode(ENDPOINT, &pack_any(&cla)).unwrap(),
+        vec![model(yaml, ResourceType::Endpoints, "some_service")]
+    );
+}
+
+fn route(m: pbr::route_match::PathSpecifier, action: pbr::route::Action) -> pbr::Route {
+    pbr::Route {
+        r#match: Some(pbr::RouteMatch {
+            path_specifier: Some(m),
+            ..Default::default()
+        }),
+        action: Some(action),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn envoy_route_configuration_decodes() {
+    use pbr::route_action::ClusterSpecifier;
+    use pbr::route_match::PathSpecifier as P;
+    let mut api = route(
+        P::Prefix("/api/".into()),
+        pbr::route::Action::Route(pbr::RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::WeightedClusters(pbr::WeightedCluster {
+                clusters: vec![
+                    pbr::weighted_cluster::ClusterWeight {
+                        name: "v1".into(),
+                        weight: Some(UInt32Value { value: 75 }),
+                        ..Default::default()
+                    },
+                    pbr::weighted_cluster::ClusterWeight {
+                        name: "v2".into(),
+                        weight: Some(UInt32Value { value: 25 }),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            })),
+            prefix_rewrite: "/".into(),
+            timeout: secs(2, 0),
+            retry_policy: Some(pbr::RetryPolicy {
+                retry_on: "5xx,connect-failure".into(),
+                num_retries: Some(UInt32Value { value: 3 }),
+                per_try_timeout: secs(0, 500_000_000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    );
+    let m = api.r#match.get_or_insert_default();
+    m.headers = vec![pbr::HeaderMatcher {
+        name: "x-canary".into(),
+        header_match_specifier: Some(pbr::header_matcher::HeaderMatchSpecifier::ExactMatch(
+            "1".into(),
+        )),
+        ..Default::default()
+    }];
+    m.query_parameters = vec![pbr::QueryParameterMatcher {
+        name: "debug".into(),
+        query_parameter_match_specifier: Some(
+            pbr::query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(true),
+        ),
+    }];
+    let rc = pbr::RouteConfiguration {
+        name: "local_route".into(),
+        virtual_hosts: vec![
+            pbr::VirtualHost {
+                name: "backend".into(),
+                domains: vec!["*".into()],
+                routes: vec![
+                    api,
+                    route(
+                        P::SafeRegex(envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
+                            regex: "/items/[0-9]+".into(),
+                            ..Default::default()
+                        }),
+                        pbr::route::Action::Route(pbr::RouteAction {
+                            cluster_specifier: Some(ClusterSpecifier::Cluster("v1".into())),
+                            ..Default::default()
+                        }),
+                    ),
+                    route(
+                        P::Path("/healthz".into()),
+                        pbr::route::Action::DirectResponse(pbr::DirectResponseAction {
+                            status: 200,
+                            body: Some(core::DataSource {
+                                specifier: Some(core::data_source::Specifier::InlineString(
+                                    "ok".into(),
+                                )),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                    ),
+                ],
+                ..Default::default()
+            },
+            pbr::VirtualHost {
+                name: "http".into(),
+                domains: vec!["example.com".into()],
+                routes: vec![route(
+                    P::Prefix("/".into()),
+                    pbr::route::Action::Redirect(pbr::RedirectAction {
+                        scheme_rewrite_specifier: Some(
+                            pbr::redirect_action::SchemeRewriteSpecifier::HttpsRedirect(true),
+                        ),
+                        ..Default::default()
+                    }),
+                )],
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let yaml = r#"
+route_tables:
+  - name: local_route
+    virtual_hosts:
+      - name: backend
+        domains: ['*']
+        routes:
+          - match:
+              prefix: /api/
+              headers: [{ name: x-canary, exact: "1" }]
+              query_parameters: [{ name: debug, present: true }]
+            weighted_clusters: [{ cluster: v1, weight: 75 }, { cluster: v2, weight: 25 }]
+            rewrite: { prefix: / }
+            timeout: 2s
+            retry_policy: { retry_on: [5xx, connect-failure], num_retries: 3, per_try_timeout: 500ms }
+          - match: { regex: '/items/[0-9]+' }
+            cluster: v1
+          - match: { path: /healthz }
+            direct_response: { status: 200, body: ok }
+      - name: http
+        domains: [example.com]
+        routes:
+          - match: { prefix: / }
+            redirect: { scheme: https }
+clusters:
+  - { name: v1, endpoints: ['127.0.0.1:1'] }
+  - { name: v2, endpoints: ['127.0.0.1:2'] }
+"#;
+    assert_eq!(
+        decode(ROUTE, &pack_any(&rc)).unwrap(),
+        vec![model(yaml, ResourceType::RouteTable, "local_route")]
+    );
+}
+
+fn tcp_chain(cluster: &str, server_names: &[&str]) -> pbl::FilterChain {
+    let t = TcpProxy {
+        stat_prefix: "tcp".into(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+        ..Default::default()
+    };
+    pbl::FilterChain {
+        filter_chain_match: (!server_names.is_empty()).then(|| pbl::FilterChainMatch {
+            server_names: server_names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        filters: vec![pbl::Filter {
+            name: "envoy.filters.network.tcp_proxy".into(),
+            config_type: Some(pbl::filter::ConfigType::TypedConfig(pack_any(&t))),
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn envoy_tcp_proxy_and_sni_passthrough_listeners_decode() {
+    let plain = pbl::Listener {
+        name: "db".into(),
+        address: sock("127.0.0.1", 5432),
+        filter_chains: vec![tcp_chain("postgres", &[])],
+        ..Default::default()
+    };
+    // TLS passthrough as in Envoy's SNI docs: tls_inspector, one chain per server_names.
+    let sni = pbl::Listener {
+        name: "tls".into(),
+        address: sock("0.0.0.0", 443),
+        listener_filters: vec![pbl::ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            ..Default::default()
+        }],
+        filter_chains: vec![
+            tcp_chain("a", &["a.example.com"]),
+            tcp_chain("b", &["*.b.example.com", "b.example.com"]),
+        ],
+        ..Default::default()
+    };
+    let yaml = r#"
+listeners:
+  - { name: db, address: 127.0.0.1:5432, tcp: { cluster: postgres } }
+  - name: tls
+    address: 0.0.0.0:443
+    tcp:
+      sni:
+        - { server_names: [a.example.com], cluster: a }
+        - { server_names: ['*.b.example.com', b.example.com], cluster: b }
+clusters:
+  - { name: postgres, endpoints: ['127.0.0.1:1'] }
+  - { name: a, endpoints: ['127.0.0.1:2'] }
+  - { name: b, endpoints: ['127.0.0.1:3'] }
+"#;
+    assert_eq!(
+        decode(LISTENER, &pack_any(&plain)).unwrap(),
+        vec![model(yaml, ResourceType::Listener, "db")]
+    );
+    assert_eq!(
+        decode(LISTENER, &pack_any(&sni)).unwrap(),
+        vec![model(yaml, ResourceType::Listener, "tls")]
+    );
+    // Without the tls_inspector, server names cannot be read.
+    let mut blind = sni.clone();
+    blind.listener_filters.clear();
+    let e = decode(LISTENER, &pack_any(&blind)).unwrap_err();
+    assert_eq!(e.field, "filter_chains[0].filter_chain_match.server_names");
+}
+
+// ---- errors ----
+
+#[test]
+fn unsupported_http_filter_is_named_by_path_and_optional_ones_are_skipped() {
+    let l = quick_start_listener(vec![
+        http_filter("envoy.filters.http.cors"),
+        http_filter("envoy.filters.http.lua"),
+        http_filter("envoy.filters.http.router"),
+    ]);
+    let e = decode(LISTENER, &pack_any(&l)).unwrap_err();
+    assert_eq!(
+        e,
+        DecodeError {
+            name: "listener_0".into(),
+            field: "filter_chains[0].filters[0].typed_config.http_filters[0]".into(),
+            message: "unsupported filter \"envoy.filters.http.cors\"".into(),
+        }
+    );
+    let mut cors = http_filter("envoy.filters.http.cors");
+    cors.is_optional = true;
+    let l = quick_start_listener(vec![
+        cors,
+        http_filter("envoy.filters.http.lua"),
+        http_filter("envoy.filters.http.router"),
+    ]);
+    let e = decode(LISTENER, &pack_any(&l)).unwrap_err();
+    assert_eq!(
+        e.field,
+        "filter_chains[0].filters[0].typed_config.http_filters[1]"
+    );
+    assert_eq!(
+        e.to_string(),
+        "\"listener_0\": filter_chains[0].filters[0].typed_config.http_filters[1]: \
+         unsupported filter \"envoy.filters.http.lua\""
+    );
+    // Optional unknown filters only: ignored.
+    let mut lua = http_filter("envoy.filters.http.lua");
+    lua.is_optional = true;
+    let l = quick_start_listener(vec![lua, http_filter("envoy.filters.http.router")]);
+    assert_eq!(
+        decode(LISTENER, &pack_any(&l)).unwrap()[0],
+        model(QUICK_START, ResourceType::Listener, "listener_0")
+    );
+}
+
+fn cluster_named(name: &str) -> pbc::Cluster {
+    pbc::Cluster {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn unsupported_cluster_type_is_an_error() {
+    let mut c = cluster_named("orig");
+    c.cluster_discovery_type = Some(pbc::cluster::ClusterDiscoveryType::Type(
+        pbc::cluster::DiscoveryType::OriginalDst as i32,
+    ));
+    c.lb_policy = pbc::cluster::LbPolicy::ClusterProvided as i32;
+    let e = decode(CLUSTER, &pack_any(&c)).unwrap_err();
+    assert_eq!(
+        (e.name.as_str(), e.field.as_str(), e.message.as_str()),
+        ("orig", "type", "unsupported cluster type ORIGINAL_DST")
+    );
+    assert_eq!(
+        e.describe(ResourceType::Cluster),
+        "cluster \"orig\": type: unsupported cluster type ORIGINAL_DST"
+    );
+}
+
+#[test]
+fn bad_addresses_are_errors_naming_the_field() {
+    let mut l = quick_start_listener(vec![http_filter("envoy.filters.http.router")]);
+    l.address = sock("not-an-ip", 80);
+    let e = decode(LISTENER, &pack_any(&l)).unwrap_err();
+    assert_eq!(e.field, "address.socket_address.address");
+    assert!(e.message.contains("not-an-ip"), "{e}");
+    l.address = sock("127.0.0.1", 70000);
+    let e = decode(LISTENER, &pack_any(&l)).unwrap_err();
+    assert_eq!(e.field, "address.socket_address.port_value");
+    let cla = pbe::ClusterLoadAssignment {
+        cluster_name: "c".into(),
+        endpoints: vec![pbe::LocalityLbEndpoints {
+            lb_endpoints: vec![
+                lb_endpoint("10.0.0.1", 80),
+                lb_endpoint("backend.local", 80),
+            ],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let e = decode(ENDPOINT, &pack_any(&cla)).unwrap_err();
+    assert_eq!(
+        e.field,
+        "endpoints[0].lb_endpoints[1].endpoint.address.socket_address.address"
+    );
+}
+
+#[test]
+fn negative_and_invalid_durations_are_errors() {
+    let mut c = cluster_named("backend");
+    c.connect_timeout = secs(-1, 0);
+    let e = decode(CLUSTER, &pack_any(&c)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "\"backend\": connect_timeout: must not be negative"
+    );
+    c.connect_timeout = secs(0, 0);
+    let e = decode(CLUSTER, &pack_any(&c)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "\"backend\": connect_timeout: must be positive"
+    );
+    let rc = pbr::RouteConfiguration {
+        name: "t".into(),
+        virtual_hosts: vec![pbr::VirtualHost {
+            name: "v".into(),
+            domains: vec!["*".into()],
+            routes: vec![route(
+                pbr::route_match::PathSpecifier::Prefix("/".into()),
+                pbr::route::Action::Route(pbr::RouteAction {
+                    cluster_specifier: Some(pbr::route_action::ClusterSpecifier::Cluster(
+                        "c".into(),
+                    )),
+                    timeout: secs(1, 1_000_000_000),
+                    ..Default::default()
+                }),
+            )],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let e = decode(ROUTE, &pack_any(&rc)).unwrap_err();
+    assert_eq!(e.field, "virtual_hosts[0].routes[0].route.timeout");
+}
+
+#[test]
+fn model_validation_applies_to_decoded_resources() {
+    let mut zero = lb_endpoint("10.0.0.1", 80);
+    zero.load_balancing_weight = Some(UInt32Value { value: 0 });
+    let cla = pbe::ClusterLoadAssignment {
+        cluster_name: "c".into(),
+        endpoints: vec![pbe::LocalityLbEndpoints {
+            lb_endpoints: vec![zero],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let e = decode(ENDPOINT, &pack_any(&cla)).unwrap_err();
+    assert_eq!(e.name, "c");
+    assert!(e.field.contains("weight"), "{e}");
+}
+
+#[test]
+fn type_urls_map_both_ways_and_mismatches_are_errors() {
+    for k in [
+        ResourceType::Cluster,
+        ResourceType::Endpoints,
+        ResourceType::RouteTable,
+        ResourceType::Listener,
+    ] {
+        assert_eq!(resource_type(type_url(k)), Some(k));
+    }
+    assert_eq!(resource_type(SECRET), None);
+    let any = pack_any(&cluster_named("c"));
+    let e = decode(LISTENER, &any).unwrap_err();
+    assert_eq!(e.field, "type_url");
+    let e = decode(
+        SECRET,
+        &Any {
+            type_url: SECRET.into(),
+            value: vec![],
+        },
+    )
+    .unwrap_err();
+    assert!(e.message.contains("unsupported resource type"), "{e}");
+    let e = decode(
+        CLUSTER,
+        &Any {
+            type_url: CLUSTER.into(),
+            value: vec![0xff],
+        },
+    )
+    .unwrap_err();
+    assert!(e.message.contains("not a valid protobuf"), "{e}");
+}
