@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::grpc_web::v3::GrpcWeb;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -29,6 +30,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pbtls;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use prost::Name;
 use serde_yaml_ng::{Mapping, Value};
 
 /// Filter names (Envoy's well-known names).
@@ -37,6 +39,7 @@ pub(crate) const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 pub(crate) const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 pub(crate) const ROUTER: &str = "envoy.filters.http.router";
 pub(crate) const GRPC_WEB: &str = "envoy.filters.http.grpc_web";
+use super::authz::{self, RBAC};
 use super::route::FAULT;
 
 pub(super) fn encode(l: &Listener) -> pbl::Listener {
@@ -102,6 +105,11 @@ fn native(l: &Listener) -> pbl::Listener {
         ListenerKind::Http(h) => {
             pb.per_connection_buffer_limit_bytes = bytes32(h.per_connection_buffer_limit_bytes);
             let mut filters = Vec::new();
+            if !h.authorization.is_empty() {
+                filters.push(http_filter(RBAC, &authz::filter(&h.authorization)));
+            }
+            // Carries routes' authorization (per-route config); enforces nothing itself.
+            filters.push(http_filter(authz::ROUTE_RBAC, &RbacFilter::default()));
             if h.grpc_web {
                 filters.push(http_filter(GRPC_WEB, &GrpcWeb::default()));
             }
@@ -520,6 +528,25 @@ fn fcc(f: &Filter, p: &str) -> Fr<ForwardClientCert> {
     })
 }
 
+fn typed_config(hf: &HttpFilter) -> Option<&envoy_types::pb::google::protobuf::Any> {
+    match &hf.config_type {
+        Some(http_filter::ConfigType::TypedConfig(a)) => Some(a),
+        _ => None,
+    }
+}
+
+/// What an HTTP filter is: by its typed config's type when it has one, else by its name.
+fn filter_kind(hf: &HttpFilter) -> &str {
+    match typed_config(hf).map(|a| a.type_url.as_str()) {
+        Some(t) if t == Router::type_url() => ROUTER,
+        Some(t) if t == GrpcWeb::type_url() => GRPC_WEB,
+        Some(t) if t == HttpFault::type_url() => FAULT,
+        Some(t) if t == RbacFilter::type_url() => RBAC,
+        Some(_) => "",
+        None => hf.name.as_str(),
+    }
+}
+
 fn hcm_mapping(f: &Filter, p: &str) -> Fr<(Mapping, Option<(Mapping, String)>)> {
     let h = hcm_config(f, p)?;
     let p = format!("{p}.typed_config");
@@ -562,15 +589,19 @@ fn hcm_mapping(f: &Filter, p: &str) -> Fr<(Mapping, Option<(Mapping, String)>)> 
             return Err(FieldError::new(format!("{p}.{what}"), "is not supported"));
         }
     }
-    // HTTP filters: router last; grpc_web and fault known; optional unknown ones skipped.
+    // HTTP filters, known by their typed config's type (or, without one, their name): the
+    // router last; grpc_web, fault and RBAC mapped; optional unknown ones skipped.
     let mut grpc_web = false;
+    let mut authorization = None;
     let n = h.http_filters.len();
     for (i, hf) in h.http_filters.iter().enumerate() {
         let fp = format!("{p}.http_filters[{i}]");
         if hf.disabled {
             continue;
         }
-        match hf.name.as_str() {
+        let typed = typed_config(hf);
+        let kind = filter_kind(hf);
+        match kind {
             ROUTER if i + 1 == n => {}
             ROUTER => {
                 return Err(FieldError::new(
@@ -579,25 +610,55 @@ fn hcm_mapping(f: &Filter, p: &str) -> Fr<(Mapping, Option<(Mapping, String)>)> 
                 ));
             }
             GRPC_WEB => grpc_web = true,
-            // Faults are configured per route (`typed_per_filter_config`); the filter itself
-            // changes nothing without them.
-            FAULT => {}
-            other if hf.is_optional => {
-                let _ = other;
+            FAULT => {
+                // Faults are configured per route; a filter-wide fault would hit every route.
+                if let Some(a) = typed {
+                    let f: HttpFault = unany(a, &format!("{fp}.typed_config"))?;
+                    if f != HttpFault::default() {
+                        return Err(FieldError::new(
+                            format!("{fp}.typed_config"),
+                            "listener-wide faults are not supported (configure them per route)",
+                        ));
+                    }
+                }
             }
-            other => {
+            RBAC => {
+                let r: RbacFilter = match typed {
+                    Some(a) => unany(a, &format!("{fp}.typed_config"))?,
+                    None => RbacFilter::default(),
+                };
+                let a = authz::from_filter(&r, &format!("{fp}.typed_config"))?;
+                if hf.name == authz::ROUTE_RBAC {
+                    if !a.is_empty() {
+                        return Err(FieldError::new(
+                            format!("{fp}.typed_config.rules"),
+                            "the route authorization filter takes no rules of its own",
+                        ));
+                    }
+                } else if authorization.replace(a).is_some() {
+                    return Err(FieldError::new(fp, "one RBAC filter per listener"));
+                }
+            }
+            _ if hf.is_optional => {}
+            _ => {
                 return Err(FieldError::new(
                     fp,
-                    format!("unsupported filter \"{other}\""),
+                    format!("unsupported filter \"{}\"", hf.name),
                 ));
             }
         }
     }
-    if h.http_filters.last().is_none_or(|f| f.name != ROUTER) {
+    if h.http_filters
+        .last()
+        .is_none_or(|f| f.disabled || filter_kind(f) != ROUTER)
+    {
         return Err(FieldError::new(
             format!("{p}.http_filters"),
             "must end with `envoy.filters.http.router`",
         ));
+    }
+    if let Some(a) = authorization {
+        put(&mut m, "authorization", a);
     }
     put(&mut m, "grpc_web", grpc_web);
     if let Some(kb) = &h.max_request_headers_kb {

@@ -17,6 +17,7 @@
 
 pub use envoy_types;
 
+mod authz;
 mod cluster;
 mod listener;
 mod route;

@@ -254,11 +254,19 @@ fn encode_route(r: &RawRoute) -> pbr::Route {
         request_headers_to_remove,
         response_headers_to_add,
         response_headers_to_remove,
-        typed_per_filter_config: r
-            .fault
-            .as_ref()
-            .map(|f| HashMap::from([(FAULT.to_string(), any(&fault_pb(f)))]))
-            .unwrap_or_default(),
+        typed_per_filter_config: {
+            let mut c = HashMap::new();
+            if let Some(f) = &r.fault {
+                c.insert(FAULT.to_string(), any(&fault_pb(f)));
+            }
+            if !r.authorization.is_empty() {
+                c.insert(
+                    super::authz::ROUTE_RBAC.to_string(),
+                    any(&super::authz::per_route(&r.authorization)),
+                );
+            }
+            c
+        },
         ..Default::default()
     };
     let native = route_mapping(&pb, "").unwrap_or_default();
@@ -472,10 +480,26 @@ fn route_mapping(r: &pbr::Route, p: &str) -> Fr<Mapping> {
     if !r.name.is_empty() {
         put(&mut m, "name", &r.name);
     }
-    for (k, a) in &r.typed_per_filter_config {
+    let mut per_filter: Vec<_> = r.typed_per_filter_config.iter().collect();
+    per_filter.sort_by_key(|(k, _)| *k);
+    for (k, a) in per_filter {
         let fp = f(&format!("typed_per_filter_config[\"{k}\"]"));
         if k == FAULT {
             m.insert("fault".into(), Value::Mapping(fault_mapping(a, &fp)?));
+        } else if k == super::authz::ROUTE_RBAC {
+            let r: envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute =
+                unany(a, &fp)?;
+            put(
+                &mut m,
+                "authorization",
+                super::authz::from_per_route(&r, &fp)?,
+            );
+        } else if k == super::authz::RBAC {
+            return Err(FieldError::new(
+                fp,
+                "a per-route RBAC config replaces the listener's policy in Envoy; Sluice applies \
+                 both (use the `sluice.filters.http.route_rbac` filter's per-route config)",
+            ));
         } else {
             return Err(FieldError::new(fp, "unsupported per-route filter config"));
         }

@@ -3,7 +3,7 @@
 
 use super::value::{SLUICE, from_struct};
 use super::*;
-use crate::Config;
+use crate::{Config, Listener};
 use envoy_types::pb::envoy::config::cluster::v3 as pbc;
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::config::listener::v3 as pbl;
@@ -116,6 +116,7 @@ listeners:
       headers_with_underscores: reject
       strip_trailing_host_dot: false
       trust: { trusted_hops: 2 }
+      authorization: { allow: ['spiffe://corp/ns/web/*', 'spiffe://corp/ns/ops/sa/admin'], deny: ['spiffe://corp/ns/web/sa/untrusted'] }
     tls:
       certificates:
         - { cert: /certs/a.crt, key: /certs/a.key }
@@ -196,6 +197,7 @@ route_tables:
             redirect: { scheme: https, host: new.example.com, port: 8443, path: /new, code: 302, strip_query: true }
           - match: { prefix: /gone }
             direct_response: { status: 410 }
+            authorization: { deny: ['spiffe://corp/*'] }
 clusters:
   - name: api
     protocol: http2
@@ -264,9 +266,7 @@ const SLUICE_ONLY: &[&str] = &[
     "cluster.discovery.type",  // dns_srv
     "cluster.pool.idle_timeout",
     "cluster.pool.max_idle_per_endpoint",
-    "listener.http.authorization.allow",
     "listener.http.trust.internal_headers",
-    "route.authorization.allow",
 ];
 
 fn everything() -> Config {
@@ -1005,4 +1005,123 @@ fn type_urls_map_both_ways_and_mismatches_are_errors() {
     )
     .unwrap_err();
     assert!(e.message.contains("not a valid protobuf"), "{e}");
+}
+
+#[test]
+fn rbac_filters_carry_authorization_and_other_policies_are_refused() {
+    use envoy_types::pb::envoy::config::rbac::v3 as rbac;
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        StringMatcher, string_matcher::MatchPattern,
+    };
+    // As Envoy's RBAC docs show it: ALLOW for authenticated principals (or_ids).
+    let principal = |p: MatchPattern| rbac::Principal {
+        identifier: Some(rbac::principal::Identifier::Authenticated(
+            rbac::principal::Authenticated {
+                principal_name: Some(StringMatcher {
+                    match_pattern: Some(p),
+                    ..Default::default()
+                }),
+            },
+        )),
+    };
+    let rules = |action: rbac::rbac::Action| rbac::Rbac {
+        action: action as i32,
+        policies: std::collections::HashMap::from([(
+            "service-admin".to_string(),
+            rbac::Policy {
+                permissions: vec![rbac::Permission {
+                    rule: Some(rbac::permission::Rule::Any(true)),
+                }],
+                principals: vec![rbac::Principal {
+                    identifier: Some(rbac::principal::Identifier::OrIds(rbac::principal::Set {
+                        ids: vec![
+                            principal(MatchPattern::Exact("spiffe://corp/ns/a/sa/admin".into())),
+                            principal(MatchPattern::Prefix("spiffe://corp/ns/ops/".into())),
+                        ],
+                    })),
+                }],
+                ..Default::default()
+            },
+        )]),
+        ..Default::default()
+    };
+    let with_rbac = |r: rbac::Rbac| {
+        let f = hcm::HttpFilter {
+            name: "envoy.filters.http.rbac".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack_any(&Rbac {
+                rules: Some(r),
+                ..Default::default()
+            }))),
+            ..Default::default()
+        };
+        let mut l = quick_start_listener(vec![f, http_filter("envoy.filters.http.router")]);
+        // mTLS, which RBAC on principals needs (the model checks it).
+        let file = |f: &str| {
+            Some(core::DataSource {
+                specifier: Some(core::data_source::Specifier::Filename(f.into())),
+                ..Default::default()
+            })
+        };
+        let tls = pbtls::DownstreamTlsContext {
+            common_tls_context: Some(pbtls::CommonTlsContext {
+                tls_certificates: vec![pbtls::TlsCertificate {
+                    certificate_chain: file("/certs/server.crt"),
+                    private_key: file("/certs/server.key"),
+                    ..Default::default()
+                }],
+                validation_context_type: Some(
+                    pbtls::common_tls_context::ValidationContextType::ValidationContext(
+                        pbtls::CertificateValidationContext {
+                            trusted_ca: file("/certs/ca.pem"),
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }),
+            require_client_certificate: Some(envoy_types::pb::google::protobuf::BoolValue {
+                value: true,
+            }),
+            ..Default::default()
+        };
+        l.filter_chains[0].transport_socket = Some(core::TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack_any(
+                &tls,
+            ))),
+        });
+        l
+    };
+    let got = decode(
+        LISTENER,
+        &pack_any(&with_rbac(rules(rbac::rbac::Action::Allow))),
+    )
+    .unwrap();
+    let Resource::Listener(Listener {
+        kind: crate::ListenerKind::Http(h),
+        ..
+    }) = &got[0]
+    else {
+        panic!("{got:?}");
+    };
+    assert_eq!(
+        h.authorization,
+        crate::Authorization {
+            allow: vec![
+                "spiffe://corp/ns/a/sa/admin".into(),
+                "spiffe://corp/ns/ops/*".into()
+            ],
+            deny: vec![],
+        }
+    );
+    let e = decode(
+        LISTENER,
+        &pack_any(&with_rbac(rules(rbac::rbac::Action::Deny))),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.field,
+        "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.rules.action"
+    );
 }
