@@ -201,32 +201,44 @@ fn native(c: &Cluster) -> pbc::Cluster {
     if let Some(h) = &c.health_checks {
         pb.health_checks = vec![health_check_pb(h)];
     }
-    // Protocol.
-    let protocol_config = match c.protocol {
-        UpstreamProtocol::Http1 => None,
-        UpstreamProtocol::Http2 => Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-            http_protocol_options::ExplicitHttpConfig {
-                protocol_config: Some(
-                    http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                        core::Http2ProtocolOptions::default(),
-                    ),
-                ),
-            },
-        )),
-        UpstreamProtocol::Auto => Some(
-            http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
-                http_protocol_options::UseDownstreamHttpConfig::default(),
-            ),
-        ),
+    // Protocol and pool.
+    use http_protocol_options::UpstreamProtocolOptions as U;
+    use http_protocol_options::explicit_http_config::ProtocolConfig as P;
+    let h2 = core::Http2ProtocolOptions {
+        max_concurrent_streams: u32v(c.pool.max_requests_per_http2_connection),
+        ..Default::default()
     };
-    if let Some(p) = protocol_config {
-        let opts = HttpProtocolOptions {
-            upstream_protocol_options: Some(p),
-            ..HttpProtocolOptions::default()
-        };
-        pb.typed_extension_protocol_options =
-            HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), any(&opts))]);
-    }
+    let protocol_config = match c.protocol {
+        UpstreamProtocol::Http1 => {
+            U::ExplicitHttpConfig(http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(
+                    P::HttpProtocolOptions(core::Http1ProtocolOptions::default()),
+                ),
+            })
+        }
+        UpstreamProtocol::Http2 => {
+            U::ExplicitHttpConfig(http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(P::Http2ProtocolOptions(h2)),
+            })
+        }
+        UpstreamProtocol::Auto => {
+            U::UseDownstreamProtocolConfig(http_protocol_options::UseDownstreamHttpConfig {
+                http2_protocol_options: Some(h2),
+                ..Default::default()
+            })
+        }
+    };
+    let opts = HttpProtocolOptions {
+        common_http_protocol_options: Some(core::HttpProtocolOptions {
+            idle_timeout: Some(dur(c.pool.idle_timeout)),
+            max_connection_duration: c.pool.max_connection_age.map(dur),
+            ..Default::default()
+        }),
+        upstream_protocol_options: Some(protocol_config),
+        ..HttpProtocolOptions::default()
+    };
+    pb.typed_extension_protocol_options =
+        HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), any(&opts))]);
     if let Some(t) = &c.tls {
         pb.transport_socket = Some(upstream_tls_pb(t, c.protocol));
     }
@@ -706,10 +718,33 @@ fn to_mapping(pb: &pbc::Cluster) -> Fr<Mapping> {
         let o: HttpProtocolOptions = unany(a, &f)?;
         use http_protocol_options::UpstreamProtocolOptions as U;
         use http_protocol_options::explicit_http_config::ProtocolConfig as P;
+        let mut pool = Mapping::new();
+        if let Some(c) = &o.common_http_protocol_options {
+            let cp = format!("{f}.common_http_protocol_options");
+            if let Some(d) = opt_dur(c.idle_timeout.as_ref(), &format!("{cp}.idle_timeout"))? {
+                put(&mut pool, "idle_timeout", d);
+            }
+            let age = format!("{cp}.max_connection_duration");
+            if let Some(d) = opt_dur(c.max_connection_duration.as_ref(), &age)? {
+                put(&mut pool, "max_connection_age", d);
+            }
+        }
+        let mut h2_streams = |h2: Option<&core::Http2ProtocolOptions>| {
+            if let Some(n) = h2.and_then(|h| h.max_concurrent_streams.as_ref()) {
+                put(&mut pool, "max_requests_per_http2_connection", n.value);
+            }
+        };
         let p = match &o.upstream_protocol_options {
             None => UpstreamProtocol::Http1,
+            Some(U::UseDownstreamProtocolConfig(d)) => {
+                h2_streams(d.http2_protocol_options.as_ref());
+                UpstreamProtocol::Auto
+            }
             Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
-                Some(P::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                Some(P::Http2ProtocolOptions(h)) => {
+                    h2_streams(Some(h));
+                    UpstreamProtocol::Http2
+                }
                 Some(P::HttpProtocolOptions(_)) | None => UpstreamProtocol::Http1,
                 Some(P::Http3ProtocolOptions(_)) => {
                     return Err(FieldError::new(
@@ -718,7 +753,6 @@ fn to_mapping(pb: &pbc::Cluster) -> Fr<Mapping> {
                     ));
                 }
             },
-            Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::Auto,
             Some(U::AutoConfig(_)) => {
                 return Err(FieldError::new(
                     format!("{f}.auto_config"),
@@ -727,6 +761,9 @@ fn to_mapping(pb: &pbc::Cluster) -> Fr<Mapping> {
             }
         };
         put(&mut m, "protocol", p);
+        if !pool.is_empty() {
+            m.insert("pool".into(), Value::Mapping(pool));
+        }
     }
     if let Some(ts) = &pb.transport_socket {
         m.insert(

@@ -207,6 +207,7 @@ clusters:
     panic_threshold: 0
     locality: { enabled: false, min_cluster_size: 3 }
     per_connection_buffer_limit_bytes: 128KiB
+    pool: { idle_timeout: 20s, max_requests_per_http2_connection: 10, max_connection_age: 5m }
     circuit_breakers: { max_connections: 10, max_pending_requests: 20, max_requests: 30, max_retries: 4 }
     outlier_detection:
       consecutive_5xx: 7
@@ -240,6 +241,7 @@ clusters:
       - 10.0.0.3:443
   - name: db
     protocol: auto
+    pool: { max_requests_per_http2_connection: 7 }
     lb_policy: maglev
     maglev: { table_size: 5003 }
     outlier_detection: { enabled: false }
@@ -264,7 +266,6 @@ const SLUICE_ONLY: &[&str] = &[
     "cluster.lb_policy",       // peak_ewma (Envoy gets LEAST_REQUEST)
     "cluster.discovery.names", // dns_srv names (no Envoy equivalent)
     "cluster.discovery.type",  // dns_srv
-    "cluster.pool.idle_timeout",
     "cluster.pool.max_idle_per_endpoint",
     "listener.http.trust.internal_headers",
 ];
