@@ -1126,3 +1126,181 @@ fn rbac_filters_carry_authorization_and_other_policies_are_refused() {
         "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.rules.action"
     );
 }
+
+fn unpack_as<T: Message + Default>(any: &Any) -> T {
+    T::decode(any.value.as_slice()).unwrap()
+}
+
+fn resource(c: &Config, kind: ResourceType, name: &str) -> Resource {
+    c.resources().remove(&(kind, name.to_string())).unwrap()
+}
+
+#[test]
+fn encoded_resources_are_what_envoy_expects() {
+    let c = everything();
+    // Cluster: EDS over ADS, RING_HASH, thresholds, outlier detection, HTTP/2, TLS.
+    let pb: pbc::Cluster = unpack_as(&encode(&resource(&c, ResourceType::Cluster, "api")));
+    assert_eq!(
+        pb.cluster_discovery_type,
+        Some(pbc::cluster::ClusterDiscoveryType::Type(
+            pbc::cluster::DiscoveryType::Eds as i32
+        ))
+    );
+    assert!(matches!(
+        pb.eds_cluster_config
+            .as_ref()
+            .and_then(|e| e.eds_config.as_ref())
+            .and_then(|s| s.config_source_specifier.as_ref()),
+        Some(core::config_source::ConfigSourceSpecifier::Ads(_))
+    ));
+    assert_eq!(pb.connect_timeout, secs(2, 0));
+    assert_eq!(pb.lb_policy, pbc::cluster::LbPolicy::RingHash as i32);
+    let t = &pb.circuit_breakers.as_ref().unwrap().thresholds[0];
+    assert_eq!(t.max_requests, Some(UInt32Value { value: 30 }));
+    let o = pb.outlier_detection.as_ref().unwrap();
+    assert_eq!(o.consecutive_5xx, Some(UInt32Value { value: 7 }));
+    assert_eq!(
+        o.enforcing_consecutive_gateway_failure,
+        Some(UInt32Value { value: 0 })
+    );
+    assert_eq!(
+        o.enforcing_failure_percentage,
+        Some(UInt32Value { value: 100 })
+    );
+    assert!(
+        pb.typed_extension_protocol_options
+            .contains_key(cluster::HTTP_PROTOCOL_OPTIONS)
+    );
+    let ts = pb.transport_socket.as_ref().unwrap();
+    assert_eq!(ts.name, "envoy.transport_sockets.tls");
+    let Some(core::transport_socket::ConfigType::TypedConfig(a)) = &ts.config_type else {
+        panic!("no typed config")
+    };
+    let tls: pbtls::UpstreamTlsContext = unpack_as(a);
+    assert_eq!(tls.sni, "api.internal");
+    assert_eq!(
+        tls.common_tls_context.unwrap().alpn_protocols,
+        vec!["h2".to_string()]
+    );
+    assert!(
+        pb.metadata.is_none(),
+        "no Sluice-only settings: {:?}",
+        pb.metadata
+    );
+    // Its endpoints: zones as localities, order and weights kept.
+    let cla: pbe::ClusterLoadAssignment =
+        unpack_as(&encode(&resource(&c, ResourceType::Endpoints, "api")));
+    let zones: Vec<_> = cla
+        .endpoints
+        .iter()
+        .map(|l| {
+            (
+                l.locality.as_ref().map(|l| l.zone.clone()),
+                l.lb_endpoints.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        zones,
+        vec![(Some("z1".into()), 2), (Some("z2".into()), 1), (None, 1)]
+    );
+    assert_eq!(
+        cla.endpoints[0].lb_endpoints[0].load_balancing_weight,
+        Some(UInt32Value { value: 3 })
+    );
+    // DNS cluster: STRICT_DNS with the names as socket addresses.
+    let pb: pbc::Cluster = unpack_as(&encode(&resource(&c, ResourceType::Cluster, "db")));
+    assert_eq!(
+        pb.cluster_discovery_type,
+        Some(pbc::cluster::ClusterDiscoveryType::Type(
+            pbc::cluster::DiscoveryType::StrictDns as i32
+        ))
+    );
+    assert_eq!(
+        pb.load_assignment.unwrap().endpoints[0].lb_endpoints.len(),
+        2
+    );
+    assert!(pb.outlier_detection.is_none());
+    // The default policy, peak_ewma: LEAST_REQUEST for Envoy, the rest in Sluice metadata.
+    let ex = crate::parse(
+        "clusters:\n  - { name: c, endpoints: ['127.0.0.1:1'] }\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let pb: pbc::Cluster = unpack_as(&encode(&resource(&ex, ResourceType::Cluster, "c")));
+    assert_eq!(pb.lb_policy, pbc::cluster::LbPolicy::LeastRequest as i32);
+    let mut keys = BTreeSet::new();
+    sluice_keys(pb.metadata.as_ref(), "cluster", &mut keys);
+    assert_eq!(keys, BTreeSet::from(["cluster.lb_policy".to_string()]));
+    // Listener: one chain, the HCM with RDS and filters rbac, route rbac, grpc_web, fault, router.
+    let pb: pbl::Listener = unpack_as(&encode(&resource(&c, ResourceType::Listener, "web")));
+    let chain = &pb.filter_chains[0];
+    assert_eq!(
+        chain.filters[0].name,
+        "envoy.filters.network.http_connection_manager"
+    );
+    let Some(pbl::filter::ConfigType::TypedConfig(a)) = &chain.filters[0].config_type else {
+        panic!("no HCM config")
+    };
+    let h: HttpConnectionManager = unpack_as(a);
+    let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) = &h.route_specifier else {
+        panic!("no RDS")
+    };
+    assert_eq!(rds.route_config_name, "main");
+    let names: Vec<_> = h.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.rbac",
+            "sluice.filters.http.route_rbac",
+            "envoy.filters.http.grpc_web",
+            "envoy.filters.http.fault",
+            "envoy.filters.http.router"
+        ]
+    );
+    assert_eq!(h.max_request_headers_kb, Some(UInt32Value { value: 16 }));
+    assert!(chain.transport_socket.is_some());
+    assert_eq!(chain.transport_socket_connect_timeout, secs(7, 0));
+    // SNI passthrough: tls_inspector, a chain per route, the default chain.
+    let pb: pbl::Listener = unpack_as(&encode(&resource(
+        &c,
+        ResourceType::Listener,
+        "passthrough",
+    )));
+    assert_eq!(
+        pb.listener_filters[0].name,
+        "envoy.filters.listener.tls_inspector"
+    );
+    assert_eq!(pb.listener_filters_timeout, secs(2, 0));
+    assert_eq!(
+        pb.filter_chains[1]
+            .filter_chain_match
+            .as_ref()
+            .unwrap()
+            .server_names,
+        vec!["db.example.com".to_string()]
+    );
+    assert!(pb.default_filter_chain.is_some());
+    // Routes: fault and route RBAC as per-filter config, methods as a :method matcher.
+    let rc: pbr::RouteConfiguration =
+        unpack_as(&encode(&resource(&c, ResourceType::RouteTable, "main")));
+    let r = &rc.virtual_hosts[0].routes[0];
+    assert!(
+        r.typed_per_filter_config
+            .contains_key("envoy.filters.http.fault")
+    );
+    assert_eq!(r.r#match.as_ref().unwrap().headers[0].name, ":method");
+    let Some(pbr::route::Action::Route(a)) = &r.action else {
+        panic!("not a route action")
+    };
+    assert_eq!(
+        a.retry_policy.as_ref().unwrap().retry_on,
+        "5xx,reset,retriable-status-codes,unavailable"
+    );
+    assert_eq!(a.hash_policy.len(), 4);
+    let gone = &rc.virtual_hosts[0].routes[5];
+    assert!(
+        gone.typed_per_filter_config
+            .contains_key("sluice.filters.http.route_rbac")
+    );
+}
