@@ -170,12 +170,39 @@ fn native(l: &Listener) -> pbl::Listener {
                 } as i32),
                 ..HttpConnectionManager::default()
             };
-            pb.filter_chains = vec![FilterChain {
-                filters: vec![typed_filter(HCM, &m)],
-                transport_socket: l.tls.as_ref().map(downstream_tls_pb),
-                transport_socket_connect_timeout: l.tls.as_ref().map(|t| dur(t.handshake_timeout)),
-                ..FilterChain::default()
-            }];
+            let hcm = typed_filter(HCM, &m);
+            pb.filter_chains = match &l.tls {
+                None => vec![FilterChain {
+                    filters: vec![hcm],
+                    ..FilterChain::default()
+                }],
+                Some(t) => {
+                    // One chain per set of server names, in order of first appearance.
+                    let mut groups: Vec<(Vec<String>, Vec<&crate::CertificateFiles>)> = Vec::new();
+                    for c in &t.certificates {
+                        match groups.iter_mut().find(|(n, _)| *n == c.server_names) {
+                            Some((_, certs)) => certs.push(c),
+                            None => groups.push((c.server_names.clone(), vec![c])),
+                        }
+                    }
+                    if groups.iter().any(|(names, _)| !names.is_empty()) {
+                        pb.listener_filters = vec![tls_inspector()];
+                    }
+                    groups
+                        .into_iter()
+                        .map(|(names, certs)| FilterChain {
+                            filter_chain_match: (!names.is_empty()).then(|| FilterChainMatch {
+                                server_names: names,
+                                ..FilterChainMatch::default()
+                            }),
+                            filters: vec![hcm.clone()],
+                            transport_socket: Some(downstream_tls_pb(t, &certs)),
+                            transport_socket_connect_timeout: Some(dur(t.handshake_timeout)),
+                            ..FilterChain::default()
+                        })
+                        .collect()
+                }
+            };
         }
         ListenerKind::Tcp(t) => {
             if t.sni.is_empty() {
@@ -188,13 +215,7 @@ fn native(l: &Listener) -> pbl::Listener {
                     ..FilterChain::default()
                 }];
             } else {
-                pb.listener_filters = vec![ListenerFilter {
-                    name: TLS_INSPECTOR.into(),
-                    config_type: Some(listener_filter::ConfigType::TypedConfig(any(
-                        &TlsInspector::default(),
-                    ))),
-                    ..ListenerFilter::default()
-                }];
+                pb.listener_filters = vec![tls_inspector()];
                 pb.listener_filters_timeout = Some(dur(t.tls_inspector_timeout));
                 pb.continue_on_listener_filters_timeout = true;
                 pb.filter_chains = t
@@ -219,15 +240,24 @@ fn native(l: &Listener) -> pbl::Listener {
     pb
 }
 
-fn downstream_tls_pb(t: &DownstreamTls) -> TransportSocket {
+fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: TLS_INSPECTOR.into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+            &TlsInspector::default(),
+        ))),
+        ..ListenerFilter::default()
+    }
+}
+
+fn downstream_tls_pb(t: &DownstreamTls, certs: &[&crate::CertificateFiles]) -> TransportSocket {
     let ctx = pbtls::DownstreamTlsContext {
         common_tls_context: Some(pbtls::CommonTlsContext {
             tls_params: Some(pbtls::TlsParameters {
                 tls_minimum_protocol_version: tls_version(t.min_version) as i32,
                 ..Default::default()
             }),
-            tls_certificates: t
-                .certificates
+            tls_certificates: certs
                 .iter()
                 .map(|c| pbtls::TlsCertificate {
                     certificate_chain: file(&c.cert),
@@ -322,7 +352,7 @@ fn to_mapping(pb: &pbl::Listener) -> Fr<Decoded> {
                 .map(|c| ("default_filter_chain".to_string(), c)),
         )
         .collect();
-    let Some((_, first)) = chains.first() else {
+    let Some(first) = chains.first() else {
         return Err(FieldError::new(
             "filter_chains",
             "needs at least one filter chain",
@@ -360,47 +390,92 @@ fn to_mapping(pb: &pbl::Listener) -> Fr<Decoded> {
         }
     }
     let first_filter = first
+        .1
         .filters
         .first()
         .map(|f| f.name.as_str())
         .unwrap_or_default();
     let mut table = None;
     if first_filter == HCM {
-        let [(p, c)] = chains.as_slice() else {
-            return Err(FieldError::new(
-                "filter_chains[1]",
-                "an HTTP listener has one filter chain",
-            ));
-        };
+        let (p, c) = first;
         let fp = format!("{p}.filters[0]");
         let f = c
             .filters
             .first()
             .ok_or_else(|| FieldError::new(&fp, "is required"))?;
-        let (h, t) = hcm_mapping(f, &fp)?;
+        let (mut h, t) = hcm_mapping(f, &fp)?;
         table = t;
         if let Some(b) = &pb.per_connection_buffer_limit_bytes {
-            let mut h = h;
             put(
                 &mut h,
                 "per_connection_buffer_limit_bytes",
                 crate::ByteSize(u64::from(b.value)),
             );
-            m.insert("http".into(), Value::Mapping(h));
-        } else {
-            m.insert("http".into(), Value::Mapping(h));
         }
-        if let Some(ts) = &c.transport_socket {
-            let mut tls = downstream_tls_mapping(ts, &format!("{p}.transport_socket"))?;
+        m.insert("http".into(), Value::Mapping(h));
+        // TLS: every chain has the same HCM and TLS settings; the chains' certificates
+        // (with their chain's server names) make the listener's.
+        let mut tls: Option<Mapping> = None;
+        let mut certs = Vec::new();
+        for (i, (p, c)) in chains.iter().enumerate() {
+            if c.filters.first() != Some(f) {
+                return Err(FieldError::new(
+                    format!("{p}.filters[0]"),
+                    "every filter chain of an HTTP listener must have the same http_connection_manager",
+                ));
+            }
+            let names = c
+                .filter_chain_match
+                .as_ref()
+                .map(|m| m.server_names.clone())
+                .unwrap_or_default();
+            if !names.is_empty() && !inspector {
+                return Err(FieldError::new(
+                    format!("{p}.filter_chain_match.server_names"),
+                    "needs the `envoy.filters.listener.tls_inspector` listener filter",
+                ));
+            }
+            let Some(ts) = &c.transport_socket else {
+                if chains.len() > 1 {
+                    return Err(FieldError::new(
+                        format!("{p}.transport_socket"),
+                        "several filter chains on an HTTP listener are for TLS certificates by server name",
+                    ));
+                }
+                continue;
+            };
+            let mut x = downstream_tls_mapping(ts, &format!("{p}.transport_socket"))?;
             if let Some(d) = opt_dur(
                 c.transport_socket_connect_timeout.as_ref(),
                 &format!("{p}.transport_socket_connect_timeout"),
             )? {
-                put(&mut tls, "handshake_timeout", d);
+                put(&mut x, "handshake_timeout", d);
             }
-            let fcc = fcc(f, &fp)?;
-            put(&mut tls, "forward_client_cert", fcc);
-            m.insert("tls".into(), Value::Mapping(tls));
+            if let Some(Value::Sequence(cs)) = x.remove("certificates") {
+                for mut cert in cs {
+                    if let (Value::Mapping(cm), false) = (&mut cert, names.is_empty()) {
+                        put(cm, "server_names", &names);
+                    }
+                    certs.push(cert);
+                }
+            }
+            match &tls {
+                None => tls = Some(x),
+                Some(first) if *first == x => {}
+                Some(_) => {
+                    return Err(FieldError::new(
+                        format!("{p}.transport_socket"),
+                        format!(
+                            "TLS settings other than certificates differ from filter_chains[0]'s (chain {i})"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(mut x) = tls {
+            x.insert("certificates".into(), Value::Sequence(certs));
+            put(&mut x, "forward_client_cert", fcc(f, &fp)?);
+            m.insert("tls".into(), Value::Mapping(x));
         }
     } else {
         let mut t = Mapping::new();

@@ -120,6 +120,9 @@ listeners:
     tls:
       certificates:
         - { cert: /certs/a.crt, key: /certs/a.key }
+        - { cert: /certs/b.crt, key: /certs/b.key, server_names: [b.example.com] }
+        - { cert: /certs/c.crt, key: /certs/c.key, server_names: [c.example.com, '*.c.example.com'] }
+        - { cert: /certs/a-ecdsa.crt, key: /certs/a-ecdsa.key }
       client_certificate: optional
       client_ca: /certs/ca.pem
       alpn: [h2]
@@ -268,6 +271,8 @@ const SLUICE_ONLY: &[&str] = &[
     "cluster.discovery.type",  // dns_srv
     "cluster.pool.max_idle_per_endpoint",
     "listener.http.trust.internal_headers",
+    // Reordered by the chains (the second default certificate joins the first's chain).
+    "listener.tls.certificates",
 ];
 
 fn everything() -> Config {
@@ -1232,7 +1237,7 @@ fn encoded_resources_are_what_envoy_expects() {
     let mut keys = BTreeSet::new();
     sluice_keys(pb.metadata.as_ref(), "cluster", &mut keys);
     assert_eq!(keys, BTreeSet::from(["cluster.lb_policy".to_string()]));
-    // Listener: one chain, the HCM with RDS and filters rbac, route rbac, grpc_web, fault, router.
+    // Listener: a chain per set of server names, the HCM with RDS and filters rbac, route rbac, grpc_web, fault, router.
     let pb: pbl::Listener = unpack_as(&encode(&resource(&c, ResourceType::Listener, "web")));
     let chain = &pb.filter_chains[0];
     assert_eq!(
@@ -1261,6 +1266,29 @@ fn encoded_resources_are_what_envoy_expects() {
     assert_eq!(h.max_request_headers_kb, Some(UInt32Value { value: 16 }));
     assert!(chain.transport_socket.is_some());
     assert_eq!(chain.transport_socket_connect_timeout, secs(7, 0));
+    let names: Vec<_> = pb
+        .filter_chains
+        .iter()
+        .map(|c| {
+            c.filter_chain_match
+                .clone()
+                .unwrap_or_default()
+                .server_names
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            vec![],
+            vec!["b.example.com".to_string()],
+            vec!["c.example.com".into(), "*.c.example.com".into()]
+        ]
+    );
+    assert!(pb.filter_chains.iter().all(|c| c.filters == chain.filters));
+    assert_eq!(
+        pb.listener_filters[0].name,
+        "envoy.filters.listener.tls_inspector"
+    );
     // SNI passthrough: tls_inspector, a chain per route, the default chain.
     let pb: pbl::Listener = unpack_as(&encode(&resource(
         &c,
