@@ -70,6 +70,11 @@ fn native(c: &Cluster) -> pbc::Cluster {
         }
         Some(d) => {
             pb.dns_refresh_rate = Some(dur(d.min_refresh));
+            pb.dns_resolvers = d
+                .resolvers
+                .iter()
+                .map(|a| super::value::address(*a))
+                .collect();
             pb.respect_dns_ttl = true;
             pb.dns_lookup_family = match d.family {
                 AddressFamily::Auto => cluster::DnsLookupFamily::All,
@@ -814,6 +819,19 @@ fn dns_discovery(pb: &pbc::Cluster, t: cluster::DiscoveryType) -> Fr<Mapping> {
         }
     }
     put(&mut d, "names", names);
+    let mut resolvers = Vec::new();
+    for (i, a) in pb.dns_resolvers.iter().enumerate() {
+        resolvers.push(socket_addr(Some(a), &format!("dns_resolvers[{i}]"))?);
+    }
+    if !resolvers.is_empty() {
+        put(&mut d, "resolvers", resolvers);
+    }
+    if pb.typed_dns_resolver_config.is_some() || pb.dns_resolution_config.is_some() {
+        return Err(FieldError::new(
+            "typed_dns_resolver_config",
+            "resolver extensions are not supported (list the DNS servers in `dns_resolvers`)",
+        ));
+    }
     if let Some(r) = opt_dur(pb.dns_refresh_rate.as_ref(), "dns_refresh_rate")? {
         put(&mut d, "min_refresh", r);
     }

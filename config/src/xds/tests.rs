@@ -249,7 +249,7 @@ clusters:
     maglev: { table_size: 5003 }
     outlier_detection: { enabled: false }
     health_checks: { interval: 1s, grpc: { service_name: db.v1, authority: db.internal } }
-    discovery: { type: strict_dns, names: ['db-a.internal:5432', 'db-b.internal:5432'], min_refresh: 10s, family: v4 }
+    discovery: { type: strict_dns, names: ['db-a.internal:5432', 'db-b.internal:5432'], resolvers: ['10.0.0.53:53', '[2001:db8::53]:53'], min_refresh: 10s, family: v4 }
   - name: fallback
     lb_policy: least_request
     least_request: { choice_count: 3 }
