@@ -1103,6 +1103,16 @@ fn endpoints(pb: &pbe::ClusterLoadAssignment, p: &str) -> Fr<Vec<Endpoint>> {
             "named endpoints are not supported",
         ));
     }
+    if pb
+        .policy
+        .as_ref()
+        .is_some_and(|p| !p.drop_overloads.is_empty())
+    {
+        return Err(FieldError::new(
+            format!("{p}policy.drop_overloads"),
+            "dropping traffic is not supported",
+        ));
+    }
     let mut out = Vec::new();
     for (i, l) in pb.endpoints.iter().enumerate() {
         let lp = format!("{p}endpoints[{i}]");

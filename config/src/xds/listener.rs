@@ -325,6 +325,10 @@ fn to_mapping(pb: &pbl::Listener) -> Fr<Decoded> {
         (pb.udp_listener_config.is_some(), "udp_listener_config"),
         (pb.api_listener.is_some(), "api_listener"),
         (pb.fcds_config.is_some(), "fcds_config"),
+        (
+            pb.bind_to_port.as_ref().is_some_and(|b| !b.value),
+            "bind_to_port",
+        ),
     ] {
         if bad {
             return Err(FieldError::new(what, "is not supported"));

@@ -517,7 +517,6 @@ fn route_mapping(r: &pbr::Route, p: &str) -> Fr<Mapping> {
         ),
         (rm.runtime_fraction.is_some(), "runtime_fraction"),
         (!rm.cookies.is_empty(), "cookies"),
-        (rm.grpc.is_some(), "grpc"),
         (rm.tls_context.is_some(), "tls_context"),
         (!rm.dynamic_metadata.is_empty(), "dynamic_metadata"),
         (!rm.filter_state.is_empty(), "filter_state"),
@@ -595,6 +594,13 @@ fn route_mapping(r: &pbr::Route, p: &str) -> Fr<Mapping> {
         if h.invert_match {
             put(&mut x, "invert", true);
         }
+        headers.push(Value::Mapping(x));
+    }
+    if rm.grpc.is_some() {
+        // Envoy's gRPC match: content-type `application/grpc` or `application/grpc+…`.
+        let mut x = Mapping::new();
+        put(&mut x, "name", "content-type");
+        put(&mut x, "regex", r"application/grpc(\+.*)?");
         headers.push(Value::Mapping(x));
     }
     if !headers.is_empty() {
@@ -752,6 +758,9 @@ fn route_action(a: &pbr::RouteAction, p: &str, m: &mut Mapping) -> Fr<()> {
             a.retry_policy_typed_config.is_some(),
             "retry_policy_typed_config",
         ),
+        // The listener's stream idle timeout applies to every route in Sluice.
+        (a.idle_timeout.is_some(), "idle_timeout"),
+        (a.max_stream_duration.is_some(), "max_stream_duration"),
     ] {
         if bad {
             return Err(FieldError::new(format!("{p}.{what}"), "is not supported"));

@@ -1332,3 +1332,75 @@ fn encoded_resources_are_what_envoy_expects() {
             .contains_key("sluice.filters.http.route_rbac")
     );
 }
+
+#[test]
+fn behaviour_changing_fields_without_a_model_equivalent_are_errors() {
+    let table = |a: pbr::RouteAction, m: pbr::RouteMatch| pbr::RouteConfiguration {
+        name: "t".into(),
+        virtual_hosts: vec![pbr::VirtualHost {
+            name: "v".into(),
+            domains: vec!["*".into()],
+            routes: vec![pbr::Route {
+                r#match: Some(m),
+                action: Some(pbr::route::Action::Route(pbr::RouteAction {
+                    cluster_specifier: Some(pbr::route_action::ClusterSpecifier::Cluster(
+                        "c".into(),
+                    )),
+                    ..a
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let prefix = pbr::RouteMatch {
+        path_specifier: Some(pbr::route_match::PathSpecifier::Prefix("/".into())),
+        ..Default::default()
+    };
+    let ok = table(pbr::RouteAction::default(), prefix.clone());
+    assert!(decode(ROUTE, &pack_any(&ok)).is_ok());
+    let idle = table(
+        pbr::RouteAction {
+            idle_timeout: secs(1, 0),
+            ..Default::default()
+        },
+        prefix.clone(),
+    );
+    let e = decode(ROUTE, &pack_any(&idle)).unwrap_err();
+    assert_eq!(e.field, "virtual_hosts[0].routes[0].route.idle_timeout");
+    let grpc = table(
+        pbr::RouteAction::default(),
+        pbr::RouteMatch {
+            grpc: Some(Default::default()),
+            ..prefix.clone()
+        },
+    );
+    // gRPC requests only: a content-type condition in the model.
+    let Resource::RouteTable(t) = &decode(ROUTE, &pack_any(&grpc)).unwrap()[0] else {
+        panic!("not a route table")
+    };
+    assert_eq!(
+        t.virtual_hosts[0].routes[0].matcher.headers,
+        vec![crate::HeaderMatcher {
+            name: "content-type".into(),
+            regex: Some(r"application/grpc(\+.*)?".into()),
+            ..Default::default()
+        }]
+    );
+    let tls_only = table(
+        pbr::RouteAction::default(),
+        pbr::RouteMatch {
+            tls_context: Some(Default::default()),
+            ..prefix
+        },
+    );
+    let e = decode(ROUTE, &pack_any(&tls_only)).unwrap_err();
+    assert_eq!(e.field, "virtual_hosts[0].routes[0].match.tls_context");
+    let mut c = cluster_named("c");
+    c.lb_subset_config = Some(Default::default());
+    assert_eq!(
+        decode(CLUSTER, &pack_any(&c)).unwrap_err().field,
+        "lb_subset_config"
+    );
+}
