@@ -1404,3 +1404,98 @@ fn behaviour_changing_fields_without_a_model_equivalent_are_errors() {
         "lb_subset_config"
     );
 }
+
+#[test]
+fn cluster_and_route_variants_round_trip() {
+    // A grid of cluster and route shapes: every combination must come back unchanged.
+    let mut clusters = String::new();
+    let mut n = 0;
+    for lb in [
+        "peak_ewma",
+        "round_robin",
+        "random",
+        "least_request",
+        "ring_hash",
+        "maglev",
+    ] {
+        for protocol in ["http1", "http2", "auto"] {
+            for (outlier, tls, source) in [
+                (
+                    "",
+                    "",
+                    "endpoints: ['10.0.0.1:80', { address: '10.0.0.2:80', weight: 4 }]",
+                ),
+                (
+                    "outlier_detection: { enabled: false },",
+                    "tls: { sni: a.internal, min_version: '1.3' },",
+                    "discovery: { type: strict_dns, names: ['a.internal:443'] }",
+                ),
+                (
+                    "outlier_detection: { consecutive_5xx: 0 },",
+                    "tls: { ca: /ca.pem, verify_subject_alt_names: [a.internal] },",
+                    "discovery: { type: logical_dns, names: ['a.internal:443'], family: v6 }",
+                ),
+            ] {
+                clusters.push_str(&format!(
+                    "  - {{ name: c{n}, lb_policy: {lb}, protocol: {protocol}, {outlier} {tls} {source} }}\n"
+                ));
+                n += 1;
+            }
+        }
+    }
+    let mut routes = String::new();
+    let matches = [
+        "{ prefix: /a }",
+        "{ path_prefix: /a }",
+        "{ path: /a }",
+        "{ regex: '/a/.*', methods: [GET] }",
+        "{ prefix: /, headers: [{ name: x, present: false }], query_parameters: [{ name: q, regex: 'v.*' }] }",
+    ];
+    let actions = [
+        "cluster: c0",
+        "weighted_clusters: [{ cluster: c0, weight: 0 }, { cluster: c1, weight: 1 }]",
+        "redirect: { path: /b, code: 307 }",
+        "direct_response: { status: 503, body: down }",
+        "cluster: c1, timeout: 0s, retry_policy: { num_retries: 0 }",
+    ];
+    for m in matches {
+        for a in actions {
+            routes.push_str(&format!("          - {{ match: {m}, {a} }}\n"));
+        }
+    }
+    let yaml = format!(
+        "route_tables:\n  - name: t\n    virtual_hosts:\n      - name: v\n        domains: ['*']\n        routes:\n{routes}clusters:\n{clusters}"
+    );
+    let config = crate::parse(&yaml, "grid.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let resources = config.resources();
+    assert!(resources.len() > 50, "{}", resources.len());
+    for r in resources.values() {
+        let any = encode(r);
+        let back = decode(&any.type_url, &any).unwrap_or_else(|e| panic!("{}: {e}", r.name()));
+        assert_eq!(back, vec![r.clone()], "{} {}", r.kind(), r.name());
+    }
+}
+
+#[test]
+fn bad_sluice_metadata_is_an_error() {
+    let c = crate::parse(
+        "clusters:\n  - { name: c, endpoints: ['127.0.0.1:1'] }\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let any = encode(&resource(&c, ResourceType::Cluster, "c"));
+    let mut pb: pbc::Cluster = unpack_as(&any);
+    let md = pb.metadata.get_or_insert_default();
+    let s = md.filter_metadata.get_mut(SLUICE).unwrap();
+    s.fields.insert(
+        "no_such_setting".into(),
+        envoy_types::pb::google::protobuf::Value {
+            kind: Some(envoy_types::pb::google::protobuf::value::Kind::BoolValue(
+                true,
+            )),
+        },
+    );
+    let e = decode(CLUSTER, &pack_any(&pb)).unwrap_err();
+    assert_eq!(e.field, "metadata.filter_metadata.sluice");
+    assert!(e.message.contains("no_such_setting"), "{e}");
+}
