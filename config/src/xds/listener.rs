@@ -1,7 +1,6 @@
 //! Listener ↔ `envoy.config.listener.v3.Listener` (an `HttpConnectionManager` or `TcpProxy`
 //! filter chain).
 
-use super::cluster::{TLS_SOCKET, file, filename, min_version, tls_version};
 use super::value::{
     any, apply_metadata, dur, finish, metadata, opt_dur, put, remainder, socket_addr, u32v, unany,
     yv,
@@ -9,12 +8,11 @@ use super::value::{
 use super::{DecodeError, FieldError, Fr};
 use crate::raw::RawListener;
 use crate::{
-    ClientCertificate, DownstreamTls, EscapedSlashes, ForwardClientCert, Listener, ListenerKind,
-    Resource, TcpListener, UnderscoreAction,
+    EscapedSlashes, ForwardClientCert, Listener, ListenerKind, Resource, TcpListener,
+    UnderscoreAction,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    self as core, AggregatedConfigSource, ConfigSource, TransportSocket, config_source,
-    transport_socket,
+    self as core, AggregatedConfigSource, ConfigSource, config_source,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     self as pbl, Filter, FilterChain, FilterChainMatch, ListenerFilter, filter, listener_filter,
@@ -28,7 +26,6 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     self as hcm, HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pbtls;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use prost::Name;
 use serde_yaml_ng::{Mapping, Value};
@@ -40,7 +37,8 @@ pub(crate) const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 pub(crate) const ROUTER: &str = "envoy.filters.http.router";
 pub(crate) const GRPC_WEB: &str = "envoy.filters.http.grpc_web";
 use super::authz::{self, RBAC};
-use super::route::FAULT;
+use super::fault::FAULT;
+use super::tls::{downstream_tls_mapping, downstream_tls_pb};
 
 pub(super) fn encode(l: &Listener) -> pbl::Listener {
     let mut pb = native(l);
@@ -247,43 +245,6 @@ fn tls_inspector() -> ListenerFilter {
             &TlsInspector::default(),
         ))),
         ..ListenerFilter::default()
-    }
-}
-
-fn downstream_tls_pb(t: &DownstreamTls, certs: &[&crate::CertificateFiles]) -> TransportSocket {
-    let ctx = pbtls::DownstreamTlsContext {
-        common_tls_context: Some(pbtls::CommonTlsContext {
-            tls_params: Some(pbtls::TlsParameters {
-                tls_minimum_protocol_version: tls_version(t.min_version) as i32,
-                ..Default::default()
-            }),
-            tls_certificates: certs
-                .iter()
-                .map(|c| pbtls::TlsCertificate {
-                    certificate_chain: file(&c.cert),
-                    private_key: file(&c.key),
-                    ..Default::default()
-                })
-                .collect(),
-            alpn_protocols: t.alpn.clone(),
-            validation_context_type: t.client_ca.as_ref().map(|ca| {
-                pbtls::common_tls_context::ValidationContextType::ValidationContext(
-                    pbtls::CertificateValidationContext {
-                        trusted_ca: file(ca),
-                        ..Default::default()
-                    },
-                )
-            }),
-            ..Default::default()
-        }),
-        require_client_certificate: Some(BoolValue {
-            value: t.client_certificate == ClientCertificate::Required,
-        }),
-        ..Default::default()
-    };
-    TransportSocket {
-        name: TLS_SOCKET.into(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&ctx))),
     }
 }
 
@@ -838,93 +799,4 @@ fn hcm_mapping(f: &Filter, p: &str) -> Fr<(Mapping, Option<(Mapping, String)>)> 
     put(&mut trust, "trusted_hops", h.xff_num_trusted_hops);
     m.insert("trust".into(), Value::Mapping(trust));
     Ok((m, table))
-}
-
-fn downstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mapping> {
-    if ts.name != TLS_SOCKET {
-        return Err(FieldError::new(
-            format!("{p}.name"),
-            format!("unsupported transport socket `{}`", ts.name),
-        ));
-    }
-    let Some(transport_socket::ConfigType::TypedConfig(a)) = &ts.config_type else {
-        return Err(FieldError::new(format!("{p}.typed_config"), "is required"));
-    };
-    let p = format!("{p}.typed_config");
-    let ctx: pbtls::DownstreamTlsContext = unany(a, &p)?;
-    let cp = format!("{p}.common_tls_context");
-    let common = ctx.common_tls_context.unwrap_or_default();
-    let mut m = Mapping::new();
-    let mut certs = Vec::new();
-    for (i, c) in common.tls_certificates.iter().enumerate() {
-        let f = format!("{cp}.tls_certificates[{i}]");
-        let mut x = Mapping::new();
-        put(
-            &mut x,
-            "cert",
-            filename(
-                c.certificate_chain.as_ref(),
-                &format!("{f}.certificate_chain"),
-            )?,
-        );
-        put(
-            &mut x,
-            "key",
-            filename(c.private_key.as_ref(), &format!("{f}.private_key"))?,
-        );
-        certs.push(Value::Mapping(x));
-    }
-    if !common.tls_certificate_sds_secret_configs.is_empty() {
-        return Err(FieldError::new(
-            format!("{cp}.tls_certificate_sds_secret_configs"),
-            "SDS is not supported yet",
-        ));
-    }
-    m.insert("certificates".into(), Value::Sequence(certs));
-    if !common.alpn_protocols.is_empty() {
-        put(&mut m, "alpn", &common.alpn_protocols);
-    }
-    put(
-        &mut m,
-        "min_version",
-        min_version(common.tls_params.as_ref(), &format!("{cp}.tls_params"))?,
-    );
-    let required = ctx
-        .require_client_certificate
-        .as_ref()
-        .is_some_and(|b| b.value);
-    use pbtls::common_tls_context::ValidationContextType as V;
-    match &common.validation_context_type {
-        None => put(&mut m, "client_certificate", ClientCertificate::None),
-        Some(V::ValidationContext(v)) => {
-            let vp = format!("{cp}.validation_context");
-            if !v.match_typed_subject_alt_names.is_empty() {
-                return Err(FieldError::new(
-                    format!("{vp}.match_typed_subject_alt_names"),
-                    "not supported on listeners (use authorization)",
-                ));
-            }
-            put(
-                &mut m,
-                "client_ca",
-                filename(v.trusted_ca.as_ref(), &format!("{vp}.trusted_ca"))?,
-            );
-            put(
-                &mut m,
-                "client_certificate",
-                if required {
-                    ClientCertificate::Required
-                } else {
-                    ClientCertificate::Optional
-                },
-            );
-        }
-        Some(_) => {
-            return Err(FieldError::new(
-                format!("{cp}.validation_context_sds_secret_config"),
-                "SDS is not supported yet",
-            ));
-        }
-    }
-    Ok(m)
 }

@@ -19,8 +19,13 @@ pub use envoy_types;
 
 mod authz;
 mod cluster;
+mod endpoints;
+mod fault;
+mod hash;
+mod health;
 mod listener;
 mod route;
+mod tls;
 mod value;
 
 #[cfg(test)]
@@ -67,7 +72,7 @@ pub fn resource_type(type_url: &str) -> Option<ResourceType> {
 pub fn encode(r: &Resource) -> Any {
     match r {
         Resource::Cluster(c) => pack(cluster::encode(c)),
-        Resource::Endpoints(e) => pack(cluster::encode_endpoints(e)),
+        Resource::Endpoints(e) => pack(endpoints::encode_endpoints(e)),
         Resource::RouteTable(t) => pack(route::encode(t)),
         Resource::Listener(l) => pack(listener::encode(l)),
     }
@@ -89,7 +94,7 @@ pub fn decode(type_url: &str, any: &Any) -> Result<Vec<Resource>, DecodeError> {
     }
     let resources = match type_url {
         CLUSTER => cluster::decode(&unpack(any)?)?,
-        ENDPOINT => vec![cluster::decode_endpoints(&unpack(any)?)?],
+        ENDPOINT => vec![endpoints::decode_endpoints(&unpack(any)?)?],
         ROUTE => vec![route::decode(&unpack(any)?)?],
         LISTENER => listener::decode(&unpack(any)?)?,
         other => {

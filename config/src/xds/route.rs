@@ -1,7 +1,7 @@
 //! Route table ↔ `envoy.config.route.v3.RouteConfiguration`.
 
 use super::value::{
-    any, apply_metadata, dur, finish, from_dur, metadata, opt_dur, put, remainder, u32v, unany, yv,
+    any, apply_metadata, dur, finish, metadata, opt_dur, put, remainder, u32v, unany, yv,
 };
 use super::{DecodeError, FieldError, Fr};
 use crate::raw::{RawRoute, RawVirtualHost};
@@ -14,21 +14,14 @@ use envoy_types::pb::envoy::config::route::v3::{
     query_parameter_matcher::QueryParameterMatchSpecifier, redirect_action, route, route_action,
     route_match, weighted_cluster,
 };
-use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{
-    FaultDelay as CommonFaultDelay, fault_delay,
-};
-use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
-    FaultAbort, HttpFault, fault_abort,
-};
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
-use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use serde_yaml_ng::{Mapping, Value};
 use std::collections::HashMap;
 
-/// The fault filter's name (its per-route config carries a route's `fault`).
-pub(crate) const FAULT: &str = "envoy.filters.http.fault";
+use super::fault::{FAULT, fault_mapping, fault_pb};
+use super::hash::{hash_policy_mapping, hash_policy_pb};
 
 pub(super) fn encode(t: &RouteTable) -> pbr::RouteConfiguration {
     let raw: crate::RawRouteTable = t.clone().into();
@@ -924,174 +917,4 @@ fn route_action(a: &pbr::RouteAction, p: &str, m: &mut Mapping) -> Fr<()> {
         m.insert("retry_policy".into(), Value::Mapping(x));
     }
     Ok(())
-}
-
-fn percent(p: f64) -> Option<FractionalPercent> {
-    // Millionths: Sluice percentages allow fractions.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let numerator = (p * 10_000.0).round().clamp(0.0, 1_000_000.0) as u32;
-    Some(FractionalPercent {
-        numerator,
-        denominator: fractional_percent::DenominatorType::Million as i32,
-    })
-}
-
-fn from_percent(p: Option<&FractionalPercent>, field: &str) -> Fr<f64> {
-    use fractional_percent::DenominatorType as D;
-    let Some(p) = p else {
-        return Ok(100.0); // Envoy: unset means every request
-    };
-    let scale = match D::try_from(p.denominator) {
-        Ok(D::Hundred) => 1.0,
-        Ok(D::TenThousand) => 100.0,
-        Ok(D::Million) => 10_000.0,
-        Err(_) => {
-            return Err(FieldError::new(
-                format!("{field}.denominator"),
-                "unknown denominator",
-            ));
-        }
-    };
-    Ok((f64::from(p.numerator) / scale).min(100.0))
-}
-
-fn fault_pb(f: &crate::Fault) -> HttpFault {
-    HttpFault {
-        delay: f.delay.as_ref().map(|d| CommonFaultDelay {
-            percentage: percent(d.percentage),
-            fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(dur(d.fixed))),
-        }),
-        abort: f.abort.as_ref().map(|a| FaultAbort {
-            percentage: percent(a.percentage),
-            error_type: match (a.http_status, a.grpc_status) {
-                (_, Some(g)) => Some(fault_abort::ErrorType::GrpcStatus(g)),
-                (h, None) => Some(fault_abort::ErrorType::HttpStatus(u32::from(
-                    h.unwrap_or(503),
-                ))),
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn fault_mapping(a: &envoy_types::pb::google::protobuf::Any, p: &str) -> Fr<Mapping> {
-    let f: HttpFault = unany(a, p)?;
-    for (bad, what) in [
-        (!f.upstream_cluster.is_empty(), "upstream_cluster"),
-        (!f.headers.is_empty(), "headers"),
-        (!f.downstream_nodes.is_empty(), "downstream_nodes"),
-        (f.response_rate_limit.is_some(), "response_rate_limit"),
-    ] {
-        if bad {
-            return Err(FieldError::new(format!("{p}.{what}"), "is not supported"));
-        }
-    }
-    let mut m = Mapping::new();
-    if let Some(d) = &f.delay {
-        let dp = format!("{p}.delay");
-        let mut x = Mapping::new();
-        match &d.fault_delay_secifier {
-            Some(fault_delay::FaultDelaySecifier::FixedDelay(t)) => {
-                put(&mut x, "fixed", from_dur(t, &format!("{dp}.fixed_delay"))?);
-            }
-            _ => {
-                return Err(FieldError::new(
-                    format!("{dp}.header_delay"),
-                    "only fixed delays are supported",
-                ));
-            }
-        }
-        put(
-            &mut x,
-            "percentage",
-            from_percent(d.percentage.as_ref(), &format!("{dp}.percentage"))?,
-        );
-        m.insert("delay".into(), Value::Mapping(x));
-    }
-    if let Some(a) = &f.abort {
-        let ap = format!("{p}.abort");
-        let mut x = Mapping::new();
-        match &a.error_type {
-            Some(fault_abort::ErrorType::HttpStatus(s)) => put(&mut x, "http_status", s),
-            Some(fault_abort::ErrorType::GrpcStatus(s)) => put(&mut x, "grpc_status", s),
-            _ => {
-                return Err(FieldError::new(
-                    format!("{ap}.header_abort"),
-                    "only http_status and grpc_status aborts are supported",
-                ));
-            }
-        }
-        put(
-            &mut x,
-            "percentage",
-            from_percent(a.percentage.as_ref(), &format!("{ap}.percentage"))?,
-        );
-        m.insert("abort".into(), Value::Mapping(x));
-    }
-    Ok(m)
-}
-
-fn hash_policy_pb(h: &crate::RawHashPolicy) -> route_action::HashPolicy {
-    use route_action::hash_policy::{self as hp, PolicySpecifier as S};
-    let spec = if let Some(name) = &h.header {
-        Some(S::Header(hp::Header {
-            header_name: name.clone(),
-            ..Default::default()
-        }))
-    } else if let Some(c) = &h.cookie {
-        Some(S::Cookie(hp::Cookie {
-            name: c.name.clone(),
-            ..Default::default()
-        }))
-    } else if let Some(q) = &h.query_parameter {
-        Some(S::QueryParameter(hp::QueryParameter { name: q.clone() }))
-    } else {
-        h.source_ip
-            .map(|source_ip| S::ConnectionProperties(hp::ConnectionProperties { source_ip }))
-    };
-    route_action::HashPolicy {
-        terminal: h.terminal,
-        policy_specifier: spec,
-    }
-}
-
-fn hash_policy_mapping(h: &route_action::HashPolicy, p: &str) -> Fr<Mapping> {
-    use route_action::hash_policy::PolicySpecifier as S;
-    let mut m = Mapping::new();
-    match &h.policy_specifier {
-        Some(S::Header(x)) => {
-            if x.regex_rewrite.is_some() {
-                return Err(FieldError::new(
-                    format!("{p}.header.regex_rewrite"),
-                    "is not supported",
-                ));
-            }
-            put(&mut m, "header", &x.header_name);
-        }
-        Some(S::Cookie(x)) => {
-            if x.ttl.is_some() {
-                return Err(FieldError::new(
-                    format!("{p}.cookie.ttl"),
-                    "generated cookies are not supported",
-                ));
-            }
-            let mut c = Mapping::new();
-            put(&mut c, "name", &x.name);
-            m.insert("cookie".into(), Value::Mapping(c));
-        }
-        Some(S::ConnectionProperties(x)) => put(&mut m, "source_ip", x.source_ip),
-        Some(S::QueryParameter(x)) => put(&mut m, "query_parameter", &x.name),
-        Some(S::FilterState(_)) => {
-            return Err(FieldError::new(
-                format!("{p}.filter_state"),
-                "is not supported",
-            ));
-        }
-        None => return Err(FieldError::new(p, "needs a policy")),
-    }
-    if h.terminal {
-        put(&mut m, "terminal", true);
-    }
-    Ok(m)
 }
