@@ -342,7 +342,21 @@ fn to_mapping(pb: &pbc::Cluster) -> Fr<Mapping> {
             let t = cluster::DiscoveryType::try_from(*t)
                 .map_err(|_| FieldError::new("type", format!("unknown cluster type {t}")))?;
             match t {
-                cluster::DiscoveryType::Static | cluster::DiscoveryType::Eds => {}
+                cluster::DiscoveryType::Static => {}
+                cluster::DiscoveryType::Eds => {
+                    let service = pb
+                        .eds_cluster_config
+                        .as_ref()
+                        .map(|e| e.service_name.as_str())
+                        .unwrap_or_default();
+                    if !service.is_empty() && service != pb.name {
+                        return Err(FieldError::new(
+                            "eds_cluster_config.service_name",
+                            "must be empty or the cluster's name (Sluice keys a cluster's \
+                             endpoints by the cluster's name)",
+                        ));
+                    }
+                }
                 cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns => {
                     m.insert("discovery".into(), Value::Mapping(dns_discovery(pb, t)?));
                 }

@@ -245,6 +245,23 @@ fn behaviour_changing_fields_without_a_model_equivalent_are_errors() {
     let e = decode(ROUTE, &pack_any(&tls_only)).unwrap_err();
     assert_eq!(e.field, "virtual_hosts[0].routes[0].match.tls_context");
     let mut c = cluster_named("c");
+    c.cluster_discovery_type = Some(pbc::cluster::ClusterDiscoveryType::Type(
+        pbc::cluster::DiscoveryType::Eds as i32,
+    ));
+    c.eds_cluster_config = Some(pbc::cluster::EdsClusterConfig {
+        service_name: "outbound|80||c.default".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        decode(CLUSTER, &pack_any(&c)).unwrap_err().field,
+        "eds_cluster_config.service_name"
+    );
+    c.eds_cluster_config = Some(pbc::cluster::EdsClusterConfig {
+        service_name: "c".into(),
+        ..Default::default()
+    });
+    assert!(decode(CLUSTER, &pack_any(&c)).is_ok());
+    let mut c = cluster_named("c");
     c.lb_subset_config = Some(Default::default());
     assert_eq!(
         decode(CLUSTER, &pack_any(&c)).unwrap_err().field,
