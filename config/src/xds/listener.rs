@@ -1,6 +1,8 @@
 //! Listener ↔ `envoy.config.listener.v3.Listener` (an `HttpConnectionManager` or `TcpProxy`
 //! filter chain).
 
+use super::hcm::{fcc, hcm_mapping, hcm_pb};
+use super::tls::{downstream_tls_mapping, downstream_tls_pb};
 use super::value::{
     any, apply_metadata, dur, finish, metadata, opt_dur, put, remainder, socket_addr, u32v, unany,
     yv,
@@ -16,15 +18,12 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpPro
 use envoy_types::pb::google::protobuf::UInt32Value;
 use serde_yaml_ng::{Mapping, Value};
 
-use super::hcm::{fcc, hcm_mapping, hcm_pb};
-
 /// Filter names (Envoy's well-known names).
 pub(crate) const HCM: &str = "envoy.filters.network.http_connection_manager";
 pub(crate) const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 pub(crate) const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 pub(crate) const ROUTER: &str = "envoy.filters.http.router";
 pub(crate) const GRPC_WEB: &str = "envoy.filters.http.grpc_web";
-use super::tls::{downstream_tls_mapping, downstream_tls_pb};
 
 pub(super) fn encode(l: &Listener) -> pbl::Listener {
     let mut pb = native(l);
