@@ -1,4 +1,5 @@
-//! Cluster ↔ `envoy.config.cluster.v3.Cluster`, endpoints ↔ `ClusterLoadAssignment`.
+//! Cluster ↔ `envoy.config.cluster.v3.Cluster` (a STATIC one's inline endpoints through
+//! `endpoints.rs`).
 
 use super::endpoints::endpoints;
 use super::health::{health_check_mapping, health_check_pb};

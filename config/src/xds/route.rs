@@ -1,5 +1,8 @@
 //! Route table ↔ `envoy.config.route.v3.RouteConfiguration`.
 
+use super::fault::{FAULT, fault_mapping, fault_pb};
+use super::hash::{hash_policy_mapping, hash_policy_pb};
+use super::matching::{match_mapping, match_pb, regex};
 use super::value::{
     any, apply_metadata, dur, finish, metadata, opt_dur, put, remainder, u32v, unany, yv,
 };
@@ -15,10 +18,6 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute;
 use serde_yaml_ng::{Mapping, Value};
 use std::collections::HashMap;
-
-use super::fault::{FAULT, fault_mapping, fault_pb};
-use super::hash::{hash_policy_mapping, hash_policy_pb};
-use super::matching::{match_mapping, match_pb, regex};
 
 pub(super) fn encode(t: &RouteTable) -> pbr::RouteConfiguration {
     let raw: crate::RawRouteTable = t.clone().into();
