@@ -26,12 +26,15 @@ mod hcm;
 mod health;
 mod listener;
 mod matching;
+mod node;
 mod route;
 mod tls;
 mod value;
 
 #[cfg(test)]
 mod tests;
+
+pub use node::{USER_AGENT, decode_node, encode_node};
 
 use crate::{Resource, ResourceType};
 use envoy_types::pb::google::protobuf::Any;

@@ -319,3 +319,17 @@ fn cluster_and_route_variants_round_trip() {
         assert_eq!(back, vec![r.clone()], "{} {}", r.kind(), r.name());
     }
 }
+
+#[test]
+fn node_round_trips() {
+    let n = crate::Node {
+        id: Some("sidecar~10.0.0.1~web-1".into()),
+        cluster: Some("web".into()),
+        zone: Some("eu-1a".into()),
+    };
+    let pb = encode_node(&n);
+    assert_eq!(pb.locality.as_ref().map(|l| l.zone.as_str()), Some("eu-1a"));
+    assert_eq!(pb.user_agent_name, USER_AGENT);
+    assert_eq!(decode_node(&pb), n);
+    assert_eq!(decode_node(&Default::default()), crate::Node::default());
+}
