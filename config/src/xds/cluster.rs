@@ -489,24 +489,24 @@ fn to_mapping(pb: &pbc::Cluster) -> Fr<Mapping> {
         }
     }
     // Resilience.
-    if let Some(cb) = &pb.circuit_breakers {
-        for (i, t) in cb.thresholds.iter().enumerate() {
-            if t.priority != core::RoutingPriority::Default as i32 {
-                continue; // HIGH-priority thresholds: Sluice has one priority
+    // The DEFAULT-priority thresholds (Sluice has one priority; HIGH ones are ignored).
+    let default = pb.circuit_breakers.as_ref().and_then(|cb| {
+        cb.thresholds
+            .iter()
+            .find(|t| t.priority == core::RoutingPriority::Default as i32)
+    });
+    if let Some(t) = default {
+        let mut x = Mapping::new();
+        let mut set = |k: &str, v: &Option<UInt32Value>| {
+            if let Some(v) = v {
+                put(&mut x, k, v.value);
             }
-            let mut x = Mapping::new();
-            let mut set = |k: &str, v: &Option<UInt32Value>| {
-                if let Some(v) = v {
-                    put(&mut x, k, v.value);
-                }
-            };
-            set("max_connections", &t.max_connections);
-            set("max_pending_requests", &t.max_pending_requests);
-            set("max_requests", &t.max_requests);
-            set("max_retries", &t.max_retries);
-            let _ = i;
-            m.insert("circuit_breakers".into(), Value::Mapping(x));
-        }
+        };
+        set("max_connections", &t.max_connections);
+        set("max_pending_requests", &t.max_pending_requests);
+        set("max_requests", &t.max_requests);
+        set("max_retries", &t.max_retries);
+        m.insert("circuit_breakers".into(), Value::Mapping(x));
     }
     let mut od = Mapping::new();
     match &pb.outlier_detection {
