@@ -292,3 +292,29 @@ fn bad_sluice_metadata_is_an_error() {
     assert_eq!(e.field, "metadata.filter_metadata.sluice");
     assert!(e.message.contains("no_such_setting"), "{e}");
 }
+
+#[test]
+fn http_listener_chains_must_differ_only_in_certificates() {
+    let c = everything();
+    let any = encode(&resource(&c, ResourceType::Listener, "web"));
+    let pb: pbl::Listener = unpack_as(&any);
+    assert!(pb.filter_chains.len() > 1);
+    // Another HCM on the second chain.
+    let mut other = pb.clone();
+    other.filter_chains[1].filters =
+        quick_start_listener(vec![http_filter("envoy.filters.http.router")]).filter_chains[0]
+            .filters
+            .clone();
+    let e = decode(LISTENER, &pack_any(&other)).unwrap_err();
+    assert_eq!(e.field, "filter_chains[1].filters[0]");
+    // Other TLS settings on the second chain.
+    let mut other = pb.clone();
+    other.filter_chains[1].transport_socket_connect_timeout = secs(1, 0);
+    let e = decode(LISTENER, &pack_any(&other)).unwrap_err();
+    assert_eq!(e.field, "filter_chains[1].transport_socket");
+    // Server names without the tls_inspector.
+    let mut other = pb;
+    other.listener_filters.clear();
+    let e = decode(LISTENER, &pack_any(&other)).unwrap_err();
+    assert_eq!(e.field, "filter_chains[1].filter_chain_match.server_names");
+}
