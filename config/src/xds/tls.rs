@@ -9,6 +9,10 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pbtls;
 use envoy_types::pb::google::protobuf::BoolValue;
 use serde_yaml_ng::{Mapping, Value};
 
+/// The CA bundle Sluice uses when a cluster's `tls` names none (the system's), written out for
+/// Envoy, which otherwise verifies nothing.
+pub(crate) const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The name of the TLS transport socket.
 pub(crate) const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 
@@ -61,8 +65,17 @@ pub(crate) fn upstream_tls_pb(
     protocol: UpstreamProtocol,
 ) -> TransportSocket {
     use pbtls::subject_alt_name_matcher::SanType;
-    let sans = t
-        .verify_subject_alt_names
+    // Sluice checks the `sni` as a DNS name when no names are listed; Envoy checks nothing
+    // unless told, so the check is written out (or, without `sni`, `auto_sni_san_validation`).
+    let default_san;
+    let names = match (&t.sni, t.verify_subject_alt_names.is_empty()) {
+        (Some(sni), true) => {
+            default_san = [sni.clone()];
+            &default_san[..]
+        }
+        _ => &t.verify_subject_alt_names[..],
+    };
+    let sans = names
         .iter()
         .map(|s| pbtls::SubjectAltNameMatcher {
             san_type: if s.contains("://") { SanType::Uri } else { SanType::Dns } as i32,
@@ -78,7 +91,8 @@ pub(crate) fn upstream_tls_pb(
         })
         .collect();
     let validation = pbtls::CertificateValidationContext {
-        trusted_ca: t.ca.as_deref().and_then(file),
+        // Sluice's default is the system bundle; Envoy without a CA verifies nothing.
+        trusted_ca: file(t.ca.as_deref().unwrap_or(std::path::Path::new(SYSTEM_CA))),
         match_typed_subject_alt_names: sans,
         ..Default::default()
     };
@@ -97,6 +111,9 @@ pub(crate) fn upstream_tls_pb(
     };
     let ctx = pbtls::UpstreamTlsContext {
         sni: t.sni.clone().unwrap_or_default(),
+        // Without `sni`, Sluice sends and checks the endpoint's host name (DNS clusters).
+        auto_host_sni: t.sni.is_none(),
+        auto_sni_san_validation: t.sni.is_none() && t.verify_subject_alt_names.is_empty(),
         common_tls_context: Some(pbtls::CommonTlsContext {
             tls_params: Some(pbtls::TlsParameters {
                 tls_minimum_protocol_version: tls_version(t.min_version) as i32,
@@ -178,11 +195,10 @@ pub(crate) fn upstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mapping>
         Some(V::ValidationContext(v)) => {
             let vp = format!("{cp}.validation_context");
             if v.trusted_ca.is_some() {
-                put(
-                    &mut m,
-                    "ca",
-                    filename(v.trusted_ca.as_ref(), &format!("{vp}.trusted_ca"))?,
-                );
+                let ca = filename(v.trusted_ca.as_ref(), &format!("{vp}.trusted_ca"))?;
+                if ca != std::path::Path::new(SYSTEM_CA) {
+                    put(&mut m, "ca", ca);
+                }
             }
             let mut sans = Vec::new();
             for (i, s) in v.match_typed_subject_alt_names.iter().enumerate() {
@@ -200,7 +216,14 @@ pub(crate) fn upstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mapping>
                     }
                 }
             }
-            if !sans.is_empty() {
+            // The `sni` alone as a DNS name is Sluice's default check.
+            let default_check = !ctx.sni.is_empty()
+                && v.match_typed_subject_alt_names.len() == 1
+                && v.match_typed_subject_alt_names
+                    .iter()
+                    .all(|s| s.san_type == SanType::Dns as i32)
+                && sans == [ctx.sni.clone()];
+            if !sans.is_empty() && !default_check {
                 put(&mut m, "verify_subject_alt_names", sans);
             }
         }

@@ -333,3 +333,60 @@ fn node_round_trips() {
     assert_eq!(decode_node(&pb), n);
     assert_eq!(decode_node(&Default::default()), crate::Node::default());
 }
+
+#[test]
+fn upstream_tls_defaults_are_written_out_for_envoy() {
+    // Sluice verifies against the system bundle and the SNI (or, for DNS clusters without
+    // one, the endpoint's host name) by default; Envoy verifies nothing unless told.
+    let c = crate::parse(
+        "clusters:\n  - { name: s, tls: { sni: api.example.com }, endpoints: ['10.0.0.1:443'] }\n  - { name: d, tls: {}, discovery: { type: strict_dns, names: ['api.example.com:443'] } }\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let tls_of = |name: &str| -> pbtls::UpstreamTlsContext {
+        let pb: pbc::Cluster = unpack_as(&encode(&resource(&c, ResourceType::Cluster, name)));
+        let Some(core::transport_socket::ConfigType::TypedConfig(a)) =
+            pb.transport_socket.unwrap().config_type
+        else {
+            panic!("no TLS config")
+        };
+        unpack_as(&a)
+    };
+    let validation = |t: &pbtls::UpstreamTlsContext| {
+        let Some(pbtls::common_tls_context::ValidationContextType::ValidationContext(v)) = t
+            .common_tls_context
+            .clone()
+            .unwrap()
+            .validation_context_type
+        else {
+            panic!("no validation context")
+        };
+        v
+    };
+    let s = tls_of("s");
+    let v = validation(&s);
+    assert_eq!(
+        v.trusted_ca.unwrap().specifier,
+        Some(core::data_source::Specifier::Filename(
+            "/etc/ssl/certs/ca-certificates.crt".into()
+        ))
+    );
+    assert_eq!(v.match_typed_subject_alt_names.len(), 1);
+    assert!(!s.auto_host_sni);
+    let d = tls_of("d");
+    assert!(d.auto_host_sni && d.auto_sni_san_validation);
+    assert!(validation(&d).match_typed_subject_alt_names.is_empty());
+    // And back: the defaults again, with no Sluice metadata needed.
+    for name in ["s", "d"] {
+        let r = resource(&c, ResourceType::Cluster, name);
+        let any = encode(&r);
+        assert_eq!(decode(CLUSTER, &any).unwrap()[0], r);
+        let mut keys = BTreeSet::new();
+        sluice_keys(
+            unpack_as::<pbc::Cluster>(&any).metadata.as_ref(),
+            "cluster",
+            &mut keys,
+        );
+        assert_eq!(keys, BTreeSet::from(["cluster.lb_policy".to_string()]));
+    }
+}
