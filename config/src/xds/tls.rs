@@ -1,0 +1,367 @@
+//! TLS: `UpstreamTlsContext` (a cluster's `tls`) and `DownstreamTlsContext` (a listener's),
+//! with certificates and CAs as file names.
+
+use super::value::{any, put, unany};
+use super::{FieldError, Fr};
+use crate::{ClientCertificate, DownstreamTls, UpstreamProtocol};
+use envoy_types::pb::envoy::config::core::v3::{self as core, TransportSocket, transport_socket};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pbtls;
+use envoy_types::pb::google::protobuf::BoolValue;
+use serde_yaml_ng::{Mapping, Value};
+
+/// The CA bundle Sluice uses when a cluster's `tls` names none (the system's), written out for
+/// Envoy, which otherwise verifies nothing.
+pub(crate) const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The name of the TLS transport socket.
+pub(crate) const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+
+/// A filename `DataSource`.
+pub(crate) fn file(p: &std::path::Path) -> Option<core::DataSource> {
+    Some(core::DataSource {
+        specifier: Some(core::data_source::Specifier::Filename(
+            p.display().to_string(),
+        )),
+        ..Default::default()
+    })
+}
+
+/// A `DataSource`'s filename; inline data is not supported (Sluice reads and watches files).
+pub(crate) fn filename(d: Option<&core::DataSource>, field: &str) -> Fr<std::path::PathBuf> {
+    match d.and_then(|d| d.specifier.as_ref()) {
+        Some(core::data_source::Specifier::Filename(f)) => Ok(f.into()),
+        Some(_) => Err(FieldError::new(
+            field,
+            "only `filename` is supported (no inline certificates or keys)",
+        )),
+        None => Err(FieldError::new(field, "is required")),
+    }
+}
+
+/// The TLS version as Envoy's `tls_minimum_protocol_version`.
+pub(crate) fn tls_version(v: crate::TlsVersion) -> pbtls::tls_parameters::TlsProtocol {
+    match v {
+        crate::TlsVersion::Tls12 => pbtls::tls_parameters::TlsProtocol::TlSv12,
+        crate::TlsVersion::Tls13 => pbtls::tls_parameters::TlsProtocol::TlSv13,
+    }
+}
+
+/// Envoy's `tls_params` as the model's minimum version (Envoy's default, TLS 1.2, when unset).
+pub(crate) fn min_version(p: Option<&pbtls::TlsParameters>, field: &str) -> Fr<crate::TlsVersion> {
+    use pbtls::tls_parameters::TlsProtocol as P;
+    match p.map(|p| p.tls_minimum_protocol_version) {
+        None => Ok(crate::TlsVersion::Tls12),
+        Some(v) if v == P::TlsAuto as i32 || v == P::TlSv12 as i32 => Ok(crate::TlsVersion::Tls12),
+        Some(v) if v == P::TlSv13 as i32 => Ok(crate::TlsVersion::Tls13),
+        Some(v) => Err(FieldError::new(
+            format!("{field}.tls_minimum_protocol_version"),
+            format!("{v}: Sluice supports TLS 1.2 and 1.3 only"),
+        )),
+    }
+}
+
+pub(crate) fn upstream_tls_pb(
+    t: &crate::UpstreamTls,
+    protocol: UpstreamProtocol,
+) -> TransportSocket {
+    use pbtls::subject_alt_name_matcher::SanType;
+    // Sluice checks the `sni` as a DNS name when no names are listed; Envoy checks nothing
+    // unless told, so the check is written out (or, without `sni`, `auto_sni_san_validation`).
+    let default_san;
+    let names = match (&t.sni, t.verify_subject_alt_names.is_empty()) {
+        (Some(sni), true) => {
+            default_san = [sni.clone()];
+            &default_san[..]
+        }
+        _ => &t.verify_subject_alt_names[..],
+    };
+    let sans = names
+        .iter()
+        .map(|s| pbtls::SubjectAltNameMatcher {
+            san_type: if s.contains("://") { SanType::Uri } else { SanType::Dns } as i32,
+            matcher: Some(envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                match_pattern: Some(
+                    envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(
+                        s.clone(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let validation = pbtls::CertificateValidationContext {
+        // Sluice's default is the system bundle; Envoy without a CA verifies nothing.
+        trusted_ca: file(t.ca.as_deref().unwrap_or(std::path::Path::new(SYSTEM_CA))),
+        match_typed_subject_alt_names: sans,
+        ..Default::default()
+    };
+    let tls_certificates = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => vec![pbtls::TlsCertificate {
+            certificate_chain: file(c),
+            private_key: file(k),
+            ..Default::default()
+        }],
+        _ => Vec::new(),
+    };
+    let alpn_protocols = match protocol {
+        UpstreamProtocol::Http1 => vec!["http/1.1".to_string()],
+        UpstreamProtocol::Http2 => vec!["h2".to_string()],
+        UpstreamProtocol::Auto => vec!["h2".to_string(), "http/1.1".to_string()],
+    };
+    let ctx = pbtls::UpstreamTlsContext {
+        sni: t.sni.clone().unwrap_or_default(),
+        // Without `sni`, Sluice sends and checks the endpoint's host name (DNS clusters).
+        auto_host_sni: t.sni.is_none(),
+        auto_sni_san_validation: t.sni.is_none() && t.verify_subject_alt_names.is_empty(),
+        common_tls_context: Some(pbtls::CommonTlsContext {
+            tls_params: Some(pbtls::TlsParameters {
+                tls_minimum_protocol_version: tls_version(t.min_version) as i32,
+                ..Default::default()
+            }),
+            tls_certificates,
+            alpn_protocols,
+            validation_context_type: Some(
+                pbtls::common_tls_context::ValidationContextType::ValidationContext(validation),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: TLS_SOCKET.into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+pub(crate) fn upstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mapping> {
+    use pbtls::subject_alt_name_matcher::SanType;
+    if ts.name != TLS_SOCKET {
+        return Err(FieldError::new(
+            format!("{p}.name"),
+            format!("unsupported transport socket `{}`", ts.name),
+        ));
+    }
+    let Some(transport_socket::ConfigType::TypedConfig(a)) = &ts.config_type else {
+        return Err(FieldError::new(format!("{p}.typed_config"), "is required"));
+    };
+    let p = format!("{p}.typed_config");
+    let ctx: pbtls::UpstreamTlsContext = unany(a, &p)?;
+    let mut m = Mapping::new();
+    if !ctx.sni.is_empty() {
+        put(&mut m, "sni", &ctx.sni);
+    }
+    let cp = format!("{p}.common_tls_context");
+    let common = ctx.common_tls_context.unwrap_or_default();
+    put(
+        &mut m,
+        "min_version",
+        min_version(common.tls_params.as_ref(), &format!("{cp}.tls_params"))?,
+    );
+    match common.tls_certificates.as_slice() {
+        [] => {}
+        [c] => {
+            let f = format!("{cp}.tls_certificates[0]");
+            put(
+                &mut m,
+                "cert",
+                filename(
+                    c.certificate_chain.as_ref(),
+                    &format!("{f}.certificate_chain"),
+                )?,
+            );
+            put(
+                &mut m,
+                "key",
+                filename(c.private_key.as_ref(), &format!("{f}.private_key"))?,
+            );
+        }
+        [_, ..] => {
+            return Err(FieldError::new(
+                format!("{cp}.tls_certificates[1]"),
+                "one client certificate only",
+            ));
+        }
+    }
+    if !common.tls_certificate_sds_secret_configs.is_empty() {
+        return Err(FieldError::new(
+            format!("{cp}.tls_certificate_sds_secret_configs"),
+            "SDS is not supported yet",
+        ));
+    }
+    use pbtls::common_tls_context::ValidationContextType as V;
+    match &common.validation_context_type {
+        None => {}
+        Some(V::ValidationContext(v)) => {
+            let vp = format!("{cp}.validation_context");
+            if v.trusted_ca.is_some() {
+                let ca = filename(v.trusted_ca.as_ref(), &format!("{vp}.trusted_ca"))?;
+                if ca != std::path::Path::new(SYSTEM_CA) {
+                    put(&mut m, "ca", ca);
+                }
+            }
+            let mut sans = Vec::new();
+            for (i, s) in v.match_typed_subject_alt_names.iter().enumerate() {
+                let f = format!("{vp}.match_typed_subject_alt_names[{i}]");
+                use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+                let ok_type =
+                    s.san_type == SanType::Dns as i32 || s.san_type == SanType::Uri as i32;
+                match s.matcher.as_ref().and_then(|m| m.match_pattern.as_ref()) {
+                    Some(MatchPattern::Exact(x)) if ok_type => sans.push(x.clone()),
+                    _ => {
+                        return Err(FieldError::new(
+                            f,
+                            "only exact DNS or URI subject alt names are supported",
+                        ));
+                    }
+                }
+            }
+            // The `sni` alone as a DNS name is Sluice's default check.
+            let default_check = !ctx.sni.is_empty()
+                && v.match_typed_subject_alt_names.len() == 1
+                && v.match_typed_subject_alt_names
+                    .iter()
+                    .all(|s| s.san_type == SanType::Dns as i32)
+                && sans == [ctx.sni.clone()];
+            if !sans.is_empty() && !default_check {
+                put(&mut m, "verify_subject_alt_names", sans);
+            }
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                format!("{cp}.validation_context_sds_secret_config"),
+                "SDS is not supported yet",
+            ));
+        }
+    }
+    Ok(m)
+}
+
+pub(crate) fn downstream_tls_pb(
+    t: &DownstreamTls,
+    certs: &[&crate::CertificateFiles],
+) -> TransportSocket {
+    let ctx = pbtls::DownstreamTlsContext {
+        common_tls_context: Some(pbtls::CommonTlsContext {
+            tls_params: Some(pbtls::TlsParameters {
+                tls_minimum_protocol_version: tls_version(t.min_version) as i32,
+                ..Default::default()
+            }),
+            tls_certificates: certs
+                .iter()
+                .map(|c| pbtls::TlsCertificate {
+                    certificate_chain: file(&c.cert),
+                    private_key: file(&c.key),
+                    ..Default::default()
+                })
+                .collect(),
+            alpn_protocols: t.alpn.clone(),
+            validation_context_type: t.client_ca.as_ref().map(|ca| {
+                pbtls::common_tls_context::ValidationContextType::ValidationContext(
+                    pbtls::CertificateValidationContext {
+                        trusted_ca: file(ca),
+                        ..Default::default()
+                    },
+                )
+            }),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(BoolValue {
+            value: t.client_certificate == ClientCertificate::Required,
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: TLS_SOCKET.into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+pub(crate) fn downstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mapping> {
+    if ts.name != TLS_SOCKET {
+        return Err(FieldError::new(
+            format!("{p}.name"),
+            format!("unsupported transport socket `{}`", ts.name),
+        ));
+    }
+    let Some(transport_socket::ConfigType::TypedConfig(a)) = &ts.config_type else {
+        return Err(FieldError::new(format!("{p}.typed_config"), "is required"));
+    };
+    let p = format!("{p}.typed_config");
+    let ctx: pbtls::DownstreamTlsContext = unany(a, &p)?;
+    let cp = format!("{p}.common_tls_context");
+    let common = ctx.common_tls_context.unwrap_or_default();
+    let mut m = Mapping::new();
+    let mut certs = Vec::new();
+    for (i, c) in common.tls_certificates.iter().enumerate() {
+        let f = format!("{cp}.tls_certificates[{i}]");
+        let mut x = Mapping::new();
+        put(
+            &mut x,
+            "cert",
+            filename(
+                c.certificate_chain.as_ref(),
+                &format!("{f}.certificate_chain"),
+            )?,
+        );
+        put(
+            &mut x,
+            "key",
+            filename(c.private_key.as_ref(), &format!("{f}.private_key"))?,
+        );
+        certs.push(Value::Mapping(x));
+    }
+    if !common.tls_certificate_sds_secret_configs.is_empty() {
+        return Err(FieldError::new(
+            format!("{cp}.tls_certificate_sds_secret_configs"),
+            "SDS is not supported yet",
+        ));
+    }
+    m.insert("certificates".into(), Value::Sequence(certs));
+    if !common.alpn_protocols.is_empty() {
+        put(&mut m, "alpn", &common.alpn_protocols);
+    }
+    put(
+        &mut m,
+        "min_version",
+        min_version(common.tls_params.as_ref(), &format!("{cp}.tls_params"))?,
+    );
+    let required = ctx
+        .require_client_certificate
+        .as_ref()
+        .is_some_and(|b| b.value);
+    use pbtls::common_tls_context::ValidationContextType as V;
+    match &common.validation_context_type {
+        None => put(&mut m, "client_certificate", ClientCertificate::None),
+        Some(V::ValidationContext(v)) => {
+            let vp = format!("{cp}.validation_context");
+            if !v.match_typed_subject_alt_names.is_empty() {
+                return Err(FieldError::new(
+                    format!("{vp}.match_typed_subject_alt_names"),
+                    "not supported on listeners (use authorization)",
+                ));
+            }
+            put(
+                &mut m,
+                "client_ca",
+                filename(v.trusted_ca.as_ref(), &format!("{vp}.trusted_ca"))?,
+            );
+            put(
+                &mut m,
+                "client_certificate",
+                if required {
+                    ClientCertificate::Required
+                } else {
+                    ClientCertificate::Optional
+                },
+            );
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                format!("{cp}.validation_context_sds_secret_config"),
+                "SDS is not supported yet",
+            ));
+        }
+    }
+    Ok(m)
+}
