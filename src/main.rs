@@ -1,4 +1,4 @@
-//! The `sluice` command line: `proxy`, `validate`, `demo`.
+//! The `sluice` command line: `proxy`, `control-plane`, `validate`, `demo`.
 
 mod demo;
 
@@ -50,10 +50,32 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run the control plane (`-c FILE`), or ask a running one about its proxies (`status`).
+    ControlPlane {
+        /// Settings file (YAML): addresses, the watched directory, registry limits.
+        #[arg(short, long, env = "SLUICE_CONTROL_PLANE_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<ControlPlaneAction>,
+    },
     /// Start example upstreams and a proxy in front of them (no outside services needed).
     Demo {
         #[command(flatten)]
         run: RunArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ControlPlaneAction {
+    /// Connected proxies: node, snapshot, per type the version sent and ACKed, the last NACK
+    /// (like `istioctl proxy-status`).
+    Status {
+        /// The control plane's HTTP address.
+        #[arg(long, env = "SLUICE_CONTROL_PLANE_HTTP", default_value = sluice_control_plane::settings::DEFAULT_HTTP)]
+        http: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -95,17 +117,18 @@ impl XdsArgs {
     }
 }
 
-/// Envoy proto → model resources for the xDS client.
-// INTEGRATION: replace the body with
-// `sluice_config::xds::decode(type_url, any).map_err(|e| e.to_string())` once the mapping
-// module lands; until then every xDS response is NACKed with this message.
+/// Envoy proto → model resources for the xDS client (`sluice_config::xds`); an error names the
+/// resource type and name, then the field (the NACK's `error_detail`).
 fn decode_xds(
     type_url: &str,
-    _any: &sluice_proxy::source::xds::Any,
+    any: &sluice_proxy::source::xds::Any,
 ) -> Result<Vec<sluice_config::Resource>, String> {
-    Err(format!(
-        "this build has no Envoy proto decoder for {type_url}"
-    ))
+    sluice_config::xds::decode(type_url, any).map_err(|e| {
+        match sluice_config::xds::resource_type(type_url) {
+            Some(kind) => e.describe(kind),
+            None => e.to_string(),
+        }
+    })
 }
 
 impl RunArgs {
@@ -159,6 +182,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(exit_code(proxy.wait()))
         }
         Command::Validate { files } => Ok(validate(&files)),
+        Command::ControlPlane { config, action } => match action {
+            Some(ControlPlaneAction::Status { http, json }) => control_plane_status(&http, json),
+            None => {
+                let Some(config) = config else {
+                    anyhow::bail!(
+                        "control-plane needs a settings file: -c FILE (or the `status` command)"
+                    );
+                };
+                run_control_plane(&config)
+            }
+        },
         Command::Demo { run } => {
             let source = demo::prepare().context("starting the demo upstreams")?;
             let proxy = Proxy::start(run.options(source, false, None))?;
@@ -166,6 +200,84 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(exit_code(proxy.wait()))
         }
     }
+}
+
+/// Runs the control plane until SIGINT or SIGTERM.
+fn run_control_plane(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let settings = sluice_control_plane::settings::load(config).map_err(anyhow::Error::msg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sluice-cp")
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let cp = sluice_control_plane::serve::start(settings)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: closing every ADS stream");
+        cp.shutdown();
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `sluice control-plane status`: the connected proxies, one line per proxy and type.
+fn control_plane_status(http: &str, raw: bool) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = http
+        .parse()
+        .with_context(|| format!("--http {http}: expected ip:port"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("cannot reach the control plane at {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .context("malformed answer from the control plane")?;
+    if raw {
+        print!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let v: serde_json::Value = serde_json::from_str(body).context("invalid /status JSON")?;
+    let proxies = v["proxies"].as_array().cloned().unwrap_or_default();
+    let short = |s: Option<&str>| s.map_or("-".to_string(), |s| s.chars().take(12).collect());
+    println!(
+        "{:<24} {:<14} {:<10} {:<9} {:<13} {:<13} LAST NACK",
+        "NODE", "CLUSTER", "SNAPSHOT", "TYPE", "SENT", "ACKED"
+    );
+    for p in &proxies {
+        let types = p["types"].as_object().cloned().unwrap_or_default();
+        for (t, st) in types {
+            let nack = st["last_nack"]["error"].as_str().unwrap_or("-");
+            println!(
+                "{:<24} {:<14} {:<10} {:<9} {:<13} {:<13} {}",
+                p["node_id"].as_str().unwrap_or("?"),
+                p["cluster"]
+                    .as_str()
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or("-"),
+                p["snapshot_key"].as_str().unwrap_or("-"),
+                t,
+                short(st["sent_version"].as_str()),
+                short(st["acked_version"].as_str()),
+                nack
+            );
+        }
+    }
+    if proxies.is_empty() {
+        println!("(no proxy connected)");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn exit_code(exit: Exit) -> ExitCode {

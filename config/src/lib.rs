@@ -75,7 +75,9 @@ pub use tls::{
     TlsVersion, UpstreamTls,
 };
 pub use units::{ByteSize, Cidr, Duration, parse_byte_size, parse_cidr, parse_duration};
-pub use validate::{REGEX_SIZE_LIMIT, full_match_regex, search_regex, validate, validate_resource};
+pub use validate::{
+    REGEX_SIZE_LIMIT, full_match_regex, search_regex, validate, validate_resource, validate_with,
+};
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -232,12 +234,30 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates YAML text; `file` names it in errors.
 pub fn parse(source: &str, file: &str) -> Result<Config, ConfigErrors> {
+    parse_with(source, file, &ParseOptions::default())
+}
+
+/// How [`parse_with`] validates beyond the defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// A cluster without `discovery` may list no endpoints (they come from elsewhere: the
+    /// control plane's registry). A proxy's own file keeps the rule: an empty list there is a
+    /// mistake.
+    pub endpoints_optional: bool,
+}
+
+/// [`parse`] with options.
+pub fn parse_with(
+    source: &str,
+    file: &str,
+    options: &ParseOptions,
+) -> Result<Config, ConfigErrors> {
     if source.trim().is_empty() {
         return Err(ConfigErrors::whole_file(file, "file is empty"));
     }
     let raw: RawConfig =
         serde_yaml_ng::from_str(source).map_err(|e| ConfigErrors::from_yaml(file, &e))?;
-    let issues = validate(&raw);
+    let issues = validate::validate_with(&raw, options);
     if issues.is_empty() {
         // Validation checked every "exactly one of", so this cannot fail; if it did, say so.
         Config::try_from(raw).map_err(|e| ConfigErrors::whole_file(file, e))

@@ -43,6 +43,12 @@ fn first_line(s: &str) -> String {
 
 /// Checks a deserialised config; returns every problem found (empty when valid).
 pub fn validate(config: &RawConfig) -> Vec<Issue> {
+    validate_with(config, &crate::ParseOptions::default())
+}
+
+/// [`validate`] with options (the control plane's directory lets clusters list no endpoints:
+/// the registry may supply them).
+pub fn validate_with(config: &RawConfig, options: &crate::ParseOptions) -> Vec<Issue> {
     let mut v = Validator::default();
     let clusters = Refs::Known(config.clusters.iter().map(|c| c.name.as_str()).collect());
     let tables = Refs::Known(
@@ -73,7 +79,7 @@ pub fn validate(config: &RawConfig) -> Vec<Issue> {
     }
     for (i, c) in config.clusters.iter().enumerate() {
         v.cluster(&format!("clusters[{i}]"), c);
-        if c.endpoints.is_empty() && c.discovery.is_none() {
+        if c.endpoints.is_empty() && c.discovery.is_none() && !options.endpoints_optional {
             v.err(
                 format!("clusters[{i}].endpoints"),
                 "must list at least one endpoint",

@@ -22,6 +22,7 @@ pub mod api;
 pub mod cache;
 pub mod metrics;
 pub mod run;
+pub mod serve;
 pub mod settings;
 pub mod snapshot;
 pub mod source;

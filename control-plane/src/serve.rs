@@ -3,6 +3,7 @@
 //! resources → Envoy v3 protos with `sluice_config::xds::encode`; one snapshot per scope,
 //! keyed as the cache resolves nodes: node id, node cluster, `*`).
 
+use crate::AdsServer;
 use crate::api::{self, HttpState};
 use crate::cache::{DEFAULT_KEY, SnapshotCache};
 use crate::metrics::AdsMetrics;
@@ -11,8 +12,8 @@ use crate::settings::Settings;
 use crate::snapshot::Snapshot;
 use crate::source::dir::Scope;
 use crate::source::registry::Registry;
-use crate::AdsServer;
-use sluice_config::xds;
+use sluice_config::xds::envoy_types::pb::google::protobuf::Any;
+use sluice_config::{Resource, ResourceKey, xds};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,7 +60,12 @@ pub async fn start(settings: Settings) -> Result<ControlPlane, String> {
         .map_err(|e| format!("cannot bind the xDS address {}: {e}", settings.xds.address))?;
     let http_listener = tokio::net::TcpListener::bind(settings.http.address)
         .await
-        .map_err(|e| format!("cannot bind the HTTP address {}: {e}", settings.http.address))?;
+        .map_err(|e| {
+            format!(
+                "cannot bind the HTTP address {}: {e}",
+                settings.http.address
+            )
+        })?;
     let xds_addr = xds_listener.local_addr().map_err(|e| e.to_string())?;
     let http_addr = http_listener.local_addr().map_err(|e| e.to_string())?;
 
@@ -101,6 +107,7 @@ pub async fn start(settings: Settings) -> Result<ControlPlane, String> {
         cache,
         metrics,
         keys: BTreeSet::new(),
+        encoded: BTreeMap::new(),
     };
     tasks.push(tokio::spawn(run::run(inputs, dir, publisher)));
     tracing::info!(address = %xds_addr, "xds listening");
@@ -122,7 +129,12 @@ fn status_json(board: &crate::status::StatusBoard, cache: &SnapshotCache) -> Str
             let versions: BTreeMap<String, String> = p
                 .snapshot
                 .type_urls()
-                .map(|t| (crate::snapshot::type_url::short_name(t).to_string(), p.snapshot.version(t)))
+                .map(|t| {
+                    (
+                        crate::snapshot::type_url::short_name(t).to_string(),
+                        p.snapshot.version(t),
+                    )
+                })
                 .collect();
             snapshots.insert(key, versions);
         }
@@ -141,21 +153,31 @@ struct Publisher {
     metrics: AdsMetrics,
     /// The keys published last time (a scope that disappears is cleared).
     keys: BTreeSet<String>,
+    /// Each resource as last encoded, with the model it came from. An unchanged resource
+    /// reuses its bytes: encoding is not byte-stable (prost writes protobuf maps in hash
+    /// order), and the snapshot's versions are hashes of the bytes, so re-encoding would give
+    /// every rebuild new versions and push to every proxy. Also saves the encoding work.
+    encoded: Encoded,
 }
+
+type Encoded = BTreeMap<ResourceKey, (Resource, Any)>;
 
 impl run::Publish for Publisher {
     fn publish(&mut self, scopes: Scopes) {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let mut keys = BTreeSet::new();
+        let mut next = Encoded::new();
         for (scope, resources) in scopes {
             let key = match scope {
                 Scope::All => DEFAULT_KEY.to_string(),
                 Scope::Cluster(c) => c,
                 Scope::Node(n) => n,
             };
-            self.cache.set(key.clone(), snapshot(&resources));
+            self.cache
+                .set(key.clone(), snapshot(&resources, &self.encoded, &mut next));
             keys.insert(key);
         }
+        self.encoded = next;
         for gone in self.keys.difference(&keys) {
             self.cache.clear(gone);
         }
@@ -167,24 +189,84 @@ impl run::Publish for Publisher {
 }
 
 /// One scope's resources as a snapshot: every type present (an empty type is an empty,
-/// versioned set, so a proxy subscribing to it is answered).
+/// versioned set, so a proxy subscribing to it is answered). A resource equal to one in `last`
+/// reuses its encoding; every encoding used goes into `next`. Resources are keyed by type and
+/// name across scopes: two scopes with different versions of one resource each encode theirs
+/// (the first found in `last`/`next` is reused only when equal).
 pub fn snapshot(
-    resources: &BTreeMap<sluice_config::ResourceKey, sluice_config::Resource>,
+    resources: &BTreeMap<ResourceKey, Resource>,
+    last: &Encoded,
+    next: &mut Encoded,
 ) -> Snapshot {
-    let mut by_type: BTreeMap<&'static str, Vec<(String, xds::envoy_types::pb::google::protobuf::Any)>> =
+    let mut by_type: BTreeMap<&'static str, Vec<(String, Any)>> =
         [xds::CLUSTER, xds::ENDPOINT, xds::LISTENER, xds::ROUTE]
             .into_iter()
             .map(|t| (t, Vec::new()))
             .collect();
-    for ((kind, name), r) in resources {
+    for (key, r) in resources {
+        let reuse = |m: &Encoded| {
+            m.get(key)
+                .filter(|(old, _)| old == r)
+                .map(|(_, a)| a.clone())
+        };
+        let any = match reuse(next).or_else(|| reuse(last)) {
+            Some(a) => a,
+            None => xds::encode(r),
+        };
+        next.entry(key.clone())
+            .or_insert_with(|| (r.clone(), any.clone()));
         by_type
-            .entry(xds::type_url(*kind))
+            .entry(xds::type_url(key.0))
             .or_default()
-            .push((name.clone(), xds::encode(r)));
+            .push((key.1.clone(), any));
     }
     let mut s = Snapshot::new();
     for (t, rs) in by_type {
         s.set_resources(t, rs);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resources(yaml: &str) -> BTreeMap<ResourceKey, Resource> {
+        sluice_config::parse(yaml, "t.yaml").unwrap().resources()
+    }
+
+    const A: &str = "listeners:
+  - { name: l, address: 127.0.0.1:0, http: { route_table: t } }
+route_tables:
+  - name: t
+    virtual_hosts:
+      - name: v
+        domains: [\"*\"]
+        routes: [{ match: { prefix: / }, cluster: c, fault: { abort: { http_status: 503, percentage: 1 } } }]
+clusters:
+  - { name: c, endpoints: [127.0.0.1:1], lb_policy: peak_ewma }
+";
+
+    /// Rebuilding unchanged resources gives the same versions (no push), although encoding
+    /// itself is not byte-stable; a change changes only its own type's version.
+    #[test]
+    fn unchanged_resources_keep_their_versions_across_rebuilds() {
+        let mut last = Encoded::new();
+        let mut next = Encoded::new();
+        let s1 = snapshot(&resources(A), &last, &mut next);
+        last = std::mem::take(&mut next);
+        let s2 = snapshot(&resources(A), &last, &mut next);
+        for t in [xds::CLUSTER, xds::ENDPOINT, xds::LISTENER, xds::ROUTE] {
+            assert_eq!(s1.version(t), s2.version(t), "{t}");
+        }
+        last = std::mem::take(&mut next);
+        let s3 = snapshot(
+            &resources(&A.replace("127.0.0.1:1", "127.0.0.1:2")),
+            &last,
+            &mut next,
+        );
+        assert_ne!(s3.version(xds::ENDPOINT), s2.version(xds::ENDPOINT));
+        assert_eq!(s3.version(xds::ROUTE), s2.version(xds::ROUTE));
+        assert_eq!(s3.version(xds::CLUSTER), s2.version(xds::CLUSTER));
+    }
 }

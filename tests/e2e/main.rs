@@ -28,3 +28,4 @@ mod support;
 mod tls;
 mod translate;
 mod upgrade_tcp;
+mod xds;

@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Every file is a complete proxy config, validated on its own exactly as `sluice validate`
-//! does (so an error names the file, line, column and field): a route table and the clusters it
-//! names live in one file. A proxy whose node id has a directory gets the common files and its
+//! does (so an error names the file, line, column and field), except that a cluster may list
+//! no endpoints (the registry may supply them): a route table and the clusters it names live
+//! in one file. A proxy whose node id has a directory gets the common files and its
 //! node's; otherwise one whose node cluster has a directory gets the common files and its
 //! cluster's; any other gets the common files. Where the common files and the more specific
 //! layer define a resource of the same type and name, the specific one wins; two files of one layer defining the same resource is
@@ -123,7 +124,14 @@ pub fn load(dir: &Path) -> Result<DirConfig, ConfigErrors> {
         let layer = out.scopes.entry(scope).or_default();
         for file in files.into_iter().filter(|p| is_yaml(p)) {
             let name = file.display().to_string();
-            let config = match sluice_config::load_file(&file) {
+            let options = sluice_config::ParseOptions {
+                endpoints_optional: true,
+            };
+            let text = std::fs::read_to_string(&file);
+            let parsed = text
+                .map_err(|e| ConfigErrors::whole_file(&name, format!("cannot read file: {e}")))
+                .and_then(|t| sluice_config::parse_with(&t, &name, &options));
+            let config = match parsed {
                 Ok(c) => c,
                 Err(e) => {
                     errors.extend(e.0);

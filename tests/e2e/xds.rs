@@ -1,0 +1,297 @@
+//! The control plane and proxies as real processes: `sluice control-plane` serving a watched
+//! directory and its registry over ADS, `sluice proxy --xds` fed by it. Routes, weights and
+//! endpoints change without restarts or failed requests; a registration whose heartbeats stop
+//! is removed within its TTL; `/status` shows what each proxy ACKed.
+
+use crate::support::*;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// `sluice control-plane` with a settings file and a mesh directory in a temporary directory.
+pub struct ControlPlane {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub xds: SocketAddr,
+    pub http: SocketAddr,
+    log: mpsc::Receiver<String>,
+    lines: Vec<String>,
+}
+
+impl ControlPlane {
+    /// Starts it over `files` (path relative to the mesh directory, YAML), `extra` appended to
+    /// the settings.
+    pub fn start(files: &[(&str, &str)], extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = dir.path().join("mesh");
+        for (name, yaml) in files {
+            write_atomically(&mesh.join(name), yaml);
+        }
+        let settings = dir.path().join("control-plane.yaml");
+        std::fs::write(
+            &settings,
+            format!(
+                "xds: {{ address: 127.0.0.1:0 }}\nhttp: {{ address: 127.0.0.1:0 }}\n\
+                 directory: {{ path: mesh }}\ndebounce: 20ms\n{extra}"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(sluice_bin())
+            .args(["--log", "info", "control-plane", "-c"])
+            .arg(&settings)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice control-plane");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[control-plane] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut cp = ControlPlane {
+            child,
+            dir,
+            xds: "0.0.0.0:0".parse().unwrap(),
+            http: "0.0.0.0:0".parse().unwrap(),
+            log: rx,
+            lines: Vec::new(),
+        };
+        cp.xds = address_in(&cp.wait_log("xds listening"));
+        cp.http = address_in(&cp.wait_log("http listening"));
+        eventually("control plane ready", || {
+            (http_get(cp.http, "/ready").0 == 200).then_some(())
+        });
+        cp
+    }
+
+    pub fn mesh(&self) -> PathBuf {
+        self.dir.path().join("mesh")
+    }
+
+    /// Replaces a file of the mesh directory (write and rename, as editors do).
+    pub fn write(&self, name: &str, yaml: &str) {
+        write_atomically(&self.mesh().join(name), yaml);
+    }
+
+    pub fn wait_log(&mut self, needle: &str) -> String {
+        if let Some(l) = self.lines.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let start = Instant::now();
+        loop {
+            let left = DEADLINE
+                .checked_sub(start.elapsed())
+                .unwrap_or_else(|| panic!("no control-plane log line containing {needle:?}"));
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    self.lines.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no control-plane log line containing {needle:?}: {:#?}",
+                    self.lines
+                ),
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.xds)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = http_get(self.http, "/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn address_in(line: &str) -> SocketAddr {
+    let addr = line
+        .split("address=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    addr.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The mesh config: one HTTP listener routing `/` to `weighted` (v1 and v2 by the given
+/// weights) and `/reg` to the registry-fed cluster `reg`.
+fn mesh(v1: SocketAddr, v2: SocketAddr, w1: u32, w2: u32) -> String {
+    format!(
+        "listeners:
+  - {{ name: web, address: 127.0.0.1:0, http: {{ route_table: main }} }}
+route_tables:
+  - name: main
+    virtual_hosts:
+      - name: all
+        domains: [\"*\"]
+        routes:
+          - match: {{ prefix: /reg }}
+            cluster: reg
+          - match: {{ prefix: / }}
+            weighted_clusters:
+              - {{ cluster: v1, weight: {w1} }}
+              - {{ cluster: v2, weight: {w2} }}
+clusters:
+  - {{ name: v1, endpoints: [{v1}] }}
+  - {{ name: v2, endpoints: [{v2}] }}
+  - {{ name: reg, endpoints: [] }}
+"
+    )
+}
+
+fn start_proxy(cp: &ControlPlane, node: &str) -> Binary {
+    Binary::start("", &["--xds", &cp.url(), "--node-id", node])
+}
+
+/// Sends `n` requests on one connection and counts the answers by upstream; every one must
+/// be a 200.
+fn spread(addr: SocketAddr, path: &str, n: usize) -> (usize, usize) {
+    let mut c = KeepAlive::new(addr);
+    let (mut a, mut b) = (0, 0);
+    for _ in 0..n {
+        let r = c.get(path).expect("request");
+        assert_eq!(r.status, 200, "{r:?}");
+        match r.header("x-upstream") {
+            Some("v1") => a += 1,
+            Some("v2") => b += 1,
+            other => panic!("unexpected upstream {other:?}"),
+        }
+    }
+    (a, b)
+}
+
+#[test]
+fn a_weight_change_in_the_directory_shifts_traffic_without_a_failed_request() {
+    let (v1, v2) = (echo("v1"), echo("v2"));
+    let cp = ControlPlane::start(&[("mesh.yaml", &mesh(v1, v2, 100, 0))], "");
+    let proxy = start_proxy(&cp, "a");
+    let web = proxy.addr("web");
+    assert_eq!(spread(web, "/", 20), (20, 0));
+
+    // Traffic keeps flowing (every answer a 200) while the weights move to v2.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                spread(web, "/", 1);
+                n += 1;
+            }
+            n
+        })
+    };
+    cp.write("mesh.yaml", &mesh(v1, v2, 0, 100));
+    eventually("traffic on v2", || {
+        (spread(web, "/", 5) == (0, 5)).then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.join().unwrap() > 0);
+
+    // What the proxy ACKed is on record.
+    let status = cp.status();
+    let proxies = status["proxies"].as_array().expect("proxies");
+    let a = proxies
+        .iter()
+        .find(|p| p["node_id"] == "a")
+        .unwrap_or_else(|| panic!("node a in {status}"));
+    assert!(a.to_string().contains("acked"), "{a}");
+}
+
+#[test]
+fn an_invalid_directory_edit_is_refused_and_the_last_good_config_keeps_serving() {
+    let (v1, v2) = (echo("v1"), echo("v2"));
+    let mut cp = ControlPlane::start(&[("mesh.yaml", &mesh(v1, v2, 100, 0))], "");
+    let proxy = start_proxy(&cp, "a");
+    let web = proxy.addr("web");
+    cp.write(
+        "mesh.yaml",
+        &mesh(v1, v2, 0, 100).replace("route_table: main", "route_table: nope"),
+    );
+    let line = cp.wait_log("directory change rejected");
+    assert!(
+        line.contains("mesh.yaml:2:") && line.contains("nope"),
+        "{line}"
+    );
+    assert_eq!(spread(web, "/", 10), (10, 0));
+}
+
+#[test]
+fn node_and_cluster_directories_give_proxies_their_own_config() {
+    let (v1, v2) = (echo("v1"), echo("v2"));
+    let cp = ControlPlane::start(
+        &[
+            ("mesh.yaml", &mesh(v1, v2, 100, 0)),
+            ("nodes/b/mesh.yaml", &mesh(v1, v2, 0, 100)),
+        ],
+        "",
+    );
+    let a = start_proxy(&cp, "a");
+    let b = start_proxy(&cp, "b");
+    assert_eq!(spread(a.addr("web"), "/", 10), (10, 0));
+    assert_eq!(spread(b.addr("web"), "/", 10), (0, 10));
+}
+
+#[test]
+fn a_registered_endpoint_serves_until_its_heartbeats_stop() {
+    let (v1, v2, r) = (echo("v1"), echo("v2"), echo("v1"));
+    let cp = ControlPlane::start(&[("mesh.yaml", &mesh(v1, v2, 100, 0))], "");
+    let proxy = start_proxy(&cp, "a");
+    let web = proxy.addr("web");
+    // No endpoints yet: 503.
+    assert_eq!(http_get(web, "/reg").0, 503);
+    let register = || {
+        curl(&[
+            "-sS",
+            "-X",
+            "PUT",
+            "--data",
+            &format!("{{\"address\":\"{r}\",\"ttl\":\"1s\"}}"),
+            &format!("http://{}/v1/registry/reg", cp.http),
+        ])
+    };
+    assert!(register().text().contains("registered"));
+    eventually("registered endpoint serves", || {
+        (http_get(web, "/reg").0 == 200).then_some(())
+    });
+    // Heartbeats keep it: three renewals, each before the TTL lapses.
+    for _ in 0..3 {
+        assert!(register().text().contains("renewed"));
+        assert_eq!(http_get(web, "/reg").0, 200);
+    }
+    let stopped = Instant::now();
+    eventually("lapsed endpoint removed", || {
+        (http_get(web, "/reg").0 == 503).then_some(())
+    });
+    // Within its TTL (1 s) plus the debounce and a push, with slack for a loaded machine.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopped.elapsed()
+    );
+}
