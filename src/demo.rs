@@ -57,3 +57,94 @@ pub(crate) fn print_usage(proxy: &Proxy) {
          \n\nCtrl-C drains and exits.\n"
     );
 }
+
+/// `sluice demo --mesh DIR`: the example backend apps, the control plane serving `DIR` (its
+/// `control-plane.yaml`), and two sidecars fed over xDS (node ids `frontend` and `backend`),
+/// all in this process on loopback. Editing the weights in
+/// `DIR/config/nodes/frontend/sidecar.yaml` shifts traffic without a restart.
+pub(crate) struct Mesh {
+    _runtime: tokio::runtime::Runtime,
+    _control_plane: sluice_control_plane::serve::ControlPlane,
+    /// The frontend's sidecar.
+    pub(crate) frontend: Proxy,
+    /// The backend's sidecar.
+    pub(crate) backend: Proxy,
+    http: std::net::SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+/// The example backend apps the mesh config names (`x-upstream` says which answered).
+const MESH_APPS: [(&str, &str); 2] = [
+    ("127.0.0.1:9201", "backend-v1"),
+    ("127.0.0.1:9202", "backend-v2"),
+];
+
+pub(crate) fn mesh(
+    dir: &std::path::Path,
+    options: impl Fn(Source, sluice_proxy::XdsOptions) -> sluice_proxy::Options,
+    decode: sluice_proxy::source::xds::Decode,
+) -> anyhow::Result<Mesh> {
+    use anyhow::Context;
+    let settings_path = dir.join("control-plane.yaml");
+    let settings =
+        sluice_control_plane::settings::load(&settings_path).map_err(anyhow::Error::msg)?;
+    for (addr, name) in MESH_APPS {
+        let addr: std::net::SocketAddr = addr.parse()?;
+        sluice_proxy::demo::spawn_echo(addr, name)
+            .with_context(|| format!("starting {name} on {addr}"))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sluice-cp")
+        .enable_all()
+        .build()?;
+    let cp = runtime
+        .block_on(sluice_control_plane::serve::start(settings))
+        .map_err(anyhow::Error::msg)
+        .context("starting the control plane")?;
+    let server = format!("http://{}", cp.xds);
+    let sidecar = |node: &str, admin: u16| {
+        let source = Source::Inline {
+            name: format!("{node} sidecar bootstrap"),
+            text: format!("admin: {{ address: 127.0.0.1:{admin} }}\n"),
+        };
+        let xds = sluice_proxy::XdsOptions::new(server.clone(), node.to_string(), decode);
+        Proxy::start(options(source, xds)).with_context(|| format!("starting the {node} sidecar"))
+    };
+    let backend = sidecar("backend", 7192)?;
+    let frontend = sidecar("frontend", 7191)?;
+    Ok(Mesh {
+        http: cp.http,
+        _control_plane: cp,
+        _runtime: runtime,
+        frontend,
+        backend,
+        dir: dir.to_path_buf(),
+    })
+}
+
+impl Mesh {
+    pub(crate) fn print_usage(&self) {
+        let edit = self.dir.join("config/nodes/frontend/sidecar.yaml");
+        let edit = edit.display();
+        let http = self.http;
+        let fe = self.frontend.admin_addr();
+        println!(
+            "\nSluice mesh demo is running: a control plane (xDS 127.0.0.1:7180, HTTP {http}), the frontend's\
+             \nsidecar (outbound 127.0.0.1:7140, admin {fe}) and the backend's sidecar (inbound 127.0.0.1:7143/7144,\
+             \nadmin {be}) in front of backend-v1 and backend-v2. Try:\
+             \n\
+             \n  for i in $(seq 20); do curl -s -o /dev/null -w '%{{header_json}}\\n' http://127.0.0.1:7140/ | grep -o 'backend-v[12]'; done | sort | uniq -c\
+             \n                                  # ~90% backend-v1, ~10% backend-v2\
+             \n  $EDITOR {edit}\
+             \n                                  # change the weights, save: the control plane pushes, traffic shifts\
+             \n  sluice control-plane status --http {http}   # what each sidecar ACKed (or NACKed)\
+             \n  curl -s http://{http}/metrics                # control plane metrics (sluice_xds_*)\
+             \n  curl -s http://{fe}/metrics | grep sluice_xds   # the sidecar's xDS client\
+             \n  curl -s -X PUT --data '{{\"address\":\"127.0.0.1:9201\",\"ttl\":\"30s\"}}' http://{http}/v1/registry/extra\
+             \n                                  # register an endpoint (renew it before its TTL lapses)\
+             \n\nCtrl-C stops everything.\n",
+            be = self.backend.admin_addr(),
+        );
+    }
+}

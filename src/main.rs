@@ -58,10 +58,14 @@ enum Command {
         #[command(subcommand)]
         action: Option<ControlPlaneAction>,
     },
-    /// Start example upstreams and a proxy in front of them (no outside services needed).
+    /// Start example upstreams and a proxy in front of them (no outside services needed);
+    /// with `--mesh DIR`, a control plane and two sidecars fed over xDS instead.
     Demo {
         #[command(flatten)]
         run: RunArgs,
+        /// Run the mesh demo from this directory (`examples/mesh`).
+        #[arg(long)]
+        mesh: Option<PathBuf>,
     },
 }
 
@@ -193,7 +197,21 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 run_control_plane(&config)
             }
         },
-        Command::Demo { run } => {
+        Command::Demo {
+            run,
+            mesh: Some(dir),
+        } => {
+            let mesh = demo::mesh(
+                &dir,
+                |source, xds| run.options(source, false, Some(xds)),
+                decode_xds,
+            )?;
+            mesh.print_usage();
+            let code = exit_code(mesh.frontend.wait());
+            mesh.backend.shutdown();
+            Ok(code)
+        }
+        Command::Demo { run, mesh: None } => {
             let source = demo::prepare().context("starting the demo upstreams")?;
             let proxy = Proxy::start(run.options(source, false, None))?;
             demo::print_usage(&proxy);
