@@ -64,7 +64,7 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
         /// Run the mesh demo from this directory (`examples/mesh`).
-        #[arg(long)]
+        #[arg(long, env = "SLUICE_DEMO_MESH")]
         mesh: Option<PathBuf>,
     },
 }
@@ -78,7 +78,7 @@ enum ControlPlaneAction {
         #[arg(long, env = "SLUICE_CONTROL_PLANE_HTTP", default_value = sluice_control_plane::settings::DEFAULT_HTTP)]
         http: String,
         /// Print the raw JSON.
-        #[arg(long)]
+        #[arg(long, env = "SLUICE_STATUS_JSON")]
         json: bool,
     },
 }

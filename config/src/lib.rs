@@ -14,10 +14,9 @@
 //! | [`VirtualHost`] | `VirtualHost` (`domains`, `routes`, `request_headers_to_add/remove`) |
 //! | [`Route`] `cluster`/`weighted_clusters`/`rewrite`/`timeout` | `Route.route` (`RouteAction`: `cluster`, `weighted_clusters`, `prefix_rewrite`, `regex_rewrite`, `host_rewrite_literal`, `timeout`) |
 //! | [`Route`] `redirect` / `direct_response` | `Route.redirect` / `Route.direct_response` |
-//! | [`Cluster`] | `Cluster` (type STATIC) + its `ClusterLoadAssignment` (`endpoints`) |
 //! | [`HealthCheck`] (`Cluster.health_checks`) | `Cluster.health_checks[0]` (`http_health_check`, `grpc_health_check`, `tcp_health_check`, `interval`, `timeout`, thresholds, `no_traffic_interval`; jitter as a ± percentage) |
 //! | [`Route`] `fault` | `Route.typed_per_filter_config["envoy.filters.http.fault"]` (`HTTPFault`: `delay`, `abort`, header-controlled faults) |
-//! | [`Cluster`] | `Cluster` (type STATIC) + its `ClusterLoadAssignment` (`endpoints`); with [`Discovery`]: type STRICT_DNS or LOGICAL_DNS (`dns_srv` has no Envoy equivalent) |
+//! | [`Cluster`] | `Cluster` (type EDS over ADS) + its `ClusterLoadAssignment` (`endpoints`); with [`Discovery`]: type STRICT_DNS or LOGICAL_DNS (`dns_srv` has no Envoy equivalent: STRICT_DNS with no endpoints, the SRV settings in Sluice metadata). The mapping itself is the `xds` module (feature `xds`); docs/architecture.md "xDS mapping" has the full table |
 //! | [`Cluster`] `lb_policy`/`least_request`/`ring_hash`/`maglev`/`panic_threshold`/`locality` | `Cluster.lb_policy` (`peak_ewma`: Envoy's contrib `PeakEwma` policy), `least_request_lb_config`, `ring_hash_lb_config`, `maglev_lb_config`, `common_lb_config.healthy_panic_threshold`, `common_lb_config.zone_aware_lb_config`; `hash_balance_factor` is `common_lb_config.consistent_hashing_lb_config.hash_balance_factor` |
 //! | [`Endpoint`] `zone` | the endpoint's `LocalityLbEndpoints.locality.zone` |
 //! | [`Route`] `hash_policy` | `RouteAction.hash_policy` (`header`, `cookie`, `connection_properties.source_ip`, `query_parameter`, `terminal`) |
