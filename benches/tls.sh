@@ -28,7 +28,7 @@ done
 [[ $SKIP_BUILD == 1 ]] || (cd "$ROOT" && cargo build --release -q)
 BIN=$ROOT/target/release/sluice
 D=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; for p in "$D"/*.pid; do [[ -f $p ]] && kill "$(cat "$p")" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$D"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null; for p in "$D"/*.pid; do kill "$(cat "$p" 2>/dev/null)" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$D"' EXIT
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
     -subj /CN=bench.local -addext subjectAltName=DNS:bench.local \

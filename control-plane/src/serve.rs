@@ -160,7 +160,8 @@ struct Publisher {
     encoded: Encoded,
 }
 
-type Encoded = BTreeMap<ResourceKey, (Resource, Any)>;
+/// Encodings kept between builds (see [`snapshot`]).
+pub type Encoded = BTreeMap<ResourceKey, (Resource, Any)>;
 
 impl run::Publish for Publisher {
     fn publish(&mut self, scopes: Scopes) {
