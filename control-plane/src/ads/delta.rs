@@ -82,39 +82,14 @@ impl TypeState {
 pub(super) async fn run(
     mut stream: Stream<DeltaDiscoveryResponse>,
     first: DeltaDiscoveryRequest,
-    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    inbound: Streaming<DeltaDiscoveryRequest>,
 ) {
     let mut state = Delta {
         types: BTreeMap::new(),
         current: stream.watch.current(),
         since: Instant::now(),
     };
-    stream.note_key();
-    if !state.request(&mut stream, first).await {
-        return;
-    }
-    loop {
-        // Biased: shutdown first, then snapshot changes, then requests, so a request that
-        // arrives after a snapshot was set is answered from that snapshot.
-        tokio::select! {
-            biased;
-            () = super::closed(&mut stream.closing, &stream.tx) => return,
-            () = stream.watch.changed() => {
-                state.current = stream.watch.current();
-                state.since = state.current.as_ref().map_or_else(Instant::now, |p| p.set_at);
-                stream.note_key();
-                if !state.push_all(&mut stream).await {
-                    return;
-                }
-            }
-            message = inbound.message() => {
-                let Ok(Some(request)) = message else { return };
-                if !state.request(&mut stream, request).await {
-                    return;
-                }
-            }
-        }
-    }
+    super::drive(&mut state, stream, first, inbound).await;
 }
 
 struct Delta {
@@ -124,6 +99,25 @@ struct Delta {
     /// the request's arrival for a subscription (a proxy connecting an hour after the
     /// snapshot was set must not count an hour of push latency).
     since: Instant,
+}
+
+impl super::StreamState<DeltaDiscoveryRequest, DeltaDiscoveryResponse> for Delta {
+    fn set_current(&mut self, current: Option<Arc<Published>>, since: Instant) {
+        self.current = current;
+        self.since = since;
+    }
+
+    async fn request(
+        &mut self,
+        stream: &mut Stream<DeltaDiscoveryResponse>,
+        request: DeltaDiscoveryRequest,
+    ) -> bool {
+        Delta::request(self, stream, request).await
+    }
+
+    async fn push_all(&mut self, stream: &mut Stream<DeltaDiscoveryResponse>) -> bool {
+        Delta::push_all(self, stream).await
+    }
 }
 
 impl Delta {

@@ -11,6 +11,7 @@ mod sotw;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use tokio::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -172,6 +173,53 @@ async fn closed<R>(closing: &mut watch::Receiver<bool>, tx: &mpsc::Sender<Result
             "the control plane is shutting down",
         )))
         .await;
+}
+
+/// What the SotW and delta stream states share: the snapshot they serve, and two handlers.
+trait StreamState<Req, Resp> {
+    /// Serve this snapshot from now on; `since` starts the push latency of what it causes.
+    fn set_current(&mut self, current: Option<Arc<crate::cache::Published>>, since: Instant);
+    /// Handles one request; false when the stream should end.
+    async fn request(&mut self, stream: &mut Stream<Resp>, request: Req) -> bool;
+    /// Pushes every type whose snapshot changed; false when the stream should end.
+    async fn push_all(&mut self, stream: &mut Stream<Resp>) -> bool;
+}
+
+/// Runs one stream until the proxy goes away: the first request, then snapshot changes and
+/// requests as they come.
+async fn drive<Req, Resp, S: StreamState<Req, Resp>>(
+    state: &mut S,
+    mut stream: Stream<Resp>,
+    first: Req,
+    mut inbound: Streaming<Req>,
+) {
+    stream.note_key();
+    if !state.request(&mut stream, first).await {
+        return;
+    }
+    loop {
+        // Biased: shutdown first, then snapshot changes, then requests, so a request that
+        // arrives after a snapshot was set is answered from that snapshot.
+        tokio::select! {
+            biased;
+            () = closed(&mut stream.closing, &stream.tx) => return,
+            () = stream.watch.changed() => {
+                let current = stream.watch.current();
+                let since = current.as_ref().map_or_else(Instant::now, |p| p.set_at);
+                state.set_current(current, since);
+                stream.note_key();
+                if !state.push_all(&mut stream).await {
+                    return;
+                }
+            }
+            message = inbound.message() => {
+                let Ok(Some(request)) = message else { return };
+                if !state.request(&mut stream, request).await {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The node of a stream's first request, or the INVALID_ARGUMENT status the stream ends with.
