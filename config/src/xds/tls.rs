@@ -134,8 +134,12 @@ pub(crate) fn upstream_tls_pb(
     }
 }
 
-pub(crate) fn upstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mapping> {
-    use pbtls::subject_alt_name_matcher::SanType;
+/// The TLS context a `envoy.transport_sockets.tls` socket carries, with the field path of its
+/// `typed_config`; any other socket is an error naming `name`.
+fn tls_context<T: prost::Message + prost::Name + Default>(
+    ts: &TransportSocket,
+    p: &str,
+) -> Fr<(T, String)> {
     if ts.name != TLS_SOCKET {
         return Err(FieldError::new(
             format!("{p}.name"),
@@ -146,7 +150,12 @@ pub(crate) fn upstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mapping>
         return Err(FieldError::new(format!("{p}.typed_config"), "is required"));
     };
     let p = format!("{p}.typed_config");
-    let ctx: pbtls::UpstreamTlsContext = unany(a, &p)?;
+    Ok((unany(a, &p)?, p))
+}
+
+pub(crate) fn upstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mapping> {
+    use pbtls::subject_alt_name_matcher::SanType;
+    let (ctx, p): (pbtls::UpstreamTlsContext, String) = tls_context(ts, p)?;
     let mut m = Mapping::new();
     if !ctx.sni.is_empty() {
         put(&mut m, "sni", &ctx.sni);
@@ -278,17 +287,7 @@ pub(crate) fn downstream_tls_pb(
 }
 
 pub(crate) fn downstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mapping> {
-    if ts.name != TLS_SOCKET {
-        return Err(FieldError::new(
-            format!("{p}.name"),
-            format!("unsupported transport socket `{}`", ts.name),
-        ));
-    }
-    let Some(transport_socket::ConfigType::TypedConfig(a)) = &ts.config_type else {
-        return Err(FieldError::new(format!("{p}.typed_config"), "is required"));
-    };
-    let p = format!("{p}.typed_config");
-    let ctx: pbtls::DownstreamTlsContext = unany(a, &p)?;
+    let (ctx, p): (pbtls::DownstreamTlsContext, String) = tls_context(ts, p)?;
     let cp = format!("{p}.common_tls_context");
     let common = ctx.common_tls_context.unwrap_or_default();
     let mut m = Mapping::new();
