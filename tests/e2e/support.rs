@@ -113,8 +113,63 @@ pub struct Binary {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub admin: SocketAddr,
-    log: mpsc::Receiver<String>,
-    pub log_lines: Vec<String>,
+    log: LogLines,
+}
+
+/// A child's stderr, line by line, echoed to the test's output with a prefix.
+pub struct LogLines {
+    rx: mpsc::Receiver<String>,
+    /// Every line read so far.
+    pub lines: Vec<String>,
+    what: &'static str,
+}
+
+impl LogLines {
+    /// Reads `stderr` on a thread of its own.
+    pub fn spawn(stderr: std::process::ChildStderr, what: &'static str) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{what}] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LogLines {
+            rx,
+            lines: Vec::new(),
+            what,
+        }
+    }
+
+    /// Waits for a line containing `needle` (one already read counts) and returns it.
+    pub fn wait(&mut self, needle: &str) -> String {
+        if let Some(l) = self.lines.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let start = Instant::now();
+        loop {
+            let left = DEADLINE.checked_sub(start.elapsed()).unwrap_or_else(|| {
+                panic!(
+                    "timed out waiting for a {} log line containing {needle:?}",
+                    self.what
+                )
+            });
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.lines.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {} log line containing {needle:?}; got {:#?}",
+                    self.what, self.lines
+                ),
+            }
+        }
+    }
 }
 
 pub fn sluice_bin() -> &'static str {
@@ -137,23 +192,13 @@ impl Binary {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn sluice");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[sluice] {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let log = LogLines::spawn(child.stderr.take().unwrap(), "sluice");
         let mut b = Binary {
             child,
             dir,
             config,
             admin: "0.0.0.0:0".parse().unwrap(),
-            log: rx,
-            log_lines: Vec::new(),
+            log,
         };
         let line = b.wait_log("admin listening");
         let addr = line.split("address=").nth(1).expect("admin address in log");
@@ -166,27 +211,12 @@ impl Binary {
 
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_log(&mut self, needle: &str) -> String {
-        if let Some(l) = self.log_lines.iter().find(|l| l.contains(needle)) {
-            return l.clone();
-        }
-        let start = Instant::now();
-        loop {
-            let left = DEADLINE
-                .checked_sub(start.elapsed())
-                .unwrap_or_else(|| panic!("timed out waiting for log line containing {needle:?}"));
-            match self.log.recv_timeout(left) {
-                Ok(line) => {
-                    self.log_lines.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no log line containing {needle:?}; got {:#?}",
-                    self.log_lines
-                ),
-            }
-        }
+        self.log.wait(needle)
+    }
+
+    /// Every log line read so far.
+    pub fn log_lines(&self) -> &[String] {
+        &self.log.lines
     }
 
     /// Bound address of a listener, from the admin API.

@@ -4,11 +4,9 @@
 //! is removed within its TTL; `/status` shows what each proxy ACKed.
 
 use crate::support::*;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// `sluice control-plane` with a settings file and a mesh directory in a temporary directory.
@@ -17,8 +15,7 @@ pub struct ControlPlane {
     pub dir: tempfile::TempDir,
     pub xds: SocketAddr,
     pub http: SocketAddr,
-    log: mpsc::Receiver<String>,
-    lines: Vec<String>,
+    log: LogLines,
 }
 
 impl ControlPlane {
@@ -46,23 +43,13 @@ impl ControlPlane {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn sluice control-plane");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[control-plane] {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let log = LogLines::spawn(child.stderr.take().unwrap(), "control-plane");
         let mut cp = ControlPlane {
             child,
             dir,
             xds: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
-            log: rx,
-            lines: Vec::new(),
+            log,
         };
         cp.xds = address_in(&cp.wait_log("xds listening"));
         cp.http = address_in(&cp.wait_log("http listening"));
@@ -82,27 +69,7 @@ impl ControlPlane {
     }
 
     pub fn wait_log(&mut self, needle: &str) -> String {
-        if let Some(l) = self.lines.iter().find(|l| l.contains(needle)) {
-            return l.clone();
-        }
-        let start = Instant::now();
-        loop {
-            let left = DEADLINE
-                .checked_sub(start.elapsed())
-                .unwrap_or_else(|| panic!("no control-plane log line containing {needle:?}"));
-            match self.log.recv_timeout(left) {
-                Ok(line) => {
-                    self.lines.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no control-plane log line containing {needle:?}: {:#?}",
-                    self.lines
-                ),
-            }
-        }
+        self.log.wait(needle)
     }
 
     pub fn url(&self) -> String {
