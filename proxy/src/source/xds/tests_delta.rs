@@ -40,8 +40,8 @@ fn mixed_decode(type_url: &str, any: &Any) -> Result<Vec<Resource>, String> {
 /// What the relay saw, in order.
 #[derive(Debug)]
 enum Seen {
-    Request(DeltaDiscoveryRequest),
-    Response(DeltaDiscoveryResponse),
+    Request(Box<DeltaDiscoveryRequest>),
+    Response(Box<DeltaDiscoveryResponse>),
 }
 
 /// Forwards delta streams to the control plane, recording both directions.
@@ -78,7 +78,7 @@ impl AggregatedDiscoveryService for Relay {
         let seen = self.seen.clone();
         tokio::spawn(async move {
             while let Ok(Some(r)) = inbound.message().await {
-                let _ = seen.send(Seen::Request(r.clone()));
+                let _ = seen.send(Seen::Request(Box::new(r.clone())));
                 if up_tx.send(r).is_err() {
                     break;
                 }
@@ -103,7 +103,7 @@ impl AggregatedDiscoveryService for Relay {
                     }
                     r = responses.message() => match r {
                         Ok(Some(r)) => {
-                            let _ = seen.send(Seen::Response(r.clone()));
+                            let _ = seen.send(Seen::Response(Box::new(r.clone())));
                             if tx.send(Ok(r)).is_err() {
                                 break;
                             }
@@ -191,7 +191,7 @@ impl Setup {
         self.next(
             |s| matches!(s, Seen::Request(r) if r.type_url == type_url),
             |s| match s {
-                Seen::Request(r) => Some(r),
+                Seen::Request(r) => Some(*r),
                 Seen::Response(_) => None,
             },
         )
@@ -250,7 +250,7 @@ impl Setup {
 
 fn take_response(s: Seen) -> Option<DeltaDiscoveryResponse> {
     match s {
-        Seen::Response(r) => Some(r),
+        Seen::Response(r) => Some(*r),
         Seen::Request(_) => None,
     }
 }
