@@ -221,8 +221,9 @@ impl Setup {
         assert!(ack.resource_names_subscribe.is_empty() && ack.node.is_none());
     }
 
-    /// The initial fetch of clusters `a`, `b` and their endpoints; returns the CDS response.
-    async fn initial(&mut self) -> DeltaDiscoveryResponse {
+    /// The initial fetch of clusters `a`, `b` and their endpoints; returns the CDS and EDS
+    /// responses.
+    async fn initial(&mut self) -> [DeltaDiscoveryResponse; 2] {
         let cds = self.request(CLUSTER).await;
         assert!(cds.node.as_ref().is_some_and(|n| n.id == "node-1"));
         assert!(cds.resource_names_subscribe.is_empty(), "CDS is a wildcard");
@@ -244,7 +245,7 @@ impl Setup {
         self.acked(&e).await;
         assert_eq!(self.client.endpoints("a"), [1]);
         assert_eq!(self.client.endpoints("b"), [2]);
-        r
+        [r, e]
     }
 }
 
@@ -253,6 +254,14 @@ fn take_response(s: Seen) -> Option<DeltaDiscoveryResponse> {
         Seen::Response(r) => Some(*r),
         Seen::Request(_) => None,
     }
+}
+
+/// Name → version of a response's resources.
+fn versions(r: &DeltaDiscoveryResponse) -> HashMap<String, String> {
+    r.resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect()
 }
 
 fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
@@ -332,6 +341,17 @@ async fn xds_delta_initial_wildcard_fetch_applies_acks_and_reports_ready() {
         "{text}"
     );
     assert_eq!(s.client.metrics.xds.connected.get(), 1);
+
+    // The listener goes: removed, its route table unsubscribed and dropped.
+    s.set(two());
+    let l = s.response(LISTENER).await;
+    assert_eq!(l.removed_resources, ["l"]);
+    s.acked(&l).await;
+    let unsub = s.request(ROUTE).await;
+    assert_eq!(unsub.resource_names_unsubscribe, ["t1"], "{unsub:?}");
+    assert!(!s.client.has(ResourceType::Listener, "l"));
+    assert!(!s.client.has(ResourceType::RouteTable, "t1"));
+    assert!(s.client.has(ResourceType::Cluster, "a"));
 }
 
 #[tokio::test]
@@ -423,32 +443,17 @@ async fn xds_delta_nack_keeps_the_last_good_resource() {
 #[tokio::test]
 async fn xds_delta_reconnect_sends_initial_versions_and_gets_nothing_unchanged() {
     let mut s = Setup::start(two()).await;
-    let first = s.initial().await;
-    let held: HashMap<String, String> = first
-        .resources
-        .iter()
-        .map(|r| (r.name.clone(), r.version.clone()))
-        .collect();
+    let [clusters, endpoints] = s.initial().await;
 
     s.cut.notify_one();
     let cds = s.request(CLUSTER).await;
     assert!(cds.node.is_some(), "a new stream sends the node again");
     assert!(cds.response_nonce.is_empty());
-    assert_eq!(cds.initial_resource_versions, held);
+    assert_eq!(cds.initial_resource_versions, versions(&clusters));
     let _lds = s.request(LISTENER).await;
     let eds = s.request(ENDPOINT).await;
     assert_eq!(eds.resource_names_subscribe, ["a", "b"]);
-    assert_eq!(
-        eds.initial_resource_versions
-            .keys()
-            .collect::<std::collections::BTreeSet<_>>(),
-        ["a", "b"]
-            .iter()
-            .map(|n| (*n).to_string())
-            .collect::<Vec<_>>()
-            .iter()
-            .collect()
-    );
+    assert_eq!(eds.initial_resource_versions, versions(&endpoints));
     assert_eq!(s.client.metrics.xds.reconnects.get(), 1);
 
     // Nothing unchanged comes back: the first response after the reconnection is the change.
