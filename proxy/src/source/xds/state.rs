@@ -7,6 +7,9 @@
 //! State of the world: a CDS or LDS response is the complete set (a held cluster or listener
 //! absent from it is removed, and a removed cluster's endpoints with it); an EDS or RDS
 //! response may carry a subset, and its resources go when nothing held refers to them any more.
+//!
+//! The two flavours of the protocol (state of the world, delta) share all of this; only their
+//! messages differ, behind [`Wire`] ([`Sotw`] here, `Delta` in `super::delta`).
 
 use super::{Any, CLUSTER, Decode, ENDPOINT, LISTENER, ROUTE};
 use crate::state::Applied;
@@ -31,7 +34,7 @@ pub(super) fn nack_status(message: String) -> Status {
 
 /// The order subscriptions are (re)sent in: Envoy's (clusters, their endpoints, listeners,
 /// their routes).
-pub(super) const ORDER: [ResourceType; 4] = [
+const ORDER: [ResourceType; 4] = [
     ResourceType::Cluster,
     ResourceType::Endpoints,
     ResourceType::Listener,
@@ -75,7 +78,7 @@ pub(crate) fn node(id: &str, cluster: &str) -> Node {
 #[derive(Debug, Default)]
 pub(super) struct TypeState {
     /// The last version accepted ("" before the first).
-    pub(super) version: String,
+    version: String,
     /// The last nonce received on this stream.
     pub(super) nonce: String,
     /// Subscribed names (EDS, RDS; wildcard types subscribe to everything).
