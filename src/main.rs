@@ -95,7 +95,7 @@ struct RunArgs {
 
 #[derive(clap::Args, Debug)]
 struct XdsArgs {
-    /// xDS (ADS, state of the world) server to take listeners, route tables, clusters and
+    /// xDS (ADS, state of the world or with `--xds-delta` incremental) server to take listeners, route tables, clusters and
     /// endpoints from, as a URI (`http://127.0.0.1:18000`).
     #[arg(long, env = "SLUICE_XDS", requires = "node_id")]
     xds: Option<String>,
@@ -108,6 +108,9 @@ struct XdsArgs {
     /// Report ready after this long even without a complete xDS config (`15s`).
     #[arg(long, env = "SLUICE_XDS_INITIAL_FETCH_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     xds_initial_fetch_timeout: Duration,
+    /// Incremental (delta) xDS instead of state of the world: only changed resources travel.
+    #[arg(long, env = "SLUICE_XDS_DELTA")]
+    xds_delta: bool,
 }
 
 impl XdsArgs {
@@ -117,6 +120,7 @@ impl XdsArgs {
             XdsOptions::new(server, self.node_id.clone().unwrap_or_default(), decode_xds);
         options.cluster = self.xds_cluster.clone();
         options.initial_fetch_timeout = self.xds_initial_fetch_timeout;
+        options.delta = self.xds_delta;
         Some(options)
     }
 }

@@ -6,11 +6,11 @@
 //! initial-fetch timeout passes, whichever comes first.
 
 use super::XdsOptions;
-use super::state::{AdsState, backoff, node};
+use super::delta::Delta;
+use super::state::{AdsState, Sotw, Wire, backoff, node};
 use crate::metrics::Metrics;
 use crate::state::Applied;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use sluice_config::Update;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +18,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
 
 /// Bounds connecting to the server (a black-holed address would otherwise wait for the
 /// kernel's timeout).
@@ -49,6 +51,39 @@ pub(crate) enum XdsEvent {
     },
 }
 
+/// How a flavour of the protocol opens its stream on the ADS service.
+trait Open: Wire<Request: Send + 'static, Response: prost::Message + Default + 'static> {
+    /// Opens the stream, sending `requests`.
+    fn open(
+        client: AggregatedDiscoveryServiceClient<Channel>,
+        requests: UnboundedReceiverStream<Self::Request>,
+    ) -> impl Future<Output = Result<Streaming<Self::Response>, tonic::Status>> + Send;
+}
+
+impl Open for Sotw {
+    async fn open(
+        mut client: AggregatedDiscoveryServiceClient<Channel>,
+        requests: UnboundedReceiverStream<Self::Request>,
+    ) -> Result<Streaming<Self::Response>, tonic::Status> {
+        Ok(client
+            .stream_aggregated_resources(requests)
+            .await?
+            .into_inner())
+    }
+}
+
+impl Open for Delta {
+    async fn open(
+        mut client: AggregatedDiscoveryServiceClient<Channel>,
+        requests: UnboundedReceiverStream<Self::Request>,
+    ) -> Result<Streaming<Self::Response>, tonic::Status> {
+        Ok(client
+            .delta_aggregated_resources(requests)
+            .await?
+            .into_inner())
+    }
+}
+
 /// Why a stream ended.
 enum Ended {
     /// The control loop is gone: stop.
@@ -71,10 +106,13 @@ pub(crate) async fn run(
     let mut failures: u32 = 0;
     loop {
         let ended = warm
-            .race(
-                &events,
-                session(&options, &mut state, &events, &metrics, &warm),
-            )
+            .race(&events, async {
+                if options.delta {
+                    session::<Delta>(&options, &mut state, &events, &metrics, &warm).await
+                } else {
+                    session::<Sotw>(&options, &mut state, &events, &metrics, &warm).await
+                }
+            })
             .await;
         metrics.xds.connected.set(0);
         match ended {
@@ -142,7 +180,7 @@ impl Warmup {
 }
 
 /// One stream: connect, subscribe, answer responses until it ends.
-async fn session(
+async fn session<W: Open>(
     options: &XdsOptions,
     state: &mut AdsState,
     events: &mpsc::UnboundedSender<XdsEvent>,
@@ -165,20 +203,17 @@ async fn session(
         Ok(c) => c,
         Err(e) => return lost(format!("cannot connect: {}", chain(&e))),
     };
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
-    for request in state.reconnect() {
+    let client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = mpsc::unbounded_channel::<W::Request>();
+    for request in state.reconnect_as::<W>() {
         let _ = tx.send(request);
     }
-    let mut inbound = match client
-        .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
-        .await
-    {
-        Ok(r) => r.into_inner(),
+    let mut inbound = match W::open(client, UnboundedReceiverStream::new(rx)).await {
+        Ok(r) => r,
         Err(status) => return lost(format!("stream refused: {status}")),
     };
     metrics.xds.connected.set(1);
-    tracing::info!(server = %options.server, node = %options.node_id, "xDS stream open");
+    tracing::info!(server = %options.server, node = %options.node_id, delta = options.delta, "xDS stream open");
     let mut responded = false;
     loop {
         let response = match inbound.message().await {
@@ -197,7 +232,8 @@ async fn session(
             }
         };
         responded = true;
-        let Some(requests) = answer(options, state, events, metrics, warm, &response).await else {
+        let Some(requests) = answer::<W>(options, state, events, metrics, warm, &response).await
+        else {
             return Ended::Stopped;
         };
         for request in requests {
@@ -213,39 +249,40 @@ async fn session(
 
 /// Decodes and applies one response; returns the requests that answer it (`None` when the
 /// control loop is gone).
-async fn answer(
+async fn answer<W: Wire>(
     options: &XdsOptions,
     state: &mut AdsState,
     events: &mpsc::UnboundedSender<XdsEvent>,
     metrics: &Metrics,
     warm: &Warmup,
-    response: &DiscoveryResponse,
-) -> Option<Vec<DiscoveryRequest>> {
-    let prepared = match state.prepare(response, options.decode) {
+    response: &W::Response,
+) -> Option<Vec<W::Request>> {
+    let [_, _, version] = W::head(response);
+    let prepared = match state.prepare_as::<W>(response, options.decode) {
         Ok(p) => p,
         Err(refused) => {
             let kind = refused.kind.map_or("unknown", |k| k.as_str());
             metrics.xds.update(kind, "nack");
-            tracing::warn!(r#type = kind, version = %response.version_info, "xDS update rejected (NACK), nothing applied: {}", refused.why);
+            tracing::warn!(r#type = kind, version = %version, "xDS update rejected (NACK), nothing applied: {}", refused.why);
             return Some(vec![refused.nack]);
         }
     };
     let kind = prepared.kind;
     let applied = apply(events, prepared.update.clone()).await?;
-    let finished = state.finish(prepared, &applied);
+    let finished = state.finish_as::<W>(prepared, &applied);
     if !finished.cleanup.is_empty() {
         apply(events, finished.cleanup).await?;
     }
     match &finished.nack {
         None => {
             metrics.xds.update(kind.as_str(), "ack");
-            tracing::debug!(r#type = kind.as_str(), version = %response.version_info, "xDS update applied (ACK)");
+            tracing::debug!(r#type = kind.as_str(), version = %version, "xDS update applied (ACK)");
         }
         Some(why) => {
             metrics.xds.update(kind.as_str(), "nack");
             tracing::warn!(
                 r#type = kind.as_str(),
-                version = %response.version_info,
+                version = %version,
                 kept = state.version(kind),
                 "xDS update rejected (NACK); the accepted resources apply, the rejected ones keep their last good version: {why}"
             );

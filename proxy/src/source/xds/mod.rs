@@ -1,5 +1,6 @@
 //! The xDS source: an ADS (Aggregated Discovery Service) client speaking Envoy's xDS v3,
-//! state of the world, over one gRPC stream (tonic). It is a second config source beside the
+//! state of the world or incremental (delta, [`XdsOptions::delta`]), over one gRPC stream
+//! (tonic). It is a second config source beside the
 //! file: each response is decoded into model resources, turned into one `Update` and applied
 //! by the control loop through the state's one writer as [`crate::state::Origin::Xds`]; the
 //! writer's per-resource results become the ACK (`version_info` = the response's version) or
@@ -8,6 +9,7 @@
 //!
 //! - [`state`]: the protocol state, pure (per type: last good version, nonce, subscribed and
 //!   held names; what to subscribe to next; when the first config is complete).
+//! - [`delta`]: the incremental flavour's messages over the same state.
 //! - [`client`]: the task: connect, send subscriptions, answer responses, reconnect with
 //!   jittered exponential backoff, readiness and its initial-fetch timeout.
 //!
@@ -15,9 +17,12 @@
 //! [`Decode`] function (the binary passes `sluice_config::xds::decode`).
 
 mod client;
+mod delta;
 mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_delta;
 
 pub(crate) use client::{XdsEvent, run};
 
@@ -56,6 +61,8 @@ pub struct XdsOptions {
     pub backoff_max: Duration,
     /// Envoy proto → model resources.
     pub decode: Decode,
+    /// Incremental (delta) xDS (`DeltaAggregatedResources`) instead of state of the world.
+    pub delta: bool,
 }
 
 impl XdsOptions {
@@ -69,6 +76,7 @@ impl XdsOptions {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             decode,
+            delta: false,
         }
     }
 }

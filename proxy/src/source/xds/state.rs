@@ -7,8 +7,11 @@
 //! State of the world: a CDS or LDS response is the complete set (a held cluster or listener
 //! absent from it is removed, and a removed cluster's endpoints with it); an EDS or RDS
 //! response may carry a subset, and its resources go when nothing held refers to them any more.
+//!
+//! The two flavours of the protocol (state of the world, delta) share all of this; only their
+//! messages differ, behind [`Wire`] ([`Sotw`] here, `Delta` in `super::delta`).
 
-use super::{CLUSTER, Decode, ENDPOINT, LISTENER, ROUTE};
+use super::{Any, CLUSTER, Decode, ENDPOINT, LISTENER, ROUTE};
 use crate::state::Applied;
 use envoy_types::pb::envoy::config::core::v3::{Node, node::UserAgentVersionType};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -19,6 +22,15 @@ use std::time::Duration;
 
 /// `google.rpc.Code.INVALID_ARGUMENT`, the code of every NACK.
 const INVALID_ARGUMENT: i32 = 3;
+
+/// A NACK's `error_detail`.
+pub(super) fn nack_status(message: String) -> Status {
+    Status {
+        code: INVALID_ARGUMENT,
+        message,
+        details: Vec::new(),
+    }
+}
 
 /// The order subscriptions are (re)sent in: Envoy's (clusters, their endpoints, listeners,
 /// their routes).
@@ -45,7 +57,7 @@ fn kind_of(type_url: &str) -> Option<ResourceType> {
 }
 
 /// LDS and CDS are subscribed with a wildcard and their responses are complete.
-fn wildcard(kind: ResourceType) -> bool {
+pub(super) fn wildcard(kind: ResourceType) -> bool {
     matches!(kind, ResourceType::Cluster | ResourceType::Listener)
 }
 
@@ -64,21 +76,113 @@ pub(crate) fn node(id: &str, cluster: &str) -> Node {
 
 /// One type's state.
 #[derive(Debug, Default)]
-struct TypeState {
+pub(super) struct TypeState {
     /// The last version accepted ("" before the first).
     version: String,
     /// The last nonce received on this stream.
-    nonce: String,
+    pub(super) nonce: String,
     /// Subscribed names (EDS, RDS; wildcard types subscribe to everything).
-    names: BTreeSet<String>,
+    pub(super) names: BTreeSet<String>,
     /// A request for this type went out on this stream.
-    requested: bool,
-    /// The names of this type xDS holds live (accepted, not removed).
-    held: BTreeSet<String>,
-    /// Names received at least once (accepted or rejected): warming.
-    seen: BTreeSet<String>,
+    pub(super) requested: bool,
+    /// The names of this type xDS holds live (accepted, not removed) → the version the
+    /// server gave each (delta; "" in state of the world).
+    pub(super) held: BTreeMap<String, String>,
+    /// Names received at least once (accepted or rejected, or said not to exist): warming.
+    pub(super) seen: BTreeSet<String>,
     /// A response of this type was decoded at least once.
     responded: bool,
+}
+
+/// One flavour of the protocol (state of the world or delta): its messages, built from and
+/// read into the shared [`AdsState`].
+pub(crate) trait Wire {
+    /// What the client sends.
+    type Request;
+    /// What the server sends.
+    type Response;
+    /// A response's type URL, nonce and version (delta: the informational system version).
+    fn head(response: &Self::Response) -> [&str; 3];
+    /// The update a response of `kind` makes, with each upserted resource's version (by
+    /// name; empty when the flavour has none).
+    fn update(
+        state: &mut AdsState,
+        kind: ResourceType,
+        response: &Self::Response,
+        decode: Decode,
+    ) -> Result<(Update, BTreeMap<String, String>), String>;
+    /// The ACK (`error` is `None`) or NACK of the last response of `kind`.
+    fn answer(state: &mut AdsState, kind: ResourceType, error: Option<String>) -> Self::Request;
+    /// The NACK of a response of a type the client does not know.
+    fn refuse(type_url: &str, nonce: &str, why: String) -> Self::Request;
+    /// The request a subscription change makes.
+    fn change(state: &mut AdsState, change: &Change) -> Self::Request;
+    /// The request that (re)subscribes `kind` on a new stream.
+    fn hello(state: &mut AdsState, kind: ResourceType) -> Self::Request;
+}
+
+/// State of the world: `DiscoveryRequest` / `DiscoveryResponse`.
+#[derive(Debug)]
+pub(crate) struct Sotw;
+
+impl Wire for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn head(response: &DiscoveryResponse) -> [&str; 3] {
+        [&response.type_url, &response.nonce, &response.version_info]
+    }
+
+    fn update(
+        state: &mut AdsState,
+        kind: ResourceType,
+        response: &DiscoveryResponse,
+        decode: Decode,
+    ) -> Result<(Update, BTreeMap<String, String>), String> {
+        state
+            .decode_all(kind, response, decode)
+            .map(|u| (u, BTreeMap::new()))
+    }
+
+    fn answer(state: &mut AdsState, kind: ResourceType, error: Option<String>) -> DiscoveryRequest {
+        state.request(kind, error)
+    }
+
+    fn refuse(type_url: &str, nonce: &str, why: String) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.into(),
+            response_nonce: nonce.into(),
+            error_detail: Some(nack_status(why)),
+            ..DiscoveryRequest::default()
+        }
+    }
+
+    fn change(state: &mut AdsState, change: &Change) -> DiscoveryRequest {
+        state.request(change.kind, None)
+    }
+
+    fn hello(state: &mut AdsState, kind: ResourceType) -> DiscoveryRequest {
+        state.request(kind, None)
+    }
+}
+
+/// A subscription (EDS or RDS names) that changed.
+#[derive(Debug)]
+pub(crate) struct Change {
+    /// Its type.
+    pub(crate) kind: ResourceType,
+    /// Names subscribed now.
+    pub(crate) added: Vec<String>,
+    /// Names no longer subscribed.
+    pub(crate) removed: Vec<String>,
+}
+
+/// What settling an update's results decided, before any request is built.
+struct Settled {
+    kind: ResourceType,
+    nack: Option<String>,
+    cleanup: Update,
+    changes: Vec<Change>,
 }
 
 /// A decoded response, to apply.
@@ -87,26 +191,28 @@ pub(crate) struct Prepared {
     /// Its type.
     pub(crate) kind: ResourceType,
     version: String,
-    /// Every resource in it, and the SotW removals.
+    /// Every resource in it, and its removals.
     pub(crate) update: Update,
+    /// Each upserted resource's version, by name (delta).
+    versions: BTreeMap<String, String>,
 }
 
 /// A response refused before anything was applied.
 #[derive(Debug)]
-pub(crate) struct Refused {
+pub(crate) struct Refused<R = DiscoveryRequest> {
     /// Its type, when known.
     pub(crate) kind: Option<ResourceType>,
     /// The NACK to send.
-    pub(crate) nack: DiscoveryRequest,
+    pub(crate) nack: R,
     /// Why.
     pub(crate) why: String,
 }
 
 /// What to do after an update was applied.
 #[derive(Debug)]
-pub(crate) struct Finished {
+pub(crate) struct Finished<R = DiscoveryRequest> {
     /// The ACK or NACK, then any subscription change.
-    pub(crate) requests: Vec<DiscoveryRequest>,
+    pub(crate) requests: Vec<R>,
     /// Endpoints and route tables no longer referenced, to remove (applied before the
     /// requests are sent).
     pub(crate) cleanup: Update,
@@ -141,7 +247,7 @@ impl AdsState {
         }
     }
 
-    fn ty(&mut self, kind: ResourceType) -> &mut TypeState {
+    pub(super) fn ty(&mut self, kind: ResourceType) -> &mut TypeState {
         self.types.entry(kind).or_default()
     }
 
@@ -150,9 +256,20 @@ impl AdsState {
         self.types.get(&kind).map_or("", |t| t.version.as_str())
     }
 
+    /// The node, for the first request of a stream only.
+    pub(super) fn take_node(&mut self) -> Option<Node> {
+        (!std::mem::replace(&mut self.node_sent, true)).then(|| self.node.clone())
+    }
+
     /// A new stream: nonces are forgotten, and the subscriptions go out again with the last
     /// good versions (so the server may skip what did not change), the node on the first.
+    #[cfg(test)]
     pub(crate) fn reconnect(&mut self) -> Vec<DiscoveryRequest> {
+        self.reconnect_as::<Sotw>()
+    }
+
+    /// [`AdsState::reconnect`] in either flavour.
+    pub(crate) fn reconnect_as<W: Wire>(&mut self) -> Vec<W::Request> {
         self.node_sent = false;
         for t in self.types.values_mut() {
             t.nonce.clear();
@@ -162,13 +279,12 @@ impl AdsState {
             .into_iter()
             .filter(|k| wildcard(*k) || !self.types.get(k).is_none_or(|t| t.names.is_empty()))
             .collect();
-        kinds.into_iter().map(|k| self.request(k, None)).collect()
+        kinds.into_iter().map(|k| W::hello(self, k)).collect()
     }
 
     /// A request for `kind` with its current version, nonce and names.
     fn request(&mut self, kind: ResourceType, error: Option<String>) -> DiscoveryRequest {
-        let node = (!self.node_sent).then(|| self.node.clone());
-        self.node_sent = true;
+        let node = self.take_node();
         let t = self.ty(kind);
         t.requested = true;
         DiscoveryRequest {
@@ -181,52 +297,50 @@ impl AdsState {
             },
             type_url: type_url(kind).into(),
             response_nonce: t.nonce.clone(),
-            error_detail: error.map(|message| Status {
-                code: INVALID_ARGUMENT,
-                message,
-                details: Vec::new(),
-            }),
+            error_detail: error.map(nack_status),
             ..DiscoveryRequest::default()
         }
     }
 
     /// Decodes a response into the update to apply, or the NACK to send at once (an unknown
     /// type, a decode error, a resource of another type, a name twice: nothing is applied).
+    #[cfg(test)]
     pub(crate) fn prepare(
         &mut self,
         response: &DiscoveryResponse,
         decode: Decode,
     ) -> Result<Prepared, Box<Refused>> {
-        let Some(kind) = kind_of(&response.type_url) else {
-            let why = format!("unsupported resource type {}", response.type_url);
-            let nack = DiscoveryRequest {
-                type_url: response.type_url.clone(),
-                response_nonce: response.nonce.clone(),
-                error_detail: Some(Status {
-                    code: INVALID_ARGUMENT,
-                    message: why.clone(),
-                    details: Vec::new(),
-                }),
-                ..DiscoveryRequest::default()
-            };
+        self.prepare_as::<Sotw>(response, decode)
+    }
+
+    /// [`AdsState::prepare`] in either flavour.
+    pub(crate) fn prepare_as<W: Wire>(
+        &mut self,
+        response: &W::Response,
+        decode: Decode,
+    ) -> Result<Prepared, Box<Refused<W::Request>>> {
+        let [url, nonce, version] = W::head(response);
+        let Some(kind) = kind_of(url) else {
+            let why = format!("unsupported resource type {url}");
             return Err(Box::new(Refused {
                 kind: None,
-                nack,
+                nack: W::refuse(url, nonce, why.clone()),
                 why,
             }));
         };
-        self.ty(kind).nonce = response.nonce.clone();
-        match self.decode_all(kind, response, decode) {
-            Ok(update) => {
+        self.ty(kind).nonce = nonce.to_string();
+        match W::update(self, kind, response, decode) {
+            Ok((update, versions)) => {
                 self.ty(kind).responded = true;
                 Ok(Prepared {
                     kind,
-                    version: response.version_info.clone(),
+                    version: version.to_string(),
                     update,
+                    versions,
                 })
             }
             Err(why) => {
-                let nack = self.request(kind, Some(why.clone()));
+                let nack = W::answer(self, kind, Some(why.clone()));
                 Err(Box::new(Refused {
                     kind: Some(kind),
                     nack,
@@ -242,43 +356,66 @@ impl AdsState {
         response: &DiscoveryResponse,
         decode: Decode,
     ) -> Result<Update, String> {
-        let mut upserts: Vec<Resource> = Vec::new();
-        for any in &response.resources {
-            let decoded = decode(&response.type_url, any).map_err(|e| format!("{kind}: {e}"))?;
-            upserts.extend(decoded);
-        }
-        let mut names = BTreeSet::new();
-        for r in &upserts {
-            if r.kind() != kind {
-                return Err(format!(
-                    "{kind} response holds {} \"{}\"",
-                    r.kind(),
-                    r.name()
-                ));
-            }
-            if !names.insert(r.name().to_string()) {
-                return Err(format!("{kind} \"{}\" appears twice", r.name()));
-            }
-        }
-        let t = self.ty(kind);
+        let mut upserts: Vec<Resource> = decode_checked(
+            kind,
+            &response.type_url,
+            response.resources.iter().map(|a| (a, ())),
+            decode,
+        )?
+        .into_iter()
+        .map(|(r, ())| r)
+        .collect();
         let mut removals: Vec<ResourceKey> = Vec::new();
         if wildcard(kind) {
-            for gone in t.held.iter().filter(|n| !names.contains(*n)) {
-                removals.push((kind, gone.clone()));
-                if kind == ResourceType::Cluster {
-                    removals.push((ResourceType::Endpoints, gone.clone()));
+            let names: BTreeSet<&str> = upserts.iter().map(Resource::name).collect();
+            for gone in self.ty(kind).held.keys() {
+                if !names.contains(gone.as_str()) {
+                    removal(kind, gone, &mut removals);
                 }
             }
         } else {
-            // Not subscribed (any more): ignored.
-            upserts.retain(|r| t.names.contains(r.name()));
+            self.keep_subscribed(kind, &mut upserts);
         }
         Ok(Update { upserts, removals })
     }
 
+    /// Drops resources of a type subscribed by name that are not subscribed (any more).
+    pub(super) fn keep_subscribed(&mut self, kind: ResourceType, upserts: &mut Vec<Resource>) {
+        if !wildcard(kind) {
+            let t = self.ty(kind);
+            upserts.retain(|r| t.names.contains(r.name()));
+        }
+    }
+
     /// Takes the writer's results for a prepared update: what xDS holds, the ACK or NACK, the
     /// EDS/RDS subscriptions that follow and the resources no longer referenced.
+    #[cfg(test)]
     pub(crate) fn finish(&mut self, prepared: Prepared, applied: &Applied) -> Finished {
+        self.finish_as::<Sotw>(prepared, applied)
+    }
+
+    /// [`AdsState::finish`] in either flavour: the ACK or NACK first, then one request per
+    /// subscription change.
+    pub(crate) fn finish_as<W: Wire>(
+        &mut self,
+        prepared: Prepared,
+        applied: &Applied,
+    ) -> Finished<W::Request> {
+        let settled = self.settle(prepared, applied);
+        let mut requests = vec![W::answer(self, settled.kind, settled.nack.clone())];
+        for change in &settled.changes {
+            requests.push(W::change(self, change));
+        }
+        Finished {
+            requests,
+            cleanup: settled.cleanup,
+            nack: settled.nack,
+        }
+    }
+
+    /// What xDS holds after an update's results, its NACK message, the subscription changes
+    /// and the resources no longer referenced.
+    fn settle(&mut self, prepared: Prepared, applied: &Applied) -> Settled {
         let kind = prepared.kind;
         for r in &prepared.update.upserts {
             self.ty(kind).seen.insert(r.name().to_string());
@@ -296,7 +433,8 @@ impl AdsState {
             .map(|r| (r.key(), r))
             .collect();
         for (key, r) in &accepted {
-            self.ty(key.0).held.insert(key.1.clone());
+            let version = prepared.versions.get(&key.1).cloned().unwrap_or_default();
+            self.ty(key.0).held.insert(key.1.clone(), version);
             self.track(r);
         }
         for key in &prepared.update.removals {
@@ -307,7 +445,7 @@ impl AdsState {
         if nack.is_none() {
             self.ty(kind).version = prepared.version;
         }
-        let mut requests = vec![self.request(kind, nack.clone())];
+        let mut changes = Vec::new();
         let mut cleanup = Update::default();
         let eds = self.eds_clusters.clone();
         let rds: BTreeSet<String> = self.listener_tables.values().cloned().collect();
@@ -319,21 +457,33 @@ impl AdsState {
             if t.names == wanted {
                 continue;
             }
-            let gone: Vec<String> = t.held.difference(&wanted).cloned().collect();
+            let gone: Vec<String> = t
+                .held
+                .keys()
+                .filter(|n| !wanted.contains(*n))
+                .cloned()
+                .collect();
             for name in gone {
                 t.held.remove(&name);
                 cleanup.removals.push((k, name));
             }
             let send = t.requested || !wanted.is_empty();
+            let added = wanted.difference(&t.names).cloned().collect();
+            let removed = t.names.difference(&wanted).cloned().collect();
             t.names = wanted;
             if send {
-                requests.push(self.request(k, None));
+                changes.push(Change {
+                    kind: k,
+                    added,
+                    removed,
+                });
             }
         }
-        Finished {
-            requests,
-            cleanup,
+        Settled {
+            kind,
             nack,
+            cleanup,
+            changes,
         }
     }
 
@@ -388,6 +538,43 @@ impl AdsState {
             && done(ResourceType::Listener)
             && covered(ResourceType::Endpoints)
             && covered(ResourceType::RouteTable)
+    }
+}
+
+/// Decodes the `Any`s of a response of `kind` (each with a tag, carried to the resources it
+/// decodes to): an error when one does not decode, holds another type, or a name comes twice.
+pub(super) fn decode_checked<'a, T: Clone>(
+    kind: ResourceType,
+    type_url: &str,
+    items: impl IntoIterator<Item = (&'a Any, T)>,
+    decode: Decode,
+) -> Result<Vec<(Resource, T)>, String> {
+    let mut out: Vec<(Resource, T)> = Vec::new();
+    for (any, tag) in items {
+        let decoded = decode(type_url, any).map_err(|e| format!("{kind}: {e}"))?;
+        out.extend(decoded.into_iter().map(|r| (r, tag.clone())));
+    }
+    let mut names = BTreeSet::new();
+    for (r, _) in &out {
+        if r.kind() != kind {
+            return Err(format!(
+                "{kind} response holds {} \"{}\"",
+                r.kind(),
+                r.name()
+            ));
+        }
+        if !names.insert(r.name().to_string()) {
+            return Err(format!("{kind} \"{}\" appears twice", r.name()));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `name` of `kind`, and a removed cluster's endpoints with it.
+pub(super) fn removal(kind: ResourceType, name: &str, removals: &mut Vec<ResourceKey>) {
+    removals.push((kind, name.to_string()));
+    if kind == ResourceType::Cluster {
+        removals.push((ResourceType::Endpoints, name.to_string()));
     }
 }
 

@@ -40,7 +40,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 // ---- the test decoder (fixture) -------------------------------------------------------------
 
-fn test_decode(type_url: &str, any: &Any) -> Result<Vec<Resource>, String> {
+pub(super) fn test_decode(type_url: &str, any: &Any) -> Result<Vec<Resource>, String> {
     match type_url {
         CLUSTER => {
             let c = PbCluster::decode(&*any.value).map_err(|e| e.to_string())?;
@@ -85,7 +85,7 @@ fn test_decode(type_url: &str, any: &Any) -> Result<Vec<Resource>, String> {
     }
 }
 
-fn cluster(name: &str) -> Any {
+pub(super) fn cluster(name: &str) -> Any {
     pack_any(PbCluster {
         name: name.into(),
         ..PbCluster::default()
@@ -93,7 +93,7 @@ fn cluster(name: &str) -> Any {
 }
 
 /// A `ClusterLoadAssignment` with endpoints `(port on 127.0.0.1, weight)`.
-fn cla(name: &str, endpoints: &[(u16, u32)]) -> Any {
+pub(super) fn cla(name: &str, endpoints: &[(u16, u32)]) -> Any {
     let lb_endpoints = endpoints
         .iter()
         .map(|(port, weight)| LbEndpoint {
@@ -204,16 +204,16 @@ async fn server() -> (SocketAddr, mpsc::UnboundedReceiver<Conn>) {
 
 // ---- the client with a writer standing in for the control loop ------------------------------
 
-struct Harness {
+pub(super) struct Harness {
     writer: Arc<Mutex<Writer>>,
     live: Arc<Live>,
-    ready: mpsc::UnboundedReceiver<bool>,
-    metrics: Arc<Metrics>,
+    pub(super) ready: mpsc::UnboundedReceiver<bool>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl Harness {
     /// Starts the client; its updates go to a writer as the control loop would apply them.
-    fn start(options: XdsOptions, (writer, live): (Writer, Arc<Live>)) -> Harness {
+    pub(super) fn start(options: XdsOptions, (writer, live): (Writer, Arc<Live>)) -> Harness {
         let metrics = Arc::clone(&live.metrics);
         let writer = Arc::new(Mutex::new(writer));
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -242,7 +242,7 @@ impl Harness {
         }
     }
 
-    fn has(&self, kind: ResourceType, name: &str) -> bool {
+    pub(super) fn has(&self, kind: ResourceType, name: &str) -> bool {
         self.writer
             .lock()
             .unwrap()
@@ -251,7 +251,7 @@ impl Harness {
     }
 
     /// The ports of a cluster's live endpoints (as the writer holds them).
-    fn endpoints(&self, name: &str) -> Vec<u16> {
+    pub(super) fn endpoints(&self, name: &str) -> Vec<u16> {
         match self
             .writer
             .lock()
@@ -265,7 +265,7 @@ impl Harness {
     }
 }
 
-fn writer() -> (Writer, Arc<Live>) {
+pub(super) fn writer() -> (Writer, Arc<Live>) {
     let live = Arc::new(Live::new(Snapshot::default(), Arc::new(Metrics::new())));
     let reconciler = Reconciler::new(Vec::new(), Duration::ZERO, Arc::new(Mutex::default()));
     let w = Writer::new(
@@ -278,7 +278,7 @@ fn writer() -> (Writer, Arc<Live>) {
     (w, live)
 }
 
-fn options(addr: SocketAddr) -> XdsOptions {
+pub(super) fn options(addr: SocketAddr) -> XdsOptions {
     let mut o = XdsOptions::new(format!("http://{addr}"), "node-1", test_decode);
     o.cluster = "mesh".into();
     o.backoff_base = Duration::from_millis(1);
@@ -637,7 +637,7 @@ async fn xds_proxy_with_a_static_bootstrap_owns_resources_by_source() {
 
 /// A second fixture decoder, for the protocol state alone: the `Any`'s bytes are a Sluice YAML
 /// config, and its resources of the response's type are the decoded ones.
-fn yaml_decode(type_url: &str, any: &Any) -> Result<Vec<Resource>, String> {
+pub(super) fn yaml_decode(type_url: &str, any: &Any) -> Result<Vec<Resource>, String> {
     let text = std::str::from_utf8(&any.value).map_err(|e| e.to_string())?;
     let config = sluice_config::parse(text, "xds").map_err(|e| e.to_string())?;
     Ok(config
@@ -647,7 +647,7 @@ fn yaml_decode(type_url: &str, any: &Any) -> Result<Vec<Resource>, String> {
         .collect())
 }
 
-fn yaml_any(text: &str) -> Any {
+pub(super) fn yaml_any(text: &str) -> Any {
     Any {
         type_url: String::new(),
         value: text.as_bytes().to_vec(),
