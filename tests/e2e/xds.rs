@@ -262,3 +262,22 @@ fn a_registered_endpoint_serves_until_its_heartbeats_stop() {
         stopped.elapsed()
     );
 }
+
+#[test]
+fn a_delta_xds_proxy_follows_the_directory_too() {
+    let (v1, v2) = (echo("v1"), echo("v2"));
+    let cp = ControlPlane::start(&[("mesh.yaml", &mesh(v1, v2, 100, 0))], "");
+    let proxy = Binary::start("", &["--xds", &cp.url(), "--node-id", "d", "--xds-delta"]);
+    let web = proxy.addr("web");
+    assert_eq!(spread(web, "/", 10), (10, 0));
+    cp.write("mesh.yaml", &mesh(v1, v2, 0, 100));
+    eventually("traffic on v2", || {
+        (spread(web, "/", 5) == (0, 5)).then_some(())
+    });
+    let status = cp.status();
+    let d = status["proxies"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["node_id"] == "d"))
+        .unwrap_or_else(|| panic!("node d in {status}"));
+    assert_eq!(d["protocol"], "delta", "{d}");
+}
