@@ -36,14 +36,7 @@ impl ControlPlane {
             ),
         )
         .unwrap();
-        let mut child = Command::new(sluice_bin())
-            .args(["--log", "info", "control-plane", "-c"])
-            .arg(&settings)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sluice control-plane");
-        let log = LogLines::spawn(child.stderr.take().unwrap(), "control-plane");
+        let (child, log) = spawn_control_plane(&settings);
         let mut cp = ControlPlane {
             child,
             dir,
@@ -53,10 +46,38 @@ impl ControlPlane {
         };
         cp.xds = address_in(&cp.wait_log("xds listening"));
         cp.http = address_in(&cp.wait_log("http listening"));
-        eventually("control plane ready", || {
-            (http_get(cp.http, "/ready").0 == 200).then_some(())
-        });
+        cp.wait_ready();
         cp
+    }
+
+    fn wait_ready(&self) {
+        eventually("control plane ready", || {
+            (http_get(self.http, "/ready").0 == 200).then_some(())
+        });
+    }
+
+    /// Kills the process (SIGKILL: no goodbye to the proxies).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new process on the same addresses and directory.
+    pub fn restart(&mut self) {
+        let settings = self.dir.path().join("control-plane.yaml");
+        std::fs::write(
+            &settings,
+            format!(
+                "xds: {{ address: {} }}\nhttp: {{ address: {} }}\ndirectory: {{ path: mesh }}\ndebounce: 20ms\n",
+                self.xds, self.http
+            ),
+        )
+        .unwrap();
+        let (child, log) = spawn_control_plane(&settings);
+        self.child = child;
+        self.log = log;
+        self.wait_log("xds listening");
+        self.wait_ready();
     }
 
     pub fn mesh(&self) -> PathBuf {
@@ -88,6 +109,18 @@ impl Drop for ControlPlane {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn_control_plane(settings: &Path) -> (Child, LogLines) {
+    let mut child = Command::new(sluice_bin())
+        .args(["--log", "info", "control-plane", "-c"])
+        .arg(settings)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice control-plane");
+    let log = LogLines::spawn(child.stderr.take().unwrap(), "control-plane");
+    (child, log)
 }
 
 fn address_in(line: &str) -> SocketAddr {
@@ -280,4 +313,29 @@ fn a_delta_xds_proxy_follows_the_directory_too() {
         .and_then(|ps| ps.iter().find(|p| p["node_id"] == "d"))
         .unwrap_or_else(|| panic!("node d in {status}"));
     assert_eq!(d["protocol"], "delta", "{d}");
+}
+
+/// A control-plane outage: the proxy keeps serving its last config while the control plane is
+/// gone (killed, no goodbye), an edit made during the outage reaches it once a new control
+/// plane is up on the same address, and the reconnect is counted.
+#[test]
+fn proxies_serve_through_a_control_plane_outage_and_catch_up_after_it() {
+    let (v1, v2) = (echo("v1"), echo("v2"));
+    let mut cp = ControlPlane::start(&[("mesh.yaml", &mesh(v1, v2, 100, 0))], "");
+    let proxy = start_proxy(&cp, "a");
+    let web = proxy.addr("web");
+    assert_eq!(spread(web, "/", 5), (5, 0));
+    cp.kill();
+    eventually("the proxy sees the stream gone", || {
+        (proxy.metric("sluice_xds_connected") == 0.0).then_some(())
+    });
+    assert_eq!(spread(web, "/", 20), (20, 0));
+    cp.write("mesh.yaml", &mesh(v1, v2, 0, 100));
+    assert_eq!(spread(web, "/", 5), (5, 0));
+    cp.restart();
+    eventually("traffic on v2 after the outage", || {
+        (spread(web, "/", 5) == (0, 5)).then_some(())
+    });
+    assert!(proxy.metric("sluice_xds_reconnects_total") >= 1.0);
+    assert_eq!(proxy.metric("sluice_xds_connected"), 1.0);
 }
