@@ -160,6 +160,26 @@ impl Drop for Deadline {
     }
 }
 
+/// Exponential backoff with full jitter: attempt `n` (1 = the first after a failure) waits a
+/// uniform time in `[0, min(max, base × 2^(n−1))]`, `roll` being uniform over `u64`. Used by
+/// retries (`cluster/retry.rs`) and the xDS client's reconnections.
+pub(crate) fn full_jitter(
+    n: u32,
+    base: std::time::Duration,
+    max: std::time::Duration,
+    roll: u64,
+) -> std::time::Duration {
+    let ceiling = base
+        .saturating_mul(1u32 << n.saturating_sub(1).min(20))
+        .min(max);
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    std::time::Duration::from_nanos(if nanos == u64::MAX {
+        roll
+    } else {
+        roll % (nanos + 1)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -260,12 +260,7 @@ impl RetryPolicy {
     /// The wait before retry number `n` (1 = the first retry): full jitter over
     /// `[0, min(max, base × 2^(n-1))]`; `roll` is uniform over `u64`.
     pub(crate) fn backoff(&self, n: u32, roll: u64) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << n.saturating_sub(1).min(20))
-            .min(self.max);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(if nanos == 0 { 0 } else { roll % (nanos + 1) })
+        crate::clock::full_jitter(n, self.base, self.max, roll)
     }
 
     /// The wait a `Retry-After` on a retried `429`/`503` asks for: `Some(wait)` when it is

@@ -581,8 +581,5 @@ pub(super) fn removal(kind: ResourceType, name: &str, removals: &mut Vec<Resourc
 /// The delay before reconnection attempt `attempt` (1 = the first after a failure): full
 /// jitter, uniform in `[0, min(max, base × 2^(attempt−1))]`.
 pub(crate) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let factor = 1u32 << attempt.saturating_sub(1).min(16);
-    let cap = base.saturating_mul(factor).min(max);
-    let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(fastrand::u64(0..=millis))
+    crate::clock::full_jitter(attempt, base, max, fastrand::u64(..))
 }
