@@ -238,3 +238,6 @@ fn stop_workers(workers: &[WorkerHandle], timeout: Duration) -> Vec<oneshot::Rec
         })
         .collect()
 }
+
+#[cfg(test)]
+mod xds_tests;

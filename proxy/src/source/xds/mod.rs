@@ -20,7 +20,7 @@ mod client;
 mod delta;
 mod state;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_delta;
 

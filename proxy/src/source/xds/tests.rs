@@ -8,10 +8,8 @@
 
 use super::state::{AdsState, backoff, node};
 use super::*;
-use crate::app::{Options, Proxy};
 use crate::listener::Reconciler;
 use crate::metrics::Metrics;
-use crate::source::Source;
 use crate::state::{Live, Origin, Snapshot, Writer};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as PbCluster;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -85,7 +83,7 @@ pub(super) fn test_decode(type_url: &str, any: &Any) -> Result<Vec<Resource>, St
     }
 }
 
-pub(super) fn cluster(name: &str) -> Any {
+pub(crate) fn cluster(name: &str) -> Any {
     pack_any(PbCluster {
         name: name.into(),
         ..PbCluster::default()
@@ -93,7 +91,7 @@ pub(super) fn cluster(name: &str) -> Any {
 }
 
 /// A `ClusterLoadAssignment` with endpoints `(port on 127.0.0.1, weight)`.
-pub(super) fn cla(name: &str, endpoints: &[(u16, u32)]) -> Any {
+pub(crate) fn cla(name: &str, endpoints: &[(u16, u32)]) -> Any {
     let lb_endpoints = endpoints
         .iter()
         .map(|(port, weight)| LbEndpoint {
@@ -121,7 +119,12 @@ pub(super) fn cla(name: &str, endpoints: &[(u16, u32)]) -> Any {
     })
 }
 
-fn response(type_url: &str, version: &str, nonce: &str, resources: Vec<Any>) -> DiscoveryResponse {
+pub(crate) fn response(
+    type_url: &str,
+    version: &str,
+    nonce: &str,
+    resources: Vec<Any>,
+) -> DiscoveryResponse {
     DiscoveryResponse {
         version_info: version.into(),
         resources,
@@ -134,13 +137,13 @@ fn response(type_url: &str, version: &str, nonce: &str, resources: Vec<Any>) -> 
 // ---- the test ADS server --------------------------------------------------------------------
 
 /// One ADS stream, as the server sees it.
-struct Conn {
+pub(crate) struct Conn {
     requests: Streaming<DiscoveryRequest>,
     responses: mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>,
 }
 
 impl Conn {
-    async fn next(&mut self) -> DiscoveryRequest {
+    pub(crate) async fn next(&mut self) -> DiscoveryRequest {
         self.requests
             .message()
             .await
@@ -148,7 +151,7 @@ impl Conn {
             .expect("request stream ended")
     }
 
-    fn send(&self, r: DiscoveryResponse) {
+    pub(crate) fn send(&self, r: DiscoveryResponse) {
         self.responses.send(Ok(r)).expect("stream gone");
     }
 }
@@ -196,7 +199,7 @@ fn serve(listener: tokio::net::TcpListener) -> mpsc::UnboundedReceiver<Conn> {
     rx
 }
 
-async fn server() -> (SocketAddr, mpsc::UnboundedReceiver<Conn>) {
+pub(crate) async fn server() -> (SocketAddr, mpsc::UnboundedReceiver<Conn>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     (addr, serve(listener))
@@ -278,7 +281,7 @@ pub(super) fn writer() -> (Writer, Arc<Live>) {
     (w, live)
 }
 
-pub(super) fn options(addr: SocketAddr) -> XdsOptions {
+pub(crate) fn options(addr: SocketAddr) -> XdsOptions {
     let mut o = XdsOptions::new(format!("http://{addr}"), "node-1", test_decode);
     o.cluster = "mesh".into();
     o.backoff_base = Duration::from_millis(1);
@@ -286,12 +289,12 @@ pub(super) fn options(addr: SocketAddr) -> XdsOptions {
     o
 }
 
-fn names(r: &DiscoveryRequest) -> Vec<&str> {
+pub(crate) fn names(r: &DiscoveryRequest) -> Vec<&str> {
     r.resource_names.iter().map(String::as_str).collect()
 }
 
 /// Asserts `r` is the ACK of `type_url` at `version` for `nonce`.
-fn assert_ack(r: &DiscoveryRequest, type_url: &str, version: &str, nonce: &str) {
+pub(crate) fn assert_ack(r: &DiscoveryRequest, type_url: &str, version: &str, nonce: &str) {
     assert_eq!(r.type_url, type_url);
     assert_eq!(r.version_info, version, "{r:?}");
     assert_eq!(r.response_nonce, nonce);
@@ -543,96 +546,6 @@ async fn xds_outage_at_start_is_ready_only_after_the_initial_fetch_timeout() {
     assert_ack(&conn.next().await, CLUSTER, "c1", "n1");
     assert!(h.has(ResourceType::Cluster, "a"));
     assert!(h.ready.try_recv().is_err(), "readiness is reported once");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn xds_proxy_with_a_static_bootstrap_owns_resources_by_source() {
-    let (addr, mut conns) = server().await;
-    let dir = std::env::temp_dir().join(format!(
-        "sluice-xds-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("bootstrap.yaml");
-    let bootstrap = |port: u16| {
-        format!(
-            "admin: {{ address: 127.0.0.1:0 }}\nclusters:\n  - {{ name: static, endpoints: [127.0.0.1:{port}] }}\n"
-        )
-    };
-    std::fs::write(&file, bootstrap(7)).unwrap();
-    let mut xds = options(addr);
-    xds.initial_fetch_timeout = Duration::from_secs(300);
-    let proxy = Proxy::start(Options {
-        source: Source::File(file.clone()),
-        workers: 1,
-        drain_timeout: Duration::from_secs(1),
-        handle_signals: false,
-        watch: false,
-        filters: Vec::new(),
-        xds: Some(xds),
-    })
-    .unwrap();
-    assert!(!proxy.live().is_ready(), "xDS warming");
-
-    let mut conn = conns.recv().await.unwrap();
-    conn.next().await;
-    conn.next().await;
-    // `static` is the file's: xDS may not replace it; `dyn` applies.
-    conn.send(response(
-        CLUSTER,
-        "c1",
-        "n1",
-        vec![cluster("static"), cluster("dyn")],
-    ));
-    let nack = conn.next().await;
-    assert_eq!(nack.version_info, "");
-    let message = nack.error_detail.expect("NACK").message;
-    assert_eq!(
-        message,
-        r#"cluster "static" rejected: a static resource (from the bootstrap file) has this name"#
-    );
-    let eds = conn.next().await;
-    assert_eq!(names(&eds), ["dyn"], "only xDS's own clusters take EDS");
-    let clusters = &proxy.live().snapshot().clusters;
-    assert!(clusters.contains_key("dyn") && clusters.contains_key("static"));
-    assert_eq!(
-        proxy.live().snapshot().clusters["static"]
-            .endpoints()
-            .endpoints[0]
-            .address
-            .port(),
-        7
-    );
-
-    conn.send(response(ENDPOINT, "e1", "n2", vec![cla("dyn", &[(9, 1)])]));
-    assert_ack(&conn.next().await, ENDPOINT, "e1", "n2");
-    assert!(!proxy.live().is_ready(), "no LDS response yet");
-    conn.send(response(LISTENER, "l1", "n3", vec![]));
-    assert_ack(&conn.next().await, LISTENER, "l1", "n3");
-    assert!(
-        proxy.live().is_ready(),
-        "ready with the first complete config"
-    );
-
-    // A file reload changes only the file's resources: xDS's stay.
-    std::fs::write(&file, bootstrap(8)).unwrap();
-    tokio::task::block_in_place(|| proxy.reload()).unwrap();
-    let snapshot = proxy.live().snapshot();
-    assert!(
-        snapshot.clusters["dyn"].settings().is_some(),
-        "xDS cluster kept"
-    );
-    assert_eq!(snapshot.clusters["dyn"].endpoints().endpoints.len(), 1);
-    assert_eq!(
-        snapshot.clusters["static"].endpoints().endpoints[0]
-            .address
-            .port(),
-        8
-    );
-    proxy.shutdown();
-    tokio::task::block_in_place(|| proxy.wait());
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A second fixture decoder, for the protocol state alone: the `Any`'s bytes are a Sluice YAML
