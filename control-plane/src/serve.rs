@@ -161,7 +161,9 @@ struct Publisher {
 }
 
 /// Encodings kept between builds (see [`snapshot`]).
-pub type Encoded = BTreeMap<ResourceKey, (Resource, Any)>;
+/// Several scopes may hold different versions of one resource (a node directory overriding a
+/// common route table), so each key keeps every variant in use.
+pub type Encoded = BTreeMap<ResourceKey, Vec<(Resource, Any)>>;
 
 impl run::Publish for Publisher {
     fn publish(&mut self, scopes: Scopes) {
@@ -191,9 +193,8 @@ impl run::Publish for Publisher {
 
 /// One scope's resources as a snapshot: every type present (an empty type is an empty,
 /// versioned set, so a proxy subscribing to it is answered). A resource equal to one in `last`
-/// reuses its encoding; every encoding used goes into `next`. Resources are keyed by type and
-/// name across scopes: two scopes with different versions of one resource each encode theirs
-/// (the first found in `last`/`next` is reused only when equal).
+/// (or already encoded for another scope in `next`) reuses that encoding; every encoding used
+/// goes into `next`.
 pub fn snapshot(
     resources: &BTreeMap<ResourceKey, Resource>,
     last: &Encoded,
@@ -205,17 +206,22 @@ pub fn snapshot(
             .map(|t| (t, Vec::new()))
             .collect();
     for (key, r) in resources {
-        let reuse = |m: &Encoded| {
-            m.get(key)
-                .filter(|(old, _)| old == r)
+        let find = |m: &Encoded| {
+            m.get(key)?
+                .iter()
+                .find(|(old, _)| old == r)
                 .map(|(_, a)| a.clone())
         };
-        let any = match reuse(next).or_else(|| reuse(last)) {
+        let any = match find(next) {
             Some(a) => a,
-            None => xds::encode(r),
+            None => {
+                let any = find(last).unwrap_or_else(|| xds::encode(r));
+                next.entry(key.clone())
+                    .or_default()
+                    .push((r.clone(), any.clone()));
+                any
+            }
         };
-        next.entry(key.clone())
-            .or_insert_with(|| (r.clone(), any.clone()));
         by_type
             .entry(xds::type_url(key.0))
             .or_default()
@@ -269,5 +275,34 @@ clusters:
         assert_ne!(s3.version(xds::ENDPOINT), s2.version(xds::ENDPOINT));
         assert_eq!(s3.version(xds::ROUTE), s2.version(xds::ROUTE));
         assert_eq!(s3.version(xds::CLUSTER), s2.version(xds::CLUSTER));
+    }
+
+    /// Two scopes holding different versions of the same resources (a node directory
+    /// overriding the common one) both reuse their encodings across rebuilds (encoding is not
+    /// byte-stable, so re-encoding could change versions): marked bytes in `last` come back.
+    #[test]
+    fn every_scope_reuses_its_encoding_when_scopes_differ() {
+        let common = resources(A);
+        let node = resources(&A.replace("percentage: 1", "percentage: 2"));
+        let key = (sluice_config::ResourceType::RouteTable, "t".to_string());
+        let mut last = Encoded::new();
+        snapshot(&common, &Encoded::new(), &mut last);
+        snapshot(&node, &Encoded::new(), &mut last);
+        assert_eq!(last[&key].len(), 2, "both variants kept");
+        for (i, (_, any)) in last.get_mut(&key).unwrap().iter_mut().enumerate() {
+            any.value = vec![i as u8];
+        }
+        let mut next = Encoded::new();
+        let bytes = |s: &Snapshot| {
+            s.resources(xds::ROUTE)
+                .unwrap()
+                .get("t")
+                .unwrap()
+                .any
+                .value
+                .clone()
+        };
+        assert_eq!(bytes(&snapshot(&common, &last, &mut next)), vec![0]);
+        assert_eq!(bytes(&snapshot(&node, &last, &mut next)), vec![1]);
     }
 }
