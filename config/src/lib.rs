@@ -37,6 +37,7 @@ pub mod raw;
 mod resilience;
 mod resource;
 mod route;
+mod secret;
 mod tls;
 mod units;
 mod validate;
@@ -69,6 +70,7 @@ pub use route::{
     QueryParameterMatcher, Redirect, RegexRewrite, Rewrite, Route, RouteAction, RouteMatch,
     RouteTable, VirtualHost, WeightedCluster,
 };
+pub use secret::{PrivateKeyPem, Secret, SecretKind};
 pub use tls::{
     Authorization, CertificateFiles, ClientCertificate, DownstreamTls, ForwardClientCert,
     TlsVersion, UpstreamTls,

@@ -16,6 +16,8 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResourceType {
+    /// A certificate or trust bundle (Envoy SDS), first: clusters and listeners name them.
+    Secret,
     /// A cluster's settings (Envoy CDS).
     Cluster,
     /// A cluster's endpoints (Envoy EDS).
@@ -30,6 +32,7 @@ impl ResourceType {
     /// The name used in logs, metrics and the admin API.
     pub fn as_str(self) -> &'static str {
         match self {
+            ResourceType::Secret => "secret",
             ResourceType::Cluster => "cluster",
             ResourceType::Endpoints => "endpoints",
             ResourceType::RouteTable => "route_table",
@@ -69,6 +72,8 @@ pub enum Resource {
     Cluster(Cluster),
     /// A cluster's endpoints.
     Endpoints(ClusterLoadAssignment),
+    /// An SDS secret (never from a config file).
+    Secret(crate::Secret),
 }
 
 impl Resource {
@@ -79,6 +84,7 @@ impl Resource {
             Resource::RouteTable(_) => ResourceType::RouteTable,
             Resource::Cluster(_) => ResourceType::Cluster,
             Resource::Endpoints(_) => ResourceType::Endpoints,
+            Resource::Secret(_) => ResourceType::Secret,
         }
     }
 
@@ -89,6 +95,24 @@ impl Resource {
             Resource::RouteTable(t) => &t.name,
             Resource::Cluster(c) => &c.name,
             Resource::Endpoints(e) => &e.cluster_name,
+            Resource::Secret(s) => &s.name,
+        }
+    }
+
+    /// The SDS secrets the resource names (a listener's or a cluster's TLS).
+    pub fn secret_names(&self) -> Vec<&str> {
+        match self {
+            Resource::Listener(l) => l
+                .tls
+                .as_ref()
+                .map(|t| t.secret_names().collect())
+                .unwrap_or_default(),
+            Resource::Cluster(c) => c
+                .tls
+                .as_ref()
+                .map(|t| t.secret_names().collect())
+                .unwrap_or_default(),
+            Resource::RouteTable(_) | Resource::Endpoints(_) | Resource::Secret(_) => Vec::new(),
         }
     }
 
@@ -149,7 +173,7 @@ impl Config {
 
     /// Rebuilds a config from resources (the admin API's config dump): clusters get their
     /// endpoints back inline (DNS clusters keep theirs out: they are discovered, not
-    /// configured).
+    /// configured). Secrets are left out (they hold private keys).
     pub fn from_resources<'a>(
         admin: crate::Admin,
         resources: impl IntoIterator<Item = &'a Resource>,
@@ -167,6 +191,7 @@ impl Config {
                 Resource::Endpoints(e) => {
                     endpoints.insert(e.cluster_name.clone(), e.endpoints.clone());
                 }
+                Resource::Secret(_) => {}
             }
         }
         for c in &mut config.clusters {

@@ -669,7 +669,7 @@ fn tls_errors_name_their_field_and_line() {
             "test.yaml:4:94: listeners[0].http.authorization.deny[1]: `spiffe://a*b` is not a SPIFFE ID (`spiffe://TRUST_DOMAIN/PATH`, or a prefix ending in `*`)",
             "test.yaml:5:69: listeners[0].tls.certificates[0].server_names[0]: `a.*.example` is not a server name (`api.example.com` or `*.example.com`)",
             "test.yaml:5:97: listeners[0].tls.certificates[0].server_names[2]: `API.example` is served by an earlier certificate",
-            "test.yaml:5:5: listeners[0].tls.client_ca: is required to verify client certificates",
+            "test.yaml:5:5: listeners[0].tls.client_ca: is required to verify client certificates (or `client_ca_secret`)",
             "test.yaml:5:151: listeners[0].tls.alpn[0]: `h3` is not served here (use `h2` or `http/1.1`)",
             "test.yaml:5:156: listeners[0].tls.handshake_timeout: must be greater than 0s",
             "test.yaml:17:5: clusters[0].tls.key: is required with `cert`",

@@ -4,7 +4,9 @@
 //!
 //! Files are named by path (relative paths are relative to the proxy's working directory) and
 //! read by the proxy, which watches them and reloads a changed certificate, key or CA bundle
-//! without dropping a connection.
+//! without dropping a connection. Instead of files, a block may name SDS secrets
+//! ([`crate::Secret`], delivered by the control plane over xDS): `secret` for a certificate,
+//! `client_ca_secret` / `ca_secret` for a trust bundle.
 
 use crate::error::Issue;
 use crate::units::Duration;
@@ -23,10 +25,14 @@ pub struct DownstreamTls {
     /// presented) or `required` (the handshake fails without one).
     #[serde(default)]
     pub client_certificate: ClientCertificate,
-    /// PEM bundle of the CAs client certificates must chain to (required unless
-    /// `client_certificate` is `none`).
+    /// PEM bundle of the CAs client certificates must chain to (this or `client_ca_secret`
+    /// is required unless `client_certificate` is `none`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
+    /// The SDS secret (a trust bundle) client certificates must chain to, instead of
+    /// `client_ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_secret: Option<String>,
     /// ALPN protocols offered, in order of preference. Default `[h2, http/1.1]`; the one
     /// negotiated decides the protocol (no ALPN: HTTP/1.1).
     #[serde(default = "default_alpn")]
@@ -55,14 +61,20 @@ fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-/// A certificate chain and its private key, as PEM files.
+/// A certificate chain and its private key: PEM files (`cert` and `key`), or an SDS secret
+/// (`secret`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateFiles {
     /// PEM certificate chain, leaf first.
-    pub cert: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// The SDS secret holding the certificate and key, instead of `cert` and `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
     /// SNI names this certificate serves: exact or `*.suffix`. Default: the certificate's DNS
     /// subject alternative names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -124,6 +136,9 @@ pub struct UpstreamTls {
     /// (`SSL_CERT_FILE`, else `/etc/ssl/certs/ca-certificates.crt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
+    /// The SDS secret (a trust bundle) the server's chain must lead to, instead of `ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<String>,
     /// Accept the server only when its certificate carries one of these subject alternative
     /// names: `spiffe://…` and other URIs match URI SANs exactly, anything else a DNS SAN.
     /// Checked after the chain is verified. Default: the `sni` is checked as a DNS name.
@@ -135,9 +150,33 @@ pub struct UpstreamTls {
     /// Client private key (with `cert`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// The SDS secret holding the client certificate and key for mTLS, instead of `cert` and
+    /// `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret: Option<String>,
     /// Oldest protocol version offered: `"1.2"` (default) or `"1.3"`.
     #[serde(default)]
     pub min_version: TlsVersion,
+}
+
+impl DownstreamTls {
+    /// The SDS secrets it names (certificates, then the client CA).
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.certificates
+            .iter()
+            .filter_map(|c| c.secret.as_deref())
+            .chain(self.client_ca_secret.as_deref())
+    }
+}
+
+impl UpstreamTls {
+    /// The SDS secrets it names (client certificate, CA).
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.cert_secret
+            .as_deref()
+            .into_iter()
+            .chain(self.ca_secret.as_deref())
+    }
 }
 
 /// Who may send requests, by the verified SPIFFE ID of the client certificate. A `deny` match
@@ -180,8 +219,21 @@ pub(crate) fn check_downstream(p: &str, t: &DownstreamTls, issues: &mut Vec<Issu
     }
     let mut seen = std::collections::HashSet::new();
     for (i, c) in t.certificates.iter().enumerate() {
-        check_path(issues, format!("{p}.certificates[{i}].cert"), &c.cert);
-        check_path(issues, format!("{p}.certificates[{i}].key"), &c.key);
+        let cp = format!("{p}.certificates[{i}]");
+        check_pair(
+            issues,
+            &cp,
+            ("cert", &c.cert),
+            ("key", &c.key),
+            ("secret", &c.secret),
+        );
+        if c.cert.is_none() && c.key.is_none() && c.secret.is_none() {
+            issue(
+                issues,
+                cp.clone(),
+                "needs `cert` and `key` (PEM files) or `secret` (an SDS secret)",
+            );
+        }
         for (j, n) in c.server_names.iter().enumerate() {
             let path = format!("{p}.certificates[{i}].server_names[{j}]");
             if let Err(e) = check_server_name(n) {
@@ -195,19 +247,37 @@ pub(crate) fn check_downstream(p: &str, t: &DownstreamTls, issues: &mut Vec<Issu
             }
         }
     }
-    match (t.client_certificate, &t.client_ca) {
-        (ClientCertificate::None, Some(_)) => issue(
+    let ca_field = if t.client_ca_secret.is_some() {
+        "client_ca_secret"
+    } else {
+        "client_ca"
+    };
+    let has_ca = t.client_ca.is_some() || t.client_ca_secret.is_some();
+    match (t.client_certificate, has_ca) {
+        (ClientCertificate::None, true) => issue(
             issues,
-            format!("{p}.client_ca"),
+            format!("{p}.{ca_field}"),
             "has no effect with `client_certificate: none` (set `optional` or `required`)",
         ),
-        (ClientCertificate::Optional | ClientCertificate::Required, None) => issue(
+        (ClientCertificate::Optional | ClientCertificate::Required, false) => issue(
             issues,
             format!("{p}.client_ca"),
-            "is required to verify client certificates",
+            "is required to verify client certificates (or `client_ca_secret`)",
         ),
-        (_, Some(ca)) => check_path(issues, format!("{p}.client_ca"), ca),
         _ => {}
+    }
+    if let Some(ca) = &t.client_ca {
+        check_path(issues, format!("{p}.client_ca"), ca);
+        if t.client_ca_secret.is_some() {
+            issue(
+                issues,
+                format!("{p}.client_ca_secret"),
+                "set `client_ca` (a file) or `client_ca_secret` (an SDS secret), not both",
+            );
+        }
+    }
+    if let Some(s) = &t.client_ca_secret {
+        check_secret_name(issues, format!("{p}.client_ca_secret"), s);
     }
     if t.alpn.is_empty() {
         issue(
@@ -236,17 +306,25 @@ pub(crate) fn check_downstream(p: &str, t: &DownstreamTls, issues: &mut Vec<Issu
 
 /// Checks a cluster's `tls` block.
 pub(crate) fn check_upstream(p: &str, t: &UpstreamTls, dns_named: bool, issues: &mut Vec<Issue>) {
-    match (&t.cert, &t.key) {
-        (Some(c), Some(k)) => {
-            check_path(issues, format!("{p}.cert"), c);
-            check_path(issues, format!("{p}.key"), k);
-        }
-        (Some(_), None) => issue(issues, format!("{p}.key"), "is required with `cert`"),
-        (None, Some(_)) => issue(issues, format!("{p}.cert"), "is required with `key`"),
-        (None, None) => {}
-    }
+    check_pair(
+        issues,
+        p,
+        ("cert", &t.cert),
+        ("key", &t.key),
+        ("cert_secret", &t.cert_secret),
+    );
     if let Some(ca) = &t.ca {
         check_path(issues, format!("{p}.ca"), ca);
+        if t.ca_secret.is_some() {
+            issue(
+                issues,
+                format!("{p}.ca_secret"),
+                "set `ca` (a file) or `ca_secret` (an SDS secret), not both",
+            );
+        }
+    }
+    if let Some(s) = &t.ca_secret {
+        check_secret_name(issues, format!("{p}.ca_secret"), s);
     }
     match &t.sni {
         Some(s) if rustls_name_ok(s) => {}
@@ -288,6 +366,56 @@ pub(crate) fn check_authorization(p: &str, a: &Authorization, issues: &mut Vec<I
                 );
             }
         }
+    }
+}
+
+/// A certificate given as files (`cert` and `key`, both or neither) or as an SDS secret, not
+/// both.
+fn check_pair(
+    issues: &mut Vec<Issue>,
+    p: &str,
+    (cert_field, cert): (&str, &Option<PathBuf>),
+    (key_field, key): (&str, &Option<PathBuf>),
+    (secret_field, secret): (&str, &Option<String>),
+) {
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            check_path(issues, format!("{p}.{cert_field}"), c);
+            check_path(issues, format!("{p}.{key_field}"), k);
+        }
+        (Some(_), None) => issue(
+            issues,
+            format!("{p}.{key_field}"),
+            format!("is required with `{cert_field}`"),
+        ),
+        (None, Some(_)) => issue(
+            issues,
+            format!("{p}.{cert_field}"),
+            format!("is required with `{key_field}`"),
+        ),
+        (None, None) => {}
+    }
+    if let Some(s) = secret {
+        check_secret_name(issues, format!("{p}.{secret_field}"), s);
+        if cert.is_some() || key.is_some() {
+            issue(
+                issues,
+                format!("{p}.{secret_field}"),
+                format!(
+                    "set `{cert_field}` and `{key_field}` (files) or `{secret_field}` (an SDS secret), not both"
+                ),
+            );
+        }
+    }
+}
+
+fn check_secret_name(issues: &mut Vec<Issue>, path: String, name: &str) {
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        issue(
+            issues,
+            path,
+            "must name an SDS secret (`default`, `ROOTCA`)",
+        );
     }
 }
 

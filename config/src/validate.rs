@@ -100,6 +100,7 @@ pub fn validate_resource(resource: &Resource) -> Vec<Issue> {
         Resource::RouteTable(t) => v.route_table("route_table", &t.clone().into(), &Refs::Any),
         Resource::Cluster(c) => v.cluster("cluster", c),
         Resource::Endpoints(e) => v.endpoints("endpoints", &e.endpoints),
+        Resource::Secret(s) => crate::secret::check("secret", s, &mut v.issues),
     }
     v.issues
 }

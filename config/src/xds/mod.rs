@@ -28,6 +28,7 @@ mod listener;
 mod matching;
 mod node;
 mod route;
+mod secret;
 mod tls;
 mod value;
 
@@ -48,7 +49,7 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// Type URL of `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-/// Type URL of `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS; not mapped yet).
+/// Type URL of `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS).
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// The type URL of the Envoy message a model resource type maps to.
@@ -58,16 +59,18 @@ pub fn type_url(kind: ResourceType) -> &'static str {
         ResourceType::RouteTable => ROUTE,
         ResourceType::Cluster => CLUSTER,
         ResourceType::Endpoints => ENDPOINT,
+        ResourceType::Secret => SECRET,
     }
 }
 
-/// The model resource type an Envoy type URL maps to (`None` for others, Secret included).
+/// The model resource type an Envoy type URL maps to (`None` for others).
 pub fn resource_type(type_url: &str) -> Option<ResourceType> {
     match type_url {
         LISTENER => Some(ResourceType::Listener),
         ROUTE => Some(ResourceType::RouteTable),
         CLUSTER => Some(ResourceType::Cluster),
         ENDPOINT => Some(ResourceType::Endpoints),
+        SECRET => Some(ResourceType::Secret),
         _ => None,
     }
 }
@@ -80,6 +83,7 @@ pub fn encode(r: &Resource) -> Any {
         Resource::Endpoints(e) => pack(endpoints::encode_endpoints(e)),
         Resource::RouteTable(t) => pack(route::encode(t)),
         Resource::Listener(l) => pack(listener::encode(l)),
+        Resource::Secret(s) => pack(secret::encode(s)),
     }
 }
 
@@ -102,6 +106,13 @@ pub fn decode(type_url: &str, any: &Any) -> Result<Vec<Resource>, DecodeError> {
         ENDPOINT => vec![endpoints::decode_endpoints(&unpack(any)?)?],
         ROUTE => vec![route::decode(&unpack(any)?)?],
         LISTENER => listener::decode(&unpack(any)?)?,
+        SECRET => {
+            let pb: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret =
+                unpack(any)?;
+            vec![Resource::Secret(
+                secret::decode(&pb).map_err(|e| e.named(&pb.name))?,
+            )]
+        }
         other => {
             return Err(DecodeError {
                 name: String::new(),

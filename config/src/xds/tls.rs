@@ -1,6 +1,7 @@
 //! TLS: `UpstreamTlsContext` (a cluster's `tls`) and `DownstreamTlsContext` (a listener's),
 //! with certificates and CAs as file names.
 
+use super::secret::{sds, sds_name};
 use super::value::{any, put, unany};
 use super::{FieldError, Fr};
 use crate::{ClientCertificate, DownstreamTls, UpstreamProtocol};
@@ -92,9 +93,24 @@ pub(crate) fn upstream_tls_pb(
         .collect();
     let validation = pbtls::CertificateValidationContext {
         // Sluice's default is the system bundle; Envoy without a CA verifies nothing.
-        trusted_ca: file(t.ca.as_deref().unwrap_or(std::path::Path::new(SYSTEM_CA))),
+        trusted_ca: match &t.ca_secret {
+            Some(_) => None,
+            None => file(t.ca.as_deref().unwrap_or(std::path::Path::new(SYSTEM_CA))),
+        },
         match_typed_subject_alt_names: sans,
         ..Default::default()
+    };
+    use pbtls::common_tls_context::ValidationContextType as V;
+    let validation = match &t.ca_secret {
+        // The CA comes by SDS, the name checks stay in the cluster.
+        Some(name) => V::CombinedValidationContext(
+            pbtls::common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context: Some(validation),
+                validation_context_sds_secret_config: Some(sds(name)),
+                ..Default::default()
+            },
+        ),
+        None => V::ValidationContext(validation),
     };
     let tls_certificates = match (&t.cert, &t.key) {
         (Some(c), Some(k)) => vec![pbtls::TlsCertificate {
@@ -104,6 +120,7 @@ pub(crate) fn upstream_tls_pb(
         }],
         _ => Vec::new(),
     };
+    let tls_certificate_sds_secret_configs = t.cert_secret.iter().map(|n| sds(n)).collect();
     let alpn_protocols = match protocol {
         UpstreamProtocol::Http1 => vec!["http/1.1".to_string()],
         UpstreamProtocol::Http2 => vec!["h2".to_string()],
@@ -120,10 +137,9 @@ pub(crate) fn upstream_tls_pb(
                 ..Default::default()
             }),
             tls_certificates,
+            tls_certificate_sds_secret_configs,
             alpn_protocols,
-            validation_context_type: Some(
-                pbtls::common_tls_context::ValidationContextType::ValidationContext(validation),
-            ),
+            validation_context_type: Some(validation),
             ..Default::default()
         }),
         ..Default::default()
@@ -192,56 +208,94 @@ pub(crate) fn upstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mapping>
             ));
         }
     }
-    if !common.tls_certificate_sds_secret_configs.is_empty() {
-        return Err(FieldError::new(
-            format!("{cp}.tls_certificate_sds_secret_configs"),
-            "SDS is not supported yet",
-        ));
+    match common.tls_certificate_sds_secret_configs.as_slice() {
+        [] => {}
+        [c] => {
+            if !common.tls_certificates.is_empty() {
+                return Err(FieldError::new(
+                    format!("{cp}.tls_certificate_sds_secret_configs"),
+                    "one client certificate only (this and `tls_certificates` are set)",
+                ));
+            }
+            let f = format!("{cp}.tls_certificate_sds_secret_configs[0]");
+            put(&mut m, "cert_secret", sds_name(c, &f)?);
+        }
+        [_, ..] => {
+            return Err(FieldError::new(
+                format!("{cp}.tls_certificate_sds_secret_configs[1]"),
+                "one client certificate only",
+            ));
+        }
     }
     use pbtls::common_tls_context::ValidationContextType as V;
-    match &common.validation_context_type {
-        None => {}
-        Some(V::ValidationContext(v)) => {
-            let vp = format!("{cp}.validation_context");
+    let (v, vp) = match &common.validation_context_type {
+        None => return Ok(m),
+        Some(V::ValidationContext(v)) => (v.clone(), format!("{cp}.validation_context")),
+        Some(V::ValidationContextSdsSecretConfig(c)) => {
+            let f = format!("{cp}.validation_context_sds_secret_config");
+            put(&mut m, "ca_secret", sds_name(c, &f)?);
+            return Ok(m);
+        }
+        Some(V::CombinedValidationContext(c)) => {
+            let f = format!("{cp}.combined_validation_context");
+            let Some(sc) = &c.validation_context_sds_secret_config else {
+                return Err(FieldError::new(
+                    format!("{f}.validation_context_sds_secret_config"),
+                    "is required",
+                ));
+            };
+            put(
+                &mut m,
+                "ca_secret",
+                sds_name(sc, &format!("{f}.validation_context_sds_secret_config"))?,
+            );
+            let v = c.default_validation_context.clone().unwrap_or_default();
+            let vp = format!("{f}.default_validation_context");
             if v.trusted_ca.is_some() {
-                let ca = filename(v.trusted_ca.as_ref(), &format!("{vp}.trusted_ca"))?;
-                if ca != std::path::Path::new(SYSTEM_CA) {
-                    put(&mut m, "ca", ca);
-                }
+                return Err(FieldError::new(
+                    format!("{vp}.trusted_ca"),
+                    "the CA comes from the SDS secret; set one or the other",
+                ));
             }
-            let mut sans = Vec::new();
-            for (i, s) in v.match_typed_subject_alt_names.iter().enumerate() {
-                let f = format!("{vp}.match_typed_subject_alt_names[{i}]");
-                use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-                let ok_type =
-                    s.san_type == SanType::Dns as i32 || s.san_type == SanType::Uri as i32;
-                match s.matcher.as_ref().and_then(|m| m.match_pattern.as_ref()) {
-                    Some(MatchPattern::Exact(x)) if ok_type => sans.push(x.clone()),
-                    _ => {
-                        return Err(FieldError::new(
-                            f,
-                            "only exact DNS or URI subject alt names are supported",
-                        ));
-                    }
-                }
-            }
-            // The `sni` alone as a DNS name is Sluice's default check.
-            let default_check = !ctx.sni.is_empty()
-                && v.match_typed_subject_alt_names.len() == 1
-                && v.match_typed_subject_alt_names
-                    .iter()
-                    .all(|s| s.san_type == SanType::Dns as i32)
-                && sans == [ctx.sni.clone()];
-            if !sans.is_empty() && !default_check {
-                put(&mut m, "verify_subject_alt_names", sans);
-            }
+            (v, vp)
         }
         Some(_) => {
             return Err(FieldError::new(
-                format!("{cp}.validation_context_sds_secret_config"),
-                "SDS is not supported yet",
+                format!("{cp}.validation_context_certificate_provider"),
+                "not supported (use a file or an SDS secret)",
             ));
         }
+    };
+    if v.trusted_ca.is_some() {
+        let ca = filename(v.trusted_ca.as_ref(), &format!("{vp}.trusted_ca"))?;
+        if ca != std::path::Path::new(SYSTEM_CA) {
+            put(&mut m, "ca", ca);
+        }
+    }
+    let mut sans = Vec::new();
+    for (i, s) in v.match_typed_subject_alt_names.iter().enumerate() {
+        let f = format!("{vp}.match_typed_subject_alt_names[{i}]");
+        use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+        let ok_type = s.san_type == SanType::Dns as i32 || s.san_type == SanType::Uri as i32;
+        match s.matcher.as_ref().and_then(|m| m.match_pattern.as_ref()) {
+            Some(MatchPattern::Exact(x)) if ok_type => sans.push(x.clone()),
+            _ => {
+                return Err(FieldError::new(
+                    f,
+                    "only exact DNS or URI subject alt names are supported",
+                ));
+            }
+        }
+    }
+    // The `sni` alone as a DNS name is Sluice's default check.
+    let default_check = !ctx.sni.is_empty()
+        && v.match_typed_subject_alt_names.len() == 1
+        && v.match_typed_subject_alt_names
+            .iter()
+            .all(|s| s.san_type == SanType::Dns as i32)
+        && sans == [ctx.sni.clone()];
+    if !sans.is_empty() && !default_check {
+        put(&mut m, "verify_subject_alt_names", sans);
     }
     Ok(m)
 }
@@ -258,21 +312,36 @@ pub(crate) fn downstream_tls_pb(
             }),
             tls_certificates: certs
                 .iter()
-                .map(|c| pbtls::TlsCertificate {
-                    certificate_chain: file(&c.cert),
-                    private_key: file(&c.key),
-                    ..Default::default()
+                .filter_map(|c| match (&c.cert, &c.key) {
+                    (Some(cert), Some(key)) => Some(pbtls::TlsCertificate {
+                        certificate_chain: file(cert),
+                        private_key: file(key),
+                        ..Default::default()
+                    }),
+                    _ => None,
                 })
                 .collect(),
+            tls_certificate_sds_secret_configs: certs
+                .iter()
+                .filter_map(|c| c.secret.as_deref().map(sds))
+                .collect(),
             alpn_protocols: t.alpn.clone(),
-            validation_context_type: t.client_ca.as_ref().map(|ca| {
-                pbtls::common_tls_context::ValidationContextType::ValidationContext(
-                    pbtls::CertificateValidationContext {
-                        trusted_ca: file(ca),
-                        ..Default::default()
-                    },
-                )
-            }),
+            validation_context_type: match (&t.client_ca, &t.client_ca_secret) {
+                (_, Some(name)) => Some(
+                    pbtls::common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                        sds(name),
+                    ),
+                ),
+                (Some(ca), None) => Some(
+                    pbtls::common_tls_context::ValidationContextType::ValidationContext(
+                        pbtls::CertificateValidationContext {
+                            trusted_ca: file(ca),
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                (None, None) => None,
+            },
             ..Default::default()
         }),
         require_client_certificate: Some(BoolValue {
@@ -310,11 +379,11 @@ pub(crate) fn downstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mappin
         );
         certs.push(Value::Mapping(x));
     }
-    if !common.tls_certificate_sds_secret_configs.is_empty() {
-        return Err(FieldError::new(
-            format!("{cp}.tls_certificate_sds_secret_configs"),
-            "SDS is not supported yet",
-        ));
+    for (i, c) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
+        let f = format!("{cp}.tls_certificate_sds_secret_configs[{i}]");
+        let mut x = Mapping::new();
+        put(&mut x, "secret", sds_name(c, &f)?);
+        certs.push(Value::Mapping(x));
     }
     m.insert("certificates".into(), Value::Sequence(certs));
     if !common.alpn_protocols.is_empty() {
@@ -355,10 +424,23 @@ pub(crate) fn downstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mappin
                 },
             );
         }
+        Some(V::ValidationContextSdsSecretConfig(c)) => {
+            let f = format!("{cp}.validation_context_sds_secret_config");
+            put(&mut m, "client_ca_secret", sds_name(c, &f)?);
+            put(
+                &mut m,
+                "client_certificate",
+                if required {
+                    ClientCertificate::Required
+                } else {
+                    ClientCertificate::Optional
+                },
+            );
+        }
         Some(_) => {
             return Err(FieldError::new(
-                format!("{cp}.validation_context_sds_secret_config"),
-                "SDS is not supported yet",
+                format!("{cp}.combined_validation_context"),
+                "not supported on listeners (`validation_context` or `validation_context_sds_secret_config`)",
             ));
         }
     }

@@ -153,17 +153,18 @@ fn type_urls_map_both_ways_and_mismatches_are_errors() {
         ResourceType::Endpoints,
         ResourceType::RouteTable,
         ResourceType::Listener,
+        ResourceType::Secret,
     ] {
         assert_eq!(resource_type(type_url(k)), Some(k));
     }
-    assert_eq!(resource_type(SECRET), None);
+    assert_eq!(resource_type("type.googleapis.com/x.Y"), None);
     let any = pack_any(&cluster_named("c"));
     let e = decode(LISTENER, &any).unwrap_err();
     assert_eq!(e.field, "type_url");
     let e = decode(
-        SECRET,
+        "type.googleapis.com/x.Y",
         &Any {
-            type_url: SECRET.into(),
+            type_url: "type.googleapis.com/x.Y".into(),
             value: vec![],
         },
     )

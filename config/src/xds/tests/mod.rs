@@ -444,3 +444,4 @@ fn resource(c: &Config, kind: ResourceType, name: &str) -> Resource {
 mod envoy_shaped;
 mod errors;
 mod round_trip;
+mod sds;
