@@ -111,17 +111,32 @@ struct XdsArgs {
     /// Incremental (delta) xDS instead of state of the world: only changed resources travel.
     #[arg(long, env = "SLUICE_XDS_DELTA")]
     xds_delta: bool,
+    /// A file holding the bootstrap token that proves which identity this proxy may have: the
+    /// control plane's CA issues its certificate (SDS) only to a stream presenting it.
+    #[arg(long, env = "SLUICE_XDS_TOKEN_FILE", requires = "xds")]
+    xds_token_file: Option<PathBuf>,
 }
 
 impl XdsArgs {
-    fn options(&self) -> Option<XdsOptions> {
-        let server = self.xds.clone()?;
+    fn options(&self) -> anyhow::Result<Option<XdsOptions>> {
+        let Some(server) = self.xds.clone() else {
+            return Ok(None);
+        };
         let mut options =
             XdsOptions::new(server, self.node_id.clone().unwrap_or_default(), decode_xds);
         options.cluster = self.xds_cluster.clone();
         options.initial_fetch_timeout = self.xds_initial_fetch_timeout;
         options.delta = self.xds_delta;
-        Some(options)
+        if let Some(path) = &self.xds_token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--xds-token-file {}: {e}", path.display()))?;
+            let token = text.trim();
+            if token.is_empty() {
+                anyhow::bail!("--xds-token-file {}: the file is empty", path.display());
+            }
+            options.token = Some(token.to_string());
+        }
+        Ok(Some(options))
     }
 }
 
@@ -186,7 +201,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     text: "{}\n".into(),
                 },
             };
-            let proxy = Proxy::start(run.options(source, !no_watch, xds.options()))?;
+            let proxy = Proxy::start(run.options(source, !no_watch, xds.options()?))?;
             Ok(exit_code(proxy.wait()))
         }
         Command::Validate { files } => Ok(validate(&files)),

@@ -51,6 +51,8 @@ pub struct HttpState {
     pub metrics: Render,
     /// True once the first snapshot is built.
     pub ready: std::sync::atomic::AtomicBool,
+    /// The CA's trust bundle (PEM), served at `/v1/ca/bundle` (public: it holds no key).
+    pub bundle: Option<String>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -119,6 +121,20 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<Byte
             }
         }
         (["live"], &Method::GET) => text(StatusCode::OK, "live\n"),
+        (["v1", "ca", "bundle"], &Method::GET) => match &state.bundle {
+            Some(pem) => {
+                let mut r = text(StatusCode::OK, pem.clone());
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/x-pem-file"),
+                );
+                r
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "no CA is configured (settings: `ca`)\n",
+            ),
+        },
         (["status"], &Method::GET) => json(StatusCode::OK, (state.status)()),
         (["metrics"], &Method::GET) => {
             let mut r = text(StatusCode::OK, (state.metrics)());

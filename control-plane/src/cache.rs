@@ -122,6 +122,7 @@ impl SnapshotCache {
             cache: self.clone(),
             receivers,
             key: None,
+            secrets: None,
         }
     }
 
@@ -162,11 +163,41 @@ pub struct NodeWatch {
     /// In priority order: node id, cluster, default.
     receivers: Vec<(String, watch::Receiver<Option<Arc<Published>>>)>,
     key: Option<String>,
+    /// The node's own SDS secrets (its identity's certificate), served over its snapshot.
+    secrets: Option<watch::Receiver<Arc<crate::ca::IssuedSecrets>>>,
 }
 
 impl NodeWatch {
-    /// The snapshot the node maps to now (marks every key as seen).
+    /// Serves `secrets` (the node's identity, from the CA) as the snapshot's SDS secrets.
+    #[must_use]
+    pub fn with_secrets(
+        mut self,
+        secrets: Option<watch::Receiver<Arc<crate::ca::IssuedSecrets>>>,
+    ) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The snapshot the node maps to now (marks every key as seen), with the node's own
+    /// secrets over it.
     pub fn current(&mut self) -> Option<Arc<Published>> {
+        let base = self.base();
+        match (base, &mut self.secrets) {
+            (Some(base), Some(rx)) => {
+                let secrets = Arc::clone(&rx.borrow_and_update());
+                Some(Arc::new(Published {
+                    snapshot: base.snapshot.overlay(
+                        crate::snapshot::type_url::SECRET,
+                        Arc::clone(&secrets.resources),
+                    ),
+                    set_at: base.set_at.max(secrets.set_at),
+                }))
+            }
+            (base, _) => base,
+        }
+    }
+
+    fn base(&mut self) -> Option<Arc<Published>> {
         let mut found = None;
         let mut found_key = None;
         for (key, rx) in &mut self.receivers {
@@ -194,10 +225,25 @@ impl NodeWatch {
             .iter_mut()
             .map(|(_, rx)| Box::pin(rx.changed()));
         // A closed channel would return at once forever; the cache never drops a watched
-        // slot, but guard anyway by parking instead of spinning.
-        match futures_select(futures.collect()).await {
-            Ok(()) => {}
-            Err(_) => std::future::pending::<()>().await,
+        // slot (nor the CA a held identity), but guard anyway by parking instead of spinning.
+        let snapshot = async {
+            if futures_select(futures.collect()).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let secrets_rx = &mut self.secrets;
+        let secrets = async {
+            let closed = match secrets_rx {
+                Some(rx) => rx.changed().await.is_err(),
+                None => true,
+            };
+            if closed {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = snapshot => {}
+            () = secrets => {}
         }
     }
 }

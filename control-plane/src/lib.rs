@@ -19,6 +19,7 @@
 
 pub mod ads;
 pub mod api;
+pub mod ca;
 pub mod cache;
 pub mod metrics;
 pub mod run;

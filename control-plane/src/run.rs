@@ -183,6 +183,7 @@ mod tests {
             status: Box::new(String::new),
             metrics: Box::new(String::new),
             ready: Default::default(),
+            bundle: None,
         })
     }
 

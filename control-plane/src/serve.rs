@@ -72,9 +72,22 @@ pub async fn start(settings: Settings) -> Result<ControlPlane, String> {
     let metrics = AdsMetrics::new();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
+    let ca = match &settings.ca {
+        Some(s) => {
+            let ca_metrics = crate::ca::CaMetrics::default();
+            ca_metrics.register(&mut registry);
+            Some(crate::ca::Ca::new(s, ca_metrics)?)
+        }
+        None => None,
+    };
     let registry = Arc::new(registry);
     let cache = SnapshotCache::new();
-    let server = AdsServer::new(cache.clone()).with_metrics(metrics.clone());
+    let mut server = AdsServer::new(cache.clone()).with_metrics(metrics.clone());
+    let mut tasks = Vec::new();
+    if let Some(ca) = ca {
+        tasks.push(tokio::spawn(ca.clone().rotate()));
+        server = server.with_ca(ca);
+    }
     let board = server.status_board().clone();
     let status_cache = cache.clone();
     let http = Arc::new(HttpState {
@@ -88,9 +101,9 @@ pub async fn start(settings: Settings) -> Result<ControlPlane, String> {
             out
         }),
         ready: Default::default(),
+        bundle: server.ca().map(|ca| ca.bundle_pem().to_string()),
     });
 
-    let mut tasks = Vec::new();
     tasks.push(tokio::spawn(api::serve(http_listener, Arc::clone(&http))));
     let ads = server.clone();
     tasks.push(tokio::spawn(async move {

@@ -7,6 +7,11 @@
 //!                                      # are relative to this file)
 //! registry: { default_ttl: 30s, max_ttl: 300s, max_endpoints: 100000 }
 //! debounce: 100ms                      # bursts of changes become one push
+//! ca:                                  # the built-in CA (optional)
+//!   trust_domain: sluice.local
+//!   workload_cert_ttl: 24h             # rotated at 70%
+//!   identities:
+//!     - { namespace: demo, service_account: frontend, nodes: [frontend], token_file: tokens/frontend }
 //! ```
 //!
 //! Unknown fields are errors; an error names the file, line and column.
@@ -41,6 +46,9 @@ pub struct Settings {
     /// snapshots. Default `100ms`.
     #[serde(default = "default_debounce")]
     pub debounce: sluice_config::Duration,
+    /// The built-in CA (absent: no certificates are issued).
+    #[serde(default)]
+    pub ca: Option<crate::ca::CaSettings>,
 }
 
 fn default_debounce() -> sluice_config::Duration {
@@ -112,6 +120,7 @@ impl Default for Settings {
             directory: None,
             registry: RegistrySettings::default(),
             debounce: default_debounce(),
+            ca: None,
         }
     }
 }
@@ -121,11 +130,14 @@ pub fn load(path: &Path) -> Result<Settings, String> {
     let name = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: cannot read: {e}"))?;
     let mut s = parse(&text).map_err(|e| format!("{name}:{e}"))?;
+    let base = path.parent().unwrap_or(Path::new("."));
     if let Some(d) = &mut s.directory
         && d.path.is_relative()
     {
-        let base = path.parent().unwrap_or(Path::new("."));
         d.path = base.join(&d.path);
+    }
+    if let Some(ca) = &mut s.ca {
+        ca.resolve_paths(base);
     }
     Ok(s)
 }

@@ -145,7 +145,8 @@ fn hex16(digest: &[u8]) -> String {
 /// so a proxy subscribing to it is not left waiting.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Snapshot {
-    types: BTreeMap<String, Resources>,
+    /// Shared, so a stream overlaying its own secrets copies pointers, not resources.
+    types: BTreeMap<String, std::sync::Arc<Resources>>,
 }
 
 impl Snapshot {
@@ -171,13 +172,24 @@ impl Snapshot {
         type_url: &str,
         resources: impl IntoIterator<Item = (String, Any)>,
     ) {
-        self.types
-            .insert(type_url.to_owned(), Resources::new(resources));
+        self.types.insert(
+            type_url.to_owned(),
+            std::sync::Arc::new(Resources::new(resources)),
+        );
+    }
+
+    /// This snapshot with one type's resources replaced by `resources` (shared, not copied):
+    /// a stream's own SDS secrets over its group's snapshot.
+    #[must_use]
+    pub fn overlay(&self, type_url: &str, resources: std::sync::Arc<Resources>) -> Self {
+        let mut types = self.types.clone();
+        types.insert(type_url.to_owned(), resources);
+        Self { types }
     }
 
     /// The resources of one type, if the snapshot has that type.
     pub fn resources(&self, type_url: &str) -> Option<&Resources> {
-        self.types.get(type_url)
+        self.types.get(type_url).map(|r| &**r)
     }
 
     /// The version of one type (the empty set's version when the type is absent).

@@ -31,6 +31,8 @@ pub struct ProxyStatus {
     pub snapshot_key: Option<String>,
     /// SotW or delta.
     pub protocol: Protocol,
+    /// The SPIFFE ID the CA issues this stream's certificate for (`None`: no token, or no CA).
+    pub identity: Option<String>,
     /// When the stream opened (milliseconds since the Unix epoch).
     pub connected_since_ms: u64,
     /// Per type (short name: `cluster`, `endpoint`, `listener`, `route`, `secret`, or the
@@ -107,6 +109,7 @@ impl StatusBoard {
             cluster: cluster.to_owned(),
             snapshot_key: None,
             protocol,
+            identity: None,
             connected_since_ms: now_ms(),
             types: BTreeMap::new(),
         };

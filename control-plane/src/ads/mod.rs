@@ -40,6 +40,8 @@ pub struct AdsServer {
     metrics: AdsMetrics,
     /// Set to true to end every open stream (shutdown).
     closing: Arc<watch::Sender<bool>>,
+    /// The CA issuing certificates to streams that prove their identity.
+    ca: Option<crate::ca::Ca>,
 }
 
 impl AdsServer {
@@ -50,7 +52,16 @@ impl AdsServer {
             status: StatusBoard::new(),
             metrics: AdsMetrics::new(),
             closing: Arc::default(),
+            ca: None,
         }
+    }
+
+    /// Issues certificates from `ca` (SDS secrets `default` and `ROOTCA`) to streams that
+    /// present a token granting an identity.
+    #[must_use]
+    pub fn with_ca(mut self, ca: crate::ca::Ca) -> Self {
+        self.ca = Some(ca);
+        self
     }
 
     /// Uses `metrics` (e.g. already registered in the admin registry).
@@ -63,6 +74,11 @@ impl AdsServer {
     /// The snapshot cache (set snapshots here).
     pub fn cache(&self) -> &SnapshotCache {
         &self.cache
+    }
+
+    /// The CA, if one issues certificates.
+    pub fn ca(&self) -> Option<&crate::ca::Ca> {
+        self.ca.as_ref()
     }
 
     /// The metrics.
@@ -101,24 +117,45 @@ impl AdsServer {
         &self,
         node: &Node,
         protocol: Protocol,
-    ) -> (Stream<R>, ReceiverStream<Result<R, Status>>) {
+        token: Option<&str>,
+    ) -> Result<(Stream<R>, ReceiverStream<Result<R, Status>>), Status> {
         let key = NodeKey {
             id: node.id.clone(),
             cluster: node.cluster.clone(),
         };
+        let identity = match &self.ca {
+            None => None,
+            Some(ca) => ca.authorize(token, &key).map_err(|r| {
+                tracing::warn!(node = %node.id, refusal = ?r, "ADS stream refused: its token does not grant an identity to this node");
+                match r {
+                    crate::ca::Refusal::UnknownToken => {
+                        Status::unauthenticated("the bootstrap token grants no identity")
+                    }
+                    crate::ca::Refusal::NodeNotAllowed { identity } => Status::permission_denied(
+                        format!("node `{}` may not hold {identity}", node.id),
+                    ),
+                }
+            })?,
+        };
+        let (identity, secrets) = match identity {
+            Some((id, rx)) => (Some(id), Some(rx)),
+            None => (None, None),
+        };
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         self.metrics.connected_proxies.inc();
+        let entry = self.status.connect(&node.id, &node.cluster, protocol);
+        entry.update(|s| s.identity = identity);
         let stream = Stream {
-            watch: self.cache.watch(&key),
+            watch: self.cache.watch(&key).with_secrets(secrets),
             shared: Arc::new(Shared {
-                entry: self.status.connect(&node.id, &node.cluster, protocol),
+                entry,
                 metrics: self.metrics.clone(),
             }),
             tx,
             next_nonce: 0,
             closing: self.closing.subscribe(),
         };
-        (stream, ReceiverStream::new(rx))
+        Ok((stream, ReceiverStream::new(rx)))
     }
 }
 
@@ -233,6 +270,15 @@ fn first_node(node: Option<&Node>) -> Result<Node, Status> {
     }
 }
 
+/// The bearer token of a stream (`authorization: Bearer TOKEN`).
+fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
 type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -243,6 +289,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let token = bearer(request.metadata());
         let mut inbound = request.into_inner();
         let Some(first) = inbound.message().await? else {
             return Err(Status::invalid_argument(
@@ -250,7 +297,7 @@ impl AggregatedDiscoveryService for AdsServer {
             ));
         };
         let node = first_node(first.node.as_ref())?;
-        let (stream, outbound) = self.open(&node, Protocol::Sotw);
+        let (stream, outbound) = self.open(&node, Protocol::Sotw, token.as_deref())?;
         tokio::spawn(sotw::run(stream, first, inbound));
         Ok(Response::new(Box::pin(outbound)))
     }
@@ -261,6 +308,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let token = bearer(request.metadata());
         let mut inbound = request.into_inner();
         let Some(first) = inbound.message().await? else {
             return Err(Status::invalid_argument(
@@ -268,7 +316,7 @@ impl AggregatedDiscoveryService for AdsServer {
             ));
         };
         let node = first_node(first.node.as_ref())?;
-        let (stream, outbound) = self.open(&node, Protocol::Delta);
+        let (stream, outbound) = self.open(&node, Protocol::Delta, token.as_deref())?;
         tokio::spawn(delta::run(stream, first, inbound));
         Ok(Response::new(Box::pin(outbound)))
     }

@@ -1,5 +1,6 @@
 //! In-process tests: a real tonic ADS client against the server on 127.0.0.1:0.
 
+mod ca;
 mod delta;
 mod sotw;
 
@@ -66,6 +67,30 @@ impl Harness {
             tx,
             rx: response.into_inner(),
         }
+    }
+
+    /// Opens a SotW stream presenting `token` (`authorization: Bearer`); the server's refusal
+    /// as an error.
+    pub(super) async fn sotw_with_token(
+        &self,
+        first: DiscoveryRequest,
+        token: &str,
+    ) -> Result<Sotw, tonic::Status> {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(first).await.unwrap();
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let response = self
+            .client()
+            .await
+            .stream_aggregated_resources(request)
+            .await?;
+        Ok(Sotw {
+            tx,
+            rx: response.into_inner(),
+        })
     }
 
     /// Opens a delta stream whose first request is `first`.

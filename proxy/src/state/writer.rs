@@ -9,6 +9,7 @@
 //! | a cluster's settings | the cluster handle's settings |
 //! | a route table | that table and the HTTP listeners using it (no cluster, no pool) |
 //! | a listener | that listener (bound before the swap; a bind failure rejects it) |
+//! | a secret | the TLS configs naming it, inside the TLS store (nothing recompiled) |
 
 use super::{Live, Snapshot};
 use crate::cluster::{Change, Registry};
@@ -195,6 +196,10 @@ impl Writer {
             let owner = self.resolve(origin, &key);
             let outcome = match self.owners.get(&key) {
                 Some(current) if *current != owner => Err(conflict(*current)),
+                _ if origin == Origin::File && !r.secret_names().is_empty() => Err(format!(
+                    "names SDS secrets ({}): secrets come from the control plane, so only a resource it sends may name them (a config file names `cert`/`key`/`ca` files)",
+                    r.secret_names().join(", ")
+                )),
                 _ => self.upsert(&r, &mut dirty_tables, &mut dirty_listeners),
             };
             metrics.config_resource(r.kind().as_str(), outcome.is_ok());
@@ -283,6 +288,9 @@ impl Writer {
         match r {
             Resource::Cluster(c) => self.registry.set_settings(c),
             Resource::Endpoints(e) => Ok(self.registry.set_endpoints(e)),
+            // Entries naming it are rebuilt inside the TLS store: no listener or cluster is
+            // recompiled, no connection dropped.
+            Resource::Secret(s) => self.registry.tls().set_secret(s).map(|_| change),
             Resource::RouteTable(t) => {
                 let table =
                     RouteTable::compile(t, &mut self.registry).map_err(|e| e.to_string())?;
@@ -311,6 +319,10 @@ impl Writer {
         match key.0 {
             ResourceType::Cluster => self.registry.remove_settings(name),
             ResourceType::Endpoints => self.registry.remove_endpoints(name),
+            ResourceType::Secret => {
+                self.registry.tls().remove_secret(name);
+                Change::Removed
+            }
             ResourceType::RouteTable => {
                 // Listeners still naming it answer 404 until it returns.
                 self.route_tables

@@ -5,7 +5,7 @@
 //! across them).
 
 use super::load;
-use super::{Loaded, provider, versions};
+use super::{Loaded, Part, Secrets, Source, provider, versions};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -107,17 +107,22 @@ fn san_matches(cert: &ParsedCertificate<'_>, der: &[u8], sans: &[String]) -> boo
 }
 
 /// Builds a cluster's configs.
-pub(super) fn build(cfg: &UpstreamTls) -> Result<Loaded<ClientConfigs>, String> {
+pub(super) fn build(cfg: &UpstreamTls, secrets: &Secrets) -> Result<Loaded<ClientConfigs>, String> {
     let provider = provider();
     let mut loaded = Loaded::default();
-    let roots = match &cfg.ca {
+    let ca = match (&cfg.ca_secret, &cfg.ca) {
+        (Some(name), _) => Some(Source::Secret(name.clone(), Part::Ca)),
+        (None, Some(path)) => Some(Source::File(path.clone())),
+        (None, None) => None,
+    };
+    let roots = match ca {
         Some(ca) => {
-            let pem = loaded.read(ca)?;
-            load::roots(ca, &pem)?
+            let pem = loaded.read(ca.clone(), secrets)?;
+            load::roots(&ca, &pem)?
         }
         None => {
             let (path, roots) = load::system_roots()?;
-            loaded.read(&path)?;
+            loaded.read(Source::File(path), secrets)?;
             roots
         }
     };
@@ -131,21 +136,31 @@ pub(super) fn build(cfg: &UpstreamTls) -> Result<Loaded<ClientConfigs>, String> 
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let config = match (&cfg.cert, &cfg.key) {
-        (Some(cert), Some(key)) => {
-            let cert_pem = loaded.read(cert)?;
-            let key_pem = loaded.read(key)?;
-            let chain = load::certs(cert, &cert_pem)?;
+    let pair = match (&cfg.cert_secret, &cfg.cert, &cfg.key) {
+        (Some(name), _, _) => Some((
+            Source::Secret(name.clone(), Part::Chain),
+            Source::Secret(name.clone(), Part::Key),
+        )),
+        (None, Some(cert), Some(key)) => {
+            Some((Source::File(cert.clone()), Source::File(key.clone())))
+        }
+        _ => None,
+    };
+    let config = match pair {
+        Some((cert, key)) => {
+            let cert_pem = loaded.read(cert.clone(), secrets)?;
+            let key_pem = loaded.read(key.clone(), secrets)?;
+            let chain = load::certs(&cert, &cert_pem)?;
             let info = chain
                 .first()
                 .and_then(|c| load::info(c))
                 .unwrap_or_default();
-            loaded.certs.push((cert.clone(), info));
+            loaded.certs.push((cert, info));
             builder
-                .with_client_auth_cert(chain, load::key(key, &key_pem)?)
-                .map_err(|e| format!("{}: {e}", key.display()))?
+                .with_client_auth_cert(chain, load::key(&key, &key_pem)?)
+                .map_err(|e| format!("{key}: {e}"))?
         }
-        _ => builder.with_no_client_auth(),
+        None => builder.with_no_client_auth(),
     };
     let with_alpn = |alpn: &[&[u8]]| {
         let mut c = config.clone();

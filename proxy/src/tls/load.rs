@@ -12,32 +12,37 @@ pub(super) fn read(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// Every certificate in a PEM file (at least one).
-pub(super) fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(super) fn certs(
+    what: &impl std::fmt::Display,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
+        .map_err(|e| format!("{what}: invalid PEM: {e}"))?;
     if certs.is_empty() {
-        return Err(format!("{}: no CERTIFICATE in the file", path.display()));
+        return Err(format!("{what}: no CERTIFICATE in it"));
     }
     for c in &certs {
         x509_parser::parse_x509_certificate(c)
-            .map_err(|e| format!("{}: invalid certificate: {e}", path.display()))?;
+            .map_err(|e| format!("{what}: invalid certificate: {e}"))?;
     }
     Ok(certs)
 }
 
 /// The private key in a PEM file.
-pub(super) fn key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_slice(pem)
-        .map_err(|e| format!("{}: no usable private key: {e}", path.display()))
+pub(super) fn key(
+    what: &impl std::fmt::Display,
+    pem: &[u8],
+) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("{what}: no usable private key: {e}"))
 }
 
 /// A trust bundle from a PEM file (at least one CA).
-pub(super) fn roots(path: &Path, pem: &[u8]) -> Result<RootCertStore, String> {
+pub(super) fn roots(what: &impl std::fmt::Display, pem: &[u8]) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
-    let (added, _ignored) = store.add_parsable_certificates(certs(path, pem)?);
+    let (added, _ignored) = store.add_parsable_certificates(certs(what, pem)?);
     if added == 0 {
-        return Err(format!("{}: no usable CA certificate", path.display()));
+        return Err(format!("{what}: no usable CA certificate"));
     }
     Ok(store)
 }
@@ -101,7 +106,7 @@ pub(super) fn system_roots() -> Result<(std::path::PathBuf, RootCertStore), Stri
     };
     let mut last = String::from("no system CA bundle found");
     for path in candidates {
-        match read(&path).and_then(|pem| roots(&path, &pem)) {
+        match read(&path).and_then(|pem| roots(&path.display(), &pem)) {
             Ok(r) => return Ok((path, r)),
             Err(e) => last = e,
         }

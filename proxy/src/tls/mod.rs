@@ -11,6 +11,12 @@
 //! rebuilt client config a new resumption store, so a changed trust bundle cannot be bypassed
 //! by resuming a session established under the old one. A rebuild that fails (a key written
 //! before its certificate, say) keeps the last good config and is retried on the next change.
+//!
+//! SDS secrets ([`sluice_config::Secret`], from the control plane) are the other source of
+//! certificates and trust bundles: the writer hands each one to [`TlsStore::set_secret`], which
+//! checks it, keeps it, and rebuilds every live entry naming it. An entry whose secrets have
+//! not all arrived yet is *pending*: it exists (the listener or cluster is accepted, as Envoy
+//! warms it) but handshakes fail until the secret comes.
 
 mod client;
 mod load;
@@ -22,10 +28,10 @@ pub use stream::TlsInfo;
 pub(crate) use stream::{AcceptError, Alpn, UpstreamIo, accept};
 
 use crate::metrics::TlsMetrics;
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::ServerName;
-use sluice_config::{DownstreamTls, TlsVersion, UpstreamTls};
+use sluice_config::{DownstreamTls, Secret, SecretKind, TlsVersion, UpstreamTls};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak, mpsc};
@@ -45,14 +51,46 @@ fn versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVers
     }
 }
 
+/// Where PEM bytes come from: a file, or a part of an SDS secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A file (watched).
+    File(PathBuf),
+    /// A secret's certificate chain, private key or trust bundle.
+    Secret(String, Part),
+}
+
+/// A part of a secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// The certificate chain.
+    Chain,
+    /// The private key.
+    Key,
+    /// The trust bundle.
+    Ca,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Secret(name, _) => write!(f, "secret:{name}"),
+        }
+    }
+}
+
+/// The SDS secrets received, by name.
+pub(crate) type Secrets = HashMap<String, Arc<Secret>>;
+
 /// A built config with what it was built from.
 #[derive(Debug)]
 struct Loaded<T> {
     config: Option<Arc<T>>,
-    /// Every file read, with its bytes.
-    files: Vec<(PathBuf, Vec<u8>)>,
-    /// The certificates offered (leaf details), by file.
-    certs: Vec<(PathBuf, CertInfo)>,
+    /// Every file and secret part read, with its bytes.
+    files: Vec<(Source, Vec<u8>)>,
+    /// The certificates offered (leaf details), by source.
+    certs: Vec<(Source, CertInfo)>,
 }
 
 impl<T> Default for Loaded<T> {
@@ -66,40 +104,71 @@ impl<T> Default for Loaded<T> {
 }
 
 impl<T> Loaded<T> {
-    fn read(&mut self, path: &Path) -> Result<Vec<u8>, String> {
-        let bytes = load::read(path)?;
-        self.files.push((path.to_path_buf(), bytes.clone()));
+    /// Reads a file, or a secret's part from `secrets`.
+    fn read(&mut self, src: Source, secrets: &Secrets) -> Result<Vec<u8>, String> {
+        let bytes = match &src {
+            Source::File(path) => load::read(path)?,
+            Source::Secret(name, part) => secret_part(secrets, name, *part)?,
+        };
+        self.files.push((src, bytes.clone()));
         Ok(bytes)
     }
 }
 
-/// One `tls` block's live config.
+/// A part of a received secret, or why it cannot be had.
+fn secret_part(secrets: &Secrets, name: &str, part: Part) -> Result<Vec<u8>, String> {
+    let Some(s) = secrets.get(name) else {
+        return Err(format!("secret `{name}` has not been received"));
+    };
+    match (&s.kind, part) {
+        (SecretKind::Certificate { cert_chain, .. }, Part::Chain) => Ok(cert_chain.clone().into()),
+        (SecretKind::Certificate { private_key, .. }, Part::Key) => {
+            Ok(private_key.0.clone().into())
+        }
+        (SecretKind::TrustBundle { ca }, Part::Ca) => Ok(ca.clone().into()),
+        (_, Part::Ca) => Err(format!(
+            "secret `{name}` is a {}, not a trust bundle",
+            s.kind_name()
+        )),
+        (_, Part::Chain | Part::Key) => Err(format!(
+            "secret `{name}` is a {}, not a certificate",
+            s.kind_name()
+        )),
+    }
+}
+
+/// One `tls` block's live config (none while it waits for a secret).
 #[derive(Debug)]
 pub(crate) struct Entry<T> {
-    current: ArcSwap<T>,
+    current: ArcSwapOption<T>,
     state: Mutex<EntryState>,
+    /// The first certificate's SPIFFE ID (this proxy's identity on a listener).
+    identity: Arc<ArcSwapOption<String>>,
 }
 
 #[derive(Debug)]
 struct EntryState {
-    files: Vec<(PathBuf, Vec<u8>)>,
-    certs: Vec<(PathBuf, CertInfo)>,
+    files: Vec<(Source, Vec<u8>)>,
+    certs: Vec<(Source, CertInfo)>,
 }
 
 impl<T> Entry<T> {
-    fn new(loaded: Loaded<T>) -> Result<Self, String> {
-        let config = loaded.config.ok_or("TLS config not built")?;
-        Ok(Entry {
-            current: ArcSwap::new(config),
+    /// An entry serving `loaded` (pending when it has no config).
+    fn new(loaded: Loaded<T>) -> Self {
+        let entry = Entry {
+            current: ArcSwapOption::empty(),
             state: Mutex::new(EntryState {
-                files: loaded.files,
-                certs: loaded.certs,
+                files: Vec::new(),
+                certs: Vec::new(),
             }),
-        })
+            identity: Arc::default(),
+        };
+        entry.replace(loaded);
+        entry
     }
 
-    /// The config for the next handshake.
-    pub(crate) fn current(&self) -> Arc<T> {
+    /// The config for the next handshake (`None` while a secret it names has not come).
+    pub(crate) fn current(&self) -> Option<Arc<T>> {
         self.current.load_full()
     }
 
@@ -107,17 +176,24 @@ impl<T> Entry<T> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// True when some file it was built from now reads differently.
+    /// True when some file it was built from now reads differently (secrets are rebuilt by
+    /// [`TlsStore::set_secret`]).
     fn stale(&self) -> bool {
-        self.state()
-            .files
-            .iter()
-            .any(|(path, bytes)| std::fs::read(path).ok().as_ref() != Some(bytes))
+        self.state().files.iter().any(|(src, bytes)| match src {
+            Source::File(path) => std::fs::read(path).ok().as_ref() != Some(bytes),
+            Source::Secret(..) => false,
+        })
     }
 
     fn replace(&self, loaded: Loaded<T>) {
         if let Some(config) = loaded.config {
-            self.current.store(config);
+            self.current.store(Some(config));
+            self.identity.store(
+                loaded
+                    .certs
+                    .first()
+                    .and_then(|(_, i)| i.spiffe_id().map(|s| Arc::new(s.to_string()))),
+            );
             let mut s = self.state();
             s.files = loaded.files;
             s.certs = loaded.certs;
@@ -125,7 +201,14 @@ impl<T> Entry<T> {
     }
 
     fn dirs(&self) -> Vec<PathBuf> {
-        self.state().files.iter().map(|(p, _)| parent(p)).collect()
+        self.state()
+            .files
+            .iter()
+            .filter_map(|(src, _)| match src {
+                Source::File(p) => Some(parent(p)),
+                Source::Secret(..) => None,
+            })
+            .collect()
     }
 }
 
@@ -142,8 +225,14 @@ pub struct ServerTls {
     /// The settings it was built from.
     pub settings: DownstreamTls,
     pub(crate) entry: Entry<rustls::ServerConfig>,
-    /// This proxy's own SPIFFE ID (the default certificate's), for `x-forwarded-client-cert`.
-    pub(crate) identity: Option<String>,
+}
+
+impl ServerTls {
+    /// This proxy's own SPIFFE ID (the default certificate's), for `x-forwarded-client-cert`;
+    /// it follows certificate rotation.
+    pub(crate) fn identity(&self) -> Arc<ArcSwapOption<String>> {
+        Arc::clone(&self.entry.identity)
+    }
 }
 
 /// A cluster's TLS.
@@ -170,7 +259,9 @@ struct Inner {
     watcher: Option<notify::RecommendedWatcher>,
     watched: HashSet<PathBuf>,
     /// When each soon-expiring certificate was last warned about (Unix seconds).
-    warned: HashMap<PathBuf, i64>,
+    warned: HashMap<String, i64>,
+    /// SDS secrets received.
+    secrets: Secrets,
 }
 
 /// How often expiry is re-exported and warned about.
@@ -199,15 +290,10 @@ impl TlsStore {
         if let Some(s) = self.lock().servers.get(cfg).and_then(Weak::upgrade) {
             return Ok(s);
         }
-        let loaded = server::build(cfg)?;
-        let identity = loaded
-            .certs
-            .first()
-            .and_then(|(_, i)| i.spiffe_id().map(str::to_string));
+        let loaded = self.build_or_wait(cfg.secret_names(), |s| server::build(cfg, s))?;
         let tls = Arc::new(ServerTls {
             settings: cfg.clone(),
-            entry: Entry::new(loaded)?,
-            identity,
+            entry: Entry::new(loaded),
         });
         self.adopt(&tls.entry, |inner| {
             inner.servers.retain(|_, w| w.strong_count() > 0);
@@ -236,10 +322,10 @@ impl TlsStore {
             ),
             None => None,
         };
-        let loaded = client::build(&key)?;
+        let loaded = self.build_or_wait(key.secret_names(), |s| client::build(&key, s))?;
         let tls = Arc::new(ClientTls {
             settings: key.clone(),
-            entry: Entry::new(loaded)?,
+            entry: Entry::new(loaded),
             server_name,
         });
         self.adopt(&tls.entry, |inner| {
@@ -247,6 +333,70 @@ impl TlsStore {
             inner.clients.insert(key, Arc::downgrade(&tls));
         });
         Ok(tls)
+    }
+
+    /// Builds a config; when a secret it names has not arrived, a pending one (no config) that
+    /// [`TlsStore::set_secret`] completes.
+    fn build_or_wait<'a, T>(
+        &self,
+        names: impl Iterator<Item = &'a str>,
+        build: impl FnOnce(&Secrets) -> Result<Loaded<T>, String>,
+    ) -> Result<Loaded<T>, String> {
+        let inner = self.lock();
+        let missing: Vec<&str> = names.filter(|n| !inner.secrets.contains_key(*n)).collect();
+        if missing.is_empty() {
+            return build(&inner.secrets);
+        }
+        tracing::info!(secrets = ?missing, "TLS waits for SDS secrets; handshakes fail until they arrive");
+        Ok(Loaded::default())
+    }
+
+    /// Checks and keeps an SDS secret, then rebuilds every live entry naming it (pending ones
+    /// included). An invalid secret is refused (the previous one, if any, stays).
+    pub fn set_secret(&self, secret: &Secret) -> Result<bool, String> {
+        check_secret(secret)?;
+        let changed = {
+            let mut inner = self.lock();
+            let old = inner
+                .secrets
+                .insert(secret.name.clone(), Arc::new(secret.clone()));
+            old.is_none_or(|o| *o != *secret)
+        };
+        if changed {
+            self.rebuild_naming(&secret.name);
+        }
+        Ok(changed)
+    }
+
+    /// Forgets an SDS secret. Entries built from it keep serving what they have (a rotation is
+    /// a replacement, not a removal); entries built later wait for it again.
+    pub fn remove_secret(&self, name: &str) -> bool {
+        self.lock().secrets.remove(name).is_some()
+    }
+
+    /// Rebuilds the live entries naming secret `name`.
+    fn rebuild_naming(&self, name: &str) {
+        let (servers, clients, secrets) = {
+            let inner = self.lock();
+            (
+                live(&inner.servers),
+                live(&inner.clients),
+                inner.secrets.clone(),
+            )
+        };
+        for s in servers
+            .iter()
+            .filter(|s| s.settings.secret_names().any(|n| n == name))
+        {
+            self.finish_reload("listener", server::build(&s.settings, &secrets), &s.entry);
+        }
+        for c in clients
+            .iter()
+            .filter(|c| c.settings.secret_names().any(|n| n == name))
+        {
+            self.finish_reload("cluster", client::build(&c.settings, &secrets), &c.entry);
+        }
+        self.export_expiry();
     }
 
     /// Takes a new entry in: warns about its certificates' expiry, records it (`insert`, which
@@ -308,26 +458,19 @@ impl TlsStore {
 
     /// Rebuilds every live entry whose files changed.
     pub fn reload(&self) {
-        let (servers, clients) = {
+        let (servers, clients, secrets) = {
             let inner = self.lock();
             (
-                inner
-                    .servers
-                    .values()
-                    .filter_map(Weak::upgrade)
-                    .collect::<Vec<_>>(),
-                inner
-                    .clients
-                    .values()
-                    .filter_map(Weak::upgrade)
-                    .collect::<Vec<_>>(),
+                live(&inner.servers),
+                live(&inner.clients),
+                inner.secrets.clone(),
             )
         };
         for s in servers.iter().filter(|s| s.entry.stale()) {
-            self.finish_reload("listener", server::build(&s.settings), &s.entry);
+            self.finish_reload("listener", server::build(&s.settings, &secrets), &s.entry);
         }
         for c in clients.iter().filter(|c| c.entry.stale()) {
-            self.finish_reload("cluster", client::build(&c.settings), &c.entry);
+            self.finish_reload("cluster", client::build(&c.settings, &secrets), &c.entry);
         }
         self.export_expiry();
     }
@@ -335,11 +478,7 @@ impl TlsStore {
     fn finish_reload<T>(&self, side: &'static str, built: Result<Loaded<T>, String>, e: &Entry<T>) {
         match built {
             Ok(loaded) => {
-                let files: Vec<String> = loaded
-                    .files
-                    .iter()
-                    .map(|(p, _)| p.display().to_string())
-                    .collect();
+                let files: Vec<String> = loaded.files.iter().map(|(p, _)| p.to_string()).collect();
                 e.replace(loaded);
                 self.warn_expiry(e);
                 self.metrics.reload(true);
@@ -357,12 +496,12 @@ impl TlsStore {
         for (path, info) in &e.state().certs {
             let left = info.not_after - now;
             if left <= 0 {
-                tracing::error!(cert = %path.display(), expired_secs_ago = -left, "TLS certificate has expired");
+                tracing::error!(cert = %path, expired_secs_ago = -left, "TLS certificate has expired");
             } else if left < EXPIRY_WARNING.as_secs() as i64 {
-                tracing::warn!(cert = %path.display(), expires_in_secs = left, "TLS certificate expires soon");
+                tracing::warn!(cert = %path, expires_in_secs = left, "TLS certificate expires soon");
             }
             if info.not_before > now {
-                tracing::warn!(cert = %path.display(), "TLS certificate is not valid yet");
+                tracing::warn!(cert = %path, "TLS certificate is not valid yet");
             }
         }
     }
@@ -374,9 +513,9 @@ impl TlsStore {
         let mut live: HashMap<String, i64> = HashMap::new();
         {
             let inner = self.lock();
-            let mut add = |certs: &[(PathBuf, CertInfo)]| {
+            let mut add = |certs: &[(Source, CertInfo)]| {
                 for (p, i) in certs {
-                    live.insert(p.display().to_string(), i.not_after - now);
+                    live.insert(p.to_string(), i.not_after - now);
                 }
             };
             for s in inner.servers.values().filter_map(Weak::upgrade) {
@@ -393,14 +532,26 @@ impl TlsStore {
     /// use that expires within [`EXPIRY_WARNING`] (each load warned already).
     fn tick(&self) {
         let now = unix_now();
-        let mut certs: Vec<(PathBuf, CertInfo)> = Vec::new();
+        let mut certs: Vec<(String, CertInfo)> = Vec::new();
         {
             let inner = self.lock();
             for s in inner.servers.values().filter_map(|w| w.upgrade()) {
-                certs.extend(s.entry.state().certs.iter().cloned());
+                certs.extend(
+                    s.entry
+                        .state()
+                        .certs
+                        .iter()
+                        .map(|(p, i)| (p.to_string(), i.clone())),
+                );
             }
             for c in inner.clients.values().filter_map(|w| w.upgrade()) {
-                certs.extend(c.entry.state().certs.iter().cloned());
+                certs.extend(
+                    c.entry
+                        .state()
+                        .certs
+                        .iter()
+                        .map(|(p, i)| (p.to_string(), i.clone())),
+                );
             }
         }
         let mut inner = self.lock();
@@ -413,14 +564,42 @@ impl TlsStore {
             if now - *last >= 86_400 {
                 *last = now;
                 if left <= 0 {
-                    tracing::error!(cert = %path.display(), expired_secs_ago = -left, "TLS certificate has expired");
+                    tracing::error!(cert = %path, expired_secs_ago = -left, "TLS certificate has expired");
                 } else {
-                    tracing::warn!(cert = %path.display(), expires_in_secs = left, "TLS certificate expires soon");
+                    tracing::warn!(cert = %path, expires_in_secs = left, "TLS certificate expires soon");
                 }
             }
         }
         drop(inner);
         self.export_expiry();
+    }
+}
+
+/// The live entries of one side.
+fn live<K, V>(map: &HashMap<K, Weak<V>>) -> Vec<Arc<V>> {
+    map.values().filter_map(Weak::upgrade).collect()
+}
+
+/// Parses a secret as the proxy will use it: a certificate chain with its matching key, or a
+/// trust bundle with at least one usable CA.
+fn check_secret(secret: &Secret) -> Result<(), String> {
+    let what = Source::Secret(secret.name.clone(), Part::Chain);
+    match &secret.kind {
+        SecretKind::Certificate {
+            cert_chain,
+            private_key,
+        } => {
+            let chain = load::certs(&what, cert_chain.as_bytes())?;
+            let key = load::key(&what, private_key.0.as_bytes())?;
+            let signing = provider()
+                .key_provider
+                .load_private_key(key)
+                .map_err(|e| format!("{what}: unsupported private key: {e}"))?;
+            rustls::sign::CertifiedKey::new(chain, signing)
+                .keys_match()
+                .map_err(|_| format!("{what}: the private key is not the certificate's"))
+        }
+        SecretKind::TrustBundle { ca } => load::roots(&what, ca.as_bytes()).map(|_| ()),
     }
 }
 

@@ -4,7 +4,7 @@
 //! config, after any file changed, resumes nothing issued under the old one).
 
 use super::load::{self, CertInfo};
-use super::{Loaded, provider, versions};
+use super::{Loaded, Part, Secrets, Source, provider, versions};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use sluice_config::{ClientCertificate, DownstreamTls};
@@ -46,35 +46,44 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Builds the server config, reading every file it names. Returns the config, the files read
-/// (with their bytes, for change detection) and the certificates' details.
-pub(super) fn build(cfg: &DownstreamTls) -> Result<Loaded<rustls::ServerConfig>, String> {
+/// Builds the server config, reading every file and secret it names. Returns the config, the
+/// files read (with their bytes, for change detection) and the certificates' details.
+pub(super) fn build(
+    cfg: &DownstreamTls,
+    secrets: &Secrets,
+) -> Result<Loaded<rustls::ServerConfig>, String> {
     let provider = provider();
     let mut loaded = Loaded::default();
     let mut exact = HashMap::new();
     let mut wildcard = Vec::new();
     let mut default = None;
     for (i, c) in cfg.certificates.iter().enumerate() {
-        let cert_pem = loaded.read(&c.cert)?;
-        let key_pem = loaded.read(&c.key)?;
-        let chain = load::certs(&c.cert, &cert_pem)?;
-        let key = load::key(&c.key, &key_pem)?;
+        let (cert_src, key_src) = match (&c.secret, &c.cert, &c.key) {
+            (Some(name), _, _) => (
+                Source::Secret(name.clone(), Part::Chain),
+                Source::Secret(name.clone(), Part::Key),
+            ),
+            (None, Some(cert), Some(key)) => {
+                (Source::File(cert.clone()), Source::File(key.clone()))
+            }
+            _ => return Err(format!("certificates[{i}]: no certificate")),
+        };
+        let cert_pem = loaded.read(cert_src.clone(), secrets)?;
+        let key_pem = loaded.read(key_src.clone(), secrets)?;
+        let chain = load::certs(&cert_src, &cert_pem)?;
+        let key = load::key(&key_src, &key_pem)?;
         let signing = provider
             .key_provider
             .load_private_key(key)
-            .map_err(|e| format!("{}: unsupported private key: {e}", c.key.display()))?;
+            .map_err(|e| format!("{key_src}: unsupported private key: {e}"))?;
         let info: CertInfo = chain
             .first()
             .and_then(|c| load::info(c))
             .unwrap_or_default();
         let certified = Arc::new(CertifiedKey::new(chain, signing));
-        certified.keys_match().map_err(|_| {
-            format!(
-                "certificates[{i}]: {} is not the key of {}",
-                c.key.display(),
-                c.cert.display()
-            )
-        })?;
+        certified
+            .keys_match()
+            .map_err(|_| format!("certificates[{i}]: {key_src} is not the key of {cert_src}"))?;
         let names = if c.server_names.is_empty() {
             info.dns.clone()
         } else {
@@ -90,7 +99,7 @@ pub(super) fn build(cfg: &DownstreamTls) -> Result<Loaded<rustls::ServerConfig>,
             }
         }
         default.get_or_insert_with(|| Arc::clone(&certified));
-        loaded.certs.push((c.cert.clone(), info));
+        loaded.certs.push((cert_src, info));
     }
     let default = default.ok_or("no certificate")?;
     wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
@@ -102,11 +111,16 @@ pub(super) fn build(cfg: &DownstreamTls) -> Result<Loaded<rustls::ServerConfig>,
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(versions(cfg.min_version))
         .map_err(|e| e.to_string())?;
-    let builder = match (&cfg.client_certificate, &cfg.client_ca) {
+    let ca = match (&cfg.client_ca_secret, &cfg.client_ca) {
+        (Some(name), _) => Some(Source::Secret(name.clone(), Part::Ca)),
+        (None, Some(path)) => Some(Source::File(path.clone())),
+        (None, None) => None,
+    };
+    let builder = match (&cfg.client_certificate, ca) {
         (ClientCertificate::None, _) | (_, None) => builder.with_no_client_auth(),
         (policy, Some(ca)) => {
-            let pem = loaded.read(ca)?;
-            let roots = Arc::new(load::roots(ca, &pem)?);
+            let pem = loaded.read(ca.clone(), secrets)?;
+            let roots = Arc::new(load::roots(&ca, &pem)?);
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider));
             let verifier = if *policy == ClientCertificate::Optional {
@@ -117,7 +131,7 @@ pub(super) fn build(cfg: &DownstreamTls) -> Result<Loaded<rustls::ServerConfig>,
             builder.with_client_cert_verifier(
                 verifier
                     .build()
-                    .map_err(|e| format!("client_ca {}: {e}", ca.display()))?,
+                    .map_err(|e| format!("client CA {ca}: {e}"))?,
             )
         }
     };

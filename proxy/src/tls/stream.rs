@@ -44,7 +44,11 @@ pub(crate) enum UpstreamIo {
 impl UpstreamIo {
     /// Opens TLS over `tcp` with the cluster's current config.
     pub(crate) async fn tls(tcp: TcpStream, tls: &ClientTls, alpn: Alpn) -> io::Result<Self> {
-        let configs = tls.entry.current();
+        let Some(configs) = tls.entry.current() else {
+            return Err(io::Error::other(
+                "TLS is not ready: an SDS secret it names has not been received",
+            ));
+        };
         let config = match alpn {
             Alpn::None => &configs.tcp,
             Alpn::Http1 => &configs.h1,
@@ -135,7 +139,12 @@ pub(crate) async fn accept(
     tcp: TcpStream,
     tls: &ServerTls,
 ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo), AcceptError> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.entry.current());
+    let Some(config) = tls.entry.current() else {
+        return Err(AcceptError::Failed(io::Error::other(
+            "TLS is not ready: an SDS secret it names has not been received",
+        )));
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let stream = match tokio::time::timeout(
         tls.settings.handshake_timeout.get(),
         acceptor.accept(tcp),

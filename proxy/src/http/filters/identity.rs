@@ -27,8 +27,8 @@ static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 pub struct Identity {
     policy: Option<Box<Policy>>,
     xfcc: ForwardClientCert,
-    /// This proxy's SPIFFE ID (`By=` in XFCC).
-    by: Option<String>,
+    /// This proxy's SPIFFE ID (`By=` in XFCC), following certificate rotation.
+    by: Option<Arc<arc_swap::ArcSwapOption<String>>>,
     /// The listener's route table, to find the virtual host the SNI picks.
     routes: Arc<RouteTable>,
     metrics: ListenerMetrics,
@@ -47,7 +47,7 @@ impl Identity {
             xfcc: tls.map_or(ForwardClientCert::Sanitize, |t| {
                 t.settings.forward_client_cert
             }),
-            by: tls.and_then(|t| t.identity.clone()),
+            by: tls.map(crate::tls::ServerTls::identity),
             routes,
             metrics,
         }
@@ -106,9 +106,9 @@ impl Identity {
     fn details(&self, t: &crate::http::TlsInfo) -> Option<String> {
         let hash = t.peer_cert_sha256.as_deref()?;
         let mut s = String::with_capacity(160);
-        if let Some(by) = &self.by {
+        if let Some(by) = self.by.as_ref().and_then(|b| b.load_full()) {
             s.push_str("By=");
-            s.push_str(by);
+            s.push_str(&by);
             s.push(';');
         }
         s.push_str("Hash=");

@@ -56,14 +56,14 @@ trait Open: Wire<Request: Send + 'static, Response: prost::Message + Default + '
     /// Opens the stream, sending `requests`.
     fn open(
         client: AggregatedDiscoveryServiceClient<Channel>,
-        requests: UnboundedReceiverStream<Self::Request>,
+        requests: tonic::Request<UnboundedReceiverStream<Self::Request>>,
     ) -> impl Future<Output = Result<Streaming<Self::Response>, tonic::Status>> + Send;
 }
 
 impl Open for Sotw {
     async fn open(
         mut client: AggregatedDiscoveryServiceClient<Channel>,
-        requests: UnboundedReceiverStream<Self::Request>,
+        requests: tonic::Request<UnboundedReceiverStream<Self::Request>>,
     ) -> Result<Streaming<Self::Response>, tonic::Status> {
         Ok(client
             .stream_aggregated_resources(requests)
@@ -75,7 +75,7 @@ impl Open for Sotw {
 impl Open for Delta {
     async fn open(
         mut client: AggregatedDiscoveryServiceClient<Channel>,
-        requests: UnboundedReceiverStream<Self::Request>,
+        requests: tonic::Request<UnboundedReceiverStream<Self::Request>>,
     ) -> Result<Streaming<Self::Response>, tonic::Status> {
         Ok(client
             .delta_aggregated_resources(requests)
@@ -208,7 +208,16 @@ async fn session<W: Open>(
     for request in state.reconnect_as::<W>() {
         let _ = tx.send(request);
     }
-    let mut inbound = match W::open(client, UnboundedReceiverStream::new(rx)).await {
+    let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
+    if let Some(token) = &options.token {
+        match format!("Bearer {token}").parse() {
+            Ok(v) => {
+                request.metadata_mut().insert("authorization", v);
+            }
+            Err(_) => return lost("the xDS token is not a valid header value".into()),
+        }
+    }
+    let mut inbound = match W::open(client, request).await {
         Ok(r) => r,
         Err(status) => return lost(format!("stream refused: {status}")),
     };

@@ -43,6 +43,8 @@ pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.Cluster
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 /// Type URL of `envoy.config.route.v3.RouteConfiguration` (RDS).
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// Type URL of `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS).
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// How to reach the xDS server and who this proxy is.
 #[derive(Clone, Debug)]
@@ -63,6 +65,9 @@ pub struct XdsOptions {
     pub decode: Decode,
     /// Incremental (delta) xDS (`DeltaAggregatedResources`) instead of state of the world.
     pub delta: bool,
+    /// The bootstrap token proving which identity this proxy may have, sent on every stream as
+    /// `authorization: Bearer TOKEN` (the control plane issues its certificates only then).
+    pub token: Option<String>,
 }
 
 impl XdsOptions {
@@ -77,6 +82,7 @@ impl XdsOptions {
             backoff_max: Duration::from_secs(30),
             decode,
             delta: false,
+            token: None,
         }
     }
 }

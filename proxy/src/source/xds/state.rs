@@ -1,17 +1,18 @@
 //! The ADS protocol state, without IO: per resource type the last good (accepted) version, the
 //! stream's last nonce, the subscribed names and the names xDS holds live; which responses
-//! become which update; the ACK or NACK an update's results make; the EDS and RDS
+//! become which update; the ACK or NACK an update's results make; the EDS, RDS and SDS
 //! subscriptions that follow from the clusters and listeners held; and when the first config
 //! is complete.
 //!
 //! State of the world: a CDS or LDS response is the complete set (a held cluster or listener
 //! absent from it is removed, and a removed cluster's endpoints with it); an EDS or RDS
 //! response may carry a subset, and its resources go when nothing held refers to them any more.
+//! SDS is subscribed like EDS: by the names the held listeners' and clusters' TLS blocks give.
 //!
 //! The two flavours of the protocol (state of the world, delta) share all of this; only their
 //! messages differ, behind [`Wire`] ([`Sotw`] here, `Delta` in `super::delta`).
 
-use super::{Any, CLUSTER, Decode, ENDPOINT, LISTENER, ROUTE};
+use super::{Any, CLUSTER, Decode, ENDPOINT, LISTENER, ROUTE, SECRET};
 use crate::state::Applied;
 use envoy_types::pb::envoy::config::core::v3::{Node, node::UserAgentVersionType};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -33,12 +34,13 @@ pub(super) fn nack_status(message: String) -> Status {
 }
 
 /// The order subscriptions are (re)sent in: Envoy's (clusters, their endpoints, listeners,
-/// their routes).
-const ORDER: [ResourceType; 4] = [
+/// their routes), then the secrets both name.
+const ORDER: [ResourceType; 5] = [
     ResourceType::Cluster,
     ResourceType::Endpoints,
     ResourceType::Listener,
     ResourceType::RouteTable,
+    ResourceType::Secret,
 ];
 
 /// The type URL of a resource type.
@@ -48,6 +50,7 @@ pub(crate) fn type_url(kind: ResourceType) -> &'static str {
         ResourceType::Endpoints => ENDPOINT,
         ResourceType::Listener => LISTENER,
         ResourceType::RouteTable => ROUTE,
+        ResourceType::Secret => SECRET,
     }
 }
 
@@ -230,6 +233,8 @@ pub(crate) struct AdsState {
     eds_clusters: BTreeSet<String>,
     /// Held HTTP listeners → the route table each names.
     listener_tables: BTreeMap<String, String>,
+    /// Held listeners and clusters → the SDS secrets their TLS names.
+    secret_refs: BTreeMap<ResourceKey, Vec<String>>,
 }
 
 impl AdsState {
@@ -244,6 +249,7 @@ impl AdsState {
                 .collect(),
             eds_clusters: BTreeSet::new(),
             listener_tables: BTreeMap::new(),
+            secret_refs: BTreeMap::new(),
         }
     }
 
@@ -449,9 +455,11 @@ impl AdsState {
         let mut cleanup = Update::default();
         let eds = self.eds_clusters.clone();
         let rds: BTreeSet<String> = self.listener_tables.values().cloned().collect();
+        let sds: BTreeSet<String> = self.secret_refs.values().flatten().cloned().collect();
         for (k, wanted) in [
             (ResourceType::Endpoints, eds),
             (ResourceType::RouteTable, rds),
+            (ResourceType::Secret, sds),
         ] {
             let t = self.ty(k);
             if t.names == wanted {
@@ -489,6 +497,12 @@ impl AdsState {
 
     /// Notes what an accepted resource subscribes to.
     fn track(&mut self, r: &Resource) {
+        let secrets: Vec<String> = r.secret_names().into_iter().map(str::to_string).collect();
+        if secrets.is_empty() {
+            self.secret_refs.remove(&r.key());
+        } else {
+            self.secret_refs.insert(r.key(), secrets);
+        }
         match r {
             Resource::Cluster(c) => {
                 if c.discovery.is_none() {
@@ -506,13 +520,14 @@ impl AdsState {
                     self.listener_tables.remove(&l.name);
                 }
             },
-            Resource::Endpoints(_) | Resource::RouteTable(_) => {}
+            Resource::Endpoints(_) | Resource::RouteTable(_) | Resource::Secret(_) => {}
         }
     }
 
     /// Forgets a removed resource.
     fn forget(&mut self, key: &ResourceKey) {
         self.ty(key.0).held.remove(&key.1);
+        self.secret_refs.remove(key);
         match key.0 {
             ResourceType::Cluster => {
                 self.eds_clusters.remove(&key.1);
@@ -520,13 +535,13 @@ impl AdsState {
             ResourceType::Listener => {
                 self.listener_tables.remove(&key.1);
             }
-            ResourceType::Endpoints | ResourceType::RouteTable => {}
+            ResourceType::Endpoints | ResourceType::RouteTable | ResourceType::Secret => {}
         }
     }
 
     /// True once the first complete config arrived: a CDS and an LDS response, and every
-    /// subscribed EDS and RDS name received (accepted or rejected: a rejected resource does
-    /// not hold warming up, as in Envoy).
+    /// subscribed EDS, RDS and SDS name received (accepted or rejected: a rejected resource
+    /// does not hold warming up, as in Envoy).
     pub(crate) fn complete(&self) -> bool {
         let done = |k: ResourceType| self.types.get(&k).is_some_and(|t| t.responded);
         let covered = |k: ResourceType| {
@@ -538,6 +553,7 @@ impl AdsState {
             && done(ResourceType::Listener)
             && covered(ResourceType::Endpoints)
             && covered(ResourceType::RouteTable)
+            && covered(ResourceType::Secret)
     }
 }
 
