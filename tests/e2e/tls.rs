@@ -89,7 +89,7 @@ fn p(path: &Path) -> String {
 }
 
 /// `openssl s_client` against `addr` with `args`; returns (succeeded, stdout + stderr).
-fn s_client(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+pub(crate) fn s_client(addr: SocketAddr, args: &[&str]) -> (bool, String) {
     require_tool("openssl", "openssl");
     let mut child = Command::new("openssl")
         .args(["s_client", "-connect", &addr.to_string()])

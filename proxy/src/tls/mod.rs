@@ -22,6 +22,8 @@ mod client;
 mod load;
 mod server;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use load::CertInfo;
 pub use stream::TlsInfo;
@@ -384,15 +386,20 @@ impl TlsStore {
                 inner.secrets.clone(),
             )
         };
+        // An entry still missing another secret stays pending quietly (warming).
+        let wanted = |mut names: std::vec::IntoIter<&str>| {
+            let names: Vec<&str> = names.by_ref().collect();
+            names.contains(&name) && names.iter().all(|n| secrets.contains_key(*n))
+        };
         for s in servers
             .iter()
-            .filter(|s| s.settings.secret_names().any(|n| n == name))
+            .filter(|s| wanted(s.settings.secret_names().collect::<Vec<_>>().into_iter()))
         {
             self.finish_reload("listener", server::build(&s.settings, &secrets), &s.entry);
         }
         for c in clients
             .iter()
-            .filter(|c| c.settings.secret_names().any(|n| n == name))
+            .filter(|c| wanted(c.settings.secret_names().collect::<Vec<_>>().into_iter()))
         {
             self.finish_reload("cluster", client::build(&c.settings, &secrets), &c.entry);
         }
@@ -478,7 +485,9 @@ impl TlsStore {
     fn finish_reload<T>(&self, side: &'static str, built: Result<Loaded<T>, String>, e: &Entry<T>) {
         match built {
             Ok(loaded) => {
-                let files: Vec<String> = loaded.files.iter().map(|(p, _)| p.to_string()).collect();
+                let mut files: Vec<String> =
+                    loaded.files.iter().map(|(p, _)| p.to_string()).collect();
+                files.dedup();
                 e.replace(loaded);
                 self.warn_expiry(e);
                 self.metrics.reload(true);
@@ -497,7 +506,7 @@ impl TlsStore {
             let left = info.not_after - now;
             if left <= 0 {
                 tracing::error!(cert = %path, expired_secs_ago = -left, "TLS certificate has expired");
-            } else if left < EXPIRY_WARNING.as_secs() as i64 {
+            } else if left < warning_window(&path.to_string(), info) {
                 tracing::warn!(cert = %path, expires_in_secs = left, "TLS certificate expires soon");
             }
             if info.not_before > now {
@@ -557,7 +566,7 @@ impl TlsStore {
         let mut inner = self.lock();
         for (path, info) in certs {
             let left = info.not_after - now;
-            if left >= EXPIRY_WARNING.as_secs() as i64 {
+            if left >= warning_window(&path, &info) {
                 continue;
             }
             let last = inner.warned.entry(path.clone()).or_insert(now);
@@ -572,6 +581,17 @@ impl TlsStore {
         }
         drop(inner);
         self.export_expiry();
+    }
+}
+
+/// How long before its expiry a certificate is warned about: a week for a file (someone must
+/// replace it); for an SDS secret, which the control plane replaces at 70% of its lifetime,
+/// the last 15% of its lifetime (the replacement is overdue).
+fn warning_window(source: &str, info: &CertInfo) -> i64 {
+    if source.starts_with("secret:") {
+        (info.not_after - info.not_before).max(0) * 15 / 100
+    } else {
+        EXPIRY_WARNING.as_secs() as i64
     }
 }
 

@@ -687,3 +687,120 @@ fn xds_unknown_types_and_duplicate_names_are_nacked_whole() {
         refused.why
     );
 }
+
+/// A self-signed certificate (PEM chain, PEM key), made once.
+fn test_cert() -> &'static (String, String) {
+    static CERT: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["backend.example".to_string()]).unwrap();
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    })
+}
+
+/// YAML for listeners, route tables and clusters; for SDS, each `Any`'s value names a
+/// certificate secret holding [`test_cert`] (a fixture: the real mapping is in
+/// `sluice_config::xds`).
+fn sds_decode(type_url: &str, any: &Any) -> Result<Vec<Resource>, String> {
+    if type_url != SECRET {
+        return yaml_decode(type_url, any);
+    }
+    let (cert_chain, key) = test_cert().clone();
+    Ok(vec![Resource::Secret(sluice_config::Secret {
+        name: String::from_utf8(any.value.clone()).map_err(|e| e.to_string())?,
+        kind: sluice_config::SecretKind::Certificate {
+            cert_chain,
+            private_key: sluice_config::PrivateKeyPem(key),
+        },
+    })])
+}
+
+#[tokio::test]
+async fn xds_tls_secrets_are_subscribed_by_what_the_listeners_name_and_go_with_them() {
+    let (mut w, _live) = writer();
+    let mut s = AdsState::new(node("n", ""));
+    let _ = s.reconnect();
+    let step = |s: &mut AdsState, w: &mut Writer, r: DiscoveryResponse| {
+        let prepared = s.prepare(&r, sds_decode).expect("decodes");
+        let applied = w.apply_from(Origin::Xds, prepared.update.clone());
+        let finished = s.finish(prepared, &applied);
+        if !finished.cleanup.is_empty() {
+            assert!(w.apply_from(Origin::Xds, finished.cleanup).is_ok());
+        }
+        (finished.requests, finished.nack)
+    };
+    let listener = "listeners:\n  - name: l\n    address: 127.0.0.1:0\n    http: { route_table: t }\n    tls: { certificates: [{ secret: default }] }\nroute_tables:\n  - { name: t, virtual_hosts: [] }\n";
+    let (_, _) = step(&mut s, &mut w, response(CLUSTER, "c1", "n0", vec![]));
+    let (requests, nack) = step(
+        &mut s,
+        &mut w,
+        response(LISTENER, "l1", "n1", vec![yaml_any(listener)]),
+    );
+    // Accepted while its certificate has not come (Envoy warms it the same way).
+    assert_eq!(nack, None);
+    assert_ack(&requests[0], LISTENER, "l1", "n1");
+    let sds = requests
+        .iter()
+        .find(|r| r.type_url == SECRET)
+        .unwrap_or_else(|| panic!("no SDS subscription in {requests:?}"));
+    assert_eq!(names(sds), ["default"]);
+    let (_, _) = step(
+        &mut s,
+        &mut w,
+        response(ROUTE, "r1", "n2", vec![yaml_any(listener)]),
+    );
+    assert!(!s.complete(), "the secret has not come");
+
+    let (requests, nack) = step(
+        &mut s,
+        &mut w,
+        response(
+            SECRET,
+            "s1",
+            "n3",
+            vec![Any {
+                type_url: String::new(),
+                value: b"default".to_vec(),
+            }],
+        ),
+    );
+    assert_eq!(nack, None);
+    assert_ack(&requests[0], SECRET, "s1", "n3");
+    assert!(s.complete());
+    assert!(
+        w.resources()
+            .contains_key(&(ResourceType::Secret, "default".into()))
+    );
+
+    // The listener goes: SDS unsubscribes and the secret goes with it.
+    let (requests, _) = step(&mut s, &mut w, response(LISTENER, "l2", "n4", vec![]));
+    let sds = requests
+        .iter()
+        .find(|r| r.type_url == SECRET)
+        .unwrap_or_else(|| panic!("no SDS change in {requests:?}"));
+    assert!(sds.resource_names.is_empty());
+    assert!(
+        !w.resources()
+            .contains_key(&(ResourceType::Secret, "default".into()))
+    );
+}
+
+#[test]
+fn a_config_file_may_not_name_sds_secrets() {
+    let (mut w, _live) = writer();
+    let config = sluice_config::parse(
+        "listeners:\n  - name: l\n    address: 127.0.0.1:0\n    http: { route_table: t }\n    tls: { certificates: [{ secret: default }] }\nroute_tables:\n  - { name: t, virtual_hosts: [] }\n",
+        "f.yaml",
+    )
+    .unwrap();
+    let applied = w.apply(sluice_config::Update {
+        upserts: config.resources().into_values().collect(),
+        removals: Vec::new(),
+    });
+    let why = applied
+        .rejected()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>();
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert!(why[0].contains("names SDS secrets (default)"), "{why:?}");
+}
