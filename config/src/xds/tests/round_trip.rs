@@ -427,20 +427,7 @@ clusters:
     let any = encode(&t);
     assert_eq!(decode(ROUTE, &any).unwrap(), vec![t.clone()]);
     // The same table inline in a listener (as Envoy's own configs often have it).
-    let mut l: pbl::Listener = unpack_as(&encode(&resource(&c, ResourceType::Listener, "l")));
-    let rc: pbr::RouteConfiguration = unpack_as(&any);
-    for chain in &mut l.filter_chains {
-        for f in &mut chain.filters {
-            let Some(pbl::filter::ConfigType::TypedConfig(a)) = &mut f.config_type else {
-                continue;
-            };
-            let mut h: HttpConnectionManager = unpack_as(a);
-            h.route_specifier = Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
-                rc.clone(),
-            ));
-            *a = pack_any(&h);
-        }
-    }
-    let back = decode(LISTENER, &pack_any(&l)).unwrap_or_else(|e| panic!("{e}"));
+    let l = inline_route_config(&encode(&resource(&c, ResourceType::Listener, "l")), &any);
+    let back = decode(LISTENER, &l).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(back.get(1), Some(&t));
 }
