@@ -160,7 +160,10 @@ pub(crate) fn filter_kind(hf: &HttpFilter) -> &str {
     }
 }
 
-pub(crate) fn hcm_mapping(f: &Filter, p: &str) -> Fr<(Mapping, Option<(Mapping, String)>)> {
+pub(crate) fn hcm_mapping(
+    f: &Filter,
+    p: &str,
+) -> Fr<(Mapping, Option<(super::route::TableMapping, String)>)> {
     let h = hcm_config(f, p)?;
     let p = format!("{p}.typed_config");
     let mut m = Mapping::new();

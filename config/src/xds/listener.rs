@@ -157,7 +157,7 @@ pub(super) fn decode(pb: &pbl::Listener) -> Result<Vec<Resource>, DecodeError> {
     let l: Listener = finish(m, "metadata.filter_metadata.sluice").map_err(named)?;
     let mut out = vec![Resource::Listener(l)];
     if let Some((t, path)) = table {
-        let t: crate::RouteTable = finish(t, &path).map_err(named)?;
+        let t = super::route::finish_table(t, &path).map_err(named)?;
         out.push(Resource::RouteTable(t));
     }
     Ok(out)
@@ -165,7 +165,7 @@ pub(super) fn decode(pb: &pbl::Listener) -> Result<Vec<Resource>, DecodeError> {
 
 /// The listener's mapping from Envoy fields, and an inline route table's mapping (with its
 /// path) if the HCM has one.
-type Decoded = (Mapping, Option<(Mapping, String)>);
+type Decoded = (Mapping, Option<(super::route::TableMapping, String)>);
 
 fn to_mapping(pb: &pbl::Listener) -> Fr<Decoded> {
     if pb.name.is_empty() {

@@ -45,7 +45,9 @@ fn encode_vhost(v: &RawVirtualHost) -> pbr::VirtualHost {
         routes: Vec::new(),
         ..v.clone()
     });
-    let native = vhost_mapping(&pb, "").map(|(m, _)| m).unwrap_or_default();
+    let native = vhost_mapping(&pb, "")
+        .map(|(m, _, _)| m)
+        .unwrap_or_default();
     pb.metadata = metadata(&remainder::<RawVirtualHost>(&full, native));
     pb
 }
@@ -199,13 +201,51 @@ fn encode_route(r: &RawRoute) -> pbr::Route {
 
 pub(super) fn decode(pb: &pbr::RouteConfiguration) -> Result<Resource, DecodeError> {
     let named = |e: FieldError| e.named(&pb.name);
-    let m = table_mapping(pb).map_err(named)?;
-    let t: RouteTable = finish(m, "").map_err(named)?;
+    let t = finish_table(table_mapping(pb).map_err(named)?, "").map_err(named)?;
     Ok(Resource::RouteTable(t))
 }
 
+/// A route table's YAML mapping, and the header changes of its virtual hosts and routes as
+/// decoded: a YAML mapping cannot hold a header name twice (`add: { x-a: "1", x-a: "2" }` is
+/// two values in the model), so [`finish_table`] puts the repeats back.
+#[derive(Debug)]
+pub(crate) struct TableMapping {
+    mapping: Mapping,
+    headers: Vec<VhostHeaders>,
+}
+
+/// Request and response header changes.
+type Headers = (HeaderMutation, HeaderMutation);
+
+/// A virtual host's header changes and each of its routes'.
+type VhostHeaders = (Headers, Vec<Headers>);
+
+/// The route table of a [`TableMapping`]; `path` names where it came from in errors.
+pub(crate) fn finish_table(t: TableMapping, path: &str) -> Fr<RouteTable> {
+    let mut table: RouteTable = finish(t.mapping, path)?;
+    for (v, (vh, routes)) in table.virtual_hosts.iter_mut().zip(t.headers) {
+        restore(&mut v.request_headers, &mut v.response_headers, vh);
+        for (r, rh) in v.routes.iter_mut().zip(routes) {
+            restore(&mut r.request_headers, &mut r.response_headers, rh);
+        }
+    }
+    Ok(table)
+}
+
+/// Puts back the decoded header changes where the mapping collapsed their repeated names (a
+/// change the Sluice metadata replaced is left alone).
+fn restore(request: &mut HeaderMutation, response: &mut HeaderMutation, decoded: Headers) {
+    let collapsed =
+        |h: &HeaderMutation| serde_yaml_ng::from_value::<HeaderMutation>(yv(h)).unwrap_or_default();
+    for (current, decoded) in [(request, decoded.0), (response, decoded.1)] {
+        if *current == collapsed(&decoded) {
+            *current = decoded;
+        }
+    }
+}
+
 /// The model's YAML mapping of a route table (Sluice metadata applied at every level).
-pub(crate) fn table_mapping(pb: &pbr::RouteConfiguration) -> Fr<Mapping> {
+pub(crate) fn table_mapping(pb: &pbr::RouteConfiguration) -> Fr<TableMapping> {
     if pb.name.is_empty() {
         return Err(FieldError::new("name", "is required"));
     }
@@ -228,20 +268,26 @@ pub(crate) fn table_mapping(pb: &pbr::RouteConfiguration) -> Fr<Mapping> {
     let mut m = Mapping::new();
     put(&mut m, "name", &pb.name);
     let mut vhosts = Vec::new();
+    let mut headers = Vec::new();
     for (i, v) in pb.virtual_hosts.iter().enumerate() {
         let p = format!("virtual_hosts[{i}]");
-        let (mut vm, routes) = vhost_mapping(v, &p)?;
+        let (mut vm, routes, h) = vhost_mapping(v, &p)?;
         apply_metadata(&mut vm, v.metadata.as_ref());
         vm.insert("routes".into(), Value::Sequence(routes));
         vhosts.push(Value::Mapping(vm));
+        headers.push(h);
     }
     m.insert("virtual_hosts".into(), Value::Sequence(vhosts));
     apply_metadata(&mut m, pb.metadata.as_ref());
-    Ok(m)
+    Ok(TableMapping {
+        mapping: m,
+        headers,
+    })
 }
 
-/// A virtual host's own mapping (without `routes`) and its routes' mappings.
-fn vhost_mapping(v: &pbr::VirtualHost, p: &str) -> Fr<(Mapping, Vec<Value>)> {
+/// A virtual host's own mapping (without `routes`), its routes' mappings, and its and its
+/// routes' header changes.
+fn vhost_mapping(v: &pbr::VirtualHost, p: &str) -> Fr<(Mapping, Vec<Value>, VhostHeaders)> {
     let f = |x: &str| {
         if p.is_empty() {
             x.to_string()
@@ -271,35 +317,43 @@ fn vhost_mapping(v: &pbr::VirtualHost, p: &str) -> Fr<(Mapping, Vec<Value>)> {
             "per-virtual-host filter config is not supported",
         ));
     }
+    let request = headers_mapping(
+        &v.request_headers_to_add,
+        &v.request_headers_to_remove,
+        &f("request_headers_to_add"),
+    )?;
+    let response = headers_mapping(
+        &v.response_headers_to_add,
+        &v.response_headers_to_remove,
+        &f("response_headers_to_add"),
+    )?;
     let mut m = Mapping::new();
     put(&mut m, "name", &v.name);
     put(&mut m, "domains", &v.domains);
-    put(
-        &mut m,
-        "request_headers",
-        headers_mapping(
-            &v.request_headers_to_add,
-            &v.request_headers_to_remove,
-            &f("request_headers_to_add"),
-        )?,
-    );
-    put(
-        &mut m,
-        "response_headers",
-        headers_mapping(
-            &v.response_headers_to_add,
-            &v.response_headers_to_remove,
-            &f("response_headers_to_add"),
-        )?,
-    );
+    put(&mut m, "request_headers", &request);
+    put(&mut m, "response_headers", &response);
     put(&mut m, "routes", Vec::<Value>::new());
     let mut routes = Vec::new();
+    let mut route_headers = Vec::new();
     for (j, r) in v.routes.iter().enumerate() {
-        let mut rm = route_mapping(r, &f(&format!("routes[{j}]")))?;
+        let rp = f(&format!("routes[{j}]"));
+        let mut rm = route_mapping(r, &rp)?;
         apply_metadata(&mut rm, r.metadata.as_ref());
         routes.push(Value::Mapping(rm));
+        route_headers.push((
+            headers_mapping(
+                &r.request_headers_to_add,
+                &r.request_headers_to_remove,
+                &format!("{rp}.request_headers_to_add"),
+            )?,
+            headers_mapping(
+                &r.response_headers_to_add,
+                &r.response_headers_to_remove,
+                &format!("{rp}.response_headers_to_add"),
+            )?,
+        ));
     }
-    Ok((m, routes))
+    Ok((m, routes, ((request, response), route_headers)))
 }
 
 fn headers_mapping(add: &[HeaderValueOption], remove: &[String], p: &str) -> Fr<HeaderMutation> {

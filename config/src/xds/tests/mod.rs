@@ -437,11 +437,32 @@ fn unpack_as<T: Message + Default>(any: &Any) -> T {
     T::decode(any.value.as_slice()).unwrap()
 }
 
+/// An encoded HTTP listener with the encoded route table `rc` inline in its HCMs
+/// (`route_config` instead of `rds`), as Envoy's own configs often have it.
+fn inline_route_config(listener: &Any, rc: &Any) -> Any {
+    let mut l: pbl::Listener = unpack_as(listener);
+    let rc: pbr::RouteConfiguration = unpack_as(rc);
+    for chain in &mut l.filter_chains {
+        for f in &mut chain.filters {
+            let Some(pbl::filter::ConfigType::TypedConfig(a)) = &mut f.config_type else {
+                continue;
+            };
+            let mut h: HttpConnectionManager = unpack_as(a);
+            h.route_specifier = Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                rc.clone(),
+            ));
+            *a = pack_any(&h);
+        }
+    }
+    pack_any(&l)
+}
+
 fn resource(c: &Config, kind: ResourceType, name: &str) -> Resource {
     c.resources().remove(&(kind, name.to_string())).unwrap()
 }
 
 mod envoy_shaped;
 mod errors;
+mod random;
 mod round_trip;
 mod sds;

@@ -390,3 +390,44 @@ fn upstream_tls_defaults_are_written_out_for_envoy() {
         assert_eq!(keys, BTreeSet::from(["cluster.lb_policy".to_string()]));
     }
 }
+
+#[test]
+fn repeated_header_names_round_trip() {
+    // Found by the randomized round trips: header changes went through a YAML mapping, which
+    // holds a name once, so the second `x-a` of `add` (and of `set`) was lost, for an RDS
+    // route table and for a listener's inline one alike.
+    let c = crate::parse(
+        r#"
+listeners:
+  - { name: l, address: 127.0.0.1:8080, http: { route_table: t } }
+route_tables:
+  - name: t
+    virtual_hosts:
+      - name: v
+        domains: ['*']
+        request_headers: { add: { x-a: "1", x-b: "2", x-a: "3" }, set: { x-s: a, x-s: b } }
+        routes:
+          - match: { prefix: / }
+            cluster: c
+            response_headers: { add: { x-r: "1", x-r: "1" } }
+clusters:
+  - { name: c, endpoints: ['127.0.0.1:1'] }
+"#,
+        "t.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let t = resource(&c, ResourceType::RouteTable, "t");
+    let Resource::RouteTable(table) = &t else {
+        panic!("not a route table")
+    };
+    let vh = &table.virtual_hosts[0];
+    assert_eq!(vh.request_headers.add.0.len(), 3, "the model keeps repeats");
+    assert_eq!(vh.request_headers.set.0.len(), 2);
+    assert_eq!(vh.routes[0].response_headers.add.0.len(), 2);
+    let any = encode(&t);
+    assert_eq!(decode(ROUTE, &any).unwrap(), vec![t.clone()]);
+    // The same table inline in a listener (as Envoy's own configs often have it).
+    let l = inline_route_config(&encode(&resource(&c, ResourceType::Listener, "l")), &any);
+    let back = decode(LISTENER, &l).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back.get(1), Some(&t));
+}
