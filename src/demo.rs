@@ -108,7 +108,12 @@ pub(crate) fn mesh(
             name: format!("{node} sidecar bootstrap"),
             text: format!("admin: {{ address: 127.0.0.1:{admin} }}\n"),
         };
-        let xds = sluice_proxy::XdsOptions::new(server.clone(), node.to_string(), decode);
+        let mut xds = sluice_proxy::XdsOptions::new(server.clone(), node.to_string(), decode);
+        // The bootstrap token proving the sidecar's identity to the CA, when the example has one.
+        let token = dir.join(format!("tokens/{node}.token"));
+        if let Ok(text) = std::fs::read_to_string(&token) {
+            xds.token = Some(text.trim().to_string());
+        }
         Proxy::start(options(source, xds)).with_context(|| format!("starting the {node} sidecar"))
     };
     let backend = sidecar("backend", 7192)?;
@@ -131,7 +136,7 @@ impl Mesh {
         let fe = self.frontend.admin_addr();
         println!(
             "\nSluice mesh demo is running: a control plane (xDS 127.0.0.1:7180, HTTP {http}), the frontend's\
-             \nsidecar (outbound 127.0.0.1:7140, admin {fe}) and the backend's sidecar (inbound 127.0.0.1:7143/7144,\
+             \nsidecar (outbound 127.0.0.1:7140, admin {fe}) and the backend's sidecar (inbound 127.0.0.1:7143/7144, mTLS,\
              \nadmin {be}) in front of backend-v1 and backend-v2. Try:\
              \n\
              \n  for i in $(seq 20); do curl -s -o /dev/null -w '%{{header_json}}\\n' http://127.0.0.1:7140/ | grep -o 'backend-v[12]'; done | sort | uniq -c\

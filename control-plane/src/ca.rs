@@ -45,7 +45,8 @@ pub const CERT_SECRET: &str = "default";
 pub const BUNDLE_SECRET: &str = "ROOTCA";
 /// The fraction of a certificate's lifetime after which it is replaced.
 pub const ROTATE_AT: f64 = 0.7;
-/// How far back a certificate's validity starts (clock skew between machines).
+/// How far back a certificate's validity starts (clock skew between machines), at most; a
+/// tenth of the lifetime for very short ones.
 const BACKDATE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Shortest certificate lifetime accepted.
 const MIN_TTL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -441,7 +442,7 @@ impl Ca {
         let key = KeyPair::generate().map_err(|e| e.to_string())?;
         let mut params = CertificateParams::default();
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
+        params.not_before = now - BACKDATE.min(self.inner.ttl / 10);
         params.not_after = now + self.inner.ttl;
         params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
         params.subject_alt_names = vec![SanType::URI(

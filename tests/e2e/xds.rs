@@ -463,7 +463,17 @@ fn certificates_from_the_control_plane_secure_the_mesh_and_rotate_without_failed
         &frontend_sidecar(backend.addr("inbound")),
     );
     let frontend = sidecar(&cp, "frontend");
+    // The proxy may have connected before the control plane saw the new file.
+    eventually("the frontend's listeners", || {
+        http_get(frontend.admin, "/listeners")
+            .1
+            .contains("\"outbound\"")
+            .then_some(())
+    });
     let outbound = frontend.addr("outbound");
+    eventually("the frontend's routes", || {
+        (KeepAlive::new(outbound).get("/").ok()?.status == 200).then_some(())
+    });
 
     // The app sees the frontend's identity, verified by the backend's sidecar.
     let mut c = KeepAlive::new(outbound);
