@@ -95,8 +95,8 @@ struct RunArgs {
 
 #[derive(clap::Args, Debug)]
 struct XdsArgs {
-    /// xDS (ADS, state of the world or with `--xds-delta` incremental) server to take listeners, route tables, clusters and
-    /// endpoints from, as a URI (`http://127.0.0.1:18000`).
+    /// xDS (ADS, state of the world or with `--xds-delta` incremental) server to take listeners, route tables, clusters,
+    /// endpoints and certificates from, as a URI (`http://127.0.0.1:7180`, or `https://…` for TLS).
     #[arg(long, env = "SLUICE_XDS", requires = "node_id")]
     xds: Option<String>,
     /// The node id sent to the xDS server.
@@ -115,6 +115,10 @@ struct XdsArgs {
     /// control plane's CA issues its certificate (SDS) only to a stream presenting it.
     #[arg(long, env = "SLUICE_XDS_TOKEN_FILE", requires = "xds")]
     xds_token_file: Option<PathBuf>,
+    /// PEM bundle the control plane's certificate must chain to, for an `https://` `--xds`
+    /// (default: the system bundle).
+    #[arg(long, env = "SLUICE_XDS_CA", requires = "xds")]
+    xds_ca: Option<PathBuf>,
 }
 
 impl XdsArgs {
@@ -127,6 +131,10 @@ impl XdsArgs {
         options.cluster = self.xds_cluster.clone();
         options.initial_fetch_timeout = self.xds_initial_fetch_timeout;
         options.delta = self.xds_delta;
+        options.ca = self.xds_ca.clone();
+        if options.ca.is_some() && !options.server.starts_with("https://") {
+            anyhow::bail!("--xds-ca needs an https:// --xds URI");
+        }
         if let Some(path) = &self.xds_token_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("--xds-token-file {}: {e}", path.display()))?;

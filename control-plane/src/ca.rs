@@ -437,29 +437,63 @@ impl Ca {
         (secrets, rotate_at)
     }
 
-    /// A leaf certificate (PEM) and its key (PEM, PKCS#8) for `spiffe_id`.
+    /// A leaf certificate (PEM) and its key (PEM, PKCS#8) for `spiffe_id`, for both sides of
+    /// a connection.
     fn leaf(&self, spiffe_id: &str) -> Result<(String, String), String> {
+        let uri = SanType::URI(
+            spiffe_id
+                .try_into()
+                .map_err(|e: rcgen::Error| e.to_string())?,
+        );
+        self.sign(
+            vec![uri],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    /// The control plane's own serving certificate for `names` (DNS names or IP addresses),
+    /// its key, and its lifetime (the workload lifetime).
+    pub fn serving_certificate(
+        &self,
+        names: &[String],
+    ) -> Result<(String, String, std::time::Duration), String> {
+        let mut sans = Vec::new();
+        for n in names {
+            sans.push(match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    n.as_str()
+                        .try_into()
+                        .map_err(|e: rcgen::Error| format!("xds.tls.server_names: `{n}`: {e}"))?,
+                ),
+            });
+        }
+        let (cert, key) = self.sign(sans, vec![ExtendedKeyUsagePurpose::ServerAuth])?;
+        Ok((cert, key, self.inner.ttl))
+    }
+
+    fn sign(
+        &self,
+        sans: Vec<SanType>,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Result<(String, String), String> {
         let key = KeyPair::generate().map_err(|e| e.to_string())?;
         let mut params = CertificateParams::default();
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE.min(self.inner.ttl / 10);
         params.not_after = now + self.inner.ttl;
         params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
-        params.subject_alt_names = vec![SanType::URI(
-            spiffe_id
-                .try_into()
-                .map_err(|e: rcgen::Error| e.to_string())?,
-        )];
+        params.subject_alt_names = sans;
         params.distinguished_name = DistinguishedName::new();
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = usages;
         params.use_authority_key_identifier_extension = true;
         let cert = params
             .signed_by(&key, &self.inner.issuer)

@@ -28,6 +28,7 @@ pub mod settings;
 pub mod snapshot;
 pub mod source;
 pub mod status;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -52,6 +53,27 @@ pub async fn serve(
     server: AdsServer,
 ) -> Result<(), tonic::transport::Error> {
     serve_with_shutdown(listener, server, std::future::pending()).await
+}
+
+/// [`serve_with_shutdown`] over TLS: `serving` holds the certificate (renewable).
+pub async fn serve_tls_with_shutdown(
+    listener: tokio::net::TcpListener,
+    server: AdsServer,
+    serving: std::sync::Arc<tls::ServingCert>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tls::incoming(listener, serving);
+    let closer = server.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closer.close_streams();
+    };
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(server.into_service())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
 }
 
 /// [`serve`] until `shutdown` completes; then every open stream ends with UNAVAILABLE

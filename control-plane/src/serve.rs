@@ -105,9 +105,46 @@ pub async fn start(settings: Settings) -> Result<ControlPlane, String> {
     });
 
     tasks.push(tokio::spawn(api::serve(http_listener, Arc::clone(&http))));
+    let serving = match &settings.xds.tls {
+        None => None,
+        Some(t) => {
+            Some(match (&t.cert, &t.key, server.ca()) {
+                (Some(cert), Some(key), _) if t.server_names.is_empty() => {
+                    crate::tls::ServingCert::new(crate::tls::from_files(cert, key)?)
+                }
+                (None, None, Some(ca)) if !t.server_names.is_empty() => {
+                    let (chain, key, _) = ca.serving_certificate(&t.server_names)?;
+                    let serving = crate::tls::ServingCert::new(crate::tls::server_config(
+                        chain.as_bytes(),
+                        key.as_bytes(),
+                        "xds.tls",
+                    )?);
+                    tasks.push(tokio::spawn(crate::tls::renew(
+                        ca.clone(),
+                        t.server_names.clone(),
+                        Arc::clone(&serving),
+                    )));
+                    serving
+                }
+                (None, None, None) if !t.server_names.is_empty() => {
+                    return Err("xds.tls.server_names: a certificate from the built-in CA needs a `ca` section".into());
+                }
+                _ => {
+                    return Err("xds.tls: set `cert` and `key` (PEM files), or `server_names` (a certificate from the built-in CA)".into());
+                }
+            })
+        }
+    };
     let ads = server.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = crate::serve(xds_listener, ads).await {
+        let served = match serving {
+            Some(serving) => {
+                crate::serve_tls_with_shutdown(xds_listener, ads, serving, std::future::pending())
+                    .await
+            }
+            None => crate::serve(xds_listener, ads).await,
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "xDS server failed");
         }
     }));
@@ -123,7 +160,7 @@ pub async fn start(settings: Settings) -> Result<ControlPlane, String> {
         encoded: BTreeMap::new(),
     };
     tasks.push(tokio::spawn(run::run(inputs, dir, publisher)));
-    tracing::info!(address = %xds_addr, "xds listening");
+    tracing::info!(address = %xds_addr, tls = settings.xds.tls.is_some(), "xds listening");
     tracing::info!(address = %http_addr, "http listening (registry API, /status, /metrics)");
     Ok(ControlPlane {
         xds: xds_addr,

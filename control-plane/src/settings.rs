@@ -1,7 +1,8 @@
 //! The control plane's own config file (`sluice control-plane -c FILE`).
 //!
 //! ```yaml
-//! xds: { address: 127.0.0.1:7180 }     # ADS over gRPC (plaintext; see docs for the trust model)
+//! xds: { address: 127.0.0.1:7180 }     # ADS over gRPC; `tls: { server_names: [cp.example] }`
+//!                                      # (a certificate from the CA) or `tls: { cert, key }`
 //! http: { address: 127.0.0.1:7181 }    # registry API, /status, /metrics, /ready
 //! directory: { path: mesh/ }           # YAML in the proxy's schema, watched (relative paths
 //!                                      # are relative to this file)
@@ -32,7 +33,7 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:7181";
 pub struct Settings {
     /// The ADS server.
     #[serde(default)]
-    pub xds: Address<Xds>,
+    pub xds: XdsListen,
     /// The HTTP server: registry API, status, metrics.
     #[serde(default)]
     pub http: Address<Http>,
@@ -105,6 +106,48 @@ impl<D: DefaultAddress> Address<D> {
 }
 
 /// The watched directory.
+/// Where ADS is served, and with what TLS.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsListen {
+    /// The address (default `127.0.0.1:7180`).
+    #[serde(default = "default_xds_address")]
+    pub address: SocketAddr,
+    /// TLS on the ADS listener (proxies then use `--xds https://…`). Absent: plaintext.
+    #[serde(default)]
+    pub tls: Option<XdsTls>,
+}
+
+fn default_xds_address() -> SocketAddr {
+    Address::<Xds>::default().address
+}
+
+impl Default for XdsListen {
+    fn default() -> Self {
+        XdsListen {
+            address: default_xds_address(),
+            tls: None,
+        }
+    }
+}
+
+/// The ADS listener's certificate: PEM files (`cert` and `key`), or issued by the built-in CA
+/// for `server_names` (DNS names or IP addresses the proxies dial) and renewed at 70% of its
+/// lifetime.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsTls {
+    /// PEM certificate chain.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Names for a certificate from the built-in CA (instead of `cert` and `key`).
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Directory {
@@ -115,7 +158,7 @@ pub struct Directory {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            xds: Address::default(),
+            xds: XdsListen::default(),
             http: Address::default(),
             directory: None,
             registry: RegistrySettings::default(),
@@ -138,6 +181,13 @@ pub fn load(path: &Path) -> Result<Settings, String> {
     }
     if let Some(ca) = &mut s.ca {
         ca.resolve_paths(base);
+    }
+    if let Some(tls) = &mut s.xds.tls {
+        for p in [&mut tls.cert, &mut tls.key].into_iter().flatten() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
     }
     Ok(s)
 }

@@ -36,6 +36,11 @@ impl Ca {
         Ca { params, key, pem }
     }
 
+    /// The CA's private key (PEM).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// A leaf with these DNS names (the first is also the CN) and an optional URI SAN.
     pub fn leaf(&self, dns: &[&str], uri: Option<&str>) -> Leaf {
         self.leaf_with(dns, uri, |_| {})

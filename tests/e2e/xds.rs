@@ -22,6 +22,11 @@ impl ControlPlane {
     /// Starts it over `files` (path relative to the mesh directory, YAML), `extra` appended to
     /// the settings.
     pub fn start(files: &[(&str, &str)], extra: &str) -> Self {
+        Self::start_with(files, "", extra)
+    }
+
+    /// [`ControlPlane::start`] with `xds_extra` inside the `xds` settings (`, tls: {…}`).
+    pub fn start_with(files: &[(&str, &str)], xds_extra: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mesh = dir.path().join("mesh");
         for (name, yaml) in files {
@@ -31,7 +36,7 @@ impl ControlPlane {
         std::fs::write(
             &settings,
             format!(
-                "xds: {{ address: 127.0.0.1:0 }}\nhttp: {{ address: 127.0.0.1:0 }}\n\
+                "xds: {{ address: 127.0.0.1:0{xds_extra} }}\nhttp: {{ address: 127.0.0.1:0 }}\n\
                  directory: {{ path: mesh }}\ndebounce: 20ms\n{extra}"
             ),
         )
@@ -346,6 +351,8 @@ const BACKEND_ID: &str = "spiffe://sluice.local/ns/demo/sa/backend";
 /// The CA settings: 3 s certificates (replaced after 2.1 s), one token per sidecar.
 const CA_SETTINGS: &str = "ca:
   trust_domain: sluice.local
+  root_cert: root.pem
+  root_key: root.key
   workload_cert_ttl: 3s
   identities:
     - { namespace: demo, service_account: frontend, nodes: [frontend], token_file: frontend.token }
@@ -404,13 +411,18 @@ clusters:
     )
 }
 
+/// A sidecar fed over ADS with TLS (the control plane's certificate checked against
+/// `root.pem`), presenting its token.
 fn sidecar(cp: &ControlPlane, node: &str) -> Binary {
     let token = cp.dir.path().join(format!("{node}.token"));
+    let root = cp.dir.path().join("root.pem");
     Binary::start(
         "",
         &[
             "--xds",
-            &cp.url(),
+            &format!("https://{}", cp.xds),
+            "--xds-ca",
+            root.to_str().unwrap(),
             "--node-id",
             node,
             "--xds-token-file",
@@ -449,12 +461,18 @@ fn served_certificate(addr: SocketAddr, bundle: &Path) -> (String, String) {
 #[test]
 fn certificates_from_the_control_plane_secure_the_mesh_and_rotate_without_failed_requests() {
     let app = echo("app");
-    let cp = ControlPlane::start(
+    // The root the CA issues under, and ADS over TLS with a certificate it issues for the
+    // address the sidecars dial.
+    let root = crate::tls::Ca::new("Sluice test root");
+    let cp = ControlPlane::start_with(
         &[
             ("nodes/backend/sidecar.yaml", &backend_sidecar(app)),
             ("../frontend.token", "frontend-demo-token-0123456789\n"),
             ("../backend.token", "backend-demo-token-0123456789\n"),
+            ("../root.pem", &root.pem),
+            ("../root.key", &root.key_pem()),
         ],
+        ", tls: { server_names: [127.0.0.1] }",
         CA_SETTINGS,
     );
     let backend = sidecar(&cp, "backend");
@@ -535,4 +553,24 @@ fn certificates_from_the_control_plane_secure_the_mesh_and_rotate_without_failed
         assert!(p.metric("sluice_tls_reloads_total{result=\"success\"}") >= 2.0);
     }
     assert!(requests > 0);
+
+    // A proxy that does not trust the control plane's certificate gets nothing from it.
+    let other = crate::tls::Ca::new("another root");
+    let other_pem = cp.dir.path().join("other.pem");
+    std::fs::write(&other_pem, &other.pem).unwrap();
+    let mut stranger = Binary::start(
+        "",
+        &[
+            "--xds",
+            &format!("https://{}", cp.xds),
+            "--xds-ca",
+            other_pem.to_str().unwrap(),
+            "--node-id",
+            "frontend",
+            "--xds-initial-fetch-timeout",
+            "100ms",
+        ],
+    );
+    let line = stranger.wait_log("UnknownIssuer");
+    assert!(line.contains("certificate"), "{line}");
 }

@@ -595,6 +595,25 @@ fn warning_window(source: &str, info: &CertInfo) -> i64 {
     }
 }
 
+/// A plain client config verifying servers by name against `ca` (a PEM file) or the system
+/// bundle, offering `alpn`: for the xDS client's connection to the control plane.
+pub(crate) fn plain_client_config(
+    ca: Option<&Path>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let roots = match ca {
+        Some(path) => load::roots(&path.display(), &load::read(path)?)?,
+        None => load::system_roots()?.1,
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(TlsVersion::Tls12))
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
 /// The live entries of one side.
 fn live<K, V>(map: &HashMap<K, Weak<V>>) -> Vec<Arc<V>> {
     map.values().filter_map(Weak::upgrade).collect()

@@ -199,7 +199,15 @@ async fn session<W: Open>(
             .keep_alive_while_idle(true),
         Err(e) => return lost(format!("invalid server URI: {e}")),
     };
-    let channel = match endpoint.connect().await {
+    let connected = if options.server.starts_with("https://") {
+        match super::transport::TlsConnector::new(options.ca.as_deref()) {
+            Ok(tls) => endpoint.connect_with_connector(tls).await,
+            Err(e) => return lost(format!("cannot set up TLS to the server: {e}")),
+        }
+    } else {
+        endpoint.connect().await
+    };
+    let channel = match connected {
         Ok(c) => c,
         Err(e) => return lost(format!("cannot connect: {}", chain(&e))),
     };

@@ -23,6 +23,7 @@ mod state;
 pub(crate) mod tests;
 #[cfg(test)]
 mod tests_delta;
+mod transport;
 
 pub(crate) use client::{XdsEvent, run};
 
@@ -68,6 +69,9 @@ pub struct XdsOptions {
     /// The bootstrap token proving which identity this proxy may have, sent on every stream as
     /// `authorization: Bearer TOKEN` (the control plane issues its certificates only then).
     pub token: Option<String>,
+    /// For an `https://` server: the PEM bundle its certificate must chain to (default: the
+    /// system bundle).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl XdsOptions {
@@ -83,6 +87,7 @@ impl XdsOptions {
             decode,
             delta: false,
             token: None,
+            ca: None,
         }
     }
 }
