@@ -59,27 +59,45 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             format!("duration `{s}` has no unit (use us, ms, s, m or h, e.g. `250ms`)")
         })?;
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("duration `{s}` does not start with a number"))?;
-    let nanos_per_unit: f64 = match unit {
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" => 60e9,
-        "h" => 3600e9,
+    let nanos_per_unit: u128 = match unit {
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         _ => {
             return Err(format!(
                 "duration `{s}` has unknown unit `{unit}` (use us, ms, s, m or h)"
             ));
         }
     };
-    let nanos = value * nanos_per_unit;
-    // More than ~292 years would overflow u64 nanoseconds.
-    if !nanos.is_finite() || nanos >= u64::MAX as f64 {
-        return Err(format!("duration `{s}` is too large"));
+    // Integer arithmetic, exact to the nanosecond at any size (a float loses whole
+    // microseconds past a few years).
+    let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
+    if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
+        return Err(format!("duration `{s}` does not start with a number"));
     }
-    Ok(Duration(StdDuration::from_nanos(nanos as u64)))
+    let too_large = || format!("duration `{s}` is too large");
+    let int: u128 = if int_part.is_empty() {
+        0
+    } else {
+        int_part.parse().map_err(|_| too_large())?
+    };
+    // Digits past the 30th are below a nanosecond of any unit.
+    let frac_digits = &frac_part[..frac_part.len().min(30)];
+    let frac: u128 = if frac_digits.is_empty() {
+        0
+    } else {
+        frac_digits.parse().map_err(|_| too_large())?
+    };
+    let scale = 10u128.pow(frac_digits.len() as u32);
+    let nanos = int
+        .checked_mul(nanos_per_unit)
+        .and_then(|n| n.checked_add(frac * nanos_per_unit / scale))
+        .ok_or_else(too_large)?;
+    // More than ~584 years would overflow u64 nanoseconds.
+    let nanos = u64::try_from(nanos).map_err(|_| too_large())?;
+    Ok(Duration(StdDuration::from_nanos(nanos)))
 }
 
 impl<'de> Deserialize<'de> for Duration {
@@ -334,6 +352,34 @@ mod tests {
         for s in ["250ms", "2s", "1h", "100us"] {
             assert_eq!(parse_duration(s).unwrap().to_string(), s);
         }
+        // Exact at any size (a float parse lost whole microseconds past a few years).
+        let d = Duration::from_millis(3_153_600_007_001);
+        assert_eq!(parse_duration(&d.to_string()), Ok(d));
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..10_000 {
+            let unit = [1_000, 1_000_000, 1_000_000_000][rng.usize(..3)];
+            let d = Duration(StdDuration::from_nanos(rng.u64(..u64::MAX / unit) * unit));
+            assert_eq!(parse_duration(&d.to_string()), Ok(d), "{d}");
+        }
+    }
+
+    #[test]
+    fn fractional_durations_are_exact() {
+        assert_eq!(parse_duration("0.5ms"), Ok(Duration(StdDuration::from_micros(500))));
+        assert_eq!(parse_duration(".25s"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.s"), Ok(Duration::from_secs(1)));
+        assert_eq!(
+            parse_duration("0.1h"),
+            Ok(Duration::from_secs(360))
+        );
+        assert!(parse_duration("1.2.3s").unwrap_err().contains("number"));
+        assert!(parse_duration(".s").unwrap_err().contains("number"));
+        assert!(parse_duration("6000000h").unwrap_err().contains("too large"));
+        assert!(
+            parse_duration("99999999999999999999999999999999999999999h")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]

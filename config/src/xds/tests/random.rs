@@ -34,10 +34,9 @@ use std::path::PathBuf;
 /// debug build.
 const CASES: u64 = 300;
 
-/// The longest durations generated: 100 years and a few seconds. The model's YAML reads
-/// durations through an `f64` (`units::parse_duration`), exact for whole seconds below about
-/// 146 years, milliseconds below 18 years and microseconds below 2 years; the mapping carries
-/// durations in that form, so longer (or longer and finer) ones are not generated.
+/// The longest durations generated: 100 years and a few seconds (a "forever" a config might
+/// write). `units::parse_duration` used to read through an `f64` and lost precision past a few
+/// years (this test found it); it is exact now, and `units::tests` checks that at every size.
 const LONG_SECS: u64 = 100 * 365 * 86_400 + 7;
 
 /// A deterministic source of valid model values.
