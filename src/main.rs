@@ -322,6 +322,17 @@ fn control_plane_status(http: &str, raw: bool) -> anyhow::Result<ExitCode> {
     if proxies.is_empty() {
         println!("(no proxy connected)");
     }
+    // Who holds which certificate from the built-in CA.
+    let identities: Vec<(&str, &str)> = proxies
+        .iter()
+        .filter_map(|p| Some((p["node_id"].as_str()?, p["identity"].as_str()?)))
+        .collect();
+    if !identities.is_empty() {
+        println!("\n{:<24} IDENTITY", "NODE");
+        for (node, id) in identities {
+            println!("{node:<24} {id}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -365,16 +365,20 @@ mod tests {
 
     #[test]
     fn fractional_durations_are_exact() {
-        assert_eq!(parse_duration("0.5ms"), Ok(Duration(StdDuration::from_micros(500))));
+        assert_eq!(
+            parse_duration("0.5ms"),
+            Ok(Duration(StdDuration::from_micros(500)))
+        );
         assert_eq!(parse_duration(".25s"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1.s"), Ok(Duration::from_secs(1)));
-        assert_eq!(
-            parse_duration("0.1h"),
-            Ok(Duration::from_secs(360))
-        );
+        assert_eq!(parse_duration("0.1h"), Ok(Duration::from_secs(360)));
         assert!(parse_duration("1.2.3s").unwrap_err().contains("number"));
         assert!(parse_duration(".s").unwrap_err().contains("number"));
-        assert!(parse_duration("6000000h").unwrap_err().contains("too large"));
+        assert!(
+            parse_duration("6000000h")
+                .unwrap_err()
+                .contains("too large")
+        );
         assert!(
             parse_duration("99999999999999999999999999999999999999999h")
                 .unwrap_err()

@@ -202,6 +202,9 @@ impl std::fmt::Debug for Ca {
     }
 }
 
+/// An identity a stream holds: its SPIFFE ID and its secrets as they are renewed.
+pub type Held = (String, watch::Receiver<Arc<IssuedSecrets>>);
+
 /// Why a stream gets no certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -331,7 +334,7 @@ impl Ca {
         &self,
         token: Option<&str>,
         node: &NodeKey,
-    ) -> Result<Option<(String, watch::Receiver<Arc<IssuedSecrets>>)>, Refusal> {
+    ) -> Result<Option<Held>, Refusal> {
         let Some(token) = token else {
             return Ok(None);
         };

@@ -118,7 +118,7 @@ impl AdsServer {
         node: &Node,
         protocol: Protocol,
         token: Option<&str>,
-    ) -> Result<(Stream<R>, ReceiverStream<Result<R, Status>>), Status> {
+    ) -> Result<Opened<R>, Status> {
         let key = NodeKey {
             id: node.id.clone(),
             cluster: node.cluster.clone(),
@@ -158,6 +158,9 @@ impl AdsServer {
         Ok((stream, ReceiverStream::new(rx)))
     }
 }
+
+/// A stream's task state and the response stream tonic sends from.
+type Opened<R> = (Stream<R>, ReceiverStream<Result<R, Status>>);
 
 /// The parts of a stream task that outlive its loop's borrows.
 #[derive(Debug)]
