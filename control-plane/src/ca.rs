@@ -330,11 +330,7 @@ impl Ca {
 
     /// The secrets for a stream presenting `token` from `node`: `Ok(None)` without a token,
     /// the identity's secrets when the token and node match a grant, a refusal otherwise.
-    pub fn authorize(
-        &self,
-        token: Option<&str>,
-        node: &NodeKey,
-    ) -> Result<Option<Held>, Refusal> {
+    pub fn authorize(&self, token: Option<&str>, node: &NodeKey) -> Result<Option<Held>, Refusal> {
         let Some(token) = token else {
             return Ok(None);
         };

@@ -62,18 +62,7 @@ pub async fn serve_tls_with_shutdown(
     serving: std::sync::Arc<tls::ServingCert>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tls::incoming(listener, serving);
-    let closer = server.clone();
-    let shutdown = async move {
-        shutdown.await;
-        closer.close_streams();
-    };
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(server.into_service())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+    serve_incoming(tls::incoming(listener, serving), server, shutdown).await
 }
 
 /// [`serve`] until `shutdown` completes; then every open stream ends with UNAVAILABLE
@@ -86,6 +75,24 @@ pub async fn serve_with_shutdown(
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
+    serve_incoming(incoming, server, shutdown).await
+}
+
+/// Serves ADS on the connections `incoming` yields until `shutdown`; then ends open streams.
+async fn serve_incoming<IO, IE>(
+    incoming: impl tokio_stream::Stream<Item = Result<IO, IE>>,
+    server: AdsServer,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let closer = server.clone();
     let shutdown = async move {
         shutdown.await;

@@ -398,6 +398,12 @@ pub(crate) fn downstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mappin
         .require_client_certificate
         .as_ref()
         .is_some_and(|b| b.value);
+    // With a CA to verify against: required or optional.
+    let verified = if required {
+        ClientCertificate::Required
+    } else {
+        ClientCertificate::Optional
+    };
     use pbtls::common_tls_context::ValidationContextType as V;
     match &common.validation_context_type {
         None => put(&mut m, "client_certificate", ClientCertificate::None),
@@ -414,28 +420,12 @@ pub(crate) fn downstream_tls_mapping(ts: &TransportSocket, p: &str) -> Fr<Mappin
                 "client_ca",
                 filename(v.trusted_ca.as_ref(), &format!("{vp}.trusted_ca"))?,
             );
-            put(
-                &mut m,
-                "client_certificate",
-                if required {
-                    ClientCertificate::Required
-                } else {
-                    ClientCertificate::Optional
-                },
-            );
+            put(&mut m, "client_certificate", verified);
         }
         Some(V::ValidationContextSdsSecretConfig(c)) => {
             let f = format!("{cp}.validation_context_sds_secret_config");
             put(&mut m, "client_ca_secret", sds_name(c, &f)?);
-            put(
-                &mut m,
-                "client_certificate",
-                if required {
-                    ClientCertificate::Required
-                } else {
-                    ClientCertificate::Optional
-                },
-            );
+            put(&mut m, "client_certificate", verified);
         }
         Some(_) => {
             return Err(FieldError::new(
