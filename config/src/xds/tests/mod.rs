@@ -461,6 +461,7 @@ fn resource(c: &Config, kind: ResourceType, name: &str) -> Resource {
     c.resources().remove(&(kind, name.to_string())).unwrap()
 }
 
+mod envoy_json;
 mod envoy_shaped;
 mod errors;
 mod random;
