@@ -174,9 +174,13 @@ impl RunArgs {
             watch,
             filters: Vec::new(),
             xds,
+            log_level: LOG_LEVEL.get().cloned(),
         }
     }
 }
+
+/// Changes the log filter of the running process (the admin API's `POST /logging`).
+static LOG_LEVEL: std::sync::OnceLock<sluice_proxy::LogLevelHook> = std::sync::OnceLock::new();
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     sluice_config::parse_duration(s).map(|d| d.get())
@@ -369,13 +373,26 @@ fn validate(files: &[PathBuf]) -> ExitCode {
 }
 
 fn init_logging(default: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+    // Reloadable, for the admin API's `POST /logging?level=…`.
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false),
+        )
         .init();
+    let _ = LOG_LEVEL.set(sluice_proxy::LogLevelHook(std::sync::Arc::new(
+        move |spec: &str| {
+            let filter = tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        },
+    )));
 }

@@ -46,7 +46,7 @@ pub mod tls;
 mod tunnel;
 mod worker;
 
-pub use app::{Exit, Options, Proxy, ReloadError, StartError};
+pub use app::{Exit, LogLevelHook, Options, Proxy, ReloadError, StartError};
 pub use exec::LocalExec;
 pub use listener::BoundListener;
 pub use source::Source;

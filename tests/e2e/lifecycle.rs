@@ -272,3 +272,77 @@ fn sigterm_sends_goaway_and_finishes_http2_streams() {
     assert!(closed, "HTTP/2 connection not closed after drain");
     assert_eq!(bin.wait_exit(), 0);
 }
+
+/// `curl -X POST` against the admin API: (status, body, `Allow` header).
+fn admin_request(bin: &Binary, method: &str, path: &str) -> (u16, String, Option<String>) {
+    let out = curl(&["-X", method, &format!("http://{}{path}", bin.admin)]);
+    (
+        out.status,
+        out.text(),
+        out.header("allow").map(str::to_string),
+    )
+}
+
+#[test]
+fn admin_mutations_are_post_only_and_do_what_envoy_operators_expect() {
+    let app = echo("app");
+    let mut bin = Binary::start(
+        &format!(
+            "listeners:\n  - {{ name: web, address: 127.0.0.1:0, http: {{ route_table: t }} }}\n\
+             route_tables:\n  - {{ name: t, virtual_hosts: [{{ name: v, domains: ['*'], routes: [{{ match: {{ prefix: / }}, cluster: app }}] }}] }}\n\
+             clusters:\n  - {{ name: app, endpoints: [{app}] }}\n"
+        ),
+        &[],
+    );
+    let web = bin.addr("web");
+    // Mutations refuse GET (a crawler or a stray curl must not drain a proxy).
+    for path in [
+        "/drain_listeners",
+        "/healthcheck/fail",
+        "/healthcheck/ok",
+        "/logging?level=debug",
+        "/quitquitquit",
+    ] {
+        let (status, _, allow) = admin_request(&bin, "GET", path);
+        assert_eq!((status, allow.as_deref()), (405, Some("POST")), "{path}");
+    }
+    // Reads refuse POST.
+    assert_eq!(admin_request(&bin, "POST", "/ready").0, 405);
+
+    // Failing the health check takes /ready down while traffic keeps flowing.
+    assert_eq!(admin_request(&bin, "POST", "/healthcheck/fail").0, 200);
+    let (status, body) = http_get(bin.admin, "/ready");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("failing"), "{body}");
+    assert_eq!(http_get(web, "/").0, 200);
+    let info: serde_json::Value =
+        serde_json::from_str(&http_get(bin.admin, "/server_info").1).unwrap();
+    assert_eq!(info["health_check_failed"], true, "{info}");
+    assert_eq!(admin_request(&bin, "POST", "/healthcheck/ok").0, 200);
+    assert_eq!(http_get(bin.admin, "/ready").0, 200);
+
+    // The log level changes at runtime: debug lines appear.
+    let (status, body, _) = admin_request(&bin, "POST", "/logging?level=debug");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("debug"), "{body}");
+    // A path Sluice normalizes is logged at debug.
+    assert_eq!(http_get(web, "/a/./b").0, 200);
+    bin.wait_log("path normalized");
+    let (status, body, _) =
+        admin_request(&bin, "POST", "/logging?level=info%2Csluice_proxy%3Dbogus");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(admin_request(&bin, "POST", "/logging").0, 400);
+    assert_eq!(admin_request(&bin, "POST", "/logging?level=info").0, 200);
+
+    // Draining stops the listeners; the process and its admin API stay up.
+    assert_eq!(admin_request(&bin, "POST", "/drain_listeners").0, 200);
+    bin.wait_log("admin: draining listeners");
+    eventually("listener closed", || {
+        std::net::TcpStream::connect(web).is_err().then_some(())
+    });
+    assert_eq!(http_get(bin.admin, "/ready"), (503, "draining\n".into()));
+
+    // And /quitquitquit exits, cleanly.
+    assert_eq!(admin_request(&bin, "POST", "/quitquitquit").0, 200);
+    assert_eq!(bin.wait_exit(), 0);
+}

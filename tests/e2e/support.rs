@@ -66,6 +66,7 @@ impl InProcess {
             watch: false,
             filters,
             xds: None,
+            log_level: None,
         })
         .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
         InProcess { proxy: Some(proxy) }

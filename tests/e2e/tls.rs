@@ -917,6 +917,7 @@ route_tables:
         watch: false,
         filters: Vec::new(),
         xds: None,
+        log_level: None,
     })
     .expect_err("a missing certificate must be refused")
     .to_string();

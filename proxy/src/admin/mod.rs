@@ -1,8 +1,11 @@
 //! The admin API, served on the control thread's runtime so it answers even when the workers
 //! are saturated: `/ready`, `/live`, `/listeners`, `/metrics` (`/stats/prometheus`),
-//! `/config_dump`, `/server_info`, `/clusters` (endpoints with their health flags). Unauthenticated: config validation refuses a non-loopback
-//! address unless `admin.allow_remote` is set; connections are capped and timed out, and the
-//! config dump redacts header values.
+//! `/config_dump`, `/server_info`, `/clusters` (endpoints with their health flags), and the
+//! mutations, POST only (Envoy's): `/drain_listeners`, `/healthcheck/fail`,
+//! `/healthcheck/ok`, `/logging?level=…`, `/quitquitquit` (from loopback only).
+//! Unauthenticated: config validation refuses a non-loopback address unless
+//! `admin.allow_remote` is set; connections are capped and timed out, and the config dump
+//! redacts header values.
 
 use crate::listener::BoundListener;
 use crate::state::Live;
@@ -29,6 +32,30 @@ pub(crate) struct AdminState {
     pub(crate) max_connections: usize,
     /// Time allowed for each request head, and between requests on a kept-alive connection.
     pub(crate) header_timeout: std::time::Duration,
+    /// What the mutations ask the control loop to do.
+    pub(crate) actions: tokio::sync::mpsc::UnboundedSender<AdminAction>,
+    /// Runtime log filter changes (`POST /logging`).
+    pub(crate) log_level: Option<LogLevelHook>,
+}
+
+/// Sets the log filter from a `tracing` directive (`debug`, `info,sluice_proxy=trace`);
+/// returns why it could not.
+#[derive(Clone)]
+pub struct LogLevelHook(pub Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for LogLevelHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogLevelHook")
+    }
+}
+
+/// A mutation the control loop carries out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AdminAction {
+    /// Stop accepting on every listener and drain (the process keeps running).
+    DrainListeners,
+    /// Shut down gracefully, as on SIGTERM.
+    Quit,
 }
 
 impl AdminState {
@@ -68,7 +95,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<AdminSt
             let _slot = slot;
             let svc = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+                async move { Ok::<_, Infallible>(handle(&shared, &req, peer)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .max_headers(64)
@@ -85,8 +112,28 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<AdminSt
     }
 }
 
-fn handle(shared: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(
+    shared: &AdminState,
+    req: &Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    let post_only = matches!(
+        path,
+        "/drain_listeners" | "/healthcheck/fail" | "/healthcheck/ok" | "/logging" | "/quitquitquit"
+    );
+    if post_only {
+        if req.method() != Method::POST {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: use POST\n",
+            );
+            r.headers_mut()
+                .insert(ALLOW, http::HeaderValue::from_static("POST"));
+            return r;
+        }
+        return mutate(shared, path, req.uri().query(), peer);
+    }
     let get_only = matches!(
         path,
         "/ready"
@@ -106,7 +153,12 @@ fn handle(shared: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
     }
     match path {
         "/ready" => {
-            if shared.live.is_ready() {
+            if shared.live.is_health_failed() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "failing (POST /healthcheck/ok to restore)\n",
+                )
+            } else if shared.live.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else if shared.live.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
@@ -155,10 +207,103 @@ fn handle(shared: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
             "uptime_seconds": shared.started.elapsed().as_secs(),
             "workers": shared.workers,
             "generation": shared.live.generation(),
+            "health_check_failed": shared.live.is_health_failed(),
         })),
         "/clusters" => json(&clusters(&shared.live)),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The POST endpoints.
+fn mutate(
+    shared: &AdminState,
+    path: &str,
+    query: Option<&str>,
+    peer: std::net::SocketAddr,
+) -> Response<Full<Bytes>> {
+    let act = |action: AdminAction| {
+        if shared.actions.send(action).is_ok() {
+            text(StatusCode::OK, "OK\n")
+        } else {
+            text(StatusCode::SERVICE_UNAVAILABLE, "the proxy is stopping\n")
+        }
+    };
+    match path {
+        "/drain_listeners" => act(AdminAction::DrainListeners),
+        "/quitquitquit" if !peer.ip().is_loopback() => text(
+            StatusCode::FORBIDDEN,
+            "/quitquitquit is accepted from loopback only\n",
+        ),
+        "/quitquitquit" => act(AdminAction::Quit),
+        "/healthcheck/fail" | "/healthcheck/ok" => {
+            let fail = path == "/healthcheck/fail";
+            shared.live.set_health_failed(fail);
+            tracing::warn!(%peer, failing = fail, "admin: health check set");
+            text(StatusCode::OK, "OK\n")
+        }
+        _ => {
+            let Some(hook) = &shared.log_level else {
+                return text(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "this process does not support changing its log level\n",
+                );
+            };
+            let level = query.and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("level="))
+                    .map(|v| percent_decode(v))
+            });
+            let Some(level) = level.filter(|l| !l.is_empty()) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "give ?level=… (trace, debug, info, warn, error, or directives such as info,sluice_proxy=debug)\n",
+                );
+            };
+            match (hook.0)(&level) {
+                Ok(()) => {
+                    tracing::warn!(%peer, level = %level, "admin: log level changed");
+                    owned_text(StatusCode::OK, format!("log level: {level}\n"))
+                }
+                Err(e) => owned_text(StatusCode::BAD_REQUEST, format!("invalid level: {e}\n")),
+            }
+        }
+    }
+}
+
+/// `%XX` escapes decoded (a directive's `=` and `,` arrive escaped from some clients).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes.get(i), bytes.get(i + 1), bytes.get(i + 2)) {
+            (Some(b'%'), Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (Some(b'+'), _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (Some(&b), _, _) => {
+                out.push(b);
+                i += 1;
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn owned_text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 /// Every cluster's endpoints: weight, requests in flight and health flags (Envoy `/clusters`,

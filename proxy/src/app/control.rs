@@ -52,6 +52,7 @@ impl ControlLoop {
         mut self,
         admin: std::net::TcpListener,
         mut rx: mpsc::UnboundedReceiver<Control>,
+        mut actions: mpsc::UnboundedReceiver<admin::AdminAction>,
     ) -> Exit {
         match tokio::net::TcpListener::from_std(admin) {
             Ok(l) => {
@@ -147,6 +148,20 @@ impl ControlLoop {
                     tracing::info!("shutdown signal received");
                     break;
                 }
+                Some(action) = actions.recv() => match action {
+                    admin::AdminAction::DrainListeners => {
+                        if !self.admin.live.is_draining() {
+                            self.admin.live.set_draining();
+                            let timeout = self.options.drain_timeout;
+                            tracing::warn!(drain_timeout = ?timeout, "admin: draining listeners (the process keeps running; POST /quitquitquit to exit)");
+                            drop(super::stop_workers(&self.workers, timeout));
+                        }
+                    }
+                    admin::AdminAction::Quit => {
+                        tracing::warn!("admin: /quitquitquit received");
+                        break;
+                    }
+                },
                 Some(()) = file_rx.recv() => {
                     pending = true;
                     debounce.as_mut().reset(Instant::now() + DEBOUNCE);

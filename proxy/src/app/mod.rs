@@ -42,7 +42,12 @@ pub struct Options {
     /// Also take resources from this xDS (ADS) server; the proxy is then ready only once the
     /// first complete config has arrived (or the initial-fetch timeout passed).
     pub xds: Option<XdsOptions>,
+    /// Changes the log filter at runtime (`POST /logging?level=…` on the admin API); `None`:
+    /// the endpoint answers 501.
+    pub log_level: Option<LogLevelHook>,
 }
+
+pub use crate::admin::LogLevelHook;
 
 /// Why the proxy did not start.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +133,7 @@ impl Proxy {
             let why: Vec<String> = applied.rejected().map(ToString::to_string).collect();
             return Err(StartError::Rejected(why.join("\n")));
         }
+        let (actions, actions_rx) = mpsc::unbounded_channel();
         let admin_state = Arc::new(AdminState {
             live: Arc::clone(&live),
             listeners: published,
@@ -135,6 +141,8 @@ impl Proxy {
             workers,
             max_connections: config.admin.max_connections as usize,
             header_timeout: config.admin.request_header_timeout.get(),
+            actions,
+            log_level: options.log_level.clone(),
         });
         tracing::info!(address = %admin, "admin listening");
         let (tx, rx) = mpsc::unbounded_channel();
@@ -151,7 +159,7 @@ impl Proxy {
             .build()?;
         let thread = std::thread::Builder::new()
             .name("sluice-control".into())
-            .spawn(move || runtime.block_on(control.run(admin_socket, rx)))?;
+            .spawn(move || runtime.block_on(control.run(admin_socket, rx, actions_rx)))?;
         // A DNS cluster warms (as in Envoy): the control loop says ready once the first
         // resolution of each has finished; with xDS, once the first complete config arrived.
         if live_is_warm(&config, xds) {

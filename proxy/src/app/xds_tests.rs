@@ -35,6 +35,7 @@ async fn xds_proxy_with_a_static_bootstrap_owns_resources_by_source() {
         watch: false,
         filters: Vec::new(),
         xds: Some(xds),
+        log_level: None,
     })
     .unwrap();
     assert!(!proxy.live().is_ready(), "xDS warming");

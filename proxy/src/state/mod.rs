@@ -42,6 +42,9 @@ pub struct Live {
     generation: AtomicU64,
     ready: AtomicBool,
     draining: AtomicBool,
+    /// Set by the admin API's `POST /healthcheck/fail`: `/ready` answers 503 while traffic
+    /// keeps flowing (load balancers take the proxy out first).
+    health_failed: AtomicBool,
     /// Metric families.
     pub metrics: Arc<Metrics>,
 }
@@ -54,6 +57,7 @@ impl Live {
             current: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            health_failed: AtomicBool::new(false),
             metrics,
         }
     }
@@ -92,5 +96,14 @@ impl Live {
 
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    /// True while the admin API has set the health check to fail.
+    pub fn is_health_failed(&self) -> bool {
+        self.health_failed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_health_failed(&self, failed: bool) {
+        self.health_failed.store(failed, Ordering::Release);
     }
 }
