@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Sluice's whole test suite on a fresh Debian/Ubuntu machine: installs the real clients the
-# end-to-end tests drive (curl, nghttp, h2load) if they are missing, then checks formatting and
+# end-to-end tests drive (curl, nghttp, h2load, openssl, promtool and prometheus, grpcio) if
+# they are missing, then checks formatting and
 # lints and runs every test. `.ci/run` calls this script.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -13,6 +14,9 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 # The TLS passthrough tests' backends and client (openssl req, s_server, s_client).
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# The metrics tests: promtool lints a scrape, a real Prometheus server scrapes Sluice.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 # The DNS discovery tests' local DNS server (tests/e2e/dns_server.py).
 /usr/bin/python3 -c 'import dnslib' >/dev/null 2>&1 || need+=(python3-dnslib)
 if ((${#need[@]})); then

@@ -253,6 +253,7 @@ impl Metrics {
             "Sluice build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        m.preinitialize();
         m
     }
 
@@ -267,9 +268,46 @@ impl Metrics {
     /// Content type of [`Metrics::encode_text`].
     pub const TEXT_CONTENT_TYPE: &'static str = prometheus_text::CONTENT_TYPE;
 
-    /// Handles for one listener.
+    /// Handles for one TCP listener: its connection series only (the HTTP ones would be
+    /// always zero; their handles here count nowhere).
+    pub fn tcp_listener(&self, name: &str) -> ListenerMetrics {
+        let l = || vec![("listener", name.to_string())];
+        ListenerMetrics(std::sync::Arc::new(ListenerHandles {
+            connections: self.downstream_connections.get_or_create(&l()).clone(),
+            active: self
+                .downstream_connections_active
+                .get_or_create(&l())
+                .clone(),
+            requests: Counter::default(),
+            responses: std::array::from_fn(|_| Counter::default()),
+            rejected: Family::default(),
+            tls: self.tls.clone(),
+            errors: Family::default(),
+            sanitized: std::array::from_fn(|_| Counter::default()),
+            fault: FaultCounters::default(),
+            grpc_responses: Family::default(),
+            grpc_by_cluster: Default::default(),
+            grpc_web_requests: Family::default(),
+            name: name.to_string(),
+        }))
+    }
+
+    /// Handles for one HTTP listener. Every rejection reason and error flag series is created
+    /// at 0 with it, so `increase()` and dashboards work before the first event.
     pub fn listener(&self, name: &str) -> ListenerMetrics {
         let l = || vec![("listener", name.to_string())];
+        for reason in REJECTION_REASONS {
+            let _ = self.downstream_rejected.get_or_create(&vec![
+                ("listener", name.to_string()),
+                ("reason", reason.to_string()),
+            ]);
+        }
+        for flag in ERROR_FLAGS {
+            let _ = self.downstream_errors.get_or_create(&vec![
+                ("listener", name.to_string()),
+                ("flag", flag.to_string()),
+            ]);
+        }
         let class = |c: &str| vec![("listener", name.to_string()), ("class", c.to_string())];
         ListenerMetrics(std::sync::Arc::new(ListenerHandles {
             connections: self.downstream_connections.get_or_create(&l()).clone(),
@@ -337,6 +375,19 @@ impl Metrics {
         self.config_reloads
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
+    }
+
+    /// Creates the series of label sets known from the start (at 0).
+    fn preinitialize(&self) {
+        for result in ["success", "failure"] {
+            let _ = self
+                .config_reloads
+                .get_or_create(&vec![("result", result.to_string())]);
+            let _ = self
+                .tls
+                .reloads
+                .get_or_create(&vec![("result", result.to_string())]);
+        }
     }
 
     /// Counts one resource of an update (`accepted` or `rejected`).
@@ -545,6 +596,37 @@ impl ListenerHandles {
             .inc();
     }
 }
+
+/// The `reason` labels of `sluice_downstream_rejected_total` (requests and connections refused
+/// as protocol violations or for exceeding a limit).
+pub const REJECTION_REASONS: [&str; 21] = [
+    "bad_chunked_body",
+    "bad_request",
+    "connect",
+    "content_length_with_transfer_encoding",
+    "duplicate_query_parameter",
+    "graceful_close_timeout",
+    "header_timeout",
+    "header_with_underscore",
+    "headers_too_large",
+    "incomplete_body",
+    "invalid_field_value",
+    "invalid_grpc_web_text",
+    "invalid_host",
+    "invalid_path",
+    "invalid_trailer",
+    "misdirected_request",
+    "missing_host",
+    "multiple_host",
+    "premature_resets",
+    "stream_idle_timeout",
+    "unsupported_transfer_coding",
+];
+
+/// The `flag` labels of `sluice_downstream_error_responses_total` (Envoy's response flags).
+pub const ERROR_FLAGS: [&str; 12] = [
+    "DPE", "FI", "NC", "NR", "RBAC", "SI", "UC", "UF", "UH", "UO", "UPE", "UT",
+];
 
 /// The `reason` labels of `sluice_upstream_retries_total`.
 pub const RETRY_REASONS: [&str; 6] = [
@@ -772,7 +854,7 @@ pub struct FaultMetrics {
 }
 
 /// One listener's fault counters (created with the listener, so exported at 0).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct FaultCounters {
     pub(crate) delay: Counter,
     pub(crate) abort: Counter,
@@ -980,6 +1062,94 @@ impl SniMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_label_sets_exist_at_zero_and_tcp_listeners_have_no_http_series() {
+        let m = Metrics::new();
+        let _web = m.listener("web");
+        let _tcp = m.tcp_listener("raw");
+        let text = m.encode_text();
+        for reason in REJECTION_REASONS {
+            let line = format!(
+                "sluice_downstream_rejected_total{{listener=\"web\",reason=\"{reason}\"}} 0"
+            );
+            assert!(text.contains(&line), "{line} missing");
+        }
+        for flag in ERROR_FLAGS {
+            let line = format!(
+                "sluice_downstream_error_responses_total{{listener=\"web\",flag=\"{flag}\"}} 0"
+            );
+            assert!(text.contains(&line), "{line} missing");
+        }
+        for line in [
+            "sluice_config_reloads_total{result=\"success\"} 0",
+            "sluice_config_reloads_total{result=\"failure\"} 0",
+            "sluice_tls_reloads_total{result=\"failure\"} 0",
+            "sluice_downstream_connections_total{listener=\"raw\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing");
+        }
+        let raw_http: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.contains("listener=\"raw\"") && !l.starts_with("sluice_downstream_connections")
+            })
+            .collect();
+        assert!(
+            raw_http.is_empty(),
+            "HTTP series on a TCP listener: {raw_http:#?}"
+        );
+    }
+
+    /// Every rejection reason the code counts is in [`REJECTION_REASONS`] (so it is
+    /// pre-created): the literals passed to `rejected(…)` and returned by
+    /// `ProxyError::rejection`.
+    #[test]
+    fn every_counted_rejection_reason_is_listed() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(std::fs::read_to_string(&p).unwrap());
+                }
+            }
+        }
+        let mut sources = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut sources,
+        );
+        let mut found = std::collections::BTreeSet::new();
+        for text in &sources {
+            for part in text.split("rejected(\"").skip(1) {
+                found.insert(part.split('"').next().unwrap_or_default().to_string());
+            }
+        }
+        let error_rs = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/error.rs"),
+        )
+        .unwrap();
+        let body = error_rs
+            .split("pub fn rejection(&self)")
+            .nth(1)
+            .and_then(|b| b.split("pub fn flag(&self)").next())
+            .unwrap();
+        for part in body.split("Some(\"").skip(1) {
+            found.insert(part.split('"').next().unwrap_or_default().to_string());
+        }
+        for reason in ["headers_too_large", "bad_request"] {
+            found.insert(reason.into()); // hyper's parse errors (http/server.rs `classify`)
+        }
+        assert!(found.len() > 15, "{found:?}");
+        for r in &found {
+            assert!(
+                REJECTION_REASONS.contains(&r.as_str()),
+                "`{r}` is counted but not listed"
+            );
+        }
+    }
 
     #[test]
     fn grpc_statuses_are_resolved_once_and_unknown_codes_fold_into_other() {

@@ -19,6 +19,7 @@ mod health;
 mod lifecycle;
 mod limits;
 mod passthrough;
+mod prometheus;
 mod reload;
 mod resilience;
 mod resources;

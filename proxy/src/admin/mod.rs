@@ -41,7 +41,10 @@ pub(crate) struct AdminState {
 /// Sets the log filter from a `tracing` directive (`debug`, `info,sluice_proxy=trace`);
 /// returns why it could not.
 #[derive(Clone)]
-pub struct LogLevelHook(pub Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>);
+pub struct LogLevelHook(pub Arc<SetLogFilter>);
+
+/// The function behind a [`LogLevelHook`].
+pub type SetLogFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
 
 impl std::fmt::Debug for LogLevelHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -251,7 +254,7 @@ fn mutate(
             let level = query.and_then(|q| {
                 q.split('&')
                     .find_map(|kv| kv.strip_prefix("level="))
-                    .map(|v| percent_decode(v))
+                    .map(percent_decode)
             });
             let Some(level) = level.filter(|l| !l.is_empty()) else {
                 return text(

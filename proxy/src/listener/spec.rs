@@ -77,12 +77,16 @@ impl ListenerSpec {
                 sni: SniRoutes::compile(&l.name, t, clusters, metrics).map(Box::new),
             }),
         };
+        let listener_metrics = match kind {
+            ListenerKind::Http(ref h) => h.metrics.clone(),
+            ListenerKind::Tcp(_) => metrics.tcp_listener(&l.name),
+        };
         Ok(ListenerSpec {
             name: l.name.clone(),
             address: l.address,
             kind,
             tls,
-            metrics: metrics.listener(&l.name),
+            metrics: listener_metrics,
         })
     }
 

@@ -1,0 +1,183 @@
+//! The metrics endpoint as Prometheus sees it: `promtool check metrics` accepts a scrape taken
+//! after mixed traffic, and a real Prometheus server scraping the admin API on loopback counts
+//! what was sent.
+
+use crate::support::*;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+/// A Prometheus server scraping `target` every 100 ms, on a free loopback port.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Self {
+        require_tool("prometheus", "prometheus");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{ scrape_interval: 100ms, scrape_timeout: 100ms }}\n\
+                 scrape_configs:\n  - job_name: sluice\n    static_configs: [{{ targets: ['{target}'] }}]\n"
+            ),
+        )
+        .unwrap();
+        // Prometheus cannot report a port it chose: take a free one (the race is loopback-only).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run prometheus");
+        let p = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
+        eventually("prometheus ready", || {
+            std::net::TcpStream::connect(p.addr).ok()?;
+            (http_get(p.addr, "/-/ready").0 == 200).then_some(())
+        });
+        p
+    }
+
+    /// The value of an instant query with one result, if it has one.
+    fn query(&self, promql: &str) -> Option<f64> {
+        let out = curl(&[
+            "-G",
+            &format!("http://{}/api/v1/query", self.addr),
+            "--data-urlencode",
+            &format!("query={promql}"),
+        ]);
+        let v = out.json();
+        let result = v["data"]["result"].as_array()?;
+        let [one] = result.as_slice() else {
+            return None;
+        };
+        one["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn promtool_accepts_the_scrape_and_a_real_prometheus_counts_the_traffic() {
+    require_tool("promtool", "prometheus");
+    let app = echo("app");
+    let bin = Binary::start(
+        &format!(
+            "listeners:
+  - {{ name: web, address: 127.0.0.1:0, http: {{ route_table: t }} }}
+  - {{ name: raw, address: 127.0.0.1:0, tcp: {{ cluster: app }} }}
+route_tables:
+  - name: t
+    virtual_hosts:
+      - name: v
+        domains: ['*']
+        routes:
+          - {{ name: ok, match: {{ prefix: /ok }}, cluster: app }}
+          - {{ name: down, match: {{ prefix: /down }}, cluster: empty }}
+clusters:
+  - {{ name: app, endpoints: [{app}] }}
+  - {{ name: empty, endpoints: [127.0.0.1:9], outlier_detection: {{ enabled: false }} }}
+"
+        ),
+        &[],
+    );
+    let web = bin.addr("web");
+    for _ in 0..10 {
+        assert_eq!(http_get(web, "/ok").0, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(http_get(web, "/nowhere").0, 404);
+    }
+    for _ in 0..2 {
+        assert_eq!(http_get(web, "/down").0, 503);
+    }
+    let (out, _) = raw_exchange(
+        web,
+        b"GET /ok HTTP/1.1\r\n\r\n",
+        std::time::Duration::from_secs(5),
+    );
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    drop(std::net::TcpStream::connect(bin.addr("raw")).unwrap());
+
+    // promtool's linter on the exposition.
+    let scrape = http_get(bin.admin, "/metrics").1;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A real Prometheus, scraping the admin API.
+    let prom = Prometheus::start(bin.admin);
+    let expect = |promql: &str, want: f64| {
+        eventually(promql, || (prom.query(promql) == Some(want)).then_some(()))
+    };
+    expect(
+        r#"sluice_downstream_responses_total{listener="web",class="2xx"}"#,
+        10.0,
+    );
+    expect(
+        r#"sluice_downstream_error_responses_total{listener="web",flag="NR"}"#,
+        3.0,
+    );
+    expect(
+        r#"sluice_downstream_error_responses_total{listener="web",flag="UF"}"#,
+        2.0,
+    );
+    expect(
+        r#"sluice_downstream_rejected_total{listener="web",reason="missing_host"}"#,
+        1.0,
+    );
+    // Series that had no event exist at 0 (so `increase()` works from the start).
+    expect(
+        r#"sluice_downstream_rejected_total{listener="web",reason="invalid_path"}"#,
+        0.0,
+    );
+    expect(
+        r#"sluice_downstream_connections_total{listener="raw"}"#,
+        1.0,
+    );
+    // No HTTP series for the TCP listener.
+    expect(
+        r#"count(sluice_downstream_responses_total{listener="raw"}) or vector(0)"#,
+        0.0,
+    );
+    expect(r#"up{job="sluice"}"#, 1.0);
+}
