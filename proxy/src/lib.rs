@@ -33,6 +33,7 @@ pub mod error;
 mod exec;
 mod health;
 pub mod http;
+pub mod latency;
 pub mod lb;
 pub mod listener;
 mod local;

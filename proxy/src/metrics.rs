@@ -2,6 +2,7 @@
 //! labels up per request: handles are resolved when config is compiled ([`ListenerMetrics`],
 //! [`ClusterMetrics`]) and incremented directly.
 
+use crate::latency::LatencyHistogram;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,6 +24,13 @@ pub struct Metrics {
     downstream_errors: Family<Labels, Counter>,
     downstream_sanitized: Family<Labels, Counter>,
     upstream_requests: Family<Labels, Counter>,
+    /// Time to the response head, per listener (OTel `http.server.request.duration`).
+    server_duration: Family<Labels, LatencyHistogram>,
+    /// Time from sending an attempt to its response head, per cluster (OTel
+    /// `http.client.request.duration`).
+    client_duration: Family<Labels, LatencyHistogram>,
+    /// Upstream responses by cluster and status class.
+    upstream_responses: Family<Labels, Counter>,
     upstream_connections: Family<Labels, Counter>,
     upstream_connect_failures: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
@@ -80,6 +88,9 @@ impl Metrics {
             downstream_errors: Family::default(),
             downstream_sanitized: Family::default(),
             upstream_requests: Family::default(),
+            server_duration: Family::default(),
+            client_duration: Family::default(),
+            upstream_responses: Family::default(),
             upstream_connections: Family::default(),
             upstream_connect_failures: Family::default(),
             upstream_errors: Family::default(),
@@ -152,6 +163,21 @@ impl Metrics {
             "upstream_requests",
             "Requests sent upstream, by cluster",
             m.upstream_requests.clone(),
+        );
+        r.register(
+            "http_server_request_duration_seconds",
+            "Time from a request head's arrival to its response head (forwarded or answered by Sluice), by HTTP listener",
+            m.server_duration.clone(),
+        );
+        r.register(
+            "http_client_request_duration_seconds",
+            "Time from sending a request to an endpoint to its response head, per attempt, by cluster",
+            m.client_duration.clone(),
+        );
+        r.register(
+            "upstream_responses",
+            "Responses received from endpoints (per attempt), by cluster and status class",
+            m.upstream_responses.clone(),
         );
         r.register(
             "upstream_connections",
@@ -280,6 +306,7 @@ impl Metrics {
                 .clone(),
             requests: Counter::default(),
             responses: std::array::from_fn(|_| Counter::default()),
+            duration: LatencyHistogram::default(),
             rejected: Family::default(),
             tls: self.tls.clone(),
             errors: Family::default(),
@@ -318,6 +345,7 @@ impl Metrics {
             requests: self.downstream_requests.get_or_create(&l()).clone(),
             responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|c| self.downstream_responses.get_or_create(&class(c)).clone()),
+            duration: self.server_duration.get_or_create(&l()).clone(),
             rejected: self.downstream_rejected.clone(),
             tls: self.tls.clone(),
             errors: self.downstream_errors.clone(),
@@ -342,6 +370,15 @@ impl Metrics {
         let l = || vec![("cluster", name.to_string())];
         ClusterMetrics {
             requests: self.upstream_requests.get_or_create(&l()).clone(),
+            responses: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| {
+                self.upstream_responses
+                    .get_or_create(&vec![
+                        ("cluster", name.to_string()),
+                        ("class", c.to_string()),
+                    ])
+                    .clone()
+            }),
+            duration: self.client_duration.get_or_create(&l()).clone(),
             connections: self.upstream_connections.get_or_create(&l()).clone(),
             connect_failures: self.upstream_connect_failures.get_or_create(&l()).clone(),
             errors: self.upstream_errors.clone(),
@@ -423,6 +460,8 @@ pub struct ListenerHandles {
     /// Requests.
     pub requests: Counter,
     responses: [Counter; 5],
+    /// Time to the response head.
+    duration: LatencyHistogram,
     rejected: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
     /// One counter per [`Sanitized`] action, created with the listener (so every series
@@ -541,12 +580,13 @@ impl ListenerHandles {
             .inc();
     }
 
-    /// Counts a response by status class.
-    pub fn response(&self, status: u16) {
+    /// Counts a response by status class and records the time to it.
+    pub fn response(&self, status: u16, took: std::time::Duration) {
         let i = usize::from(status / 100).saturating_sub(1).min(4);
         if let Some(c) = self.responses.get(i) {
             c.inc();
         }
+        self.duration.observe(took);
     }
 
     /// The gRPC status counters of this listener for `cluster` (`none` for answers that reached
@@ -711,6 +751,10 @@ impl<const N: usize> LabelledCounters<N> {
 pub struct ClusterMetrics {
     /// Requests sent.
     pub requests: Counter,
+    /// Upstream responses by status class.
+    responses: [Counter; 5],
+    /// Time from sending an attempt to its response head.
+    duration: LatencyHistogram,
     /// Connections opened.
     pub connections: Counter,
     /// Failed connection attempts.
@@ -733,6 +777,15 @@ pub struct ClusterMetrics {
 }
 
 impl ClusterMetrics {
+    /// Counts an endpoint's response by status class and records the time to it.
+    pub(crate) fn response(&self, status: u16, took: std::time::Duration) {
+        let i = usize::from(status / 100).saturating_sub(1).min(4);
+        if let Some(c) = self.responses.get(i) {
+            c.inc();
+        }
+        self.duration.observe(took);
+    }
+
     /// The TLS families.
     pub(crate) fn tls(&self) -> &TlsMetrics {
         &self.tls

@@ -180,4 +180,36 @@ clusters:
         0.0,
     );
     expect(r#"up{job="sluice"}"#, 1.0);
+
+    // Latency histograms: every request answered on the listener, every attempt per cluster.
+    expect(
+        r#"sluice_http_server_request_duration_seconds_count{listener="web"}"#,
+        16.0,
+    );
+    expect(
+        r#"sluice_http_client_request_duration_seconds_count{cluster="app"}"#,
+        10.0,
+    );
+    // Per-cluster response codes (a canary's 5xx would show here, not only on the listener).
+    expect(
+        r#"sluice_upstream_responses_total{cluster="app",class="2xx"}"#,
+        10.0,
+    );
+    expect(
+        r#"sluice_upstream_responses_total{cluster="app",class="5xx"}"#,
+        0.0,
+    );
+    // A quantile Prometheus computes from the buckets: loopback answers are fast.
+    let p99 = eventually("p99 latency", || {
+        prom.query(
+            r#"histogram_quantile(0.99, sluice_http_server_request_duration_seconds_bucket{listener="web"})"#,
+        )
+    });
+    assert!(p99 > 0.0 && p99 <= 0.25, "p99 {p99}");
+    let client_p50 = eventually("p50 upstream latency", || {
+        prom.query(
+            r#"histogram_quantile(0.5, sluice_http_client_request_duration_seconds_bucket{cluster="app"})"#,
+        )
+    });
+    assert!(client_p50 > 0.0 && client_p50 <= 0.25, "p50 {client_p50}");
 }

@@ -131,7 +131,7 @@ pub(crate) async fn attempts(
     active
         .state()
         .observe_latency_or_failure(sent.is_ok(), sent_at);
-    let retry = match first_result(call, sent, attempts, active, endpoint, route) {
+    let retry = match first_result(call, sent, sent_at, attempts, active, endpoint, route) {
         Ok(done) => return done,
         Err(retry) => retry,
     };
@@ -146,6 +146,7 @@ type Boxed<'a> = Pin<Box<dyn Future<Output = Result<Upstream, ProxyError>> + 'a>
 fn first_result<'a>(
     call: Call<'a>,
     sent: Result<(Response<Incoming>, Lease), SendError>,
+    sent_at: Instant,
     mut attempts: Attempts,
     mut active: ActiveRequest,
     endpoint: SocketAddr,
@@ -156,6 +157,9 @@ fn first_result<'a>(
             if let Err(e) = check_response(&response, &call.cluster.metrics) {
                 return Ok(Err(e));
             }
+            call.cluster
+                .metrics
+                .response(response.status().as_u16(), sent_at.elapsed());
             report(
                 &call,
                 &active,
@@ -341,6 +345,9 @@ async fn resilient(
             Ok((response, lease)) => {
                 check_response(&response, &call.cluster.metrics)?;
                 let status = response.status();
+                call.cluster
+                    .metrics
+                    .response(status.as_u16(), sent_at.elapsed());
                 report(
                     &call,
                     &active,

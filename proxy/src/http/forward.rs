@@ -102,10 +102,9 @@ pub(crate) async fn handle(
     } else {
         None
     };
-    let started = http
-        .filters
-        .wants_completion()
-        .then(tokio::time::Instant::now);
+    // The request's start: the duration histogram, and the completion hook when a filter
+    // wants it.
+    let started = tokio::time::Instant::now();
     let mut endpoint = None;
     // The cluster a gRPC response is counted under (`none` for answers that reached none).
     let mut grpc_cluster: Option<&crate::cluster::ClusterHandle> = None;
@@ -199,12 +198,13 @@ pub(crate) async fn handle(
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    spec.metrics.response(resp.status().as_u16());
+    spec.metrics
+        .response(resp.status().as_u16(), started.elapsed());
     if error_ctx.grpc {
         let cluster = grpc_cluster.map_or("none", |c| c.name.as_str());
         grpc::track_status(&mut resp, &spec.metrics, cluster);
     }
-    if let Some(started) = started {
+    if http.filters.wants_completion() {
         let status = resp.status();
         resp.body_mut().track_completion(Tracker::new(
             http.filters.clone(),
