@@ -72,6 +72,24 @@ impl Prometheus {
     }
 }
 
+impl Prometheus {
+    /// Runs a query; `Err` with Prometheus's error when it refuses it.
+    fn check(&self, promql: &str) -> Result<(), String> {
+        let out = curl(&[
+            "-G",
+            &format!("http://{}/api/v1/query", self.addr),
+            "--data-urlencode",
+            &format!("query={promql}"),
+        ]);
+        let v = out.json();
+        if v["status"] == "success" {
+            Ok(())
+        } else {
+            Err(v["error"].to_string())
+        }
+    }
+}
+
 impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -212,4 +230,45 @@ clusters:
         )
     });
     assert!(client_p50 > 0.0 && client_p50 <= 0.25, "p50 {client_p50}");
+
+    // The bundled Grafana dashboard: Prometheus accepts every query, and every metric it
+    // names is one Sluice exports.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/grafana/sluice-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exported: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let promql = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$job", ".*")
+                .replace("$instance", ".*")
+                .replace("$listener", ".*")
+                .replace("$cluster", ".*");
+            prom.check(&promql)
+                .unwrap_or_else(|e| panic!("panel {}: {e}\n{promql}", panel["title"]));
+            for name in promql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if name.starts_with("sluice_") {
+                    // A histogram's series are `NAME_bucket`; everything else as typed.
+                    let family = name.strip_suffix("_bucket").unwrap_or(name);
+                    assert!(
+                        exported.contains(family),
+                        "panel {} uses {name}, which is not exported",
+                        panel["title"]
+                    );
+                }
+            }
+            queries += 1;
+        }
+    }
+    assert!(queries >= 20, "{queries} queries");
 }
