@@ -294,6 +294,17 @@ impl Metrics {
     /// Content type of [`Metrics::encode_text`].
     pub const TEXT_CONTENT_TYPE: &'static str = prometheus_text::CONTENT_TYPE;
 
+    /// OpenMetrics 1.0 text (what Prometheus asks for first), ending in `# EOF`.
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Content type of [`Metrics::encode_openmetrics`].
+    pub const OPENMETRICS_CONTENT_TYPE: &'static str =
+        "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
     /// Handles for one TCP listener: its connection series only (the HTTP ones would be
     /// always zero; their handles here count nowhere).
     pub fn tcp_listener(&self, name: &str) -> ListenerMetrics {

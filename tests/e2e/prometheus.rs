@@ -162,7 +162,35 @@ clusters:
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // A real Prometheus, scraping the admin API.
+    // `Accept` picks the format: OpenMetrics 1.0 when asked for (Prometheus asks first), the
+    // 0.0.4 text format otherwise.
+    let om = curl(&[
+        "-H",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        &format!("http://{}/metrics", bin.admin),
+    ]);
+    assert!(
+        om.header("content-type")
+            .is_some_and(|t| t.starts_with("application/openmetrics-text; version=1.0.0")),
+        "{:?}",
+        om.headers
+    );
+    let om = om.text();
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(
+        om.contains("# TYPE sluice_downstream_requests counter"),
+        "{om}"
+    );
+    let plain = curl(&[&format!("http://{}/metrics", bin.admin)]);
+    assert!(
+        plain
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        plain.headers
+    );
+
+    // A real Prometheus, scraping the admin API (it negotiates OpenMetrics).
     let prom = Prometheus::start(bin.admin);
     let expect = |promql: &str, want: f64| {
         eventually(promql, || (prom.query(promql) == Some(want)).then_some(()))

@@ -188,11 +188,23 @@ fn handle(
                 &shared.live.metrics,
                 &shared.live.snapshot().clusters,
             );
-            let mut r = Response::new(Full::new(Bytes::from(shared.live.metrics.encode_text())));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                http::HeaderValue::from_static(crate::metrics::Metrics::TEXT_CONTENT_TYPE),
-            );
+            // Negotiated by `Accept`: OpenMetrics 1.0 when asked for (Prometheus asks first),
+            // else the Prometheus text format 0.0.4.
+            let metrics = &shared.live.metrics;
+            let (body, content_type) = if wants_openmetrics(req.headers()) {
+                (
+                    metrics.encode_openmetrics(),
+                    crate::metrics::Metrics::OPENMETRICS_CONTENT_TYPE,
+                )
+            } else {
+                (
+                    metrics.encode_text(),
+                    crate::metrics::Metrics::TEXT_CONTENT_TYPE,
+                )
+            };
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
             r
         }
         "/config_dump" => {
@@ -215,6 +227,25 @@ fn handle(
         "/clusters" => json(&clusters(&shared.live)),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// True when `Accept` names OpenMetrics text with a non-zero weight.
+fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default();
+            let zero = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !zero
+        })
 }
 
 /// The POST endpoints.
@@ -398,6 +429,31 @@ fn redact(v: &mut serde_json::Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(redact),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::wants_openmetrics;
+
+    fn accept(v: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::ACCEPT, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn openmetrics_only_when_asked_for() {
+        // What Prometheus 2.x sends.
+        assert!(wants_openmetrics(&accept(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )));
+        assert!(!wants_openmetrics(&accept("text/plain;version=0.0.4")));
+        assert!(!wants_openmetrics(&accept("*/*")));
+        assert!(!wants_openmetrics(&accept(
+            "application/openmetrics-text;q=0"
+        )));
+        assert!(!wants_openmetrics(&http::HeaderMap::new()));
     }
 }
 
