@@ -890,7 +890,7 @@ impl XdsMetrics {
         );
         registry.register(
             "xds_updates",
-            "xDS responses answered, by type (cluster, endpoints, listener, route_table) and result (ack or nack)",
+            "xDS responses answered, by type (secret, cluster, endpoints, route_table, listener) and result (ack or nack)",
             self.updates.clone(),
         );
         registry.register(
@@ -898,6 +898,19 @@ impl XdsMetrics {
             "Attempts to re-open the ADS stream after a failure or disconnection",
             self.reconnects.clone(),
         );
+    }
+
+    /// Creates every type × result series at 0 (when the xDS client starts: a proxy without
+    /// xDS exports none).
+    pub(crate) fn preinitialize(&self) {
+        for kind in ["secret", "cluster", "endpoints", "route_table", "listener"] {
+            for result in ["ack", "nack"] {
+                let _ = self.updates.get_or_create(&vec![
+                    ("type", kind.to_string()),
+                    ("result", result.to_string()),
+                ]);
+            }
+        }
     }
 
     /// Counts one response of `kind` answered with `result` (`ack` or `nack`).

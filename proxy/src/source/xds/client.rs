@@ -98,6 +98,7 @@ pub(crate) async fn run(
     events: mpsc::UnboundedSender<XdsEvent>,
     metrics: Arc<Metrics>,
 ) {
+    metrics.xds.preinitialize();
     let mut state = AdsState::new(node(&options.node_id, &options.cluster));
     let warm = Warmup {
         deadline: Instant::now() + options.initial_fetch_timeout,
