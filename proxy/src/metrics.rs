@@ -789,7 +789,7 @@ pub struct ClusterMetrics {
 
 impl ClusterMetrics {
     /// Counts an endpoint's response by status class and records the time to it.
-    pub(crate) fn response(&self, status: u16, took: std::time::Duration) {
+    pub fn response(&self, status: u16, took: std::time::Duration) {
         let i = usize::from(status / 100).saturating_sub(1).min(4);
         if let Some(c) = self.responses.get(i) {
             c.inc();
