@@ -319,8 +319,10 @@ impl Metrics {
             responses: std::array::from_fn(|_| Counter::default()),
             duration: LatencyHistogram::default(),
             rejected: Family::default(),
+            rejected_by: LabelledCounters::detached(REJECTION_REASONS),
             tls: self.tls.clone(),
             errors: Family::default(),
+            errors_by: LabelledCounters::detached(ERROR_FLAGS),
             sanitized: std::array::from_fn(|_| Counter::default()),
             fault: FaultCounters::default(),
             grpc_responses: Family::default(),
@@ -334,18 +336,6 @@ impl Metrics {
     /// at 0 with it, so `increase()` and dashboards work before the first event.
     pub fn listener(&self, name: &str) -> ListenerMetrics {
         let l = || vec![("listener", name.to_string())];
-        for reason in REJECTION_REASONS {
-            let _ = self.downstream_rejected.get_or_create(&vec![
-                ("listener", name.to_string()),
-                ("reason", reason.to_string()),
-            ]);
-        }
-        for flag in ERROR_FLAGS {
-            let _ = self.downstream_errors.get_or_create(&vec![
-                ("listener", name.to_string()),
-                ("flag", flag.to_string()),
-            ]);
-        }
         let class = |c: &str| vec![("listener", name.to_string()), ("class", c.to_string())];
         ListenerMetrics(std::sync::Arc::new(ListenerHandles {
             connections: self.downstream_connections.get_or_create(&l()).clone(),
@@ -358,8 +348,20 @@ impl Metrics {
                 .map(|c| self.downstream_responses.get_or_create(&class(c)).clone()),
             duration: self.server_duration.get_or_create(&l()).clone(),
             rejected: self.downstream_rejected.clone(),
+            rejected_by: labelled(
+                &self.downstream_rejected,
+                ("listener", name),
+                "reason",
+                &REJECTION_REASONS,
+            ),
             tls: self.tls.clone(),
             errors: self.downstream_errors.clone(),
+            errors_by: labelled(
+                &self.downstream_errors,
+                ("listener", name),
+                "flag",
+                &ERROR_FLAGS,
+            ),
             sanitized: Sanitized::ALL.map(|a| {
                 self.downstream_sanitized
                     .get_or_create(&vec![
@@ -393,10 +395,30 @@ impl Metrics {
             connections: self.upstream_connections.get_or_create(&l()).clone(),
             connect_failures: self.upstream_connect_failures.get_or_create(&l()).clone(),
             errors: self.upstream_errors.clone(),
-            retries: labelled(&self.upstream_retries, name, "reason", &RETRY_REASONS),
-            retry_limited: labelled(&self.upstream_retry_limited, name, "limit", &RETRY_LIMITS),
-            overflows: labelled(&self.upstream_overflows, name, "breaker", &BREAKERS),
-            ejections: labelled(&self.outlier_ejections, name, "reason", &EJECTION_REASONS),
+            retries: labelled(
+                &self.upstream_retries,
+                ("cluster", name),
+                "reason",
+                &RETRY_REASONS,
+            ),
+            retry_limited: labelled(
+                &self.upstream_retry_limited,
+                ("cluster", name),
+                "limit",
+                &RETRY_LIMITS,
+            ),
+            overflows: labelled(
+                &self.upstream_overflows,
+                ("cluster", name),
+                "breaker",
+                &BREAKERS,
+            ),
+            ejections: labelled(
+                &self.outlier_ejections,
+                ("cluster", name),
+                "reason",
+                &EJECTION_REASONS,
+            ),
             ejected: self.outlier_ejected.get_or_create(&l()).clone(),
             lb: LbMetrics {
                 panic: self.lb_panic.get_or_create(&l()).clone(),
@@ -474,7 +496,11 @@ pub struct ListenerHandles {
     /// Time to the response head.
     duration: LatencyHistogram,
     rejected: Family<Labels, Counter>,
+    /// One counter per [`REJECTION_REASONS`] entry, created with the listener.
+    rejected_by: LabelledCounters<{ REJECTION_REASONS.len() }>,
     errors: Family<Labels, Counter>,
+    /// One counter per [`ERROR_FLAGS`] entry, created with the listener.
+    errors_by: LabelledCounters<{ ERROR_FLAGS.len() }>,
     /// One counter per [`Sanitized`] action, created with the listener (so every series
     /// exists from the start and counting needs no label lookup).
     sanitized: [Counter; Sanitized::ALL.len()],
@@ -581,14 +607,17 @@ impl ListenerHandles {
         }
     }
 
-    /// Counts a generated error response by response flag (rare path: looks the label up).
+    /// Counts a generated error response by response flag (a known flag's counter was
+    /// created with the listener; an unlisted one is looked up).
     pub fn error(&self, flag: &'static str) {
-        self.errors
-            .get_or_create(&vec![
-                ("listener", self.name.clone()),
-                ("flag", flag.to_string()),
-            ])
-            .inc();
+        if !self.errors_by.try_inc(flag) {
+            self.errors
+                .get_or_create(&vec![
+                    ("listener", self.name.clone()),
+                    ("flag", flag.to_string()),
+                ])
+                .inc();
+        }
     }
 
     /// Counts a response by status class and records the time to it.
@@ -637,14 +666,17 @@ impl ListenerHandles {
             .inc();
     }
 
-    /// Counts a rejection (rare path: looks the label up).
+    /// Counts a rejection (a listed reason's counter was created with the listener; an
+    /// unlisted one is looked up).
     pub fn rejected(&self, reason: &'static str) {
-        self.rejected
-            .get_or_create(&vec![
-                ("listener", self.name.clone()),
-                ("reason", reason.to_string()),
-            ])
-            .inc();
+        if !self.rejected_by.try_inc(reason) {
+            self.rejected
+                .get_or_create(&vec![
+                    ("listener", self.name.clone()),
+                    ("reason", reason.to_string()),
+                ])
+                .inc();
+        }
     }
 }
 
@@ -713,7 +745,7 @@ pub const EJECTION_REASONS: [&str; 3] = [
 /// Counters of one cluster for each of `values` (pre-initialised, so they show from the start).
 fn labelled<const N: usize>(
     family: &Family<Labels, Counter>,
-    cluster: &str,
+    (owner_key, owner): (&'static str, &str),
     key: &'static str,
     values: &[&'static str; N],
 ) -> LabelledCounters<N> {
@@ -721,16 +753,13 @@ fn labelled<const N: usize>(
         values: *values,
         counters: values.map(|v| {
             family
-                .get_or_create(&vec![
-                    ("cluster", cluster.to_string()),
-                    (key, v.to_string()),
-                ])
+                .get_or_create(&vec![(owner_key, owner.to_string()), (key, v.to_string())])
                 .clone()
         }),
     }
 }
 
-/// A cluster's counters of one family, one per label value, resolved once.
+/// A cluster's or listener's counters of one family, one per label value, resolved once.
 #[derive(Clone, Debug)]
 pub struct LabelledCounters<const N: usize> {
     values: [&'static str; N],
@@ -738,12 +767,32 @@ pub struct LabelledCounters<const N: usize> {
 }
 
 impl<const N: usize> LabelledCounters<N> {
+    /// Counters registered nowhere (for a resource that exports no such series).
+    fn detached(values: [&'static str; N]) -> Self {
+        LabelledCounters {
+            values,
+            counters: std::array::from_fn(|_| Counter::default()),
+        }
+    }
+
     /// Counts one for `value` (one of the pre-initialised values; others are ignored).
     pub fn inc(&self, value: &str) {
-        if let Some(i) = self.values.iter().position(|v| *v == value)
-            && let Some(c) = self.counters.get(i)
+        self.try_inc(value);
+    }
+
+    /// Counts one for `value`; false (nothing counted) when it is not one of the values.
+    pub fn try_inc(&self, value: &str) -> bool {
+        match self
+            .values
+            .iter()
+            .position(|v| *v == value)
+            .and_then(|i| self.counters.get(i))
         {
-            c.inc();
+            Some(c) => {
+                c.inc();
+                true
+            }
+            None => false,
         }
     }
 
@@ -1146,6 +1195,20 @@ mod tests {
         let _web = m.listener("web");
         let _tcp = m.tcp_listener("raw");
         let text = m.encode_text();
+        // Listed labels count through the handles made with the listener; others still count.
+        let web = m.listener("counted");
+        web.rejected("missing_host");
+        web.error("NR");
+        let unlisted = "not_listed";
+        web.rejected(unlisted);
+        let counted = m.encode_text();
+        for line in [
+            "sluice_downstream_rejected_total{listener=\"counted\",reason=\"missing_host\"} 1",
+            "sluice_downstream_error_responses_total{listener=\"counted\",flag=\"NR\"} 1",
+            "sluice_downstream_rejected_total{listener=\"counted\",reason=\"not_listed\"} 1",
+        ] {
+            assert!(counted.contains(line), "{line} missing");
+        }
         for reason in REJECTION_REASONS {
             let line = format!(
                 "sluice_downstream_rejected_total{{listener=\"web\",reason=\"{reason}\"}} 0"
