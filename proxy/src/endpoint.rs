@@ -243,11 +243,11 @@ impl EndpointState {
         self.observe(|_| latency);
     }
 
-    /// Records an attempt for peak EWMA: its response head's latency since `sent_at`, or a
-    /// failure penalty when it got no response (connect failure, reset, timeout).
-    pub fn observe_latency_or_failure(&self, responded: bool, sent_at: Instant) {
+    /// Records an attempt for peak EWMA: its response head's `latency`, or a failure penalty
+    /// when it got no response (connect failure, reset, timeout).
+    pub fn observe_latency_or_failure(&self, responded: bool, latency: Duration) {
         if responded {
-            self.observe_latency(sent_at.elapsed());
+            self.observe_latency(latency);
         } else {
             self.observe_failure();
         }

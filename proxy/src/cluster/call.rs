@@ -128,10 +128,12 @@ pub(crate) async fn attempts(
     // Awaited in their own statements, so that neither the send's future nor its result stays
     // in this future while a retry runs (the temporaries of a `match`'s scrutinee would).
     let sent = pool.send(request, call.proto, via(&call)).await;
+    // One clock read for the balancer's latency estimate and the latency histogram.
+    let took = sent_at.elapsed();
     active
         .state()
-        .observe_latency_or_failure(sent.is_ok(), sent_at);
-    let retry = match first_result(call, sent, sent_at, attempts, active, endpoint, route) {
+        .observe_latency_or_failure(sent.is_ok(), took);
+    let retry = match first_result(call, sent, took, attempts, active, endpoint, route) {
         Ok(done) => return done,
         Err(retry) => retry,
     };
@@ -146,7 +148,7 @@ type Boxed<'a> = Pin<Box<dyn Future<Output = Result<Upstream, ProxyError>> + 'a>
 fn first_result<'a>(
     call: Call<'a>,
     sent: Result<(Response<Incoming>, Lease), SendError>,
-    sent_at: Instant,
+    took: Duration,
     mut attempts: Attempts,
     mut active: ActiveRequest,
     endpoint: SocketAddr,
@@ -159,7 +161,7 @@ fn first_result<'a>(
             }
             call.cluster
                 .metrics
-                .response(response.status().as_u16(), sent_at.elapsed());
+                .response(response.status().as_u16(), took);
             report(
                 &call,
                 &active,
@@ -338,16 +340,15 @@ async fn resilient(
             Some(d) => PerTry::new(sent, d, call.body_fault).await,
             None => sent.await,
         };
+        let took = sent_at.elapsed();
         active
             .state()
-            .observe_latency_or_failure(result.is_ok(), sent_at);
+            .observe_latency_or_failure(result.is_ok(), took);
         let next = match result {
             Ok((response, lease)) => {
                 check_response(&response, &call.cluster.metrics)?;
                 let status = response.status();
-                call.cluster
-                    .metrics
-                    .response(status.as_u16(), sent_at.elapsed());
+                call.cluster.metrics.response(status.as_u16(), took);
                 report(
                     &call,
                     &active,
