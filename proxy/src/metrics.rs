@@ -394,7 +394,12 @@ impl Metrics {
             duration: self.client_duration.get_or_create(&l()).clone(),
             connections: self.upstream_connections.get_or_create(&l()).clone(),
             connect_failures: self.upstream_connect_failures.get_or_create(&l()).clone(),
-            errors: self.upstream_errors.clone(),
+            errors: labelled(
+                &self.upstream_errors,
+                ("cluster", name),
+                "kind",
+                &UPSTREAM_ERROR_KINDS,
+            ),
             retries: labelled(
                 &self.upstream_retries,
                 ("cluster", name),
@@ -706,6 +711,9 @@ pub const REJECTION_REASONS: [&str; 21] = [
     "unsupported_transfer_coding",
 ];
 
+/// The `kind` labels of `sluice_upstream_errors_total`.
+pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["request", "timeout", "invalid_response"];
+
 /// The `flag` labels of `sluice_downstream_error_responses_total` (Envoy's response flags).
 pub const ERROR_FLAGS: [&str; 12] = [
     "DPE", "FI", "NC", "NR", "RBAC", "SI", "UC", "UF", "UH", "UO", "UPE", "UT",
@@ -819,7 +827,7 @@ pub struct ClusterMetrics {
     pub connections: Counter,
     /// Failed connection attempts.
     pub connect_failures: Counter,
-    errors: Family<Labels, Counter>,
+    errors: LabelledCounters<{ UPSTREAM_ERROR_KINDS.len() }>,
     /// Retries by reason.
     pub retries: LabelledCounters<6>,
     /// Retries refused by a limit.
@@ -856,14 +864,9 @@ impl ClusterMetrics {
         &self.name
     }
 
-    /// Counts an upstream failure by kind (rare path).
+    /// Counts an upstream failure by kind (one of [`UPSTREAM_ERROR_KINDS`]).
     pub fn error(&self, kind: &'static str) {
-        self.errors
-            .get_or_create(&vec![
-                ("cluster", self.name.clone()),
-                ("kind", kind.to_string()),
-            ])
-            .inc();
+        self.errors.inc(kind);
     }
 }
 
@@ -1194,7 +1197,12 @@ mod tests {
         let m = Metrics::new();
         let _web = m.listener("web");
         let _tcp = m.tcp_listener("raw");
+        let _cluster = m.cluster("c");
         let text = m.encode_text();
+        for kind in UPSTREAM_ERROR_KINDS {
+            let line = format!("sluice_upstream_errors_total{{cluster=\"c\",kind=\"{kind}\"}} 0");
+            assert!(text.contains(&line), "{line} missing");
+        }
         // Listed labels count through the handles made with the listener; others still count.
         let web = m.listener("counted");
         web.rejected("missing_host");
