@@ -273,6 +273,37 @@ fn first_node(node: Option<&Node>) -> Result<Node, Status> {
     }
 }
 
+/// What opening a stream yields: its task state, its first request, the rest of the
+/// proxy's requests, and the response stream tonic sends from.
+type Accepted<Req, Resp> = (
+    Stream<Resp>,
+    Req,
+    Streaming<Req>,
+    ReceiverStream<Result<Resp, Status>>,
+);
+
+impl AdsServer {
+    /// Both flavours' opening: the token, the first request with its node, and the stream's
+    /// state (or the status the stream ends with).
+    async fn accept<Req, Resp>(
+        &self,
+        request: Request<Streaming<Req>>,
+        protocol: Protocol,
+        node_of: impl Fn(&Req) -> Option<&Node>,
+    ) -> Result<Accepted<Req, Resp>, Status> {
+        let token = bearer(request.metadata());
+        let mut inbound = request.into_inner();
+        let Some(first) = inbound.message().await? else {
+            return Err(Status::invalid_argument(
+                "the stream ended before a request",
+            ));
+        };
+        let node = first_node(node_of(&first))?;
+        let (stream, outbound) = self.open(&node, protocol, token.as_deref())?;
+        Ok((stream, first, inbound, outbound))
+    }
+}
+
 /// The bearer token of a stream (`authorization: Bearer TOKEN`).
 fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
     let value = metadata.get("authorization")?.to_str().ok()?;
@@ -292,15 +323,11 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let token = bearer(request.metadata());
-        let mut inbound = request.into_inner();
-        let Some(first) = inbound.message().await? else {
-            return Err(Status::invalid_argument(
-                "the stream ended before a request",
-            ));
-        };
-        let node = first_node(first.node.as_ref())?;
-        let (stream, outbound) = self.open(&node, Protocol::Sotw, token.as_deref())?;
+        let (stream, first, inbound, outbound) = self
+            .accept(request, Protocol::Sotw, |r: &DiscoveryRequest| {
+                r.node.as_ref()
+            })
+            .await?;
         tokio::spawn(sotw::run(stream, first, inbound));
         Ok(Response::new(Box::pin(outbound)))
     }
@@ -311,15 +338,11 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let token = bearer(request.metadata());
-        let mut inbound = request.into_inner();
-        let Some(first) = inbound.message().await? else {
-            return Err(Status::invalid_argument(
-                "the stream ended before a request",
-            ));
-        };
-        let node = first_node(first.node.as_ref())?;
-        let (stream, outbound) = self.open(&node, Protocol::Delta, token.as_deref())?;
+        let (stream, first, inbound, outbound) = self
+            .accept(request, Protocol::Delta, |r: &DeltaDiscoveryRequest| {
+                r.node.as_ref()
+            })
+            .await?;
         tokio::spawn(delta::run(stream, first, inbound));
         Ok(Response::new(Box::pin(outbound)))
     }
