@@ -386,20 +386,19 @@ impl TlsStore {
                 inner.secrets.clone(),
             )
         };
-        // An entry still missing another secret stays pending quietly (warming).
-        let wanted = |mut names: std::vec::IntoIter<&str>| {
-            let names: Vec<&str> = names.by_ref().collect();
+        // Entries naming it; one still missing another secret stays pending quietly (warming).
+        let wanted = |names: Vec<&str>| {
             names.contains(&name) && names.iter().all(|n| secrets.contains_key(*n))
         };
         for s in servers
             .iter()
-            .filter(|s| wanted(s.settings.secret_names().collect::<Vec<_>>().into_iter()))
+            .filter(|s| wanted(s.settings.secret_names().collect()))
         {
             self.finish_reload("listener", server::build(&s.settings, &secrets), &s.entry);
         }
         for c in clients
             .iter()
-            .filter(|c| wanted(c.settings.secret_names().collect::<Vec<_>>().into_iter()))
+            .filter(|c| wanted(c.settings.secret_names().collect()))
         {
             self.finish_reload("cluster", client::build(&c.settings, &secrets), &c.entry);
         }
