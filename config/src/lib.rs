@@ -25,6 +25,7 @@
 //! Files are YAML. Unknown fields are errors, and every error names the file, line, column and
 //! field path. [`load_file`] and [`parse`] return a fully validated [`Config`].
 
+mod access_log;
 mod cluster;
 mod discovery;
 mod error;
@@ -44,6 +45,10 @@ mod validate;
 #[cfg(feature = "xds")]
 pub mod xds;
 
+pub use access_log::{
+    AccessLog, AccessLogFormat, ENVOY_DEFAULT_FORMAT, Operator as LogOperator, Piece as LogPiece,
+    parse_template as parse_log_template,
+};
 pub use cluster::{Cluster, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol};
 pub use discovery::{AddressFamily, Discovery, DiscoveryType, DnsName};
 pub use error::{ConfigError, ConfigErrors, Issue};

@@ -142,6 +142,9 @@ pub struct HttpListener {
     /// client certificates); denied requests get 403 (gRPC: `PERMISSION_DENIED`).
     #[serde(default, skip_serializing_if = "crate::tls::Authorization::is_empty")]
     pub authorization: crate::tls::Authorization,
+    /// Log each request (none by default; see [`AccessLog`](crate::AccessLog)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<Box<crate::AccessLog>>,
 }
 
 /// Path normalization (Envoy `normalize_path`, `merge_slashes`,
@@ -343,6 +346,7 @@ impl HttpListener {
             strip_trailing_host_dot: true,
             trust: Trust::default(),
             authorization: Default::default(),
+            access_log: None,
         }
     }
 }

@@ -744,3 +744,66 @@ fn grpc_web_settings_default_off_and_bad_values_are_located() {
         "{e}"
     );
 }
+
+#[test]
+fn access_log_settings_parse_and_their_errors_are_located() {
+    let src = BASE.replace(
+        "    http: { route_table: main }\n",
+        "    http:\n      route_table: main\n      access_log: { path: /var/log/a.log, format: { template: '%REQ(:METHOD)% %RESPONSE_CODE%' }, min_status: 500, sample: 0.5 }\n",
+    );
+    let c = parse(&src, "test.yaml").unwrap();
+    let ListenerKind::Http(h) = &c.listeners[0].kind else {
+        panic!("http listener")
+    };
+    let a = h.access_log.as_ref().unwrap();
+    assert_eq!(a.path, "/var/log/a.log");
+    assert_eq!(a.min_status, 500);
+    assert_eq!(
+        a.format,
+        crate::AccessLogFormat::Template("%REQ(:METHOD)% %RESPONSE_CODE%".into())
+    );
+    // Defaults: stdout, JSON, every request.
+    let src = BASE.replace(
+        "    http: { route_table: main }\n",
+        "    http: { route_table: main, access_log: {} }\n",
+    );
+    let c = parse(&src, "test.yaml").unwrap();
+    let ListenerKind::Http(h) = &c.listeners[0].kind else {
+        panic!("http listener")
+    };
+    assert_eq!(h.access_log, Some(Box::default()));
+    // It survives the trip through the dump.
+    let yaml = serde_yaml_ng::to_string(&c.listeners[0]).unwrap();
+    assert!(yaml.contains("access_log:"), "{yaml}");
+
+    let bad = BASE.replace(
+        "    http: { route_table: main }\n",
+        "    http:\n      route_table: main\n      access_log: { format: { template: '%NOPE% x' }, sample: 2, min_status: 700 }\n",
+    );
+    let e = errors(&bad);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    for (field, why) in [
+        (
+            "access_log.format.template",
+            "unknown command operator `%NOPE%`",
+        ),
+        ("access_log.sample", "must be between 0 and 1"),
+        ("access_log.min_status", "at most 599"),
+    ] {
+        assert!(
+            e.iter().any(|l| l.starts_with("test.yaml:6:")
+                && l.contains(&format!("listeners[0].http.{field}: "))
+                && l.contains(why)),
+            "{field}: {e:#?}"
+        );
+    }
+    let bad = BASE.replace(
+        "    http: { route_table: main }\n",
+        "    http: { route_table: main, access_log: { format: yaml } }\n",
+    );
+    let e = one_error(&bad);
+    assert!(
+        e.contains("unknown format `yaml`: expected `json`, `text` or `{ template:"),
+        "{e}"
+    );
+}

@@ -265,6 +265,13 @@ impl Validator {
     }
 
     fn http_listener(&mut self, p: &str, h: &HttpListener, tables: &Refs<'_>) {
+        if let Some(a) = &h.access_log {
+            let mut errs = Vec::new();
+            crate::access_log::check(&format!("{p}.access_log"), a, &mut errs);
+            for (path, message) in errs {
+                self.err(path, message);
+            }
+        }
         crate::tls::check_authorization(
             &format!("{p}.authorization"),
             &h.authorization,

@@ -40,6 +40,7 @@ mod local;
 mod message;
 pub mod metrics;
 pub mod outlier;
+mod process_metrics;
 pub mod route;
 pub mod source;
 pub mod state;

@@ -16,6 +16,11 @@ type Labels = Vec<(&'static str, String)>;
 /// All metric families, registered once at start.
 pub struct Metrics {
     registry: Registry,
+    /// The unprefixed `process_*` family (Prometheus client libraries' standard names).
+    process: Registry,
+    /// The generation of the config in force, and when it was applied.
+    config_generation: Gauge,
+    config_applied: Gauge<f64, std::sync::atomic::AtomicU64>,
     downstream_connections: Family<Labels, Counter>,
     downstream_connections_active: Family<Labels, Gauge>,
     downstream_requests: Family<Labels, Counter>,
@@ -62,6 +67,8 @@ pub struct Metrics {
     grpc_responses: Family<Labels, Counter>,
     /// gRPC-Web requests by mode (`message/grpc_web.rs`).
     grpc_web_requests: Family<Labels, Counter>,
+    /// Access log lines by listener and result (`http/filters/access_log.rs`).
+    access_log_lines: Family<Labels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -115,8 +122,14 @@ impl Metrics {
             xds: Default::default(),
             grpc_responses: Family::default(),
             grpc_web_requests: Family::default(),
+            access_log_lines: Family::default(),
             registry: Registry::with_prefix("sluice"),
+            process: Registry::default(),
+            config_generation: Gauge::default(),
+            config_applied: Gauge::default(),
         };
+        m.process
+            .register_collector(Box::new(crate::process_metrics::ProcessCollector));
         // prometheus-client appends `_total` to counters.
         let r = &mut m.registry;
         r.register(
@@ -128,6 +141,11 @@ impl Metrics {
             "grpc_web_requests",
             "gRPC-Web requests sent upstream as gRPC, by listener and mode (binary or text)",
             m.grpc_web_requests.clone(),
+        );
+        r.register(
+            "access_log_lines",
+            "Access log lines by listener and result (written; dropped: the writer's queue was full)",
+            m.access_log_lines.clone(),
         );
         r.register(
             "downstream_connections",
@@ -250,6 +268,16 @@ impl Metrics {
             m.config_reloads.clone(),
         );
         r.register(
+            "config_generation",
+            "Generation of the config in force (one more on every applied change: file reload or xDS update)",
+            m.config_generation.clone(),
+        );
+        r.register(
+            "config_last_applied_timestamp_seconds",
+            "When the config in force was applied, in seconds since the epoch",
+            m.config_applied.clone(),
+        );
+        r.register(
             "config_resource_updates",
             "Resources in config updates, by type and result (accepted or rejected)",
             m.config_resources.clone(),
@@ -288,6 +316,7 @@ impl Metrics {
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &self.registry);
+        let _ = prometheus_text::encode(&mut out, &self.process);
         out
     }
 
@@ -297,8 +326,21 @@ impl Metrics {
     /// OpenMetrics 1.0 text (what Prometheus asks for first), ending in `# EOF`.
     pub fn encode_openmetrics(&self) -> String {
         let mut out = String::with_capacity(8192);
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        use prometheus_client::encoding::text;
+        let _ = text::encode_registry(&mut out, &self.registry);
+        let _ = text::encode_registry(&mut out, &self.process);
+        let _ = text::encode_eof(&mut out);
         out
+    }
+
+    /// Notes that the config of `generation` is now in force.
+    pub(crate) fn config_applied(&self, generation: u64) {
+        self.config_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.config_applied.set(now.as_secs_f64());
     }
 
     /// Content type of [`Metrics::encode_openmetrics`].
@@ -330,6 +372,16 @@ impl Metrics {
             grpc_web_requests: Family::default(),
             name: name.to_string(),
         }))
+    }
+
+    /// A listener's access log line counters (`written`, `dropped`), created at 0 with its log.
+    pub(crate) fn access_log_lines(&self, listener: &str) -> LabelledCounters<2> {
+        labelled(
+            &self.access_log_lines,
+            ("listener", listener),
+            "result",
+            &["written", "dropped"],
+        )
     }
 
     /// Handles for one HTTP listener. Every rejection reason and error flag series is created

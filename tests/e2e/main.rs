@@ -6,6 +6,7 @@
 // across the test modules.
 #![allow(clippy::disallowed_types, unreachable_pub)]
 
+mod access_log;
 mod balance;
 mod conformance;
 mod connection;

@@ -226,6 +226,19 @@ clusters:
         0.0,
     );
     expect(r#"up{job="sluice"}"#, 1.0);
+    // The process family (unprefixed, as every Prometheus client library names it) and the
+    // config in force.
+    for q in [
+        r#"process_resident_memory_bytes{job="sluice"} > 1e6"#,
+        r#"process_open_fds{job="sluice"} > 3"#,
+        r#"process_max_fds{job="sluice"} > 3"#,
+        r#"time() - process_start_time_seconds{job="sluice"} < 3600"#,
+        r#"process_cpu_seconds_total{job="sluice"} > 0"#,
+        r#"sluice_config_generation{job="sluice"} >= 1"#,
+        r#"time() - sluice_config_last_applied_timestamp_seconds{job="sluice"} < 3600"#,
+    ] {
+        eventually(q, || prom.query(q).map(|_| ()));
+    }
 
     // Latency histograms: every request answered on the listener, every attempt per cluster.
     expect(

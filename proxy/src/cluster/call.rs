@@ -73,6 +73,11 @@ pub(crate) struct Upstream {
     pub(crate) active: ActiveRequest,
     /// The endpoint that answered.
     pub(crate) endpoint: SocketAddr,
+    /// Attempts made (1 without retries).
+    pub(crate) attempts: u32,
+    /// The response was one the policy retries, but a limit (attempts, budget, breaker,
+    /// replay buffer) refused (Envoy's `URX`).
+    pub(crate) retries_exhausted: bool,
 }
 
 /// The attempts of one request so far: how many, and the endpoints they used.
@@ -174,6 +179,8 @@ fn first_result<'a>(
                 lease,
                 active,
                 endpoint,
+                attempts: attempts.number,
+                retries_exhausted: false,
             }))
         }
         Err(SendError { error, request }) => {
@@ -356,12 +363,14 @@ async fn resilient(
                     Outcome::of_status(status.as_u16()),
                 );
                 let headers = response.headers();
+                let mut exhausted = false;
                 let next = may_retry(
                     &call,
                     &attempts,
                     Attempted::Response { status, headers },
                     copy.as_ref(),
                 )
+                .map_err(|limited| exhausted = limited)
                 .ok()
                 .and_then(|reason| {
                     match call
@@ -371,12 +380,15 @@ async fn resilient(
                         Ok(after) => Some((reason, after)),
                         Err(()) => {
                             call.cluster.metrics.retry_limited.inc("retry_after");
+                            exhausted = true;
                             None
                         }
                     }
                 })
                 .and_then(|(reason, after)| {
-                    prepare_retry(&call, None, copy.as_ref()).map(|(next, slots)| {
+                    let prepared = prepare_retry(&call, None, copy.as_ref());
+                    exhausted |= prepared.is_none();
+                    prepared.map(|(next, slots)| {
                         (
                             next,
                             Retrying {
@@ -397,6 +409,8 @@ async fn resilient(
                             lease,
                             active,
                             endpoint,
+                            attempts: attempts.number,
+                            retries_exhausted: exhausted,
                         });
                     }
                 }
@@ -435,13 +449,14 @@ async fn resilient(
 }
 
 /// Whether the policy retries this result and the attempt count and retry budget allow it;
-/// refusals by a limit are counted.
+/// refusals by a limit are counted, and are `Err(true)` (`Err(false)`: not a result the policy
+/// retries).
 fn may_retry(
     call: &Call<'_>,
     attempts: &Attempts,
     result: Attempted<'_>,
     copy: Option<&Copy>,
-) -> Result<Reason, ()> {
+) -> Result<Reason, bool> {
     let resend = match copy {
         Some(c) if c.replayable() && c.resendable => Resend::Any,
         Some(c) if c.replayable() => Resend::GrpcStatus,
@@ -453,12 +468,13 @@ fn may_retry(
         {
             // Retried, had the body fitted the replay buffer.
             metrics.retry_limited.inc("replay_limit");
+            return Err(true);
         }
-        return Err(());
+        return Err(false);
     };
     if attempts.number > call.retry.num_retries {
         metrics.retry_limited.inc("num_retries");
-        return Err(());
+        return Err(true);
     }
     if !call.cluster.budget.withdraw(
         &budget_config(call),
@@ -467,7 +483,7 @@ fn may_retry(
     ) {
         metrics.retry_limited.inc("budget");
         tracing::debug!(cluster = %call.cluster.name, "retry budget exhausted");
-        return Err(());
+        return Err(true);
     }
     Ok(reason)
 }

@@ -254,6 +254,8 @@ impl Body for ResponseBody {
                     Some(Ok(f)) => {
                         if let Some(d) = f.data_ref() {
                             t.sent(d.len());
+                        } else if let Some(trailers) = f.trailers_ref() {
+                            t.trailers(trailers);
                         }
                         if end {
                             t.finish(Outcome::Complete);
@@ -310,6 +312,10 @@ pub(crate) struct Tracker {
     upstream: Option<std::net::SocketAddr>,
     flag: Option<&'static str>,
     body_bytes: u64,
+    /// The access log's record, when the request is logged.
+    record: Option<Box<crate::http::filters::RequestRecord>>,
+    /// The request body's note (its byte count goes into the record).
+    body: Option<crate::message::reqbody::FaultNote>,
     done: bool,
 }
 
@@ -320,6 +326,8 @@ impl Tracker {
         status: StatusCode,
         upstream: Option<std::net::SocketAddr>,
         flag: Option<&'static str>,
+        record: Option<Box<crate::http::filters::RequestRecord>>,
+        body: Option<crate::message::reqbody::FaultNote>,
     ) -> Self {
         Tracker {
             chain,
@@ -328,7 +336,16 @@ impl Tracker {
             upstream,
             flag,
             body_bytes: 0,
+            record,
+            body,
             done: false,
+        }
+    }
+
+    /// Response trailers went downstream (their `grpc-status` is logged).
+    pub(crate) fn trailers(&mut self, t: &http::HeaderMap) {
+        if let Some(r) = self.record.as_mut() {
+            r.grpc(t);
         }
     }
 
@@ -343,6 +360,10 @@ impl Tracker {
             return;
         }
         self.done = true;
+        let record = self.record.take().map(|mut r| {
+            r.bytes_received = self.body.as_ref().map_or(0, |b| b.received());
+            std::sync::Arc::from(r)
+        });
         self.chain.on_complete(&Completion {
             status: self.status,
             body_bytes: self.body_bytes,
@@ -350,6 +371,7 @@ impl Tracker {
             upstream: self.upstream,
             flag: self.flag,
             outcome,
+            record,
         });
     }
 }

@@ -105,12 +105,23 @@ pub(crate) async fn handle(
     // The request's start: the duration histogram, and the completion hook when a filter
     // wants it.
     let started = tokio::time::Instant::now();
+    // The access log's record (only when the listener logs and the request is sampled).
+    let mut record = http
+        .access_log
+        .as_ref()
+        .and_then(|l| l.record(&req, &conn.info));
+    // The virtual host and route the request matched, if any.
+    let mut routed = None;
     let mut endpoint = None;
+    // Attempts and whether a limit refused a retry, and the request body's note, for the
+    // access log.
+    let mut attempts = (0, false);
+    let mut body_note = None;
     // The cluster a gRPC response is counted under (`none` for answers that reached none).
     let mut grpc_cluster: Option<&crate::cluster::ClusterHandle> = None;
     // Each arm moves its payload out, so only the payload of the taken arm lives across the
     // await.
-    let result = match prepare(&conn, http, req, smuggled) {
+    let result = match prepare(&conn, http, req, smuggled, &mut routed) {
         Step::Answer(r) => r,
         // `send_upstream`, inlined: a nested async function would add its arguments' storage
         // (≈400 bytes, measured) to every request's future.
@@ -127,6 +138,10 @@ pub(crate) async fn handle(
                 ..call
             };
             grpc_cluster = Some(meta.cluster);
+            if let (Some(r), Some(log)) = (record.as_mut(), http.access_log.as_deref()) {
+                r.forwarded(log, request.headers());
+                body_note = fault.clone();
+            }
             let sent = if announce {
                 // Rare (HTTP/2 → HTTP/1.1 with a body): boxed.
                 Box::pin(announce_then_send(call, request)).await
@@ -135,6 +150,7 @@ pub(crate) async fn handle(
             };
             match sent.map(|up| {
                 endpoint = Some(up.endpoint);
+                attempts = (up.attempts, up.retries_exhausted);
                 finish(&meta, up)
             }) {
                 Ok(resp) if announces_trailers(&meta, &resp) => {
@@ -151,6 +167,10 @@ pub(crate) async fn handle(
                 meta,
                 ..
             } = send;
+            grpc_cluster = Some(meta.cluster);
+            if let (Some(r), Some(log)) = (record.as_mut(), http.access_log.as_deref()) {
+                r.forwarded(log, request.headers());
+            }
             let r = Box::pin(upgrade::forward(call, request, down, &conn.drain, meta)).await;
             if r.as_ref()
                 .is_ok_and(|r| r.status() == http::StatusCode::SWITCHING_PROTOCOLS)
@@ -205,6 +225,15 @@ pub(crate) async fn handle(
         grpc::track_status(&mut resp, &spec.metrics, cluster);
     }
     if http.filters.wants_completion() {
+        if let (Some(r), Some(log)) = (record.as_mut(), http.access_log.as_deref()) {
+            if let Some((vh, route)) = routed {
+                r.virtual_host = Some(vh.name.clone());
+                r.route = Some(route.name.clone());
+            }
+            r.cluster = grpc_cluster.map(|c| c.name.clone());
+            (r.attempts, r.retries_exhausted) = attempts;
+            r.responded(log, resp.headers());
+        }
         let status = resp.status();
         resp.body_mut().track_completion(Tracker::new(
             http.filters.clone(),
@@ -212,6 +241,8 @@ pub(crate) async fn handle(
             status,
             endpoint,
             flag,
+            record,
+            body_note,
         ));
     }
     resp.body_mut().set_inflight(inflight);
@@ -291,8 +322,9 @@ fn prepare<'a>(
     http: &'a HttpSpec,
     req: Request<Incoming>,
     smuggled: bool,
+    routed: &mut Option<Routed<'a>>,
 ) -> Step<'a> {
-    match plan(conn, http, req, smuggled) {
+    match plan(conn, http, req, smuggled, routed) {
         Ok(Planned::Answer(resp)) => Step::Answer(Ok(resp)),
         Ok(Planned::Forward(mut p)) => match request_filters(conn, http, &mut p, 0) {
             Ok(Some(resp)) => Step::Answer(Ok(resp)),
@@ -492,12 +524,17 @@ pub(crate) struct Plan<'a> {
     pub(crate) meta: ResponseMeta<'a>,
 }
 
-/// Checks and routes the request; builds the upstream request when the route forwards.
+/// The virtual host and route a request matched.
+type Routed<'a> = (&'a VirtualHost, &'a Route);
+
+/// Checks and routes the request (noting the match in `routed`); builds the upstream request
+/// when the route forwards.
 fn plan<'a>(
     conn: &HttpConn,
     http: &'a HttpSpec,
     req: Request<Incoming>,
     smuggled: bool,
+    routed: &mut Option<Routed<'a>>,
 ) -> Result<Planned<'a>, ProxyError> {
     if smuggled {
         return Err(ProxyError::ContentLengthWithTransferEncoding);
@@ -545,6 +582,7 @@ fn plan<'a>(
         });
     };
     tracing::trace!(route = %route.name, virtual_host = %vh.name, "matched");
+    *routed = Some((vh, route));
     let mut resp = match &route.action {
         Action::Direct { status, body } => respond::direct(*status, body.clone()),
         Action::Redirect(r) => {

@@ -4,7 +4,7 @@
 //! worker's connections of one listener see the listener's current settings.
 
 use crate::http::edge::EdgePolicy;
-use crate::http::filters::{FilterChain, HttpFilter};
+use crate::http::filters::{AccessLog, FilterChain, HttpFilter};
 use crate::metrics::ListenerMetrics;
 use crate::route::RouteTable;
 use hyper::server::conn::{http1, http2};
@@ -31,6 +31,8 @@ pub struct HttpSpec {
     pub(crate) h1: http1::Builder,
     /// The stream idle timeout (`None`: disabled).
     pub(crate) stream_idle: Option<std::time::Duration>,
+    /// The access log (also in the filter chain, whose completion hook writes the lines).
+    pub(crate) access_log: Option<Arc<AccessLog>>,
 }
 
 /// hyper's own HTTP/1.1 header-count limit.
@@ -45,6 +47,7 @@ impl HttpSpec {
         s: &config::HttpListener,
         extra_filters: &[Arc<dyn HttpFilter>],
         tls: Option<&crate::tls::ServerTls>,
+        access_log: Option<Arc<AccessLog>>,
     ) -> HttpSpec {
         let mut h1 = http1::Builder::new();
         // hyper parses up to 100 headers in a stack array; an explicit limit (even 100) makes it
@@ -77,6 +80,7 @@ impl HttpSpec {
                 ),
                 s.generate_request_id,
                 &metrics,
+                access_log.clone(),
             ),
             metrics,
             routes,
@@ -84,6 +88,7 @@ impl HttpSpec {
             edge: EdgePolicy::compile(s),
             h1,
             stream_idle: (!s.stream_idle_timeout.is_zero()).then(|| s.stream_idle_timeout.get()),
+            access_log,
         }
     }
 

@@ -35,6 +35,8 @@ pub(crate) async fn forward(
             lease: Lease::None,
             active,
             endpoint,
+            attempts: 1,
+            retries_exhausted: false,
         };
         Ok(finish(&meta, upstream))
     }

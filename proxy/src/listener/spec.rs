@@ -63,14 +63,24 @@ impl ListenerSpec {
             None => None,
         };
         let kind = match &l.kind {
-            config::ListenerKind::Http(h) => ListenerKind::Http(Arc::new(HttpSpec::compile(
-                &l.name,
-                metrics.listener(&l.name),
-                route_table(&h.route_table),
-                h,
-                filters,
-                tls.as_deref(),
-            ))),
+            config::ListenerKind::Http(h) => {
+                let access_log = match &h.access_log {
+                    Some(a) => Some(Arc::new(
+                        crate::http::filters::AccessLog::open(&l.name, a, metrics)
+                            .map_err(|e| format!("http.{e}"))?,
+                    )),
+                    None => None,
+                };
+                ListenerKind::Http(Arc::new(HttpSpec::compile(
+                    &l.name,
+                    metrics.listener(&l.name),
+                    route_table(&h.route_table),
+                    h,
+                    filters,
+                    tls.as_deref(),
+                    access_log,
+                )))
+            }
             config::ListenerKind::Tcp(t) => ListenerKind::Tcp(TcpSpec {
                 cluster: t.cluster.as_deref().map(|c| clusters.handle(c)),
                 idle_timeout: (!t.idle_timeout.is_zero()).then(|| t.idle_timeout.get()),

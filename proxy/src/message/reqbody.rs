@@ -34,6 +34,8 @@ pub(crate) struct BodyNote {
     ended: Cell<Option<Instant>>,
     /// Woken when the body ends (the upstream call then starts its route timeout).
     waker: Cell<Option<Waker>>,
+    /// Body bytes taken from the client so far (the access log's `bytes_received`).
+    received: Cell<u64>,
 }
 
 impl std::fmt::Debug for BodyNote {
@@ -53,6 +55,7 @@ impl Default for BodyNote {
             progress: Cell::new(crate::clock::coarse_now()),
             ended: Cell::new(None),
             waker: Cell::new(None),
+            received: Cell::new(0),
         }
     }
 }
@@ -66,6 +69,11 @@ impl BodyNote {
     /// When the body last made progress.
     pub(crate) fn progress(&self) -> Instant {
         self.progress.get()
+    }
+
+    /// Body bytes taken from the client so far.
+    pub(crate) fn received(&self) -> u64 {
+        self.received.get()
     }
 
     /// When the body's end was handed upstream; `None` while it is still streaming.
@@ -130,8 +138,9 @@ impl RequestBody {
     }
 
     /// A frame went upstream: progress, and the end when it was the last.
-    fn advanced(&self) {
+    fn advanced(&self, bytes: usize) {
         if let Some(n) = &self.fault {
+            n.received.set(n.received.get() + bytes as u64);
             n.progress.set(crate::clock::coarse_now());
             if self.is_end_stream() {
                 n.end();
@@ -202,7 +211,7 @@ impl Body for RequestBody {
                     )))))
                 }
                 _ => {
-                    self.advanced();
+                    self.advanced(f.data_ref().map_or(0, Bytes::len));
                     Poll::Ready(Some(Ok(f)))
                 }
             },

@@ -52,6 +52,7 @@ pub struct Live {
 impl Live {
     /// Live state starting with `snapshot`.
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Self {
+        metrics.config_applied(snapshot.generation);
         Live {
             generation: AtomicU64::new(snapshot.generation),
             current: ArcSwap::from_pointee(snapshot),
@@ -78,6 +79,7 @@ impl Live {
         let generation = snapshot.generation;
         self.current.store(Arc::new(snapshot));
         self.generation.store(generation, Ordering::Release);
+        self.metrics.config_applied(generation);
     }
 
     /// True once listeners are bound and not draining.

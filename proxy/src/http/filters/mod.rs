@@ -8,6 +8,7 @@
 //! `typed_per_filter_config`): the header-operation filter applies the virtual host's and the
 //! route's operations, the fault filter the route's faults.
 
+pub(crate) mod access_log;
 mod fault;
 mod forwarded;
 pub(crate) use crate::message::grpc_web;
@@ -15,6 +16,7 @@ mod header_ops;
 mod identity;
 mod request_id;
 
+pub use access_log::{AccessLog, RequestRecord};
 pub use fault::{Fault, FaultCounters, FaultMetrics};
 pub use forwarded::Forwarded;
 pub use header_ops::HeaderOps;
@@ -122,6 +124,8 @@ pub struct Completion {
     pub flag: Option<&'static str>,
     /// How it ended.
     pub outcome: Outcome,
+    /// The access log's record of the request (when the listener logs and sampled it).
+    pub record: Option<Arc<RequestRecord>>,
 }
 
 /// One HTTP filter. Every method has a do-nothing default.
@@ -165,12 +169,14 @@ impl FilterChain {
     /// The standard chain of an HTTP listener: `extra` (embedders' and tests' filters) first,
     /// then identity (421, authorization, `x-forwarded-client-cert`: nothing else runs for a
     /// request it refuses), fault injection (first of the rest, as Envoy requires), header
-    /// operations, `x-forwarded-*`, and request ids when enabled.
+    /// operations, `x-forwarded-*`, request ids when enabled, and the access log when the
+    /// listener has one.
     pub fn standard(
         extra: &[Arc<dyn HttpFilter>],
         identity: Identity,
         request_ids: bool,
         metrics: &ListenerMetrics,
+        access_log: Option<Arc<AccessLog>>,
     ) -> Self {
         let mut filters: Vec<Arc<dyn HttpFilter>> = extra.to_vec();
         filters.push(Arc::new(identity));
@@ -179,6 +185,9 @@ impl FilterChain {
         filters.push(Arc::new(Forwarded));
         if request_ids {
             filters.push(Arc::new(RequestId));
+        }
+        if let Some(log) = access_log {
+            filters.push(log);
         }
         FilterChain::new(filters)
     }

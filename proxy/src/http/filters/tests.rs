@@ -22,7 +22,7 @@ fn the_chain_knows_whether_completion_is_tracked() {
             metrics.clone(),
         )
     };
-    assert!(!FilterChain::standard(&[], identity(), true, &metrics).wants_completion());
+    assert!(!FilterChain::standard(&[], identity(), true, &metrics, None).wants_completion());
     let with: Vec<Arc<dyn HttpFilter>> = vec![Arc::new(Tracks)];
-    assert!(FilterChain::standard(&with, identity(), false, &metrics).wants_completion());
+    assert!(FilterChain::standard(&with, identity(), false, &metrics, None).wants_completion());
 }
