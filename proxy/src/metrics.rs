@@ -69,6 +69,11 @@ pub struct Metrics {
     grpc_web_requests: Family<Labels, Counter>,
     /// Access log lines by listener and result (`http/filters/access_log.rs`).
     access_log_lines: Family<Labels, Counter>,
+    /// Requests in flight, by listener.
+    downstream_requests_active: Family<Labels, Gauge>,
+    /// Responses by route and status class, and the time to them.
+    route_responses: Family<Labels, Counter>,
+    route_duration: Family<Labels, LatencyHistogram>,
 }
 
 impl fmt::Debug for Metrics {
@@ -123,6 +128,9 @@ impl Metrics {
             grpc_responses: Family::default(),
             grpc_web_requests: Family::default(),
             access_log_lines: Family::default(),
+            downstream_requests_active: Family::default(),
+            route_responses: Family::default(),
+            route_duration: Family::default(),
             registry: Registry::with_prefix("sluice"),
             process: Registry::default(),
             config_generation: Gauge::default(),
@@ -166,6 +174,21 @@ impl Metrics {
             "downstream_responses",
             "Responses sent, by listener and status class",
             m.downstream_responses.clone(),
+        );
+        r.register(
+            "downstream_requests_active",
+            "Requests in flight (head received, response not yet finished), by HTTP listener",
+            m.downstream_requests_active.clone(),
+        );
+        r.register(
+            "route_responses",
+            "Responses to requests a route matched (forwarded, or answered by the route or Sluice), by route table, virtual host, route and status class",
+            m.route_responses.clone(),
+        );
+        r.register(
+            "route_request_duration_seconds",
+            "Time from a request head's arrival to its response head, by route table, virtual host and route",
+            m.route_duration.clone(),
         );
         r.register(
             "downstream_rejected",
@@ -358,6 +381,7 @@ impl Metrics {
                 .get_or_create(&l())
                 .clone(),
             requests: Counter::default(),
+            active_requests: Gauge::default(),
             responses: std::array::from_fn(|_| Counter::default()),
             duration: LatencyHistogram::default(),
             rejected: Family::default(),
@@ -371,6 +395,26 @@ impl Metrics {
             grpc_by_cluster: Default::default(),
             grpc_web_requests: Family::default(),
             name: name.to_string(),
+        }))
+    }
+
+    /// Handles for one route (its series are created at 0 with it).
+    pub fn route(&self, table: &str, virtual_host: &str, route: &str) -> RouteMetrics {
+        let labels = |class: Option<&str>| {
+            let mut l = vec![
+                ("route_table", table.to_string()),
+                ("virtual_host", virtual_host.to_string()),
+                ("route", route.to_string()),
+            ];
+            if let Some(c) = class {
+                l.push(("class", c.to_string()));
+            }
+            l
+        };
+        RouteMetrics(std::sync::Arc::new(RouteHandles {
+            responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| self.route_responses.get_or_create(&labels(Some(c))).clone()),
+            duration: self.route_duration.get_or_create(&labels(None)).clone(),
         }))
     }
 
@@ -396,6 +440,7 @@ impl Metrics {
                 .get_or_create(&l())
                 .clone(),
             requests: self.downstream_requests.get_or_create(&l()).clone(),
+            active_requests: self.downstream_requests_active.get_or_create(&l()).clone(),
             responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|c| self.downstream_responses.get_or_create(&class(c)).clone()),
             duration: self.server_duration.get_or_create(&l()).clone(),
@@ -549,6 +594,8 @@ pub struct ListenerHandles {
     pub active: Gauge,
     /// Requests.
     pub requests: Counter,
+    /// Requests in flight.
+    pub(crate) active_requests: Gauge,
     responses: [Counter; 5],
     /// Time to the response head.
     duration: LatencyHistogram,
@@ -862,6 +909,44 @@ impl<const N: usize> LabelledCounters<N> {
             .iter()
             .position(|v| *v == value)
             .and_then(|i| self.counters.get(i))
+            .map_or(0, Counter::get)
+    }
+}
+
+/// A route's handles, resolved when its table is compiled (one pointer per route).
+#[derive(Clone, Debug)]
+pub struct RouteMetrics(std::sync::Arc<RouteHandles>);
+
+/// The handles behind [`RouteMetrics`].
+#[derive(Debug)]
+pub struct RouteHandles {
+    responses: [Counter; 5],
+    duration: LatencyHistogram,
+}
+
+impl RouteMetrics {
+    /// Handles registered nowhere (a route table built without metrics, in tests).
+    pub fn detached() -> Self {
+        RouteMetrics(std::sync::Arc::new(RouteHandles {
+            responses: std::array::from_fn(|_| Counter::default()),
+            duration: LatencyHistogram::default(),
+        }))
+    }
+
+    /// Counts a response by status class and records the time to it.
+    pub fn response(&self, status: u16, took: std::time::Duration) {
+        let i = usize::from(status / 100).saturating_sub(1).min(4);
+        if let Some(c) = self.0.responses.get(i) {
+            c.inc();
+        }
+        self.0.duration.observe(took);
+    }
+
+    /// Responses counted in a status class (`2` for 2xx).
+    pub fn responses(&self, class: u16) -> u64 {
+        usize::from(class)
+            .checked_sub(1)
+            .and_then(|i| self.0.responses.get(i))
             .map_or(0, Counter::get)
     }
 }

@@ -258,6 +258,25 @@ clusters:
         r#"sluice_upstream_responses_total{cluster="app",class="5xx"}"#,
         0.0,
     );
+    // Per route: the routes are named, so their series are too (created at 0 with the
+    // route table; 404s matched no route and count on the listener only).
+    expect(
+        r#"sluice_route_responses_total{route_table="t",virtual_host="v",route="ok",class="2xx"}"#,
+        10.0,
+    );
+    expect(
+        r#"sluice_route_responses_total{route_table="t",virtual_host="v",route="down",class="5xx"}"#,
+        2.0,
+    );
+    expect(
+        r#"sluice_route_responses_total{route_table="t",virtual_host="v",route="down",class="2xx"}"#,
+        0.0,
+    );
+    expect(
+        r#"sluice_route_request_duration_seconds_count{route="ok"}"#,
+        10.0,
+    );
+    expect(r#"sluice_downstream_requests_active{listener="web"}"#, 0.0);
     // A quantile Prometheus computes from the buckets: loopback answers are fast.
     let p99 = eventually("p99 latency", || {
         prom.query(
@@ -312,4 +331,41 @@ clusters:
         }
     }
     assert!(queries >= 20, "{queries} queries");
+}
+
+#[test]
+fn requests_in_flight_are_counted_until_their_response_ends() {
+    let app = echo("app");
+    let p = InProcess::start(&format!(
+        "listeners:
+  - {{ name: web, address: 127.0.0.1:0, http: {{ route_table: t }} }}
+route_tables:
+  - name: t
+    virtual_hosts:
+      - {{ name: v, domains: ['*'], routes: [{{ name: slow, match: {{ prefix: / }}, cluster: app }}] }}
+clusters:
+  - {{ name: app, endpoints: [{app}] }}
+"
+    ));
+    let active = |p: &InProcess| {
+        metric_value(
+            &p.metrics(),
+            r#"sluice_downstream_requests_active{listener="web"}"#,
+        )
+    };
+    assert_eq!(active(&p), 0.0);
+    let url = p.url("web", "/delay/1000");
+    let slow = std::thread::spawn(move || curl(&[&url]));
+    eventually("one request in flight", || {
+        (active(&p) == 1.0).then_some(())
+    });
+    slow.join().unwrap();
+    eventually("none in flight", || (active(&p) == 0.0).then_some(()));
+    assert_eq!(
+        metric_value(
+            &p.metrics(),
+            r#"sluice_route_responses_total{route_table="t",virtual_host="v",route="slow",class="2xx"}"#
+        ),
+        1.0
+    );
 }

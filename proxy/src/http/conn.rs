@@ -194,6 +194,7 @@ impl ConnState {
         self.inflight
             .store(self.inflight.load(Relaxed) + 1, Relaxed);
         self.metrics.requests.inc();
+        self.metrics.active_requests.inc();
         let guard = InflightGuard {
             state: Arc::clone(self),
             complete: false,
@@ -297,6 +298,7 @@ impl InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         let s = &self.state;
+        s.metrics.active_requests.dec();
         let n = s.inflight.load(Relaxed).saturating_sub(1);
         s.inflight.store(n, Relaxed);
         if n == 0 {

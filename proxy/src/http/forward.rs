@@ -218,8 +218,12 @@ pub(crate) async fn handle(
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    spec.metrics
-        .response(resp.status().as_u16(), started.elapsed());
+    // One clock read for the listener's and the route's latency.
+    let took = started.elapsed();
+    spec.metrics.response(resp.status().as_u16(), took);
+    if let Some((_, route)) = routed {
+        route.metrics.response(resp.status().as_u16(), took);
+    }
     if error_ctx.grpc {
         let cluster = grpc_cluster.map_or("none", |c| c.name.as_str());
         grpc::track_status(&mut resp, &spec.metrics, cluster);

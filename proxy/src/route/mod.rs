@@ -89,6 +89,8 @@ pub struct Route {
     pub authorization: Option<Box<Policy>>,
     /// gRPC-Web on this route (the listener's setting when unset).
     pub grpc_web: Option<bool>,
+    /// Its responses and latency (`sluice_route_*`).
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl RouteTable {
@@ -122,6 +124,7 @@ impl RouteTable {
                 .enumerate()
                 .map(|(j, r)| {
                     let name = r.name.clone().unwrap_or_else(|| format!("{}/{j}", vh.name));
+                    let metrics = clusters.metrics().route(&table.name, &vh.name, &name);
                     Ok(Route {
                         matcher: RouteMatcher::compile(&r.matcher)?,
                         action: Action::compile(r, &name, clusters)?,
@@ -131,6 +134,7 @@ impl RouteTable {
                         fault: r.fault.clone().map(Box::new),
                         authorization: Policy::compile(&r.authorization),
                         grpc_web: r.grpc_web,
+                        metrics,
                     })
                 })
                 .collect::<Result<_, CompileError>>()?;
