@@ -160,6 +160,17 @@ pub struct Admin {
     /// Default `10s`.
     #[serde(default = "default_admin_header_timeout")]
     pub request_header_timeout: Duration,
+    /// The cardinality budget: most series of one metric family whose label values come from
+    /// traffic or config (response codes and methods, gRPC statuses per cluster, routes).
+    /// Label sets beyond it are counted under `other`, and
+    /// `sluice_metric_series_folded_total{family}` counts each fold. Read at start. Default
+    /// 5000.
+    #[serde(default = "default_max_series_per_family")]
+    pub max_series_per_family: u32,
+}
+
+fn default_max_series_per_family() -> u32 {
+    5000
 }
 
 fn default_admin_max_connections() -> u32 {
@@ -177,6 +188,7 @@ impl Default for Admin {
             allow_remote: false,
             max_connections: default_admin_max_connections(),
             request_header_timeout: default_admin_header_timeout(),
+            max_series_per_family: default_max_series_per_family(),
         }
     }
 }

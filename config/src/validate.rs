@@ -154,6 +154,9 @@ impl Validator {
         if config.admin.max_connections == 0 {
             self.err("admin.max_connections", "must be at least 1");
         }
+        if config.admin.max_series_per_family < 10 {
+            self.err("admin.max_series_per_family", "must be at least 10");
+        }
         if config.admin.request_header_timeout.is_zero() {
             self.err("admin.request_header_timeout", "must be greater than 0s");
         }

@@ -71,6 +71,11 @@ pub struct Metrics {
     access_log_lines: Family<Labels, Counter>,
     /// Requests in flight, by listener.
     downstream_requests_active: Family<Labels, Gauge>,
+    /// Responses by listener, method and status code (`code` and `method` fold into `other`
+    /// beyond the cardinality budget).
+    response_codes: Family<Labels, Counter>,
+    /// The cardinality budget of the families whose label sets come from traffic or config.
+    budget: std::sync::Arc<Budget>,
     /// Responses by route and status class, and the time to them.
     route_responses: Family<Labels, Counter>,
     route_duration: Family<Labels, LatencyHistogram>,
@@ -89,6 +94,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Like [`Metrics::new`], with a cardinality budget of `max_series_per_family` label sets
+    /// per budgeted family.
+    pub fn with_budget(max_series_per_family: usize) -> Self {
+        let mut m = Self::new();
+        if let Some(b) = std::sync::Arc::get_mut(&mut m.budget) {
+            b.limit = max_series_per_family;
+        }
+        m
+    }
+
     /// Registers every family under the `sluice_` prefix.
     pub fn new() -> Self {
         let mut m = Metrics {
@@ -129,6 +144,8 @@ impl Metrics {
             grpc_web_requests: Family::default(),
             access_log_lines: Family::default(),
             downstream_requests_active: Family::default(),
+            response_codes: Family::default(),
+            budget: std::sync::Arc::new(Budget::new(5000)),
             route_responses: Family::default(),
             route_duration: Family::default(),
             registry: Registry::with_prefix("sluice"),
@@ -174,6 +191,16 @@ impl Metrics {
             "downstream_responses",
             "Responses sent, by listener and status class",
             m.downstream_responses.clone(),
+        );
+        r.register(
+            "downstream_response_codes",
+            "Responses sent by HTTP listener, request method (GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT, else other) and status code",
+            m.response_codes.clone(),
+        );
+        r.register(
+            "metric_series_folded",
+            "Label sets counted under `other` because their family reached the cardinality budget (admin.max_series_per_family), by family",
+            m.budget.folded.clone(),
         );
         r.register(
             "downstream_requests_active",
@@ -394,12 +421,25 @@ impl Metrics {
             grpc_responses: Family::default(),
             grpc_by_cluster: Default::default(),
             grpc_web_requests: Family::default(),
+            codes: Default::default(),
+            response_codes: Family::default(),
+            budget: self.budget.clone(),
             name: name.to_string(),
         }))
     }
 
     /// Handles for one route (its series are created at 0 with it).
     pub fn route(&self, table: &str, virtual_host: &str, route: &str) -> RouteMetrics {
+        let key = vec![
+            ("route_table", table.to_string()),
+            ("virtual_host", virtual_host.to_string()),
+            ("route", route.to_string()),
+        ];
+        let (table, virtual_host, route) = if self.budget.admit("route_responses", &key) {
+            (table, virtual_host, route)
+        } else {
+            ("other", "other", "other")
+        };
         let labels = |class: Option<&str>| {
             let mut l = vec![
                 ("route_table", table.to_string()),
@@ -471,6 +511,9 @@ impl Metrics {
             grpc_responses: self.grpc_responses.clone(),
             grpc_by_cluster: Default::default(),
             grpc_web_requests: self.grpc_web_requests.clone(),
+            codes: Default::default(),
+            response_codes: self.response_codes.clone(),
+            budget: self.budget.clone(),
             name: name.to_string(),
         }))
     }
@@ -616,7 +659,82 @@ pub struct ListenerHandles {
     /// response and read lock-free after that.
     grpc_by_cluster: arc_swap::ArcSwap<std::collections::HashMap<Box<str>, GrpcStatusCounters>>,
     grpc_web_requests: Family<Labels, Counter>,
+    /// This listener's response counters by method and code, resolved on first sight and
+    /// read lock-free after that (key: method index << 16 | code).
+    codes: arc_swap::ArcSwap<std::collections::HashMap<u32, Counter>>,
+    response_codes: Family<Labels, Counter>,
+    budget: std::sync::Arc<Budget>,
     name: String,
+}
+
+/// The `method` label values of `sluice_downstream_response_codes_total` (OpenTelemetry's
+/// known methods; anything else is `other`).
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "CONNECT", "other",
+];
+
+/// A request method's position in [`METHODS`], taken before the request is consumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodIndex(u8);
+
+impl MethodIndex {
+    /// The index of `m` (`other` for extension methods).
+    pub fn of(m: &http::Method) -> Self {
+        use http::Method as M;
+        MethodIndex(match *m {
+            M::GET => 0,
+            M::HEAD => 1,
+            M::POST => 2,
+            M::PUT => 3,
+            M::DELETE => 4,
+            M::OPTIONS => 5,
+            M::TRACE => 6,
+            M::PATCH => 7,
+            M::CONNECT => 8,
+            _ => 9,
+        })
+    }
+}
+
+/// Label sets already admitted, per budgeted family.
+type Seen = std::collections::HashMap<&'static str, std::collections::HashSet<Labels>>;
+
+/// The cardinality budget: most label sets per budgeted family. Consulted only when a label
+/// set is first resolved (handles are cached), never per request.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: usize,
+    seen: std::sync::Mutex<Seen>,
+    folded: Family<Labels, Counter>,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Self {
+        Budget {
+            limit,
+            seen: Default::default(),
+            folded: Family::default(),
+        }
+    }
+
+    /// True when `labels` may have its own series in `family` (it has one already, or the
+    /// family is under budget); false (counted) when it must fold into `other`.
+    pub(crate) fn admit(&self, family: &'static str, labels: &Labels) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let set = seen.entry(family).or_default();
+        if set.contains(labels) {
+            return true;
+        }
+        if set.len() < self.limit {
+            set.insert(labels.clone());
+            return true;
+        }
+        drop(seen);
+        self.folded
+            .get_or_create(&vec![("family", family.to_string())])
+            .inc();
+        false
+    }
 }
 
 /// The `grpc_status` label values: the codes gRPC defines (0–16), then `other` for anything
@@ -740,13 +858,22 @@ impl ListenerHandles {
         if let Some(c) = self.grpc_by_cluster.load().get(cluster) {
             return c.clone();
         }
+        let owner = vec![
+            ("listener", self.name.clone()),
+            ("cluster", cluster.to_string()),
+        ];
+        let label = if self.budget.admit("grpc_responses", &owner) {
+            cluster
+        } else {
+            "other"
+        };
         let made = GrpcStatusCounters(std::sync::Arc::new(GrpcStatusInner {
             cluster: cluster.into(),
             counters: GRPC_STATUSES.map(|code| {
                 self.grpc_responses
                     .get_or_create(&vec![
                         ("listener", self.name.clone()),
-                        ("cluster", cluster.to_string()),
+                        ("cluster", label.to_string()),
                         ("grpc_status", code.to_string()),
                     ])
                     .clone()
@@ -758,6 +885,38 @@ impl ListenerHandles {
             map
         });
         made
+    }
+
+    /// Counts a response by request method and status code: a lock-free map read; the first
+    /// response of each method and code resolves its counter (within the cardinality budget).
+    pub fn response_code(&self, method: MethodIndex, status: u16) {
+        let m = usize::from(method.0);
+        let key = (m as u32) << 16 | u32::from(status);
+        if let Some(c) = self.codes.load().get(&key) {
+            c.inc();
+            return;
+        }
+        let labels = vec![
+            ("listener", self.name.clone()),
+            ("method", METHODS.get(m).unwrap_or(&"other").to_string()),
+            ("code", status.to_string()),
+        ];
+        let labels = if self.budget.admit("downstream_response_codes", &labels) {
+            labels
+        } else {
+            vec![
+                ("listener", self.name.clone()),
+                ("method", "other".to_string()),
+                ("code", "other".to_string()),
+            ]
+        };
+        let c = self.response_codes.get_or_create(&labels).clone();
+        c.inc();
+        self.codes.rcu(|map| {
+            let mut map = std::collections::HashMap::clone(map);
+            map.entry(key).or_insert_with(|| c.clone());
+            map
+        });
     }
 
     /// Counts a gRPC-Web request by mode (`binary` or `text`).
@@ -1434,6 +1593,80 @@ mod tests {
                 "`{r}` is counted but not listed"
             );
         }
+    }
+
+    #[test]
+    fn label_sets_beyond_the_cardinality_budget_fold_into_other_and_are_counted() {
+        let m = Metrics::with_budget(2);
+        let l = m.listener("l");
+        let get = MethodIndex::of(&http::Method::GET);
+        let post = MethodIndex::of(&http::Method::POST);
+        let ext = MethodIndex::of(&http::Method::from_bytes(b"PURGE").unwrap());
+        l.response_code(get, 200);
+        l.response_code(get, 404);
+        // The third label set folds (once counted), and stays folded.
+        l.response_code(post, 500);
+        l.response_code(post, 500);
+        l.response_code(ext, 200);
+        l.response_code(get, 200);
+        // Routes and gRPC clusters have their own budgets.
+        m.route("t", "v", "a")
+            .response(200, std::time::Duration::ZERO);
+        m.route("t", "v", "b")
+            .response(200, std::time::Duration::ZERO);
+        m.route("t", "v", "c")
+            .response(503, std::time::Duration::ZERO);
+        // A recompiled route keeps its series (it was admitted already).
+        m.route("t", "v", "a")
+            .response(200, std::time::Duration::ZERO);
+        l.grpc_statuses("x").inc("0");
+        l.grpc_statuses("y").inc("0");
+        l.grpc_statuses("z").inc("14");
+        let text = m.encode_text();
+        let v = |series: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+        };
+        assert_eq!(
+            v(r#"sluice_downstream_response_codes_total{listener="l",method="GET",code="200"}"#),
+            2.0
+        );
+        assert_eq!(
+            v(
+                r#"sluice_downstream_response_codes_total{listener="l",method="other",code="other"}"#
+            ),
+            3.0
+        );
+        assert!(!text.contains(r#"method="POST""#), "{text}");
+        assert_eq!(
+            v(r#"sluice_metric_series_folded_total{family="downstream_response_codes"}"#),
+            2.0
+        );
+        assert_eq!(
+            v(
+                r#"sluice_route_responses_total{route_table="t",virtual_host="v",route="a",class="2xx"}"#
+            ),
+            2.0
+        );
+        assert_eq!(
+            v(
+                r#"sluice_route_responses_total{route_table="other",virtual_host="other",route="other",class="5xx"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            v(r#"sluice_metric_series_folded_total{family="route_responses"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"sluice_grpc_responses_total{listener="l",cluster="other",grpc_status="14"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"sluice_metric_series_folded_total{family="grpc_responses"}"#),
+            1.0
+        );
     }
 
     #[test]

@@ -277,6 +277,15 @@ clusters:
         10.0,
     );
     expect(r#"sluice_downstream_requests_active{listener="web"}"#, 0.0);
+    // By method and exact status code.
+    for (code, n) in [("200", 10.0), ("404", 3.0), ("503", 2.0), ("400", 1.0)] {
+        expect(
+            &format!(
+                r#"sluice_downstream_response_codes_total{{listener="web",method="GET",code="{code}"}}"#
+            ),
+            n,
+        );
+    }
     // A quantile Prometheus computes from the buckets: loopback answers are fast.
     let p99 = eventually("p99 latency", || {
         prom.query(
@@ -367,5 +376,54 @@ clusters:
             r#"sluice_route_responses_total{route_table="t",virtual_host="v",route="slow",class="2xx"}"#
         ),
         1.0
+    );
+}
+
+#[test]
+fn status_codes_beyond_the_cardinality_budget_fold_into_other() {
+    let app = echo("app");
+    let p = InProcess::start(&format!(
+        "admin: {{ address: 127.0.0.1:0, max_series_per_family: 10 }}
+listeners:
+  - {{ name: web, address: 127.0.0.1:0, http: {{ route_table: t }} }}
+route_tables:
+  - name: t
+    virtual_hosts:
+      - {{ name: v, domains: ['*'], routes: [{{ match: {{ prefix: / }}, cluster: app }}] }}
+clusters:
+  - {{ name: app, endpoints: [{app}] }}
+"
+    ));
+    // Twelve distinct codes, twice each: ten get their own series, two fold into `other`.
+    for _ in 0..2 {
+        for code in 200..212 {
+            assert_eq!(http_get(p.addr("web"), &format!("/status/{code}")).0, code);
+        }
+    }
+    let m = p.metrics();
+    let own: f64 = (200..210)
+        .map(|c| {
+            metric_value(
+                &m,
+                &format!(
+                    r#"sluice_downstream_response_codes_total{{listener="web",method="GET",code="{c}"}}"#
+                ),
+            )
+        })
+        .sum();
+    assert_eq!(own, 20.0);
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"sluice_downstream_response_codes_total{listener="web",method="other",code="other"}"#
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"sluice_metric_series_folded_total{family="downstream_response_codes"}"#
+        ),
+        2.0
     );
 }

@@ -109,7 +109,12 @@ impl Proxy {
         };
         let workers = options.workers.max(1);
         let (admin_socket, admin) = listener::bind_admin(config.admin.address)?;
-        let live = Arc::new(Live::new(Snapshot::default(), Arc::new(Metrics::new())));
+        let live = Arc::new(Live::new(
+            Snapshot::default(),
+            Arc::new(Metrics::with_budget(
+                config.admin.max_series_per_family as usize,
+            )),
+        ));
         let handles = (0..workers)
             .map(worker::spawn)
             .collect::<Result<Vec<_>, _>>()?;

@@ -95,6 +95,7 @@ pub(crate) async fn handle(
     let spec = conn.spec();
     let http: &HttpSpec = &spec;
     let http1 = req.version() != Version::HTTP_2;
+    let method = crate::metrics::MethodIndex::of(req.method());
     let error_ctx = ErrorContext::of(req.headers());
     // A gRPC-Web client gets Sluice's own gRPC answers with its content type.
     let grpc_web = if error_ctx.grpc {
@@ -221,6 +222,7 @@ pub(crate) async fn handle(
     // One clock read for the listener's and the route's latency.
     let took = started.elapsed();
     spec.metrics.response(resp.status().as_u16(), took);
+    spec.metrics.response_code(method, resp.status().as_u16());
     if let Some((_, route)) = routed {
         route.metrics.response(resp.status().as_u16(), took);
     }
