@@ -51,6 +51,10 @@ pub struct EndpointState {
     group: Arc<EndpointGroup>,
     /// Outlier detection's counters.
     pub outlier: EndpointOutlier,
+    /// Attempts that got an answer or failed at the endpoint (the admin API's
+    /// `total_requests`), and those that were errors (5xx, connect or protocol failures).
+    requests: AtomicU64,
+    errors: AtomicU64,
 }
 
 /// State shared by every endpoint of one cluster (owned by the cluster's handle, so it lasts
@@ -162,6 +166,10 @@ impl EndpointState {
         endpoints: impl FnOnce() -> usize,
         now: Instant,
     ) -> Option<(outlier::Reason, Duration)> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if outcome != Outcome::Success {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
         let cluster = &self.group.outlier;
         if !cluster.enabled() {
             return None;
@@ -211,6 +219,14 @@ impl EndpointState {
     /// Requests in flight to this endpoint, over all workers.
     pub fn active_requests(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Attempts reported on this endpoint, and how many were errors.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
     }
 
     /// Counts a request in flight (on the endpoint and the cluster's `max_requests` breaker)

@@ -427,3 +427,56 @@ clusters:
         2.0
     );
 }
+
+#[test]
+fn admin_clusters_shows_each_endpoints_requests_errors_and_ejection() {
+    let app = echo("app");
+    let flaky = echo("flaky");
+    let p = InProcess::start(&format!(
+        "listeners:
+  - {{ name: web, address: 127.0.0.1:0, http: {{ route_table: t }} }}
+route_tables:
+  - name: t
+    virtual_hosts:
+      - name: v
+        domains: ['*']
+        routes:
+          - {{ match: {{ prefix: /flaky/ }}, cluster: flaky, rewrite: {{ prefix: / }} }}
+          - {{ match: {{ prefix: / }}, cluster: app }}
+clusters:
+  - {{ name: app, endpoints: [{app}], outlier_detection: {{ enabled: false }} }}
+  - name: flaky
+    endpoints: [{flaky}]
+    outlier_detection: {{ consecutive_5xx: 2, max_ejection_percent: 100, base_ejection_time: 60s }}
+"
+    ));
+    let web = p.addr("web");
+    for path in ["/a", "/b", "/c", "/status/503", "/status/500"] {
+        http_get(web, path);
+    }
+    assert_eq!(http_get(web, "/flaky/status/503").0, 503);
+    assert_eq!(http_get(web, "/flaky/status/503").0, 503);
+    let clusters: serde_json::Value =
+        serde_json::from_str(&http_get(p.proxy().admin_addr(), "/clusters").1).unwrap();
+    let endpoint = |cluster: &str| {
+        clusters
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == cluster)
+            .unwrap_or_else(|| panic!("{cluster} in {clusters}"))["endpoints"][0]
+            .clone()
+    };
+    let a = endpoint("app");
+    assert_eq!(a["address"], app.to_string());
+    assert_eq!(a["total_requests"], 5, "{a}");
+    assert_eq!(a["errors"], 2, "{a}");
+    assert_eq!(a["ejected"], false, "{a}");
+    assert_eq!(a["active_requests"], 0, "{a}");
+    let f = endpoint("flaky");
+    assert_eq!(f["total_requests"], 2, "{f}");
+    assert_eq!(f["errors"], 2, "{f}");
+    assert_eq!(f["ejected"], true, "{f}");
+    assert_eq!(f["ejections"], 1, "{f}");
+    assert_eq!(f["healthy"], false, "{f}");
+}

@@ -340,8 +340,8 @@ fn owned_text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-/// Every cluster's endpoints: weight, requests in flight and health flags (Envoy `/clusters`,
-/// JSON only).
+/// Every cluster's endpoints: weight, health flags, outlier ejection, requests in flight,
+/// attempts and errors (Envoy `/clusters`, JSON only).
 fn clusters(live: &Live) -> serde_json::Value {
     let snapshot = live.snapshot();
     let mut names: Vec<&String> = snapshot.clusters.keys().collect();
@@ -357,12 +357,17 @@ fn clusters(live: &Live) -> serde_json::Value {
                     .filter(|(h, _)| e.state.has(*h))
                     .map(|(_, n)| *n)
                     .collect();
+                let (total, errors) = e.state.totals();
                 serde_json::json!({
                     "address": e.address.to_string(),
                     "weight": e.weight,
                     "healthy": e.state.is_healthy(),
                     "health_flags": flags,
+                    "ejected": e.state.has(crate::endpoint::Health::FAILED_OUTLIER),
+                    "ejections": e.state.outlier.ejections(),
                     "active_requests": e.state.active_requests(),
+                    "total_requests": total,
+                    "errors": errors,
                 })
             })
             .collect();
