@@ -47,6 +47,11 @@ pub(crate) fn hcm_pb(l: &Listener, h: &HttpListener) -> HttpConnectionManager {
             route_config_name: h.route_table.clone(),
         })),
         http_filters: filters,
+        access_log: h
+            .access_log
+            .iter()
+            .map(|a| super::access_log::to_pb(a))
+            .collect(),
         max_request_headers_kb: u32v(kib(h.max_request_header_bytes)),
         request_headers_timeout: Some(dur(h.request_header_timeout)),
         stream_idle_timeout: Some(dur(h.stream_idle_timeout)),
@@ -275,6 +280,9 @@ pub(crate) fn hcm_mapping(
     }
     if let Some(a) = authorization {
         put(&mut m, "authorization", a);
+    }
+    if let Some(a) = super::access_log::from_pb(&h.access_log, &format!("{p}.access_log"))? {
+        put(&mut m, "access_log", a);
     }
     put(&mut m, "grpc_web", grpc_web);
     if let Some(kb) = &h.max_request_headers_kb {

@@ -17,6 +17,7 @@
 
 pub use envoy_types;
 
+mod access_log;
 mod authz;
 mod cluster;
 mod endpoints;

@@ -67,6 +67,8 @@ fn pool() -> &'static DescriptorPool {
             "envoy/extensions/filters/http/router/v3/router.proto",
             "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
             "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+            "envoy/extensions/access_loggers/file/v3/file.proto",
+            "envoy/extensions/access_loggers/stream/v3/stream.proto",
         ];
         let mut compiler = protox::Compiler::new(includes).expect("include paths");
         compiler.include_imports(true);
@@ -105,7 +107,10 @@ fn quick_start_listener_json_gives_listener_and_route_table() {
           "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "ingress_http",
-            "access_log": [],
+            "access_log": [{
+              "name": "envoy.access_loggers.stdout",
+              "typed_config": { "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" }
+            }],
             "http_filters": [{
               "name": "envoy.filters.http.router",
               "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
@@ -291,4 +296,58 @@ fn secret_json_and_a_listener_naming_it() {
     assert_eq!(tls.certificates[0].secret.as_deref(), Some("default"));
     assert_eq!(tls.client_ca_secret.as_deref(), Some("ROOTCA"));
     assert_eq!(tls.client_certificate, crate::ClientCertificate::Required);
+}
+
+#[test]
+fn file_access_log_json_with_a_template_and_filters() {
+    // A file logger with a text template, errors only, one in ten sampled (as Envoy's docs
+    // write them); Envoy's templates end in a newline.
+    let json = r#"{
+      "name": "web",
+      "address": { "socket_address": { "address": "127.0.0.1", "port_value": 8080 } },
+      "filter_chains": [{
+        "filters": [{
+          "name": "envoy.filters.network.http_connection_manager",
+          "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "web",
+            "rds": { "route_config_name": "main", "config_source": { "ads": {} } },
+            "access_log": [{
+              "name": "envoy.access_loggers.file",
+              "filter": { "and_filter": { "filters": [
+                { "status_code_filter": { "comparison": { "op": "GE", "value": { "default_value": 400, "runtime_key": "" } } } },
+                { "runtime_filter": { "runtime_key": "", "percent_sampled": { "numerator": 10, "denominator": "HUNDRED" } } }
+              ] } },
+              "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": "/var/log/envoy/access.log",
+                "log_format": { "text_format_source": { "inline_string": "%REQ(:METHOD)% %RESPONSE_CODE% %RESPONSE_FLAGS%\n" } }
+              }
+            }],
+            "http_filters": [{
+              "name": "envoy.filters.http.router",
+              "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+            }]
+          }
+        }]
+      }]
+    }"#;
+    let got = decode_json(LISTENER, json);
+    let [Resource::Listener(l)] = got.as_slice() else {
+        panic!("{got:?}")
+    };
+    let crate::ListenerKind::Http(h) = &l.kind else {
+        panic!("{l:?}")
+    };
+    assert_eq!(
+        h.access_log.as_deref(),
+        Some(&crate::AccessLog {
+            path: "/var/log/envoy/access.log".into(),
+            format: crate::AccessLogFormat::Template(
+                "%REQ(:METHOD)% %RESPONSE_CODE% %RESPONSE_FLAGS%".into()
+            ),
+            min_status: 400,
+            sample: 0.1,
+        })
+    );
 }

@@ -313,8 +313,8 @@ fn http_filter(name: &str) -> hcm::HttpFilter {
     }
 }
 
-/// Envoy's quick-start listener (`listener_0`): an HCM with an inline `route_config`, an
-/// access log (harmless: ignored) and the router.
+/// Envoy's quick-start listener (`listener_0`): an HCM with an inline `route_config`, the
+/// stdout access log and the router.
 fn quick_start_listener(http_filters: Vec<hcm::HttpFilter>) -> pbl::Listener {
     let route_config = pbr::RouteConfiguration {
         name: "local_route".into(),
@@ -345,7 +345,18 @@ fn quick_start_listener(http_filters: Vec<hcm::HttpFilter>) -> pbl::Listener {
     };
     let m = HttpConnectionManager {
         stat_prefix: "ingress_http".into(),
-        access_log: vec![Default::default()],
+        // As the quick start has it: the stdout logger with Envoy's default format.
+        access_log: vec![envoy_types::pb::envoy::config::accesslog::v3::AccessLog {
+            name: "envoy.access_loggers.stdout".into(),
+            filter: None,
+            config_type: Some(
+                envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(
+                    pack_any(
+                        &envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog::default(),
+                    ),
+                ),
+            ),
+        }],
         http_filters,
         route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
             route_config,
@@ -372,6 +383,7 @@ listeners:
     address: 0.0.0.0:10000
     http:
       route_table: local_route
+      access_log: { path: stdout, format: text }
       # Envoy's defaults where the HCM leaves them unset:
       path_normalization: { normalize: false, merge_slashes: false, escaped_slashes: keep }
       headers_with_underscores: allow

@@ -344,6 +344,20 @@ impl Gen {
             premature_reset_stream_count: self.u32(),
         };
         h.generate_request_id = self.rng.bool();
+        if self.rng.bool() {
+            h.access_log = Some(Box::new(crate::AccessLog {
+                path: self.pick(&["stdout", "stderr", "/var/log/sluice/access.log"]).into(),
+                format: self.pick(&[
+                    crate::AccessLogFormat::Json,
+                    crate::AccessLogFormat::Text,
+                    crate::AccessLogFormat::Template(
+                        "%START_TIME% %REQ(:METHOD)% %REQ(:PATH)%:40 %RESPONSE_CODE% %RESPONSE_FLAGS%".into(),
+                    ),
+                ]),
+                min_status: self.pick(&[0, 400, 500, 599]),
+                sample: self.pick(&[1.0, 0.5, 0.1, 0.000_001]),
+            }));
+        }
         h.grpc_web = self.rng.bool();
         h.path_normalization = PathNormalization {
             normalize: self.rng.bool(),
