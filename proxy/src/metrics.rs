@@ -71,6 +71,8 @@ pub struct Metrics {
     access_log_lines: Family<Labels, Counter>,
     /// Requests in flight, by listener.
     downstream_requests_active: Family<Labels, Gauge>,
+    /// Bytes read from and written to clients, by listener and direction.
+    downstream_bytes: Family<Labels, Counter>,
     /// Responses by listener, method and status code (`code` and `method` fold into `other`
     /// beyond the cardinality budget).
     response_codes: Family<Labels, Counter>,
@@ -144,6 +146,7 @@ impl Metrics {
             grpc_web_requests: Family::default(),
             access_log_lines: Family::default(),
             downstream_requests_active: Family::default(),
+            downstream_bytes: Family::default(),
             response_codes: Family::default(),
             budget: std::sync::Arc::new(Budget::new(5000)),
             route_responses: Family::default(),
@@ -201,6 +204,11 @@ impl Metrics {
             "metric_series_folded",
             "Label sets counted under `other` because their family reached the cardinality budget (admin.max_series_per_family), by family",
             m.budget.folded.clone(),
+        );
+        r.register(
+            "downstream_bytes",
+            "Bytes read from clients (direction=received) and written to them (sent), TLS and protocol framing included, by listener",
+            m.downstream_bytes.clone(),
         );
         r.register(
             "downstream_requests_active",
@@ -401,6 +409,14 @@ impl Metrics {
     /// always zero; their handles here count nowhere).
     pub fn tcp_listener(&self, name: &str) -> ListenerMetrics {
         let l = || vec![("listener", name.to_string())];
+        let bytes = |d: &str| {
+            self.downstream_bytes
+                .get_or_create(&vec![
+                    ("listener", name.to_string()),
+                    ("direction", d.to_string()),
+                ])
+                .clone()
+        };
         ListenerMetrics(std::sync::Arc::new(ListenerHandles {
             connections: self.downstream_connections.get_or_create(&l()).clone(),
             active: self
@@ -409,6 +425,8 @@ impl Metrics {
                 .clone(),
             requests: Counter::default(),
             active_requests: Gauge::default(),
+            bytes_received: bytes("received"),
+            bytes_sent: bytes("sent"),
             responses: std::array::from_fn(|_| Counter::default()),
             duration: LatencyHistogram::default(),
             rejected: Family::default(),
@@ -473,6 +491,14 @@ impl Metrics {
     pub fn listener(&self, name: &str) -> ListenerMetrics {
         let l = || vec![("listener", name.to_string())];
         let class = |c: &str| vec![("listener", name.to_string()), ("class", c.to_string())];
+        let bytes = |d: &str| {
+            self.downstream_bytes
+                .get_or_create(&vec![
+                    ("listener", name.to_string()),
+                    ("direction", d.to_string()),
+                ])
+                .clone()
+        };
         ListenerMetrics(std::sync::Arc::new(ListenerHandles {
             connections: self.downstream_connections.get_or_create(&l()).clone(),
             active: self
@@ -481,6 +507,8 @@ impl Metrics {
                 .clone(),
             requests: self.downstream_requests.get_or_create(&l()).clone(),
             active_requests: self.downstream_requests_active.get_or_create(&l()).clone(),
+            bytes_received: bytes("received"),
+            bytes_sent: bytes("sent"),
             responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|c| self.downstream_responses.get_or_create(&class(c)).clone()),
             duration: self.server_duration.get_or_create(&l()).clone(),
@@ -639,6 +667,9 @@ pub struct ListenerHandles {
     pub requests: Counter,
     /// Requests in flight.
     pub(crate) active_requests: Gauge,
+    /// Bytes read from and written to clients.
+    pub(crate) bytes_received: Counter,
+    pub(crate) bytes_sent: Counter,
     responses: [Counter; 5],
     /// Time to the response head.
     duration: LatencyHistogram,

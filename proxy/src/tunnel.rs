@@ -3,6 +3,7 @@
 //! (WebSocket) HTTP connections.
 
 use crate::drain::DrainWatch;
+use prometheus_client::metrics::counter::Counter;
 use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
@@ -24,20 +25,29 @@ pub(crate) enum Ended {
     Drained,
 }
 
-/// Runs the tunnel.
-pub(crate) async fn splice<A, B>(a: A, b: B, idle: Option<Duration>, mut drain: DrainWatch) -> Ended
+/// Runs the tunnel; `bytes` counts what is read from `a` and from `b` as it is read.
+pub(crate) async fn splice<A, B>(
+    a: A,
+    b: B,
+    idle: Option<Duration>,
+    mut drain: DrainWatch,
+    bytes: Option<(Counter, Counter)>,
+) -> Ended
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let activity = Rc::new(Cell::new(0u64));
+    let (from_a, from_b) = bytes.unzip();
     let mut a = Activity {
         inner: a,
         seen: Rc::clone(&activity),
+        bytes: from_a,
     };
     let mut b = Activity {
         inner: b,
         seen: Rc::clone(&activity),
+        bytes: from_b,
     };
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut a, &mut b) => match r {
@@ -66,10 +76,11 @@ async fn idle_watch(activity: &Cell<u64>, idle: Option<Duration>) {
     }
 }
 
-/// Counts reads that returned data.
+/// Counts reads that returned data (and their bytes, when asked).
 struct Activity<S> {
     inner: S,
     seen: Rc<Cell<u64>>,
+    bytes: Option<Counter>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
@@ -80,8 +91,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        if buf.filled().len() > before {
+        let n = buf.filled().len() - before;
+        if n > 0 {
             self.seen.set(self.seen.get().wrapping_add(1));
+            if let Some(c) = &self.bytes {
+                c.inc_by(n as u64);
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -123,7 +138,7 @@ mod tests {
             client.read_exact(&mut buf).await.unwrap();
             assert_eq!(&buf, b"pong");
         };
-        let (ended, ()) = tokio::join!(splice(a, b, None, d.watch()), async move {
+        let (ended, ()) = tokio::join!(splice(a, b, None, d.watch(), None), async move {
             peers.await;
         });
         assert!(matches!(ended, Ended::Closed(4, 4)), "{ended:?}");
@@ -135,7 +150,7 @@ mod tests {
         let (b, _server) = tokio::io::duplex(1024);
         let d = Drain::new();
         let start = tokio::time::Instant::now();
-        let ended = splice(a, b, Some(Duration::from_secs(30)), d.watch()).await;
+        let ended = splice(a, b, Some(Duration::from_secs(30)), d.watch(), None).await;
         assert!(matches!(ended, Ended::Idle));
         assert_eq!(start.elapsed(), Duration::from_secs(30));
     }

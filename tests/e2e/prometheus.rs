@@ -277,6 +277,17 @@ clusters:
         10.0,
     );
     expect(r#"sluice_downstream_requests_active{listener="web"}"#, 0.0);
+    // Bytes on the wire, both directions (the TCP listener's connection carried none).
+    for q in [
+        r#"sluice_downstream_bytes_total{listener="web",direction="received"} > 500"#,
+        r#"sluice_downstream_bytes_total{listener="web",direction="sent"} > 1000"#,
+    ] {
+        eventually(q, || prom.query(q).map(|_| ()));
+    }
+    expect(
+        r#"sluice_downstream_bytes_total{listener="raw",direction="sent"}"#,
+        0.0,
+    );
     // By method and exact status code.
     for (code, n) in [("200", 10.0), ("404", 3.0), ("503", 2.0), ("400", 1.0)] {
         expect(

@@ -118,6 +118,19 @@ fn tcp_listener_proxies_bytes_both_ways() {
         4.0,
         "{m}"
     );
+    // Every byte each way, counted as it was read.
+    for direction in ["received", "sent"] {
+        assert_eq!(
+            metric_value(
+                &m,
+                &format!(
+                    "sluice_downstream_bytes_total{{listener=\"tcp\",direction=\"{direction}\"}}"
+                )
+            ),
+            800_000.0,
+            "{m}"
+        );
+    }
 }
 
 #[test]

@@ -428,6 +428,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
         if let Some(new) = buf.filled().get(before..)
             && !new.is_empty()
         {
+            this.state.metrics.bytes_received.inc_by(new.len() as u64);
             match &mut this.scan {
                 Scan::Http1(scan) => {
                     if !this.state.upgraded.load(Relaxed) {
@@ -474,8 +475,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
-        if written.as_ref().is_ok_and(|n| *n > 0) {
+        if let Ok(n @ 1..) = written {
             self.state.on_write_progress();
+            self.state.metrics.bytes_sent.inc_by(n as u64);
         }
         Poll::Ready(written)
     }
@@ -485,8 +487,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
-        if written.as_ref().is_ok_and(|n| *n > 0) {
+        if let Ok(n @ 1..) = written {
             self.state.on_write_progress();
+            self.state.metrics.bytes_sent.inc_by(n as u64);
         }
         Poll::Ready(written)
     }

@@ -61,7 +61,10 @@ pub(super) async fn proxy(
     }
     let inspected = prefix.len() as u64;
     drop(prefix);
-    match tunnel::splice(stream, upstream, tcp.idle_timeout, drain.watch()).await {
+    let m = &spec.metrics;
+    m.bytes_received.inc_by(inspected);
+    let bytes = Some((m.bytes_received.clone(), m.bytes_sent.clone()));
+    match tunnel::splice(stream, upstream, tcp.idle_timeout, drain.watch(), bytes).await {
         Ended::Closed(sent, received) => {
             let sent = sent + inspected;
             tracing::debug!(%peer, %addr, sent, received, "tcp connection closed")
