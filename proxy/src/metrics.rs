@@ -1561,13 +1561,16 @@ mod tests {
             "sluice_config_reloads_total{result=\"failure\"} 0",
             "sluice_tls_reloads_total{result=\"failure\"} 0",
             "sluice_downstream_connections_total{listener=\"raw\"} 0",
+            "sluice_downstream_bytes_total{listener=\"raw\",direction=\"sent\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing");
         }
         let raw_http: Vec<&str> = text
             .lines()
             .filter(|l| {
-                l.contains("listener=\"raw\"") && !l.starts_with("sluice_downstream_connections")
+                l.contains("listener=\"raw\"")
+                    && !l.starts_with("sluice_downstream_connections")
+                    && !l.starts_with("sluice_downstream_bytes")
             })
             .collect();
         assert!(
