@@ -168,7 +168,7 @@ fn text_templates_status_filters_and_sampling() {
       access_log:
         path: '{}'
         min_status: 400
-        format: {{ template: '%LISTENER% %REQ(:METHOD)% %REQ(:PATH)%:8 %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(X-MISSING?USER-AGENT)% 100%%' }}
+        format: {{ template: '%LISTENER% %REQ(:METHOD)% %REQ(:PATH)%:8 %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %REQ(X-MISSING?USER-AGENT)% %RESP(X-UPSTREAM)% %RESP(X-NONE)% 100%%' }}
   - name: envoy
     address: 127.0.0.1:0
     http: {{ route_table: t, access_log: {{ path: '{}', format: text }} }}
@@ -196,8 +196,8 @@ clusters:
     assert_eq!(
         got,
         vec![
-            "errors GET /status/ 404 - app ua 100%",
-            "errors GET /status/ 502 - app ua 100%"
+            "errors GET /status/ 404 - app ua app - 100%",
+            "errors GET /status/ 502 - app ua app - 100%"
         ]
     );
 

@@ -570,6 +570,22 @@ mod tests {
     }
 
     #[test]
+    fn json_values_are_escaped_and_absent_ones_are_null() {
+        let mut out = String::new();
+        let mut j = Json::new(&mut out);
+        j.str("ua", Some("a \"quoted\"\nline\u{1}"));
+        j.str("none", None);
+        j.num("n", Some(7));
+        j.num("m", None);
+        j.end();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["ua"], "a \"quoted\"\nline\u{1}");
+        assert!(v["none"].is_null() && v["m"].is_null());
+        assert_eq!(v["n"], 7);
+        assert_eq!(lossy(b"caf\xc3\xa9 \xff"), "caf\u{e9} \u{fffd}");
+    }
+
+    #[test]
     fn trace_ids_must_be_hex_and_not_zero() {
         assert!(valid_trace_id("4bf92f3577b34da6a3ce929d0e0e4736"));
         assert!(valid_trace_id("a3ce929d0e0e4736"));
