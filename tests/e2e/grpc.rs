@@ -679,3 +679,52 @@ fn grpc_web_is_enabled_per_route_too() {
         1.0
     );
 }
+
+#[test]
+fn the_access_log_records_the_grpc_status_of_trailers_and_trailers_only_answers() {
+    let peer = Peer::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("grpc.log");
+    let p = InProcess::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    http:
+      route_table: main
+      access_log: {{ path: '{}', format: {{ template: '%GRPC_STATUS_NUMBER% %RESPONSE_CODE% %PROTOCOL% %REQ(:PATH)%' }} }}
+route_tables:
+  - name: main
+    virtual_hosts:
+      - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: / }}, cluster: up }}] }}
+clusters:
+  - {{ name: up, protocol: http2, endpoints: [{}] }}
+"#,
+        log.display(),
+        peer.addr
+    ));
+    let r = grpc_call(
+        p.addr("main"),
+        json!({"method": "Unary", "requests": ["x"]}),
+    );
+    assert_eq!(r["code"], 0, "{r}");
+    for messages in [1, 0] {
+        let spec = json!({"code": 5, "message": "nope", "messages": messages});
+        let r = grpc_call(
+            p.addr("main"),
+            json!({"method": "Status", "kind": "server", "requests": [spec.to_string()]}),
+        );
+        assert_eq!(r["code"], 5, "{r}");
+    }
+    let lines = eventually("three access log lines", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        (lines.len() == 3).then_some(lines)
+    });
+    let statuses: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(statuses, ["0", "5", "5"], "{lines:#?}");
+    assert!(
+        lines.iter().all(|l| l.contains(" 200 HTTP/2 /")),
+        "{lines:#?}"
+    );
+}
