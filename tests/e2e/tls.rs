@@ -313,7 +313,13 @@ clusters:
 fn client_certificates_are_required_verified_and_forwarded() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("mesh ca");
-    let proxy = mtls_proxy(dir.path(), &ca, "", "sanitize_set", "");
+    // The access log records the verified identity (JSON's `downstream_peer_identity`).
+    let log = dir.path().join("access.log");
+    let policy = format!(
+        ", access_log: {{ path: '{}', format: {{ template: '%DOWNSTREAM_PEER_URI_SAN% %REQ(:SCHEME)%' }} }}",
+        log.display()
+    );
+    let proxy = mtls_proxy(dir.path(), &ca, &policy, "sanitize_set", "");
     let addr = proxy.addr("mtls");
     let ca_arg = p(&dir.path().join("ca.pem"));
     let web = "spiffe://test.local/ns/web/sa/frontend";
@@ -359,6 +365,11 @@ fn client_certificates_are_required_verified_and_forwarded() {
         .unwrap();
     let der = rustls_pki_types_der(&std::fs::read_to_string(&cc).unwrap());
     assert_eq!(hash, sha256_hex(&der));
+    let logged = eventually("an access log line", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines().next().map(str::to_string)
+    });
+    assert_eq!(logged, format!("{web} https"));
     // Certificates the listener must refuse: another CA, expired, not yet valid.
     let other = Ca::new("other ca");
     let (oc, ok) = other.leaf(&[], Some(web)).write(dir.path(), "foreign");
