@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Sluice's whole test suite on a fresh Debian/Ubuntu machine: installs the real clients the
-# end-to-end tests drive (curl, nghttp, h2load, openssl, promtool and prometheus, grpcio) if
+# end-to-end tests drive (curl, nghttp, h2load, openssl, promtool and prometheus, grpcio,
+# opentelemetry-proto) if
 # they are missing, then checks formatting and
 # lints and runs every test. `.ci/run` calls this script.
 set -euo pipefail
@@ -31,10 +32,12 @@ fi
 # The gRPC health check test runs a real grpcio server (tests/e2e/grpc_health_server.py);
 # grpcio-health-checking is only on PyPI. tests/e2e/grpc.rs runs grpcio servers and clients
 # (tests/e2e/grpc_peer.py) and fails, never skips, without them.
-if ! python3 -c 'import grpc, grpc_health.v1.health' >/dev/null 2>&1; then
-    echo "test.sh: installing grpcio and grpcio-health-checking"
+# tests/e2e/tracing.rs runs an OTLP/gRPC receiver (tests/e2e/otlp_receiver.py) built on
+# grpcio and the opentelemetry-proto package.
+if ! python3 -c 'import grpc, grpc_health.v1.health, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' >/dev/null 2>&1; then
+    echo "test.sh: installing grpcio, grpcio-health-checking and opentelemetry-proto"
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-        --break-system-packages grpcio grpcio-health-checking
+        --break-system-packages grpcio grpcio-health-checking opentelemetry-proto
 fi
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy

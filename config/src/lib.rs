@@ -40,6 +40,7 @@ mod resource;
 mod route;
 mod secret;
 mod tls;
+mod trace;
 mod units;
 mod validate;
 #[cfg(feature = "xds")]
@@ -80,6 +81,7 @@ pub use tls::{
     Authorization, CertificateFiles, ClientCertificate, DownstreamTls, ForwardClientCert,
     TlsVersion, UpstreamTls,
 };
+pub use trace::Tracing;
 pub use units::{ByteSize, Cidr, Duration, parse_byte_size, parse_cidr, parse_duration};
 pub use validate::{
     REGEX_SIZE_LIMIT, full_match_regex, search_regex, validate, validate_resource, validate_with,
@@ -105,6 +107,8 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     /// Who this proxy is (read at start).
     pub node: Node,
+    /// Distributed tracing (read at start).
+    pub tracing: Option<Tracing>,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -124,6 +128,7 @@ impl TryFrom<RawConfig> for Config {
                 .collect::<Result<_, _>>()?,
             clusters: c.clusters,
             node: c.node,
+            tracing: c.tracing,
         })
     }
 }
@@ -136,6 +141,7 @@ impl From<Config> for RawConfig {
             route_tables: c.route_tables.into_iter().map(Into::into).collect(),
             clusters: c.clusters,
             node: c.node,
+            tracing: c.tracing,
         }
     }
 }

@@ -33,6 +33,9 @@ pub struct RawConfig {
     /// Who this proxy is (its zone, for locality preference).
     #[serde(default, skip_serializing_if = "crate::lb::Node::is_empty")]
     pub node: crate::lb::Node,
+    /// Distributed tracing (read at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::Tracing>,
 }
 
 /// A listening socket. Exactly one of `http` or `tcp` is set.

@@ -807,3 +807,32 @@ fn access_log_settings_parse_and_their_errors_are_located() {
         "{e}"
     );
 }
+
+#[test]
+fn tracing_settings_parse_with_defaults_and_their_errors_are_located() {
+    let src = format!("tracing: {{ collector: 127.0.0.1:4317 }}\n{BASE}");
+    let c = parse(&src, "test.yaml").unwrap();
+    let t = c.tracing.as_ref().unwrap();
+    assert_eq!(t.collector.to_string(), "127.0.0.1:4317");
+    assert_eq!((t.sampling, t.service_name.as_str()), (1.0, "sluice"));
+    let src = format!(
+        "tracing: {{ collector: 127.0.0.1:4317, sampling: 1.5, service_name: '' }}\n{BASE}"
+    );
+    let e = errors(&src);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e.iter().any(|l| l.starts_with("test.yaml:1:")
+            && l.contains("tracing.sampling: must be between 0 and 1")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.contains("tracing.service_name: must not be empty")),
+        "{e:#?}"
+    );
+    let e = one_error(&format!("tracing: {{ collector: localhost }}\n{BASE}"));
+    assert!(
+        e.starts_with("test.yaml:1:") && e.contains("tracing.collector"),
+        "{e}"
+    );
+}

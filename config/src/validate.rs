@@ -151,6 +151,13 @@ impl Validator {
     }
 
     fn addresses(&mut self, config: &RawConfig) {
+        if let Some(t) = &config.tracing {
+            let mut errs = Vec::new();
+            crate::trace::check(t, &mut errs);
+            for (path, message) in errs {
+                self.err(path, message);
+            }
+        }
         if config.admin.max_connections == 0 {
             self.err("admin.max_connections", "must be at least 1");
         }

@@ -39,6 +39,7 @@ pub mod listener;
 mod local;
 mod message;
 pub mod metrics;
+pub mod otel;
 pub mod outlier;
 mod process_metrics;
 pub mod route;

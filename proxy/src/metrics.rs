@@ -73,6 +73,8 @@ pub struct Metrics {
     downstream_requests_active: Family<Labels, Gauge>,
     /// Bytes read from and written to clients, by listener and direction.
     downstream_bytes: Family<Labels, Counter>,
+    /// Spans by result (`otel.rs`).
+    tracing_spans: Family<Labels, Counter>,
     /// Responses by listener, method and status code (`code` and `method` fold into `other`
     /// beyond the cardinality budget).
     response_codes: Family<Labels, Counter>,
@@ -147,6 +149,7 @@ impl Metrics {
             access_log_lines: Family::default(),
             downstream_requests_active: Family::default(),
             downstream_bytes: Family::default(),
+            tracing_spans: Family::default(),
             response_codes: Family::default(),
             budget: std::sync::Arc::new(Budget::new(5000)),
             route_responses: Family::default(),
@@ -204,6 +207,11 @@ impl Metrics {
             "metric_series_folded",
             "Label sets counted under `other` because their family reached the cardinality budget (admin.max_series_per_family), by family",
             m.budget.folded.clone(),
+        );
+        r.register(
+            "tracing_spans",
+            "Trace spans by result: exported to the collector, dropped (the export queue was full), failed (the collector did not take them)",
+            m.tracing_spans.clone(),
         );
         r.register(
             "downstream_bytes",
@@ -474,6 +482,19 @@ impl Metrics {
                 .map(|c| self.route_responses.get_or_create(&labels(Some(c))).clone()),
             duration: self.route_duration.get_or_create(&labels(None)).clone(),
         }))
+    }
+
+    /// The tracer's span counters (`exported`, `dropped`, `failed`), created at 0.
+    pub(crate) fn tracing_spans(&self) -> LabelledCounters<3> {
+        let values = ["exported", "dropped", "failed"];
+        LabelledCounters {
+            values,
+            counters: values.map(|v| {
+                self.tracing_spans
+                    .get_or_create(&vec![("result", v.to_string())])
+                    .clone()
+            }),
+        }
     }
 
     /// A listener's access log line counters (`written`, `dropped`), created at 0 with its log.

@@ -28,6 +28,7 @@ mod routing;
 mod stream;
 mod support;
 mod tls;
+mod tracing;
 mod translate;
 mod upgrade_tcp;
 mod xds;

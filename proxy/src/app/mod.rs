@@ -132,6 +132,10 @@ impl Proxy {
             options.filters.clone(),
         );
         writer.set_node(&config.node);
+        if let Some(t) = &config.tracing {
+            writer.set_tracer(Some(crate::otel::Tracer::start(t, &live.metrics)?));
+            tracing::info!(collector = %t.collector, sampling = t.sampling, "tracing: exporting spans over OTLP/gRPC");
+        }
         let applied = writer.apply(FileSource::update(&config, &BTreeMap::new()));
         if !applied.is_ok() {
             let _ = stop_workers(&handles, Duration::ZERO);

@@ -146,6 +146,8 @@ pub struct Registry {
     zone: Option<Arc<str>>,
     /// Listener and cluster TLS configs, reloaded when their files change.
     tls: Arc<crate::tls::TlsStore>,
+    /// The tracer HTTP listeners compile with (`tracing` in the config, read at start).
+    tracer: Option<Arc<crate::otel::Tracer>>,
 }
 
 impl Registry {
@@ -158,7 +160,18 @@ impl Registry {
             workers: workers.max(1),
             next_version: 1,
             zone: None,
+            tracer: None,
         }
+    }
+
+    /// Sets the tracer (at start, before any listener is compiled).
+    pub fn set_tracer(&mut self, tracer: Option<Arc<crate::otel::Tracer>>) {
+        self.tracer = tracer;
+    }
+
+    /// The tracer, when tracing is configured.
+    pub fn tracer(&self) -> Option<&Arc<crate::otel::Tracer>> {
+        self.tracer.as_ref()
     }
 
     /// The TLS store (listeners' TLS is built through it too).

@@ -302,6 +302,17 @@ impl Replayable for ResponseBody {
     }
 }
 
+/// What a request's completion is reported to besides the filter chain.
+#[derive(Debug, Default)]
+pub(crate) struct Observers {
+    /// The access log's record, when the request is logged.
+    pub(crate) record: Option<Box<crate::http::filters::RequestRecord>>,
+    /// The request body's note (its byte count goes into the record).
+    pub(crate) body: Option<crate::message::reqbody::FaultNote>,
+    /// The request's trace, when it is sampled.
+    pub(crate) trace: Option<Box<crate::otel::TraceContext>>,
+}
+
 /// Reports a request's completion to the filter chain's completion hooks, once: when the
 /// response body ends, fails, or is dropped unfinished (the downstream went away).
 #[derive(Debug)]
@@ -316,6 +327,8 @@ pub(crate) struct Tracker {
     record: Option<Box<crate::http::filters::RequestRecord>>,
     /// The request body's note (its byte count goes into the record).
     body: Option<crate::message::reqbody::FaultNote>,
+    /// The request's trace, when it is sampled (its spans end here).
+    trace: Option<Box<crate::otel::TraceContext>>,
     done: bool,
 }
 
@@ -326,9 +339,13 @@ impl Tracker {
         status: StatusCode,
         upstream: Option<std::net::SocketAddr>,
         flag: Option<&'static str>,
-        record: Option<Box<crate::http::filters::RequestRecord>>,
-        body: Option<crate::message::reqbody::FaultNote>,
+        observers: Observers,
     ) -> Self {
+        let Observers {
+            record,
+            body,
+            trace,
+        } = observers;
         Tracker {
             chain,
             started,
@@ -338,6 +355,7 @@ impl Tracker {
             body_bytes: 0,
             record,
             body,
+            trace,
             done: false,
         }
     }
@@ -364,7 +382,7 @@ impl Tracker {
             r.bytes_received = self.body.as_ref().map_or(0, |b| b.received());
             std::sync::Arc::from(r)
         });
-        self.chain.on_complete(&Completion {
+        let done = Completion {
             status: self.status,
             body_bytes: self.body_bytes,
             duration: self.started.elapsed(),
@@ -372,7 +390,11 @@ impl Tracker {
             flag: self.flag,
             outcome,
             record,
-        });
+        };
+        self.chain.on_complete(&done);
+        if let Some(t) = self.trace.take() {
+            t.finish(&done);
+        }
     }
 }
 

@@ -118,6 +118,11 @@ pub(crate) async fn handle(
     // access log.
     let mut attempts = (0, false);
     let mut body_note = None;
+    // The request's trace, when tracing is on and the request is sampled.
+    let mut trace = http
+        .tracer
+        .as_ref()
+        .and_then(|t| t.start_request(&req, conn.info.scheme()));
     // The cluster a gRPC response is counted under (`none` for answers that reached none).
     let mut grpc_cluster: Option<&crate::cluster::ClusterHandle> = None;
     // Each arm moves its payload out, so only the payload of the taken arm lives across the
@@ -129,7 +134,7 @@ pub(crate) async fn handle(
         Step::Send(send) => {
             let Send {
                 call,
-                request,
+                mut request,
                 meta,
                 fault,
                 announce,
@@ -139,6 +144,9 @@ pub(crate) async fn handle(
                 ..call
             };
             grpc_cluster = Some(meta.cluster);
+            if let Some(t) = trace.as_mut() {
+                t.propagate(request.headers_mut());
+            }
             if let (Some(r), Some(log)) = (record.as_mut(), http.access_log.as_deref()) {
                 r.forwarded(log, request.headers());
                 body_note = fault.clone();
@@ -164,11 +172,14 @@ pub(crate) async fn handle(
         Step::Upgrade(send, down) => {
             let Send {
                 call,
-                request,
+                mut request,
                 meta,
                 ..
             } = send;
             grpc_cluster = Some(meta.cluster);
+            if let Some(t) = trace.as_mut() {
+                t.propagate(request.headers_mut());
+            }
             if let (Some(r), Some(log)) = (record.as_mut(), http.access_log.as_deref()) {
                 r.forwarded(log, request.headers());
             }
@@ -230,7 +241,12 @@ pub(crate) async fn handle(
         let cluster = grpc_cluster.map_or("none", |c| c.name.as_str());
         grpc::track_status(&mut resp, &spec.metrics, cluster);
     }
-    if http.filters.wants_completion() {
+    if let Some(t) = trace.as_mut() {
+        t.route = routed.map(|(_, route)| route.name.clone());
+        t.cluster = grpc_cluster.map(|c| c.name.clone());
+        t.attempts = attempts.0;
+    }
+    if http.filters.wants_completion() || trace.is_some() {
         if let (Some(r), Some(log)) = (record.as_mut(), http.access_log.as_deref()) {
             if let Some((vh, route)) = routed {
                 r.virtual_host = Some(vh.name.clone());
@@ -247,8 +263,11 @@ pub(crate) async fn handle(
             status,
             endpoint,
             flag,
-            record,
-            body_note,
+            crate::http::body::Observers {
+                record,
+                body: body_note,
+                trace,
+            },
         ));
     }
     resp.body_mut().set_inflight(inflight);

@@ -26,4 +26,4 @@ pub(crate) mod upgrade;
 pub use context::{ConnContext, TlsInfo};
 pub(crate) use forward::HttpConn;
 pub(crate) use spec::CurrentSpec;
-pub use spec::HttpSpec;
+pub use spec::{HttpSpec, Telemetry};

@@ -33,6 +33,17 @@ pub struct HttpSpec {
     pub(crate) stream_idle: Option<std::time::Duration>,
     /// The access log (also in the filter chain, whose completion hook writes the lines).
     pub(crate) access_log: Option<Arc<AccessLog>>,
+    /// The tracer, when tracing is on.
+    pub(crate) tracer: Option<Arc<crate::otel::Tracer>>,
+}
+
+/// What an HTTP listener reports each request to besides metrics.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    /// The listener's access log.
+    pub access_log: Option<Arc<AccessLog>>,
+    /// The proxy's tracer (`tracing` in the config).
+    pub tracer: Option<Arc<crate::otel::Tracer>>,
 }
 
 /// hyper's own HTTP/1.1 header-count limit.
@@ -47,8 +58,9 @@ impl HttpSpec {
         s: &config::HttpListener,
         extra_filters: &[Arc<dyn HttpFilter>],
         tls: Option<&crate::tls::ServerTls>,
-        access_log: Option<Arc<AccessLog>>,
+        telemetry: Telemetry,
     ) -> HttpSpec {
+        let Telemetry { access_log, tracer } = telemetry;
         let mut h1 = http1::Builder::new();
         // hyper parses up to 100 headers in a stack array; an explicit limit (even 100) makes it
         // allocate and fill a vector per request, so it is only set when it differs.
@@ -89,6 +101,7 @@ impl HttpSpec {
             h1,
             stream_idle: (!s.stream_idle_timeout.is_zero()).then(|| s.stream_idle_timeout.get()),
             access_log,
+            tracer,
         }
     }
 

@@ -78,7 +78,10 @@ impl ListenerSpec {
                     h,
                     filters,
                     tls.as_deref(),
-                    access_log,
+                    crate::http::Telemetry {
+                        access_log,
+                        tracer: clusters.tracer().cloned(),
+                    },
                 )))
             }
             config::ListenerKind::Tcp(t) => ListenerKind::Tcp(TcpSpec {

@@ -131,6 +131,11 @@ impl Writer {
         self.registry.set_zone(node.zone.as_deref());
     }
 
+    /// Sets the tracer HTTP listeners compile with (at start, before any is applied).
+    pub fn set_tracer(&mut self, tracer: Option<Arc<crate::otel::Tracer>>) {
+        self.registry.set_tracer(tracer);
+    }
+
     /// Who this proxy is (as set at start).
     pub fn node(&self) -> &config::Node {
         &self.node
