@@ -413,18 +413,21 @@ impl Metrics {
     pub const OPENMETRICS_CONTENT_TYPE: &'static str =
         "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+    /// A listener's byte counter for `direction` (`received` or `sent`).
+    fn listener_bytes(&self, name: &str, direction: &str) -> Counter {
+        self.downstream_bytes
+            .get_or_create(&vec![
+                ("listener", name.to_string()),
+                ("direction", direction.to_string()),
+            ])
+            .clone()
+    }
+
     /// Handles for one TCP listener: its connection series only (the HTTP ones would be
     /// always zero; their handles here count nowhere).
     pub fn tcp_listener(&self, name: &str) -> ListenerMetrics {
         let l = || vec![("listener", name.to_string())];
-        let bytes = |d: &str| {
-            self.downstream_bytes
-                .get_or_create(&vec![
-                    ("listener", name.to_string()),
-                    ("direction", d.to_string()),
-                ])
-                .clone()
-        };
+        let bytes = |d: &str| self.listener_bytes(name, d);
         ListenerMetrics(std::sync::Arc::new(ListenerHandles {
             connections: self.downstream_connections.get_or_create(&l()).clone(),
             active: self
@@ -512,14 +515,7 @@ impl Metrics {
     pub fn listener(&self, name: &str) -> ListenerMetrics {
         let l = || vec![("listener", name.to_string())];
         let class = |c: &str| vec![("listener", name.to_string()), ("class", c.to_string())];
-        let bytes = |d: &str| {
-            self.downstream_bytes
-                .get_or_create(&vec![
-                    ("listener", name.to_string()),
-                    ("direction", d.to_string()),
-                ])
-                .clone()
-        };
+        let bytes = |d: &str| self.listener_bytes(name, d);
         ListenerMetrics(std::sync::Arc::new(ListenerHandles {
             connections: self.downstream_connections.get_or_create(&l()).clone(),
             active: self
