@@ -29,8 +29,12 @@ fn populated() -> Metrics {
         c.requests.inc();
         c.response(200, Duration::from_millis(i % 200));
         // Each route's class counters and latency histogram (resolved when its table compiles).
-        m.route(&format!("table-{}", i / 100), "vh", &format!("route-{i:04}"))
-            .response(200, Duration::from_millis(i % 100));
+        m.route(
+            &format!("table-{}", i / 100),
+            "vh",
+            &format!("route-{i:04}"),
+        )
+        .response(200, Duration::from_millis(i % 100));
         let _ = m.route_overflow(&format!("route-{i:04}"), "max_requests");
         let _ = m.route_overflow(&format!("route-{i:04}"), "max_retries");
     }
