@@ -9,7 +9,6 @@
 //! unreachable collector drops spans, counted in `sluice_tracing_spans_total`, and never blocks
 //! a worker).
 
-use crate::http::filters::Completion;
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -177,10 +176,15 @@ impl TraceContext {
         }
     }
 
-    /// Ends the request's spans and queues them for export.
-    pub(crate) fn finish(self: Box<Self>, done: &Completion) {
+    /// Ends the request's spans and queues them for export (`upstream`: the endpoint that
+    /// answered; `flag`: the response flag of a failure Sluice answered).
+    pub(crate) fn finish(
+        self: Box<Self>,
+        status: u16,
+        upstream: Option<SocketAddr>,
+        flag: Option<&str>,
+    ) {
         let end = SystemTime::now();
-        let status = done.status.as_u16();
         let mut attrs = vec![
             string("http.request.method", self.method.as_str()),
             string(
@@ -200,7 +204,7 @@ impl TraceContext {
         if let Some(r) = &self.route {
             attrs.push(string("http.route", r));
         }
-        if let Some(f) = done.flag {
+        if let Some(f) = flag {
             attrs.push(string("sluice.response_flags", f));
         }
         let name = match &self.route {
@@ -227,7 +231,7 @@ impl TraceContext {
                 string("sluice.cluster", cluster),
                 int("sluice.attempts", i64::from(self.attempts)),
             ];
-            if let Some(up) = done.upstream {
+            if let Some(up) = upstream {
                 attrs.push(string("server.address", &up.ip().to_string()));
                 attrs.push(int("server.port", i64::from(up.port())));
             }
@@ -240,7 +244,7 @@ impl TraceContext {
                 start_time_unix_nano: nanos(sent),
                 end_time_unix_nano: nanos(end),
                 attributes: attrs,
-                status: Some(span_status(done.upstream.is_none() || status >= 500)),
+                status: Some(span_status(upstream.is_none() || status >= 500)),
                 ..Default::default()
             });
         }

@@ -393,7 +393,7 @@ impl Tracker {
         };
         self.chain.on_complete(&done);
         if let Some(t) = self.trace.take() {
-            t.finish(&done);
+            t.finish(done.status.as_u16(), done.upstream, done.flag);
         }
     }
 }
