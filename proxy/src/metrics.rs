@@ -1091,7 +1091,19 @@ impl<const N: usize> LabelledCounters<N> {
 
     /// Counts one for `value` (one of the pre-initialised values; others are ignored).
     pub fn inc(&self, value: &str) {
-        self.try_inc(value);
+        self.inc_by(value, 1);
+    }
+
+    /// Counts `n` for `value` (one of the pre-initialised values; others are ignored).
+    pub fn inc_by(&self, value: &str, n: u64) {
+        if let Some(c) = self
+            .values
+            .iter()
+            .position(|v| *v == value)
+            .and_then(|i| self.counters.get(i))
+        {
+            c.inc_by(n);
+        }
     }
 
     /// Counts one for `value`; false (nothing counted) when it is not one of the values.
@@ -1132,14 +1144,6 @@ pub struct RouteHandles {
 }
 
 impl RouteMetrics {
-    /// Handles registered nowhere (a route table built without metrics, in tests).
-    pub fn detached() -> Self {
-        RouteMetrics(std::sync::Arc::new(RouteHandles {
-            responses: std::array::from_fn(|_| Counter::default()),
-            duration: LatencyHistogram::default(),
-        }))
-    }
-
     /// Counts a response by status class and records the time to it.
     pub fn response(&self, status: u16, took: std::time::Duration) {
         let i = usize::from(status / 100).saturating_sub(1).min(4);
@@ -1147,14 +1151,6 @@ impl RouteMetrics {
             c.inc();
         }
         self.0.duration.observe(took);
-    }
-
-    /// Responses counted in a status class (`2` for 2xx).
-    pub fn responses(&self, class: u16) -> u64 {
-        usize::from(class)
-            .checked_sub(1)
-            .and_then(|i| self.0.responses.get(i))
-            .map_or(0, Counter::get)
     }
 }
 

@@ -455,18 +455,14 @@ impl Exporter {
                 };
                 match client.export(request).await {
                     Ok(_) => {
-                        for _ in 0..n {
-                            self.spans.inc("exported");
-                        }
+                        self.spans.inc_by("exported", n);
                         if failing {
                             tracing::info!(collector = %self.collector, "tracing: exporting again");
                             failing = false;
                         }
                     }
                     Err(e) => {
-                        for _ in 0..n {
-                            self.spans.inc("failed");
-                        }
+                        self.spans.inc_by("failed", n);
                         if !failing {
                             tracing::warn!(collector = %self.collector, error = %e, "tracing: export failed; spans are dropped until the collector answers");
                             failing = true;

@@ -123,8 +123,9 @@ pub(crate) async fn handle(
         .tracer
         .as_ref()
         .and_then(|t| t.start_request(&req, conn.info.scheme()));
-    // The cluster a gRPC response is counted under (`none` for answers that reached none).
-    let mut grpc_cluster: Option<&crate::cluster::ClusterHandle> = None;
+    // The cluster the request was sent to: the gRPC status counters (`none` for answers that
+    // reached none), the access log and the trace.
+    let mut sent_to: Option<&crate::cluster::ClusterHandle> = None;
     // Each arm moves its payload out, so only the payload of the taken arm lives across the
     // await.
     let result = match prepare(&conn, http, req, smuggled, &mut routed) {
@@ -143,7 +144,7 @@ pub(crate) async fn handle(
                 body_fault: fault.as_ref(),
                 ..call
             };
-            grpc_cluster = Some(meta.cluster);
+            sent_to = Some(meta.cluster);
             if let Some(t) = trace.as_mut() {
                 t.propagate(request.headers_mut());
             }
@@ -176,7 +177,7 @@ pub(crate) async fn handle(
                 meta,
                 ..
             } = send;
-            grpc_cluster = Some(meta.cluster);
+            sent_to = Some(meta.cluster);
             if let Some(t) = trace.as_mut() {
                 t.propagate(request.headers_mut());
             }
@@ -238,12 +239,12 @@ pub(crate) async fn handle(
         route.metrics.response(resp.status().as_u16(), took);
     }
     if error_ctx.grpc {
-        let cluster = grpc_cluster.map_or("none", |c| c.name.as_str());
+        let cluster = sent_to.map_or("none", |c| c.name.as_str());
         grpc::track_status(&mut resp, &spec.metrics, cluster);
     }
     if let Some(t) = trace.as_mut() {
         t.route = routed.map(|(_, route)| route.name.clone());
-        t.cluster = grpc_cluster.map(|c| c.name.clone());
+        t.cluster = sent_to.map(|c| c.name.clone());
         t.attempts = attempts.0;
     }
     if http.filters.wants_completion() || trace.is_some() {
@@ -252,7 +253,7 @@ pub(crate) async fn handle(
                 r.virtual_host = Some(vh.name.clone());
                 r.route = Some(route.name.clone());
             }
-            r.cluster = grpc_cluster.map(|c| c.name.clone());
+            r.cluster = sent_to.map(|c| c.name.clone());
             (r.attempts, r.retries_exhausted) = attempts;
             r.responded(log, resp.headers());
         }
