@@ -386,6 +386,18 @@ impl Metrics {
         out
     }
 
+    /// Prometheus protobuf exposition (length-delimited `io.prometheus.client.MetricFamily`
+    /// messages), the only format that carries native histograms.
+    pub fn encode_protobuf(&self) -> Vec<u8> {
+        use prometheus_client::encoding::prometheus_protobuf;
+        let mut out = prometheus_protobuf::encode_to_vec(&self.registry).unwrap_or_default();
+        out.extend(prometheus_protobuf::encode_to_vec(&self.process).unwrap_or_default());
+        out
+    }
+
+    /// Content type of [`Metrics::encode_protobuf`].
+    pub const PROTOBUF_CONTENT_TYPE: &'static str = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+
     /// Content type of [`Metrics::encode_text`].
     pub const TEXT_CONTENT_TYPE: &'static str = prometheus_text::CONTENT_TYPE;
 

@@ -16,6 +16,11 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: SocketAddr) -> Self {
+        Self::start_with(target, &[])
+    }
+
+    /// As [`Prometheus::start`], with extra command-line flags.
+    fn start_with(target: SocketAddr, flags: &[&str]) -> Self {
         require_tool("prometheus", "prometheus");
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
@@ -39,6 +44,7 @@ impl Prometheus {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -351,6 +357,63 @@ clusters:
         }
     }
     assert!(queries >= 20, "{queries} queries");
+}
+
+#[test]
+fn a_prometheus_with_native_histograms_scrapes_protobuf_and_computes_quantiles() {
+    let app = echo("app");
+    let bin = Binary::start(
+        &format!(
+            "listeners:
+  - {{ name: web, address: 127.0.0.1:0, http: {{ route_table: t }} }}
+route_tables:
+  - name: t
+    virtual_hosts:
+      - {{ name: v, domains: ['*'], routes: [{{ name: all, match: {{ prefix: / }}, cluster: app }}] }}
+clusters:
+  - {{ name: app, endpoints: [{app}] }}
+"
+        ),
+        &[],
+    );
+    let web = bin.addr("web");
+    for _ in 0..7 {
+        assert_eq!(http_get(web, "/").0, 200);
+    }
+    // What a Prometheus with native histograms asks for, it gets.
+    let accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,text/plain;version=0.0.4;q=0.5";
+    let out = curl(&[
+        "-H",
+        &format!("accept: {accept}"),
+        &format!("http://{}/metrics", bin.admin),
+    ]);
+    let content_type = out.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/vnd.google.protobuf")
+            && content_type.contains("proto=io.prometheus.client.MetricFamily"),
+        "{content_type}"
+    );
+
+    // The feature flag makes Prometheus 2.4x ask for protobuf and keep native histograms.
+    let prom = Prometheus::start_with(bin.admin, &["--enable-feature=native-histograms"]);
+    // `histogram_count` and a quantile without `_bucket`: only a native histogram has them.
+    let count = r#"histogram_count(sluice_http_server_request_duration_seconds{listener="web"})"#;
+    eventually(count, || (prom.query(count)? == 7.0).then_some(()));
+    let p50 = eventually("native p50", || {
+        prom.query(
+            r#"histogram_quantile(0.5, sluice_http_client_request_duration_seconds{cluster="app"})"#,
+        )
+    });
+    assert!(p50 > 0.0 && p50 <= 0.25, "p50 {p50}");
+    let route = r#"histogram_count(sluice_route_request_duration_seconds{route="all"})"#;
+    eventually(route, || (prom.query(route)? == 7.0).then_some(()));
+    // Counters, gauges and info come through protobuf as they do through text.
+    let codes = r#"sluice_downstream_response_codes_total{listener="web",method="GET",code="200"}"#;
+    eventually(codes, || (prom.query(codes)? == 7.0).then_some(()));
+    let build = r#"sluice_build_info"#;
+    eventually(build, || (prom.query(build)? == 1.0).then_some(()));
+    let fds = "process_open_fds > 0";
+    eventually(fds, || prom.query(fds).map(|_| ()));
 }
 
 #[test]

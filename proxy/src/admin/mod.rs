@@ -188,21 +188,25 @@ fn handle(
                 &shared.live.metrics,
                 &shared.live.snapshot().clusters,
             );
-            // Negotiated by `Accept`: OpenMetrics 1.0 when asked for (Prometheus asks first),
-            // else the Prometheus text format 0.0.4.
+            // Negotiated by `Accept`: protobuf (with native histograms) or OpenMetrics 1.0
+            // when asked for, by weight, else the Prometheus text format 0.0.4.
             let metrics = &shared.live.metrics;
-            let (body, content_type) = if wants_openmetrics(req.headers()) {
-                (
-                    metrics.encode_openmetrics(),
-                    crate::metrics::Metrics::OPENMETRICS_CONTENT_TYPE,
-                )
-            } else {
-                (
-                    metrics.encode_text(),
-                    crate::metrics::Metrics::TEXT_CONTENT_TYPE,
-                )
+            use crate::metrics::Metrics;
+            let (body, content_type) = match exposition(req.headers()) {
+                Exposition::Protobuf => (
+                    Bytes::from(metrics.encode_protobuf()),
+                    Metrics::PROTOBUF_CONTENT_TYPE,
+                ),
+                Exposition::OpenMetrics => (
+                    Bytes::from(metrics.encode_openmetrics()),
+                    Metrics::OPENMETRICS_CONTENT_TYPE,
+                ),
+                Exposition::Text => (
+                    Bytes::from(metrics.encode_text()),
+                    Metrics::TEXT_CONTENT_TYPE,
+                ),
             };
-            let mut r = Response::new(Full::new(Bytes::from(body)));
+            let mut r = Response::new(Full::new(body));
             r.headers_mut()
                 .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
             r
@@ -229,23 +233,51 @@ fn handle(
     }
 }
 
-/// True when `Accept` names OpenMetrics text with a non-zero weight.
-fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
-    headers
+/// The formats `/metrics` speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exposition {
+    Text,
+    OpenMetrics,
+    Protobuf,
+}
+
+/// The format `Accept` weighs highest (the first named on a tie); text 0.0.4 when it names
+/// none Sluice speaks. Protobuf counts only as `io.prometheus.client.MetricFamily`,
+/// length-delimited, the form Prometheus asks for.
+fn exposition(headers: &http::HeaderMap) -> Exposition {
+    let mut best = (Exposition::Text, 0.0f32);
+    for item in headers
         .get_all(http::header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            let media = parts.next().unwrap_or_default();
-            let zero = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            media.eq_ignore_ascii_case("application/openmetrics-text") && !zero
-        })
+    {
+        let mut parts = item.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let mut q = 1.0f32;
+        let (mut proto, mut delimited) = (false, false);
+        for p in parts {
+            let Some((k, v)) = p.split_once('=') else {
+                continue;
+            };
+            match k.trim().to_ascii_lowercase().as_str() {
+                "q" => q = v.trim().parse().unwrap_or(0.0),
+                "proto" => proto = v.trim() == "io.prometheus.client.MetricFamily",
+                "encoding" => delimited = v.trim().eq_ignore_ascii_case("delimited"),
+                _ => {}
+            }
+        }
+        let format = match media.as_str() {
+            "application/vnd.google.protobuf" if proto && delimited => Exposition::Protobuf,
+            "application/openmetrics-text" => Exposition::OpenMetrics,
+            "text/plain" => Exposition::Text,
+            _ => continue,
+        };
+        if q > best.1 {
+            best = (format, q);
+        }
+    }
+    best.0
 }
 
 /// The POST endpoints.
@@ -439,26 +471,50 @@ fn redact(v: &mut serde_json::Value) {
 
 #[cfg(test)]
 mod accept_tests {
-    use super::wants_openmetrics;
+    use super::{Exposition, exposition};
 
-    fn accept(v: &str) -> http::HeaderMap {
+    fn accept(v: &str) -> Exposition {
         let mut h = http::HeaderMap::new();
         h.insert(http::header::ACCEPT, v.parse().unwrap());
-        h
+        exposition(&h)
     }
 
     #[test]
-    fn openmetrics_only_when_asked_for() {
+    fn the_format_asked_for_by_weight() {
         // What Prometheus 2.x sends.
-        assert!(wants_openmetrics(&accept(
-            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-        )));
-        assert!(!wants_openmetrics(&accept("text/plain;version=0.0.4")));
-        assert!(!wants_openmetrics(&accept("*/*")));
-        assert!(!wants_openmetrics(&accept(
-            "application/openmetrics-text;q=0"
-        )));
-        assert!(!wants_openmetrics(&http::HeaderMap::new()));
+        assert_eq!(
+            accept(
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            ),
+            Exposition::OpenMetrics
+        );
+        // ... and with native histograms enabled.
+        assert_eq!(
+            accept(
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            ),
+            Exposition::Protobuf
+        );
+        // Weights decide, not order.
+        assert_eq!(
+            accept(
+                "text/plain;version=0.0.4;q=0.3, application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.9"
+            ),
+            Exposition::Protobuf
+        );
+        // Protobuf of another message, or not delimited, is not ours.
+        assert_eq!(
+            accept("application/vnd.google.protobuf;proto=other.Message;encoding=delimited"),
+            Exposition::Text
+        );
+        assert_eq!(
+            accept("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily"),
+            Exposition::Text
+        );
+        assert_eq!(accept("text/plain;version=0.0.4"), Exposition::Text);
+        assert_eq!(accept("*/*"), Exposition::Text);
+        assert_eq!(accept("application/openmetrics-text;q=0"), Exposition::Text);
+        assert_eq!(exposition(&http::HeaderMap::new()), Exposition::Text);
     }
 }
 
