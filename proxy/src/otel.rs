@@ -19,6 +19,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
@@ -45,7 +46,11 @@ pub(crate) struct TraceContext {
     /// The caller's span, if the request carried one.
     parent: Option<[u8; 8]>,
     server: [u8; 8],
-    client: [u8; 8],
+    /// The current upstream attempt's client span (a fresh one per retry; big-endian bytes).
+    /// Atomics because the attempt loop updates them through a shared reference.
+    client: AtomicU64,
+    /// When the current attempt started (Unix nanoseconds; 0 before the first).
+    sent_at: AtomicU64,
     start: SystemTime,
     method: Method,
     uri: Uri,
@@ -57,8 +62,15 @@ pub(crate) struct TraceContext {
     pub(crate) route: Option<String>,
     pub(crate) cluster: Option<String>,
     pub(crate) attempts: u32,
-    /// When the upstream call started, if there was one.
-    pub(crate) sent_at: Option<SystemTime>,
+}
+
+/// How an upstream attempt that is retried ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AttemptEnd<'a> {
+    /// With a response the policy retries.
+    Status(u16),
+    /// Without a response (the error's response flag).
+    Failed(&'a str),
 }
 
 /// What an incoming request says about its trace.
@@ -124,7 +136,8 @@ impl Tracer {
             trace_id,
             parent,
             server: random_id(),
-            client: random_id(),
+            client: AtomicU64::new(u64::from_be_bytes(random_id())),
+            sent_at: AtomicU64::new(0),
             start: SystemTime::now(),
             method: req.method().clone(),
             uri: req.uri().clone(),
@@ -135,7 +148,6 @@ impl Tracer {
             route: None,
             cluster: None,
             attempts: 0,
-            sent_at: None,
         }))
     }
 
@@ -150,10 +162,11 @@ impl TraceContext {
     /// Writes the upstream call's context into the upstream request: `traceparent` naming the
     /// client span (`tracestate` passes as received), and B3 headers rewritten the same way
     /// when the caller used them.
-    pub(crate) fn propagate(&mut self, headers: &mut HeaderMap) {
-        self.sent_at = Some(SystemTime::now());
+    pub(crate) fn propagate(&self, headers: &mut HeaderMap) {
+        self.sent_at
+            .store(nanos(SystemTime::now()).max(1), Ordering::Relaxed);
         let trace = hex(&self.trace_id);
-        let span = hex(&self.client);
+        let span = hex(&self.client_span());
         if let Ok(v) = HeaderValue::from_str(&format!("00-{trace}-{span}-01")) {
             headers.insert("traceparent", v);
         }
@@ -174,6 +187,57 @@ impl TraceContext {
                 }
             }
         }
+    }
+
+    fn client_span(&self) -> [u8; 8] {
+        self.client.load(Ordering::Relaxed).to_be_bytes()
+    }
+
+    /// Starts the client span of a retry (a new span id, written upstream as for the first
+    /// attempt).
+    pub(crate) fn retry(&self, headers: &mut HeaderMap) {
+        self.client
+            .store(u64::from_be_bytes(random_id()), Ordering::Relaxed);
+        self.propagate(headers);
+    }
+
+    /// Ends the client span of an attempt that is retried (`attempt`: its number, from 1) and
+    /// queues it for export.
+    pub(crate) fn attempt_retried(
+        &self,
+        cluster: &str,
+        attempt: u32,
+        endpoint: SocketAddr,
+        end: AttemptEnd<'_>,
+    ) {
+        let mut attrs = vec![
+            string("http.request.method", self.method.as_str()),
+            string("sluice.cluster", cluster),
+            string("server.address", &endpoint.ip().to_string()),
+            int("server.port", i64::from(endpoint.port())),
+        ];
+        if attempt > 1 {
+            attrs.push(int("http.request.resend_count", i64::from(attempt - 1)));
+        }
+        match end {
+            AttemptEnd::Status(s) => attrs.push(int("http.response.status_code", i64::from(s))),
+            AttemptEnd::Failed(flag) => {
+                attrs.push(string("error.type", flag));
+                attrs.push(string("sluice.response_flags", flag));
+            }
+        }
+        self.tracer.export(Span {
+            trace_id: self.trace_id.to_vec(),
+            span_id: self.client_span().to_vec(),
+            parent_span_id: self.server.to_vec(),
+            name: self.method.to_string(),
+            kind: span::SpanKind::Client as i32,
+            start_time_unix_nano: self.sent_at.load(Ordering::Relaxed),
+            end_time_unix_nano: nanos(SystemTime::now()),
+            attributes: attrs,
+            status: Some(span_status(true)),
+            ..Default::default()
+        });
     }
 
     /// Ends the request's spans and queues them for export (`upstream`: the endpoint that
@@ -224,24 +288,32 @@ impl TraceContext {
             ..Default::default()
         };
         let tracer = &self.tracer;
-        if let (Some(sent), Some(cluster)) = (self.sent_at, &self.cluster) {
+        let sent = self.sent_at.load(Ordering::Relaxed);
+        if let (true, Some(cluster)) = (sent != 0, &self.cluster) {
+            // The last attempt's span (earlier attempts ended when they were retried).
             let mut attrs = vec![
                 string("http.request.method", self.method.as_str()),
                 int("http.response.status_code", i64::from(status)),
                 string("sluice.cluster", cluster),
                 int("sluice.attempts", i64::from(self.attempts)),
             ];
+            if self.attempts > 1 {
+                attrs.push(int(
+                    "http.request.resend_count",
+                    i64::from(self.attempts - 1),
+                ));
+            }
             if let Some(up) = upstream {
                 attrs.push(string("server.address", &up.ip().to_string()));
                 attrs.push(int("server.port", i64::from(up.port())));
             }
             tracer.export(Span {
                 trace_id: self.trace_id.to_vec(),
-                span_id: self.client.to_vec(),
+                span_id: self.client_span().to_vec(),
                 parent_span_id: self.server.to_vec(),
                 name: self.method.to_string(),
                 kind: span::SpanKind::Client as i32,
-                start_time_unix_nano: nanos(sent),
+                start_time_unix_nano: sent,
                 end_time_unix_nano: nanos(end),
                 attributes: attrs,
                 status: Some(span_status(upstream.is_none() || status >= 500)),
@@ -549,12 +621,13 @@ mod tests {
             .body(())
             .unwrap();
         let incoming = read_context(req.headers()).unwrap();
-        let mut ctx = TraceContext {
+        let ctx = TraceContext {
             tracer,
             trace_id: incoming.trace_id,
             parent: incoming.span_id,
             server: [1; 8],
-            client: [2; 8],
+            client: AtomicU64::new(u64::from_be_bytes([2; 8])),
+            sent_at: AtomicU64::new(0),
             start: SystemTime::now(),
             method: Method::GET,
             uri: req.uri().clone(),
@@ -565,7 +638,6 @@ mod tests {
             route: None,
             cluster: None,
             attempts: 0,
-            sent_at: None,
         };
         let mut h = req.headers().clone();
         ctx.propagate(&mut h);
@@ -577,6 +649,15 @@ mod tests {
             h["b3"],
             "0000000000000000a3ce929d0e0e4736-0202020202020202-1-0101010101010101"
         );
-        assert!(ctx.sent_at.is_some());
+        assert!(ctx.sent_at.load(Ordering::Relaxed) > 0);
+        // A retry names a new client span, in both header styles.
+        ctx.retry(&mut h);
+        let span = hex(&ctx.client_span());
+        assert_ne!(span, "0202020202020202");
+        assert_eq!(
+            h["traceparent"],
+            format!("00-0000000000000000a3ce929d0e0e4736-{span}-01").as_str()
+        );
+        assert!(h["b3"].to_str().unwrap().contains(&span));
     }
 }

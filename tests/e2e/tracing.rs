@@ -92,6 +92,11 @@ route_tables:
         routes:
           - {{ name: api, match: {{ prefix: /api/ }}, cluster: app, rewrite: {{ prefix: / }} }}
           - {{ name: gone, match: {{ prefix: /gone }}, direct_response: {{ status: 410 }} }}
+          - name: flaky
+            match: {{ prefix: /status/ }}
+            cluster: app
+            retry_policy: {{ retry_on: [5xx], num_retries: 2, back_off: {{ base_interval: 1ms, max_interval: 2ms }} }}
+          - {{ name: slow, match: {{ prefix: /slow/ }}, cluster: app, rewrite: {{ prefix: / }}, fault: {{ delay: {{ fixed: 1ms }} }} }}
 clusters:
   - {{ name: app, endpoints: [{app}] }}
 "
@@ -198,6 +203,60 @@ fn spans_join_the_callers_trace_and_the_upstream_gets_the_client_span() {
         metric_value(&m, r#"sluice_tracing_spans_total{result="exported"}"#),
         5.0
     );
+}
+
+#[test]
+fn every_retry_gets_a_client_span_and_a_delayed_request_keeps_its_trace() {
+    let collector = Collector::start();
+    let app = echo("app");
+    let p = proxy(collector.addr, 1.0, app);
+    // Three attempts, each answered 503: three client spans under one server span.
+    assert_eq!(http_get(p.addr("web"), "/status/503").0, 503);
+    let spans = collector.take(4);
+    let server = by_kind(&spans, SERVER);
+    let mut clients: Vec<&Value> = spans.iter().filter(|s| s["kind"] == CLIENT).collect();
+    assert_eq!(clients.len(), 3, "{spans:#?}");
+    clients.sort_by_key(|s| s["start"].as_u64());
+    let ids: std::collections::BTreeSet<&str> = clients
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "each attempt has its own span id");
+    for (i, c) in clients.iter().enumerate() {
+        assert_eq!(c["parent_span_id"], server["span_id"]);
+        assert_eq!(c["trace_id"], server["trace_id"]);
+        let a = &c["attributes"];
+        assert_eq!(a["http.response.status_code"], 503);
+        assert_eq!(a["server.port"], app.port());
+        if i == 0 {
+            assert!(a.get("http.request.resend_count").is_none(), "{a}");
+        } else {
+            assert_eq!(a["http.request.resend_count"], i as u64, "{a}");
+        }
+        // Attempts follow each other.
+        if let Some(next) = clients.get(i + 1) {
+            assert!(c["end"].as_u64() <= next["start"].as_u64());
+        }
+    }
+    assert_eq!(clients[2]["attributes"]["sluice.attempts"], 3);
+
+    // Each attempt's upstream request names its own span: the one that answers is the last.
+    // (A fault delay waits before the call: the request still carries its trace upstream.)
+    let r = curl(&[&p.url("web", "/slow/reflect")]);
+    assert_eq!(r.status, 200);
+    let spans = collector.take(2);
+    let client = by_kind(&spans, CLIENT);
+    let server = by_kind(&spans, SERVER);
+    let seen = r.json()["headers"]["traceparent"][0].clone();
+    assert_eq!(
+        seen,
+        format!(
+            "00-{}-{}-01",
+            server["trace_id"].as_str().unwrap(),
+            client["span_id"].as_str().unwrap()
+        )
+    );
+    assert_eq!(client["attributes"]["sluice.cluster"], "app");
 }
 
 #[test]

@@ -21,6 +21,7 @@ use crate::message::fields;
 use crate::message::replay::ReplayBody;
 use crate::message::reqbody::{FaultNote, RequestBody};
 use crate::metrics::ClusterMetrics;
+use crate::otel::{AttemptEnd, TraceContext};
 use crate::outlier::Outcome;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
@@ -61,6 +62,8 @@ pub(crate) struct Call<'a> {
     /// The request's hash from the route's `hash_policy` (hash-based balancers); `NonZeroU64`
     /// so the call stays a word smaller in the request's future.
     pub(crate) hash: Option<std::num::NonZeroU64>,
+    /// The request's trace when it is sampled: each retry gets a client span of its own.
+    pub(crate) trace: Option<&'a TraceContext>,
 }
 
 /// A response head from an upstream and what holds its connection and endpoint.
@@ -201,6 +204,14 @@ fn first_result<'a>(
             });
             match retry {
                 Some((next, retrying)) => {
+                    if let Some(t) = call.trace {
+                        t.attempt_retried(
+                            &call.cluster.name,
+                            attempts.number,
+                            endpoint,
+                            AttemptEnd::Failed(error.flag()),
+                        );
+                    }
                     attempts.tried.push(endpoint);
                     Err(Box::pin(resilient(
                         call,
@@ -338,6 +349,9 @@ async fn resilient(
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
+            if let Some(t) = call.trace {
+                t.retry(request.headers_mut());
+            }
         }
         attempts.number += 1;
         let (pool, mut active, endpoint) = admit(&call, &attempts)?;
@@ -401,7 +415,17 @@ async fn resilient(
                 });
                 match next {
                     // The response is dropped unread: its connection is closed, not pooled.
-                    Some(next) => next,
+                    Some(next) => {
+                        if let Some(t) = call.trace {
+                            t.attempt_retried(
+                                &call.cluster.name,
+                                attempts.number,
+                                endpoint,
+                                AttemptEnd::Status(status.as_u16()),
+                            );
+                        }
+                        next
+                    }
                     None => {
                         active.hold_route(route);
                         return Ok(Upstream {
@@ -437,7 +461,17 @@ async fn resilient(
                         })
                     });
                 match next {
-                    Some(next) => next,
+                    Some(next) => {
+                        if let Some(t) = call.trace {
+                            t.attempt_retried(
+                                &call.cluster.name,
+                                attempts.number,
+                                endpoint,
+                                AttemptEnd::Failed(error.flag()),
+                            );
+                        }
+                        next
+                    }
                     None => return Err(error),
                 }
             }

@@ -128,72 +128,82 @@ pub(crate) async fn handle(
     let mut sent_to: Option<&crate::cluster::ClusterHandle> = None;
     // Each arm moves its payload out, so only the payload of the taken arm lives across the
     // await.
-    let result = match prepare(&conn, http, req, smuggled, &mut routed) {
-        Step::Answer(r) => r,
-        // `send_upstream`, inlined: a nested async function would add its arguments' storage
-        // (≈400 bytes, measured) to every request's future.
-        Step::Send(send) => {
-            let Send {
-                call,
-                mut request,
-                meta,
-                fault,
-                announce,
-            } = send;
-            let call = Call {
-                body_fault: fault.as_ref(),
-                ..call
-            };
-            sent_to = Some(meta.cluster);
-            if let Some(t) = trace.as_mut() {
-                t.propagate(request.headers_mut());
-            }
-            if let (Some(r), Some(log)) = (record.as_mut(), http.access_log.as_deref()) {
-                r.forwarded(log, request.headers());
-                body_note = fault.clone();
-            }
-            let sent = if announce {
-                // Rare (HTTP/2 → HTTP/1.1 with a body): boxed.
-                Box::pin(announce_then_send(call, request)).await
-            } else {
-                call::send(call, request).await
-            };
-            match sent.map(|up| {
-                endpoint = Some(up.endpoint);
-                attempts = (up.attempts, up.retries_exhausted);
-                finish(&meta, up)
-            }) {
-                Ok(resp) if announces_trailers(&meta, &resp) => {
-                    Ok(Box::pin(announce_response(resp)).await)
+    let mut step = prepare(&conn, http, req, smuggled, &mut routed);
+    let result = loop {
+        break match step {
+            Step::Answer(r) => r,
+            // The upstream call, inlined: a nested async function would add its arguments' storage
+            // (≈400 bytes, measured) to every request's future.
+            Step::Send(send) => {
+                let Send {
+                    call,
+                    mut request,
+                    meta,
+                    fault,
+                    announce,
+                } = send;
+                sent_to = Some(meta.cluster);
+                if let Some(t) = trace.as_deref() {
+                    t.propagate(request.headers_mut());
                 }
-                other => other,
+                let call = Call {
+                    body_fault: fault.as_ref(),
+                    trace: trace.as_deref(),
+                    ..call
+                };
+                if let (Some(r), Some(log)) = (record.as_mut(), http.access_log.as_deref()) {
+                    r.forwarded(log, request.headers());
+                    body_note = fault.clone();
+                }
+                let sent = if announce {
+                    // Rare (HTTP/2 → HTTP/1.1 with a body): boxed.
+                    Box::pin(announce_then_send(call, request)).await
+                } else {
+                    call::send(call, request).await
+                };
+                match sent.map(|up| {
+                    endpoint = Some(up.endpoint);
+                    attempts = (up.attempts, up.retries_exhausted);
+                    finish(&meta, up)
+                }) {
+                    Ok(resp) if announces_trailers(&meta, &resp) => {
+                        Ok(Box::pin(announce_response(resp)).await)
+                    }
+                    other => other,
+                }
             }
-        }
-        // Rare paths, boxed to keep this future small.
-        Step::Upgrade(send, down) => {
-            let Send {
-                call,
-                mut request,
-                meta,
-                ..
-            } = send;
-            sent_to = Some(meta.cluster);
-            if let Some(t) = trace.as_mut() {
-                t.propagate(request.headers_mut());
+            // Rare paths, boxed to keep this future small.
+            Step::Upgrade(send, down) => {
+                let Send {
+                    call,
+                    mut request,
+                    meta,
+                    ..
+                } = send;
+                sent_to = Some(meta.cluster);
+                if let Some(t) = trace.as_deref() {
+                    t.propagate(request.headers_mut());
+                }
+                if let (Some(r), Some(log)) = (record.as_mut(), http.access_log.as_deref()) {
+                    r.forwarded(log, request.headers());
+                }
+                let r = Box::pin(upgrade::forward(call, request, down, &conn.drain, meta)).await;
+                if r.as_ref()
+                    .is_ok_and(|r| r.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+                {
+                    // The bytes that follow are the tunnel's: the connection's scans stop.
+                    conn.state.set_upgraded();
+                }
+                r
             }
-            if let (Some(r), Some(log)) = (record.as_mut(), http.access_log.as_deref()) {
-                r.forwarded(log, request.headers());
+            // A request filter that waits (a fault delay) resumes the chain, boxed; what it ends
+            // in is answered or sent by the arms above like any other request, so it keeps its
+            // trace, access log and gRPC status.
+            Step::Wait(plan, fut, next) => {
+                step = Box::pin(after_wait(&conn, http, *plan, fut, next)).await;
+                continue;
             }
-            let r = Box::pin(upgrade::forward(call, request, down, &conn.drain, meta)).await;
-            if r.as_ref()
-                .is_ok_and(|r| r.status() == http::StatusCode::SWITCHING_PROTOCOLS)
-            {
-                // The bytes that follow are the tunnel's: the connection's scans stop.
-                conn.state.set_upgraded();
-            }
-            r
-        }
-        Step::Wait(plan, fut, next) => Box::pin(after_wait(&conn, http, *plan, fut, next)).await,
+        };
     };
     let mut flag = None;
     let mut resp = match result {
@@ -400,6 +410,7 @@ fn into_send<'a>(
         retry: &forward.retry,
         route_breaker: forward.breaker.as_deref(),
         hash,
+        trace: None,
     };
     Ok((
         Send {
@@ -413,79 +424,36 @@ fn into_send<'a>(
     ))
 }
 
-/// The rest of a request whose filter waited: wait (again, if asked), finish the chain, call.
+/// The rest of a request whose filter waited: wait (again, if asked), finish the chain, and
+/// say what to do with it (never [`Step::Wait`]).
 async fn after_wait<'a>(
     conn: &'a HttpConn,
     http: &'a HttpSpec,
     mut p: Plan<'a>,
     mut fut: WaitFuture,
     mut next: usize,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Step<'a> {
     loop {
         match fut.await {
             Verdict::Continue => {}
-            Verdict::Respond(r) => return Ok(filtered_answer(http, p.meta.vh, p.meta.route, r)),
+            Verdict::Respond(r) => {
+                return Step::Answer(Ok(filtered_answer(http, p.meta.vh, p.meta.route, r)));
+            }
             Verdict::Wait(f) => {
                 fut = f;
                 continue;
             }
         }
         match request_filters(conn, http, &mut p, next) {
-            Ok(Some(resp)) => return Ok(resp),
+            Ok(Some(resp)) => return Step::Answer(Ok(resp)),
             Ok(None) => break,
             Err((f, n)) => (fut, next) = (f, n),
         }
     }
-    match into_send(conn, http, p)? {
-        (send, None) => send_upstream(send, &mut None).await,
-        (send, Some(down)) => {
-            let Send {
-                call,
-                request,
-                meta,
-                ..
-            } = send;
-            let r = Box::pin(upgrade::forward(call, request, down, &conn.drain, meta)).await;
-            if r.as_ref()
-                .is_ok_and(|r| r.status() == http::StatusCode::SWITCHING_PROTOCOLS)
-            {
-                // The bytes that follow are the tunnel's: the connection's scans stop.
-                conn.state.set_upgraded();
-            }
-            r
-        }
-    }
-}
-
-/// The upstream call and the response side for a forwarded request; `endpoint` learns which
-/// endpoint answered.
-async fn send_upstream(
-    send: Send<'_>,
-    endpoint: &mut Option<std::net::SocketAddr>,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let Send {
-        call,
-        request,
-        meta,
-        fault,
-        announce,
-    } = send;
-    let call = Call {
-        body_fault: fault.as_ref(),
-        ..call
-    };
-    let sent = if announce {
-        // Rare (HTTP/2 → HTTP/1.1 with a body): boxed.
-        Box::pin(announce_then_send(call, request)).await
-    } else {
-        call::send(call, request).await
-    };
-    match sent.map(|up| {
-        *endpoint = Some(up.endpoint);
-        finish(&meta, up)
-    }) {
-        Ok(resp) if announces_trailers(&meta, &resp) => Ok(Box::pin(announce_response(resp)).await),
-        other => other,
+    match into_send(conn, http, p) {
+        Ok((send, None)) => Step::Send(send),
+        Ok((send, Some(down))) => Step::Upgrade(send, down),
+        Err(e) => Step::Answer(Err(e)),
     }
 }
 
