@@ -23,6 +23,7 @@ pub struct Metrics {
     config_applied: Gauge<f64, std::sync::atomic::AtomicU64>,
     downstream_connections: Family<Labels, Counter>,
     downstream_connections_active: Family<Labels, Gauge>,
+    downstream_connections_closed: Family<Labels, Counter>,
     downstream_requests: Family<Labels, Counter>,
     downstream_responses: Family<Labels, Counter>,
     downstream_rejected: Family<Labels, Counter>,
@@ -38,6 +39,9 @@ pub struct Metrics {
     upstream_responses: Family<Labels, Counter>,
     upstream_connections: Family<Labels, Counter>,
     upstream_connect_failures: Family<Labels, Counter>,
+    upstream_connections_active: Family<Labels, Gauge>,
+    upstream_connections_closed: Family<Labels, Counter>,
+    upstream_bytes: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
     upstream_retries: Family<Labels, Counter>,
     upstream_retry_limited: Family<Labels, Counter>,
@@ -113,6 +117,7 @@ impl Metrics {
         let mut m = Metrics {
             downstream_connections: Family::default(),
             downstream_connections_active: Family::default(),
+            downstream_connections_closed: Family::default(),
             downstream_requests: Family::default(),
             downstream_responses: Family::default(),
             downstream_rejected: Family::default(),
@@ -124,6 +129,9 @@ impl Metrics {
             upstream_responses: Family::default(),
             upstream_connections: Family::default(),
             upstream_connect_failures: Family::default(),
+            upstream_connections_active: Family::default(),
+            upstream_connections_closed: Family::default(),
+            upstream_bytes: Family::default(),
             upstream_errors: Family::default(),
             upstream_retries: Family::default(),
             upstream_retry_limited: Family::default(),
@@ -187,6 +195,11 @@ impl Metrics {
             "downstream_connections_active",
             "Connections open now, by listener",
             m.downstream_connections_active.clone(),
+        );
+        r.register(
+            "downstream_connections_closed",
+            "Connections closed, by listener",
+            m.downstream_connections_closed.clone(),
         );
         r.register(
             "downstream_requests",
@@ -267,6 +280,21 @@ impl Metrics {
             "upstream_connections",
             "Upstream connections opened, by cluster",
             m.upstream_connections.clone(),
+        );
+        r.register(
+            "upstream_connections_active",
+            "Upstream connections open now, by cluster (health-check connections included)",
+            m.upstream_connections_active.clone(),
+        );
+        r.register(
+            "upstream_connections_closed",
+            "Upstream connections closed, by cluster",
+            m.upstream_connections_closed.clone(),
+        );
+        r.register(
+            "upstream_bytes",
+            "Bytes written to (sent) and read from (received) endpoints, by cluster and direction",
+            m.upstream_bytes.clone(),
         );
         r.register(
             "upstream_connect_failures",
@@ -435,6 +463,15 @@ impl Metrics {
             .clone()
     }
 
+    fn upstream_bytes(&self, cluster: &str, direction: &str) -> Counter {
+        self.upstream_bytes
+            .get_or_create(&vec![
+                ("cluster", cluster.to_string()),
+                ("direction", direction.to_string()),
+            ])
+            .clone()
+    }
+
     /// Handles for one TCP listener: its connection series only (the HTTP ones would be
     /// always zero; their handles here count nowhere).
     pub fn tcp_listener(&self, name: &str) -> ListenerMetrics {
@@ -444,6 +481,10 @@ impl Metrics {
             connections: self.downstream_connections.get_or_create(&l()).clone(),
             active: self
                 .downstream_connections_active
+                .get_or_create(&l())
+                .clone(),
+            closed: self
+                .downstream_connections_closed
                 .get_or_create(&l())
                 .clone(),
             requests: Counter::default(),
@@ -534,6 +575,10 @@ impl Metrics {
                 .downstream_connections_active
                 .get_or_create(&l())
                 .clone(),
+            closed: self
+                .downstream_connections_closed
+                .get_or_create(&l())
+                .clone(),
             requests: self.downstream_requests.get_or_create(&l()).clone(),
             active_requests: self.downstream_requests_active.get_or_create(&l()).clone(),
             bytes_received: bytes("received"),
@@ -591,6 +636,10 @@ impl Metrics {
             duration: self.client_duration.get_or_create(&l()).clone(),
             connections: self.upstream_connections.get_or_create(&l()).clone(),
             connect_failures: self.upstream_connect_failures.get_or_create(&l()).clone(),
+            connections_active: self.upstream_connections_active.get_or_create(&l()).clone(),
+            connections_closed: self.upstream_connections_closed.get_or_create(&l()).clone(),
+            bytes_sent: self.upstream_bytes(name, "sent"),
+            bytes_received: self.upstream_bytes(name, "received"),
             errors: labelled(
                 &self.upstream_errors,
                 ("cluster", name),
@@ -692,6 +741,8 @@ pub struct ListenerHandles {
     pub connections: Counter,
     /// Open connections.
     pub active: Gauge,
+    /// Closed connections.
+    pub closed: Counter,
     /// Requests.
     pub requests: Counter,
     /// Requests in flight.
@@ -1179,6 +1230,12 @@ pub struct ClusterMetrics {
     pub connections: Counter,
     /// Failed connection attempts.
     pub connect_failures: Counter,
+    /// Open connections (gauge) and closed ones.
+    pub(crate) connections_active: Gauge,
+    pub(crate) connections_closed: Counter,
+    /// Bytes written to and read from endpoints.
+    pub(crate) bytes_sent: Counter,
+    pub(crate) bytes_received: Counter,
     errors: LabelledCounters<{ UPSTREAM_ERROR_KINDS.len() }>,
     /// Retries by reason.
     pub retries: LabelledCounters<6>,

@@ -287,6 +287,10 @@ clusters:
     for q in [
         r#"sluice_downstream_bytes_total{listener="web",direction="received"} > 500"#,
         r#"sluice_downstream_bytes_total{listener="web",direction="sent"} > 1000"#,
+        // The same toward the cluster; its pooled connection stays open.
+        r#"sluice_upstream_bytes_total{cluster="app",direction="sent"} > 500"#,
+        r#"sluice_upstream_bytes_total{cluster="app",direction="received"} > 1000"#,
+        r#"sluice_upstream_connections_active{cluster="app"} >= 1"#,
     ] {
         eventually(q, || prom.query(q).map(|_| ()));
     }

@@ -130,7 +130,33 @@ fn tcp_listener_proxies_bytes_both_ways() {
             800_000.0,
             "{m}"
         );
+        // ... and toward the cluster's endpoint (the echo sends each byte back).
+        assert_eq!(
+            metric_value(
+                &m,
+                &format!(
+                    "sluice_upstream_bytes_total{{cluster=\"tcp-echo\",direction=\"{direction}\"}}"
+                )
+            ),
+            800_000.0,
+            "{m}"
+        );
     }
+    // Every connection, both sides, is counted closed once its tunnel ends.
+    eventually("connections closed", || {
+        let m = p.metrics();
+        let closed = [
+            "sluice_downstream_connections_closed_total{listener=\"tcp\"}",
+            "sluice_upstream_connections_closed_total{cluster=\"tcp-echo\"}",
+        ]
+        .map(|q| metric_value(&m, q));
+        let open = [
+            "sluice_downstream_connections_active{listener=\"tcp\"}",
+            "sluice_upstream_connections_active{cluster=\"tcp-echo\"}",
+        ]
+        .map(|q| metric_value(&m, q));
+        (closed == [4.0, 4.0] && open == [0.0, 0.0]).then_some(())
+    });
 }
 
 #[test]

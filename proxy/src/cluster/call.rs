@@ -746,7 +746,7 @@ pub(crate) async fn connect_tcp(
     worker: usize,
 ) -> Result<
     (
-        crate::tls::UpstreamIo,
+        super::connect::CountedIo,
         ActiveRequest,
         SocketAddr,
         impl Sized,

@@ -498,7 +498,7 @@ pub(crate) async fn open_counted(
     addr: SocketAddr,
     via: Via<'_>,
     alpn: crate::tls::Alpn,
-) -> Result<(crate::tls::UpstreamIo, ConnSlot), ProxyError> {
+) -> Result<(super::connect::CountedIo, ConnSlot), ProxyError> {
     let breakers = &via.shared.breakers;
     if !breakers.pending.try_acquire() {
         return Err(overflow(via, Threshold::Pending));

@@ -276,6 +276,7 @@ async fn serve(
         (ListenerKind::Http(_), None) => {}
     }
     spec.metrics.active.dec();
+    spec.metrics.closed.inc();
 }
 
 /// Terminates TLS, then serves HTTP over it: ALPN `h2` is HTTP/2, anything else (or no ALPN)
