@@ -1,12 +1,17 @@
 //! Cost of one `/metrics` scrape of a proxy with 1,000 clusters and 1,000 routes (each route
 //! with its class counters, latency histogram and a breaker's two overflow counters) on 10
 //! HTTP listeners (each with responses by method and code), every series holding a value
-//! and every latency histogram observed: encoding the Prometheus 0.0.4 text and OpenMetrics.
+//! and every latency histogram observed: encoding the Prometheus 0.0.4 text, OpenMetrics, and
+//! protobuf with native histograms.
 //! Issue 9's bound: under 50 ms.
 //!
 //! Run: `cargo bench --bench scrape`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+// The allocator the `sluice` binary runs with: encoding allocates per series.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use sluice_proxy::metrics::Metrics;
 use std::hint::black_box;
 use std::time::Duration;
@@ -55,6 +60,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("openmetrics_1.0", |b| {
         b.iter(|| black_box(m.encode_openmetrics()))
+    });
+    g.bench_function("protobuf_native_histograms", |b| {
+        b.iter(|| black_box(m.encode_protobuf()))
     });
     g.finish();
 }

@@ -77,6 +77,12 @@ pub struct Cluster {
     /// Originate TLS to the endpoints (see [`crate::UpstreamTls`]). Default: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::UpstreamTls>,
+    /// Export per-endpoint series (`sluice_upstream_endpoint_*{cluster,endpoint}`: requests,
+    /// errors, requests in flight, health), within the admin's cardinality budget (Envoy
+    /// `track_cluster_stats.per_endpoint_stats`). Default off: a series per endpoint is what
+    /// large clusters cannot afford.
+    #[serde(default)]
+    pub per_endpoint_stats: bool,
 }
 
 /// Upstream protocol.

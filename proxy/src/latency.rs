@@ -44,6 +44,28 @@ const SUB_BOUNDS: [f64; 8] = [
     1.834_008_086_409_342_5,
 ];
 
+thread_local! {
+    /// Set while this thread encodes the protobuf exposition, the one format that carries
+    /// native buckets: the text formats skip reading them.
+    static NATIVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as encoding native histograms until dropped.
+pub(crate) struct NativeScope(());
+
+impl NativeScope {
+    pub(crate) fn enter() -> Self {
+        NATIVE.with(|n| n.set(true));
+        NativeScope(())
+    }
+}
+
+impl Drop for NativeScope {
+    fn drop(&mut self) {
+        NATIVE.with(|n| n.set(false));
+    }
+}
+
 /// The native bucket index of `seconds` (> 0): ⌈8·log₂ seconds⌉, without a logarithm.
 fn native_index(seconds: f64) -> i32 {
     let bits = seconds.to_bits();
@@ -185,7 +207,13 @@ impl EncodeMetric for LatencyHistogram {
             let bound = BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
             buckets.push((bound, b.load(Ordering::Acquire)));
         }
-        let (mut spans, deltas, zero_count, count) = self.native_spans();
+        let (mut spans, deltas, zero_count, count) = if NATIVE.with(|n| n.get()) {
+            self.native_spans()
+        } else {
+            // Text: no native buckets; the classic ones give the count.
+            let classic = buckets.iter().map(|(_, n)| n).sum();
+            (Vec::new(), Vec::new(), 0, classic)
+        };
         if spans.is_empty() {
             // A no-op span marks the histogram as native although no bucket is filled yet.
             spans.push((0, 0));
@@ -335,6 +363,7 @@ mod tests {
     ) -> prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::Histogram {
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register("d_seconds", "test", h.clone());
+        let _native = NativeScope::enter();
         let families = prometheus_client::encoding::prometheus_protobuf::encode(&registry).unwrap();
         families[0].metric[0].histogram.clone().unwrap()
     }

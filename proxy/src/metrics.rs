@@ -57,6 +57,13 @@ pub struct Metrics {
     pub(crate) health_checks: Family<Labels, Counter>,
     pub(crate) health_changes: Family<Labels, Counter>,
     pub(crate) cluster_endpoints: Family<Labels, Gauge>,
+    /// Per-endpoint series of clusters with `per_endpoint_stats`, set when scraped.
+    endpoint_requests: Family<Labels, Counter>,
+    endpoint_errors: Family<Labels, Counter>,
+    endpoint_active: Family<Labels, Gauge>,
+    endpoint_healthy: Family<Labels, Gauge>,
+    /// Most endpoints one scrape folded into `other` (what the fold counter has counted).
+    endpoint_folded: std::sync::atomic::AtomicU64,
     /// DNS discovery (`source/dns.rs`).
     pub(crate) dns: DnsMetrics,
     /// Fault injection (`http/filters/fault.rs`).
@@ -147,6 +154,11 @@ impl Metrics {
             health_checks: Family::default(),
             health_changes: Family::default(),
             cluster_endpoints: Family::default(),
+            endpoint_requests: Family::default(),
+            endpoint_errors: Family::default(),
+            endpoint_active: Family::default(),
+            endpoint_healthy: Family::default(),
+            endpoint_folded: Default::default(),
             dns: Default::default(),
             fault: Default::default(),
             tls: Default::default(),
@@ -397,6 +409,26 @@ impl Metrics {
             m.cluster_endpoints.clone(),
         );
         r.register(
+            "upstream_endpoint_requests",
+            "Attempts each endpoint answered or failed, by cluster and endpoint (clusters with per_endpoint_stats)",
+            m.endpoint_requests.clone(),
+        );
+        r.register(
+            "upstream_endpoint_errors",
+            "Attempts that failed at each endpoint (5xx, connect or protocol failures), by cluster and endpoint (clusters with per_endpoint_stats)",
+            m.endpoint_errors.clone(),
+        );
+        r.register(
+            "upstream_endpoint_requests_active",
+            "Requests in flight to each endpoint, by cluster and endpoint (clusters with per_endpoint_stats)",
+            m.endpoint_active.clone(),
+        );
+        r.register(
+            "upstream_endpoint_healthy",
+            "1 while the endpoint is healthy (no active health check or outlier flag), by cluster and endpoint (clusters with per_endpoint_stats)",
+            m.endpoint_healthy.clone(),
+        );
+        r.register(
             "build",
             "Sluice build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -417,9 +449,24 @@ impl Metrics {
     /// Prometheus protobuf exposition (length-delimited `io.prometheus.client.MetricFamily`
     /// messages), the only format that carries native histograms.
     pub fn encode_protobuf(&self) -> Vec<u8> {
-        use prometheus_client::encoding::prometheus_protobuf;
-        let mut out = prometheus_protobuf::encode_to_vec(&self.registry).unwrap_or_default();
-        out.extend(prometheus_protobuf::encode_to_vec(&self.process).unwrap_or_default());
+        use prometheus_client::encoding::prometheus_protobuf::encode;
+        use prost::Message;
+        let _native = crate::latency::NativeScope::enter();
+        let mut families = encode(&self.registry).unwrap_or_default();
+        families.extend(encode(&self.process).unwrap_or_default());
+        // Sized once: growing a multi-megabyte buffer by doubling copies it over and over.
+        let len = families
+            .iter()
+            .map(|f| {
+                let n = f.encoded_len();
+                n + prost::length_delimiter_len(n)
+            })
+            .sum();
+        let mut out = Vec::with_capacity(len);
+        for f in &families {
+            // Writing to a Vec with room cannot fail.
+            let _ = f.encode_length_delimited(&mut out);
+        }
         out
     }
 
@@ -845,6 +892,64 @@ impl Budget {
             .get_or_create(&vec![("family", family.to_string())])
             .inc();
         false
+    }
+}
+
+/// One endpoint's figures for the per-endpoint series (see [`Metrics::set_endpoint_series`]).
+#[derive(Debug)]
+pub(crate) struct EndpointRow<'a> {
+    pub(crate) cluster: &'a str,
+    pub(crate) endpoint: std::net::SocketAddr,
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
+    pub(crate) active: u32,
+    pub(crate) healthy: bool,
+}
+
+impl Metrics {
+    /// Replaces the per-endpoint series with `rows` (taken when scraped: the endpoints' own
+    /// counters are the source, so nothing is recorded twice on the request path). Endpoints
+    /// past the cardinality budget are summed into `{cluster="other",endpoint="other"}`;
+    /// `sluice_metric_series_folded_total{family="upstream_endpoint"}` counts the most any
+    /// scrape folded.
+    pub(crate) fn set_endpoint_series(&self, rows: &[EndpointRow<'_>]) {
+        for f in [&self.endpoint_requests, &self.endpoint_errors] {
+            f.clear();
+        }
+        for f in [&self.endpoint_active, &self.endpoint_healthy] {
+            f.clear();
+        }
+        let mut folded = 0u64;
+        for (i, r) in rows.iter().enumerate() {
+            let labels = if i < self.budget.limit {
+                vec![
+                    ("cluster", r.cluster.to_string()),
+                    ("endpoint", r.endpoint.to_string()),
+                ]
+            } else {
+                folded += 1;
+                vec![("cluster", "other".into()), ("endpoint", "other".into())]
+            };
+            self.endpoint_requests
+                .get_or_create(&labels)
+                .inc_by(r.requests);
+            self.endpoint_errors.get_or_create(&labels).inc_by(r.errors);
+            self.endpoint_active
+                .get_or_create(&labels)
+                .inc_by(i64::from(r.active));
+            self.endpoint_healthy
+                .get_or_create(&labels)
+                .inc_by(i64::from(r.healthy));
+        }
+        let before = self
+            .endpoint_folded
+            .fetch_max(folded, std::sync::atomic::Ordering::Relaxed);
+        if folded > before {
+            self.budget
+                .folded
+                .get_or_create(&vec![("family", "upstream_endpoint".to_string())])
+                .inc_by(folded - before);
+        }
     }
 }
 

@@ -421,6 +421,74 @@ clusters:
 }
 
 #[test]
+fn per_endpoint_series_only_where_enabled_and_within_the_budget() {
+    let a = echo("a");
+    let b = echo("b");
+    // `wide`: ten endpoints that get no traffic, to go past the budget (10 series per family).
+    let wide: Vec<String> = (1..=10).map(|p| format!("127.0.0.2:{p}")).collect();
+    let p = InProcess::start(&format!(
+        "admin: {{ address: 127.0.0.1:0, max_series_per_family: 10 }}
+listeners:
+  - {{ name: web, address: 127.0.0.1:0, http: {{ route_table: t }} }}
+route_tables:
+  - name: t
+    virtual_hosts:
+      - name: v
+        domains: ['*']
+        routes:
+          - {{ match: {{ prefix: /tracked/ }}, cluster: tracked, rewrite: {{ prefix: / }} }}
+          - {{ match: {{ prefix: / }}, cluster: plain }}
+clusters:
+  - {{ name: tracked, endpoints: [{a}, {b}], lb_policy: round_robin, per_endpoint_stats: true }}
+  - {{ name: wide, endpoints: [{}], per_endpoint_stats: true }}
+  - {{ name: plain, endpoints: [{a}] }}
+",
+        wide.join(", ")
+    ));
+    for _ in 0..6 {
+        assert_eq!(http_get(p.addr("web"), "/tracked/x").0, 200);
+    }
+    assert_eq!(http_get(p.addr("web"), "/tracked/status/500").0, 500);
+    assert_eq!(http_get(p.addr("web"), "/plain").0, 200);
+    let m = p.metrics();
+    let v = |q: &str| metric_value(&m, q);
+    // Round robin over two endpoints: 7 attempts, 3 or 4 each, one error among them.
+    let per = |family: &str, e: std::net::SocketAddr| {
+        v(&format!(
+            r#"sluice_upstream_endpoint_{family}{{cluster="tracked",endpoint="{e}"}}"#
+        ))
+    };
+    assert_eq!(
+        per("requests_total", a) + per("requests_total", b),
+        7.0,
+        "{m}"
+    );
+    assert!(per("requests_total", a) >= 3.0 && per("requests_total", b) >= 3.0);
+    assert_eq!(per("errors_total", a) + per("errors_total", b), 1.0);
+    assert_eq!(per("healthy", a), 1.0);
+    assert_eq!(per("requests_active", b), 0.0);
+    // Clusters without the setting get none.
+    assert!(!m.contains(r#"cluster="plain",endpoint="#), "{m}");
+    // The budget: `tracked` has two series, `wide` the next eight; its last two fold.
+    let own = |m: &str| {
+        m.lines()
+            .filter(|l| l.starts_with(r#"sluice_upstream_endpoint_healthy{cluster="wide""#))
+            .count()
+    };
+    assert_eq!(own(&m), 8, "{m}");
+    assert_eq!(
+        v(r#"sluice_upstream_endpoint_healthy{cluster="other",endpoint="other"}"#),
+        2.0
+    );
+    let folded = r#"sluice_metric_series_folded_total{family="upstream_endpoint"}"#;
+    assert_eq!(v(folded), 2.0);
+    // Scraping again folds nothing new, and keeps the same endpoints.
+    let m = p.metrics();
+    assert_eq!(metric_value(&m, folded), 2.0);
+    assert_eq!(own(&m), 8);
+}
+
+#[test]
 fn requests_in_flight_are_counted_until_their_response_ends() {
     let app = echo("app");
     let p = InProcess::start(&format!(

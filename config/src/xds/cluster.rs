@@ -107,6 +107,12 @@ fn native(c: &Cluster) -> pbc::Cluster {
         }
     };
     pb.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(kind as i32));
+    if c.per_endpoint_stats {
+        pb.track_cluster_stats = Some(pbc::TrackClusterStats {
+            per_endpoint_stats: true,
+            ..Default::default()
+        });
+    }
     // Balancing.
     let hash_balance_factor = match c.lb_policy {
         LbPolicy::RingHash => c.ring_hash.hash_balance_factor,
@@ -317,6 +323,15 @@ fn to_mapping(pb: &pbc::Cluster) -> Fr<Mapping> {
             "per_connection_buffer_limit_bytes",
             crate::ByteSize(u64::from(b.value)),
         );
+    }
+    // Only `per_endpoint_stats` changes what Sluice exports; the timeout-budget and size
+    // histograms Envoy adds are not kept.
+    if pb
+        .track_cluster_stats
+        .as_ref()
+        .is_some_and(|t| t.per_endpoint_stats)
+    {
+        put(&mut m, "per_endpoint_stats", true);
     }
     if pb.lb_subset_config.is_some() {
         return Err(FieldError::new(

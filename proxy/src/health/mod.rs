@@ -139,6 +139,35 @@ pub(crate) fn update_endpoint_gauges(
     metrics: &Metrics,
     clusters: &HashMap<String, Arc<ClusterHandle>>,
 ) {
+    // Per-endpoint series, for clusters that ask for them, sorted so that the ones within the
+    // cardinality budget stay the same from scrape to scrape.
+    let mut tracked: Vec<_> = clusters
+        .iter()
+        .filter(|(_, h)| {
+            h.settings_guard()
+                .as_ref()
+                .is_some_and(|s| s.config.per_endpoint_stats)
+        })
+        .map(|(name, h)| (name, h.endpoints()))
+        .collect();
+    tracked.sort_by(|a, b| a.0.cmp(b.0));
+    let rows: Vec<crate::metrics::EndpointRow<'_>> = tracked
+        .iter()
+        .flat_map(|(name, set)| {
+            set.endpoints.iter().map(|e| {
+                let (requests, errors) = e.state.totals();
+                crate::metrics::EndpointRow {
+                    cluster: name.as_str(),
+                    endpoint: e.address,
+                    requests,
+                    errors,
+                    active: e.state.active_requests(),
+                    healthy: e.state.is_healthy(),
+                }
+            })
+        })
+        .collect();
+    metrics.set_endpoint_series(&rows);
     metrics.cluster_endpoints.clear();
     for (name, handle) in clusters {
         let set = handle.endpoints();

@@ -924,6 +924,7 @@ impl Gen {
                 }
             },
             tls: None,
+            per_endpoint_stats: self.rng.bool(),
         };
         if self.chance(40) {
             let sans = self.list(3, |g| {
