@@ -64,6 +64,8 @@ pub struct Metrics {
     endpoint_healthy: Family<Labels, Gauge>,
     /// Most endpoints one scrape folded into `other` (what the fold counter has counted).
     endpoint_folded: std::sync::atomic::AtomicU64,
+    /// Bytes of the last text scrape (the next one's initial capacity).
+    scrape_len: std::sync::atomic::AtomicUsize,
     /// DNS discovery (`source/dns.rs`).
     pub(crate) dns: DnsMetrics,
     /// Fault injection (`http/filters/fault.rs`).
@@ -159,6 +161,7 @@ impl Metrics {
             endpoint_active: Family::default(),
             endpoint_healthy: Family::default(),
             endpoint_folded: Default::default(),
+            scrape_len: Default::default(),
             dns: Default::default(),
             fault: Default::default(),
             tls: Default::default(),
@@ -439,11 +442,24 @@ impl Metrics {
 
     /// Prometheus text exposition format 0.0.4.
     pub fn encode_text(&self) -> String {
-        let mut out = String::with_capacity(8192);
+        let mut out = String::with_capacity(self.last_scrape_len());
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &self.registry);
         let _ = prometheus_text::encode(&mut out, &self.process);
+        self.scraped_len(out.len());
         out
+    }
+
+    /// Room for a scrape: a little more than the last one took (growing a multi-megabyte
+    /// buffer by doubling would copy it over and over).
+    fn last_scrape_len(&self) -> usize {
+        let last = self.scrape_len.load(std::sync::atomic::Ordering::Relaxed);
+        (last + last / 8).max(8192)
+    }
+
+    fn scraped_len(&self, len: usize) {
+        self.scrape_len
+            .store(len, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Prometheus protobuf exposition (length-delimited `io.prometheus.client.MetricFamily`
@@ -478,11 +494,12 @@ impl Metrics {
 
     /// OpenMetrics 1.0 text (what Prometheus asks for first), ending in `# EOF`.
     pub fn encode_openmetrics(&self) -> String {
-        let mut out = String::with_capacity(8192);
+        let mut out = String::with_capacity(self.last_scrape_len());
         use prometheus_client::encoding::text;
         let _ = text::encode_registry(&mut out, &self.registry);
         let _ = text::encode_registry(&mut out, &self.process);
         let _ = text::encode_eof(&mut out);
+        self.scraped_len(out.len());
         out
     }
 
