@@ -8,10 +8,6 @@
 //! Run: `cargo bench --bench scrape`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-
-// The allocator the `sluice` binary runs with: encoding allocates per series.
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use sluice_proxy::metrics::Metrics;
 use std::hint::black_box;
 use std::time::Duration;

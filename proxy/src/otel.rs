@@ -127,10 +127,7 @@ impl Tracer {
             Some(i) => (i.trace_id, i.span_id),
             None => (random_id(), None),
         };
-        let authority = match req.uri().authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => req.headers().get(http::header::HOST).cloned(),
-        };
+        let authority = crate::message::fields::authority(req);
         Some(Box::new(TraceContext {
             tracer: Arc::clone(self),
             trace_id,

@@ -192,6 +192,9 @@ fn to_mapping(pb: &pbl::Listener) -> Fr<Decoded> {
             pb.bind_to_port.as_ref().is_some_and(|b| !b.value),
             "bind_to_port",
         ),
+        // Connection-level access logs: Sluice logs HTTP requests (the HCM's `access_log`);
+        // refused rather than dropped, so a NACK says the logs will not be written.
+        (!pb.access_log.is_empty(), "access_log"),
     ] {
         if bad {
             return Err(FieldError::new(what, "is not supported"));
@@ -424,6 +427,9 @@ fn tcp_proxy_fields(f: &Filter, p: &str) -> Fr<(String, Option<crate::Duration>)
             t.max_downstream_connection_duration.is_some(),
             "max_downstream_connection_duration",
         ),
+        // TCP listeners have no access log yet: refused rather than silently not written.
+        (!t.access_log.is_empty(), "access_log"),
+        (t.access_log_options.is_some(), "access_log_options"),
     ] {
         if bad {
             return Err(FieldError::new(format!("{p}.{what}"), "is not supported"));

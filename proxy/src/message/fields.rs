@@ -7,6 +7,15 @@
 
 use http::{HeaderMap, HeaderValue};
 
+/// A request's authority as a client sent it: the `:authority` of HTTP/2 (or an absolute
+/// HTTP/1.1 target), else `Host` (the access log's and the trace's `server.address`).
+pub(crate) fn authority<B>(req: &http::Request<B>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(http::header::HOST).cloned(),
+    }
+}
+
 /// True when the value has no leading or trailing SP/HTAB.
 pub(crate) fn valid_value(v: &HeaderValue) -> bool {
     let b = v.as_bytes();

@@ -319,3 +319,35 @@ fn http_listener_chains_must_differ_only_in_certificates() {
     let e = decode(LISTENER, &pack_any(&other)).unwrap_err();
     assert_eq!(e.field, "filter_chains[1].filter_chain_match.server_names");
 }
+
+#[test]
+fn access_logs_sluice_would_not_write_are_refused_not_dropped() {
+    let listener = |chain: pbl::FilterChain| pbl::Listener {
+        name: "db".into(),
+        address: sock("127.0.0.1", 5432),
+        filter_chains: vec![chain],
+        ..Default::default()
+    };
+    let ok = listener(tcp_chain("postgres", &[]));
+    assert!(decode(LISTENER, &pack_any(&ok)).is_ok());
+    // A TCP proxy's access log.
+    let mut chain = tcp_chain("postgres", &[]);
+    let Some(pbl::filter::ConfigType::TypedConfig(a)) = &mut chain.filters[0].config_type else {
+        panic!("typed config")
+    };
+    let mut t: TcpProxy = unpack_as(a);
+    t.access_log = vec![Default::default()];
+    *a = pack_any(&t);
+    let e = decode(LISTENER, &pack_any(&listener(chain))).unwrap_err();
+    assert_eq!(
+        e.field,
+        "filter_chains[0].filters[0].typed_config.access_log"
+    );
+    // A listener's connection-level access log.
+    let mut l = ok.clone();
+    l.access_log = vec![Default::default()];
+    assert_eq!(
+        decode(LISTENER, &pack_any(&l)).unwrap_err().field,
+        "access_log"
+    );
+}

@@ -209,10 +209,7 @@ impl AccessLog {
         if self.sample < 1.0 && fastrand::f64() >= self.sample {
             return None;
         }
-        let authority = match req.uri().authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => req.headers().get(http::header::HOST).cloned(),
-        };
+        let authority = crate::message::fields::authority(req);
         Some(Box::new(RequestRecord {
             method: req.method().clone(),
             uri: req.uri().clone(),
