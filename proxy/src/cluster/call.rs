@@ -204,14 +204,12 @@ fn first_result<'a>(
             });
             match retry {
                 Some((next, retrying)) => {
-                    if let Some(t) = call.trace {
-                        t.attempt_retried(
-                            &call.cluster.name,
-                            attempts.number,
-                            endpoint,
-                            AttemptEnd::Failed(error.flag()),
-                        );
-                    }
+                    trace_retried(
+                        &call,
+                        attempts.number,
+                        endpoint,
+                        AttemptEnd::Failed(error.flag()),
+                    );
                     attempts.tried.push(endpoint);
                     Err(Box::pin(resilient(
                         call,
@@ -416,14 +414,12 @@ async fn resilient(
                 match next {
                     // The response is dropped unread: its connection is closed, not pooled.
                     Some(next) => {
-                        if let Some(t) = call.trace {
-                            t.attempt_retried(
-                                &call.cluster.name,
-                                attempts.number,
-                                endpoint,
-                                AttemptEnd::Status(status.as_u16()),
-                            );
-                        }
+                        trace_retried(
+                            &call,
+                            attempts.number,
+                            endpoint,
+                            AttemptEnd::Status(status.as_u16()),
+                        );
                         next
                     }
                     None => {
@@ -462,14 +458,12 @@ async fn resilient(
                     });
                 match next {
                     Some(next) => {
-                        if let Some(t) = call.trace {
-                            t.attempt_retried(
-                                &call.cluster.name,
-                                attempts.number,
-                                endpoint,
-                                AttemptEnd::Failed(error.flag()),
-                            );
-                        }
+                        trace_retried(
+                            &call,
+                            attempts.number,
+                            endpoint,
+                            AttemptEnd::Failed(error.flag()),
+                        );
                         next
                     }
                     None => return Err(error),
@@ -614,6 +608,13 @@ fn via<'a>(call: &Call<'a>) -> Via<'a> {
     Via {
         metrics: &call.cluster.metrics,
         shared: &call.cluster.shared,
+    }
+}
+
+/// Ends the client span of an attempt that is retried, when the request is traced.
+fn trace_retried(call: &Call<'_>, attempt: u32, endpoint: SocketAddr, end: AttemptEnd<'_>) {
+    if let Some(t) = call.trace {
+        t.attempt_retried(&call.cluster.name, attempt, endpoint, end);
     }
 }
 
