@@ -207,17 +207,15 @@ impl EncodeMetric for LatencyHistogram {
             let bound = BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
             buckets.push((bound, b.load(Ordering::Acquire)));
         }
-        let (mut spans, deltas, zero_count, count) = if NATIVE.with(|n| n.get()) {
+        let (spans, deltas, zero_count, count) = if NATIVE.with(|n| n.get()) {
             self.native_spans()
         } else {
             // Text: no native buckets; the classic ones give the count.
             let classic = buckets.iter().map(|(_, n)| n).sum();
             (Vec::new(), Vec::new(), 0, classic)
         };
-        if spans.is_empty() {
-            // A no-op span marks the histogram as native although no bucket is filled yet.
-            spans.push((0, 0));
-        }
+        // A no-op span marks the histogram as native although no bucket is filled yet.
+        let spans: &[(i32, u32)] = if spans.is_empty() { &[(0, 0)] } else { &spans };
         let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         // The text formats carry the classic buckets of this call (and ignore the native
         // ones); their +Inf bucket must then be the count, so it is topped up to it.
@@ -238,7 +236,7 @@ impl EncodeMetric for LatencyHistogram {
                     deltas: &[],
                 },
                 positive: NativeHistogramBuckets {
-                    spans: &spans,
+                    spans,
                     deltas: &deltas,
                 },
                 created: None,

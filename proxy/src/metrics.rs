@@ -519,21 +519,11 @@ impl Metrics {
 
     /// A listener's byte counter for `direction` (`received` or `sent`).
     fn listener_bytes(&self, name: &str, direction: &str) -> Counter {
-        self.downstream_bytes
-            .get_or_create(&vec![
-                ("listener", name.to_string()),
-                ("direction", direction.to_string()),
-            ])
-            .clone()
+        bytes_counter(&self.downstream_bytes, ("listener", name), direction)
     }
 
     fn upstream_bytes(&self, cluster: &str, direction: &str) -> Counter {
-        self.upstream_bytes
-            .get_or_create(&vec![
-                ("cluster", cluster.to_string()),
-                ("direction", direction.to_string()),
-            ])
-            .clone()
+        bytes_counter(&self.upstream_bytes, ("cluster", cluster), direction)
     }
 
     /// Handles for one TCP listener: its connection series only (the HTTP ones would be
@@ -910,6 +900,20 @@ impl Budget {
             .inc();
         false
     }
+}
+
+/// The byte counter of one listener or cluster (`owner`) in one direction.
+fn bytes_counter(
+    family: &Family<Labels, Counter>,
+    owner: (&'static str, &str),
+    direction: &str,
+) -> Counter {
+    family
+        .get_or_create(&vec![
+            (owner.0, owner.1.to_string()),
+            ("direction", direction.to_string()),
+        ])
+        .clone()
 }
 
 /// One endpoint's figures for the per-endpoint series (see [`Metrics::set_endpoint_series`]).

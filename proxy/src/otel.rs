@@ -207,21 +207,43 @@ impl TraceContext {
         endpoint: SocketAddr,
         end: AttemptEnd<'_>,
     ) {
-        let mut attrs = vec![
-            string("http.request.method", self.method.as_str()),
-            string("sluice.cluster", cluster),
-            string("server.address", &endpoint.ip().to_string()),
-            int("server.port", i64::from(endpoint.port())),
-        ];
-        if attempt > 1 {
-            attrs.push(int("http.request.resend_count", i64::from(attempt - 1)));
-        }
+        let mut attrs = Vec::with_capacity(7);
         match end {
             AttemptEnd::Status(s) => attrs.push(int("http.response.status_code", i64::from(s))),
             AttemptEnd::Failed(flag) => {
                 attrs.push(string("error.type", flag));
                 attrs.push(string("sluice.response_flags", flag));
             }
+        }
+        self.export_client(
+            cluster,
+            attempt,
+            Some(endpoint),
+            attrs,
+            true,
+            SystemTime::now(),
+        );
+    }
+
+    /// Ends the current attempt's client span (`attempt`: its number, from 1; `attrs`: what
+    /// the attempt's outcome adds) and queues it for export.
+    fn export_client(
+        &self,
+        cluster: &str,
+        attempt: u32,
+        endpoint: Option<SocketAddr>,
+        mut attrs: Vec<KeyValue>,
+        error: bool,
+        end: SystemTime,
+    ) {
+        attrs.push(string("http.request.method", self.method.as_str()));
+        attrs.push(string("sluice.cluster", cluster));
+        if let Some(e) = endpoint {
+            attrs.push(string("server.address", &e.ip().to_string()));
+            attrs.push(int("server.port", i64::from(e.port())));
+        }
+        if attempt > 1 {
+            attrs.push(int("http.request.resend_count", i64::from(attempt - 1)));
         }
         self.tracer.export(Span {
             trace_id: self.trace_id.to_vec(),
@@ -230,9 +252,9 @@ impl TraceContext {
             name: self.method.to_string(),
             kind: span::SpanKind::Client as i32,
             start_time_unix_nano: self.sent_at.load(Ordering::Relaxed),
-            end_time_unix_nano: nanos(SystemTime::now()),
+            end_time_unix_nano: nanos(end),
             attributes: attrs,
-            status: Some(span_status(true)),
+            status: Some(span_status(error)),
             ..Default::default()
         });
     }
@@ -284,40 +306,15 @@ impl TraceContext {
             status: Some(span_status(status >= 500)),
             ..Default::default()
         };
-        let tracer = &self.tracer;
-        let sent = self.sent_at.load(Ordering::Relaxed);
-        if let (true, Some(cluster)) = (sent != 0, &self.cluster) {
+        if let (true, Some(cluster)) = (self.sent_at.load(Ordering::Relaxed) != 0, &self.cluster) {
             // The last attempt's span (earlier attempts ended when they were retried).
-            let mut attrs = vec![
-                string("http.request.method", self.method.as_str()),
-                int("http.response.status_code", i64::from(status)),
-                string("sluice.cluster", cluster),
-                int("sluice.attempts", i64::from(self.attempts)),
-            ];
-            if self.attempts > 1 {
-                attrs.push(int(
-                    "http.request.resend_count",
-                    i64::from(self.attempts - 1),
-                ));
-            }
-            if let Some(up) = upstream {
-                attrs.push(string("server.address", &up.ip().to_string()));
-                attrs.push(int("server.port", i64::from(up.port())));
-            }
-            tracer.export(Span {
-                trace_id: self.trace_id.to_vec(),
-                span_id: self.client_span().to_vec(),
-                parent_span_id: self.server.to_vec(),
-                name: self.method.to_string(),
-                kind: span::SpanKind::Client as i32,
-                start_time_unix_nano: sent,
-                end_time_unix_nano: nanos(end),
-                attributes: attrs,
-                status: Some(span_status(upstream.is_none() || status >= 500)),
-                ..Default::default()
-            });
+            let mut attrs = Vec::with_capacity(7);
+            attrs.push(int("http.response.status_code", i64::from(status)));
+            attrs.push(int("sluice.attempts", i64::from(self.attempts)));
+            let error = upstream.is_none() || status >= 500;
+            self.export_client(cluster, self.attempts, upstream, attrs, error, end);
         }
-        tracer.export(server);
+        self.tracer.export(server);
     }
 }
 
