@@ -195,49 +195,79 @@ impl TypedMetric for LatencyHistogram {
     const TYPE: MetricType = MetricType::Histogram;
 }
 
-impl EncodeMetric for LatencyHistogram {
-    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
-        // Read the buckets first and take the count from them, so count and buckets agree
-        // even while requests are being observed (the sum may be a few observations ahead).
-        //
-        // The classic buckets are read first and the native ones after, so the native count
-        // (which Prometheus checks against the native buckets) is at least the classic one.
-        let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(15);
-        for (i, b) in self.0.buckets.iter().enumerate() {
-            let bound = BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
-            buckets.push((bound, b.load(Ordering::Acquire)));
+/// A histogram's figures at one instant, as every exposition writes them.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    /// Sum of the observations, in seconds.
+    pub(crate) sum: f64,
+    /// Number of observations.
+    pub(crate) count: u64,
+    /// Classic buckets: upper bound and the count of that bucket alone (not cumulative),
+    /// `+Inf` last.
+    pub(crate) buckets: [(f64, u64); 15],
+    /// Native positive buckets (empty unless asked for): spans (then never empty: a histogram
+    /// without native observations has the no-op span `(0, 0)`, which marks it native for
+    /// Prometheus) and count deltas.
+    pub(crate) spans: Vec<(i32, u32)>,
+    pub(crate) deltas: Vec<i64>,
+    /// Observations at or below [`NATIVE_ZERO_THRESHOLD`].
+    pub(crate) zero_count: u64,
+}
+
+impl LatencyHistogram {
+    /// The figures to expose; with `native`, the native buckets too (their total is the
+    /// count, and the classic `+Inf` bucket is made to agree with it, since the atomics are
+    /// read one by one while requests record).
+    pub(crate) fn snapshot(&self, native: bool) -> Snapshot {
+        let mut buckets = [(f64::INFINITY, 0u64); 15];
+        for (i, (slot, b)) in buckets.iter_mut().zip(&self.0.buckets).enumerate() {
+            *slot = (
+                BUCKETS.get(i).copied().unwrap_or(f64::INFINITY),
+                b.load(Ordering::Acquire),
+            );
         }
-        let (spans, deltas, zero_count, count) = if NATIVE.with(|n| n.get()) {
+        let (mut spans, deltas, zero_count, count) = if native {
             self.native_spans()
         } else {
-            // Text: no native buckets; the classic ones give the count.
             let classic = buckets.iter().map(|(_, n)| n).sum();
             (Vec::new(), Vec::new(), 0, classic)
         };
-        // A no-op span marks the histogram as native although no bucket is filled yet.
-        let spans: &[(i32, u32)] = if spans.is_empty() { &[(0, 0)] } else { &spans };
-        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        // The text formats carry the classic buckets of this call (and ignore the native
-        // ones); their +Inf bucket must then be the count, so it is topped up to it.
+        if native && spans.is_empty() {
+            spans.push((0, 0));
+        }
         if let Some((last, finite)) = buckets.split_last_mut() {
             last.1 = count.saturating_sub(finite.iter().map(|(_, n)| n).sum());
         }
-        encoder.encode_histogram_with_native::<NoLabelSet>(
-            sum,
+        Snapshot {
+            sum: self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             count,
-            &buckets,
+            buckets,
+            spans,
+            deltas,
+            zero_count,
+        }
+    }
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.snapshot(NATIVE.with(|n| n.get()));
+        encoder.encode_histogram_with_native::<NoLabelSet>(
+            s.sum,
+            s.count,
+            &s.buckets,
             None,
             NativeHistogram {
                 schema: NATIVE_SCHEMA,
                 zero_threshold: NATIVE_ZERO_THRESHOLD,
-                zero_count,
+                zero_count: s.zero_count,
                 negative: NativeHistogramBuckets {
                     spans: &[],
                     deltas: &[],
                 },
                 positive: NativeHistogramBuckets {
-                    spans,
-                    deltas: &deltas,
+                    spans: &s.spans,
+                    deltas: &s.deltas,
                 },
                 created: None,
             },

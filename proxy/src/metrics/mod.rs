@@ -5,17 +5,27 @@
 use crate::latency::LatencyHistogram;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::fmt;
 
+mod family;
+mod protobuf;
+
+pub use family::Family;
+
 type Labels = Vec<(&'static str, String)>;
 
 /// All metric families, registered once at start.
 pub struct Metrics {
+    /// Every `sluice_` family, for the text formats.
     registry: Registry,
+    /// The label-keyed counters, gauges and latency histograms of `registry`, which the
+    /// protobuf exposition writes itself ([`protobuf`]), and the rest, which it leaves to
+    /// the library's encoder.
+    own: Vec<protobuf::OwnFamily>,
+    rest: Registry,
     /// The unprefixed `process_*` family (Prometheus client libraries' standard names).
     process: Registry,
     /// The generation of the config in force, and when it was applied.
@@ -66,6 +76,8 @@ pub struct Metrics {
     endpoint_folded: std::sync::atomic::AtomicU64,
     /// Bytes of the last text scrape (the next one's initial capacity).
     scrape_len: std::sync::atomic::AtomicUsize,
+    /// Bytes of the last protobuf scrape.
+    protobuf_len: std::sync::atomic::AtomicUsize,
     /// DNS discovery (`source/dns.rs`).
     pub(crate) dns: DnsMetrics,
     /// Fault injection (`http/filters/fault.rs`).
@@ -162,6 +174,7 @@ impl Metrics {
             endpoint_healthy: Family::default(),
             endpoint_folded: Default::default(),
             scrape_len: Default::default(),
+            protobuf_len: Default::default(),
             dns: Default::default(),
             fault: Default::default(),
             tls: Default::default(),
@@ -178,6 +191,8 @@ impl Metrics {
             route_responses: Family::default(),
             route_duration: Family::default(),
             registry: Registry::with_prefix("sluice"),
+            own: Vec::new(),
+            rest: Registry::with_prefix("sluice"),
             process: Registry::default(),
             config_generation: Gauge::default(),
             config_applied: Gauge::default(),
@@ -186,256 +201,357 @@ impl Metrics {
             .register_collector(Box::new(crate::process_metrics::ProcessCollector));
         // prometheus-client appends `_total` to counters.
         let r = &mut m.registry;
-        r.register(
+        let mut own = Vec::new();
+        let mut rest = Registry::with_prefix("sluice");
+        protobuf::expose(
+            r,
+            &mut own,
             "grpc_responses",
             "gRPC responses by listener, cluster and grpc-status, counted at the response's end",
             m.grpc_responses.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "grpc_web_requests",
             "gRPC-Web requests sent upstream as gRPC, by listener and mode (binary or text)",
             m.grpc_web_requests.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "access_log_lines",
             "Access log lines by listener and result (written; dropped: the writer's queue was full)",
             m.access_log_lines.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "downstream_connections",
             "Connections accepted, by listener",
             m.downstream_connections.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "downstream_connections_active",
             "Connections open now, by listener",
             m.downstream_connections_active.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "downstream_connections_closed",
             "Connections closed, by listener",
             m.downstream_connections_closed.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "downstream_requests",
             "Requests received, by listener",
             m.downstream_requests.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "downstream_responses",
             "Responses sent, by listener and status class",
             m.downstream_responses.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "downstream_response_codes",
             "Responses sent by HTTP listener, request method (GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT, else other) and status code",
             m.response_codes.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "metric_series_folded",
             "Label sets counted under `other` because their family reached the cardinality budget (admin.max_series_per_family), by family",
             m.budget.folded.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "tracing_spans",
             "Trace spans by result: exported to the collector, dropped (the export queue was full), failed (the collector did not take them)",
             m.tracing_spans.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "downstream_bytes",
             "Bytes read from clients (direction=received) and written to them (sent), TLS and protocol framing included, by listener",
             m.downstream_bytes.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "downstream_requests_active",
             "Requests in flight (head received, response not yet finished), by HTTP listener",
             m.downstream_requests_active.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "route_responses",
             "Responses to requests a route matched (forwarded, or answered by the route or Sluice), by route table, virtual host, route and status class",
             m.route_responses.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "route_request_duration_seconds",
             "Time from a request head's arrival to its response head, by route table, virtual host and route",
             m.route_duration.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "downstream_rejected",
             "Requests or connections refused for protocol violations or limits, by listener and reason",
             m.downstream_rejected.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "downstream_sanitized",
             "Request heads changed before routing, by listener and action (path_normalized, path_redirected, host_dot_stripped, underscore_header_dropped, forwarding_header_stripped, internal_header_stripped, request_id_replaced)",
             m.downstream_sanitized.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_requests",
             "Requests sent upstream, by cluster",
             m.upstream_requests.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "http_server_request_duration_seconds",
             "Time from a request head's arrival to its response head (forwarded or answered by Sluice), by HTTP listener",
             m.server_duration.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "http_client_request_duration_seconds",
             "Time from sending a request to an endpoint to its response head, per attempt, by cluster",
             m.client_duration.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_responses",
             "Responses received from endpoints (per attempt), by cluster and status class",
             m.upstream_responses.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_connections",
             "Upstream connections opened, by cluster",
             m.upstream_connections.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_connections_active",
             "Upstream connections open now, by cluster (health-check connections included)",
             m.upstream_connections_active.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_connections_closed",
             "Upstream connections closed, by cluster",
             m.upstream_connections_closed.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_bytes",
             "Bytes written to (sent) and read from (received) endpoints, by cluster and direction",
             m.upstream_bytes.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_connect_failures",
             "Upstream connection attempts that failed or timed out, by cluster",
             m.upstream_connect_failures.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_errors",
             "Upstream requests that failed after connecting, by cluster and kind",
             m.upstream_errors.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_retries",
             "Retries sent, by cluster and reason (connect_failure, refused_stream, reset, per_try_timeout, status, grpc_status)",
             m.upstream_retries.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_retry_limited",
             "Retries the policy asked for but a limit refused, by cluster and limit (num_retries, budget, circuit_breaker, replay_limit, retry_after)",
             m.upstream_retry_limited.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_overflows",
             "Requests refused at once (503 UO) because a cluster circuit breaker was full, by cluster and breaker",
             m.upstream_overflows.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "route_overflows",
             "Requests or retries refused because a route's own circuit breaker was full, by route and breaker",
             m.route_overflows.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "outlier_ejections",
             "Endpoints ejected by outlier detection, by cluster and reason",
             m.outlier_ejections.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "outlier_ejected_endpoints",
             "Endpoints ejected by outlier detection now, by cluster",
             m.outlier_ejected.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_lb_panic",
             "1 while a cluster balances across all its endpoints ignoring health (fewer healthy than panic_threshold), by cluster",
             m.lb_panic.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_lb_local_zone",
             "1 while a cluster routes only to endpoints in the proxy's zone (locality preference), by cluster",
             m.lb_local_zone.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_lb_overload_skips",
             "Picks by bounded-load consistent hashing (hash_balance_factor) that passed over an overloaded endpoint, by cluster",
             m.lb_overload_skips.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "downstream_error_responses",
             "Responses Sluice generated for a failure, by listener and response flag (Envoy's: NR no route, NC no cluster, UH no healthy upstream, UF connect failure, UT timeout, UC upstream reset or protocol error, DPE downstream protocol error, FI fault filter abort)",
             m.downstream_errors.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "config_reloads",
             "Config reload attempts, by result",
             m.config_reloads.clone(),
         );
-        r.register(
-            "config_generation",
-            "Generation of the config in force (one more on every applied change: file reload or xDS update)",
-            m.config_generation.clone(),
-        );
-        r.register(
-            "config_last_applied_timestamp_seconds",
-            "When the config in force was applied, in seconds since the epoch",
-            m.config_applied.clone(),
-        );
-        r.register(
+        for r in [&mut *r, &mut rest] {
+            r.register("config_generation", "Generation of the config in force (one more on every applied change: file reload or xDS update)", m.config_generation.clone());
+        }
+        for r in [&mut *r, &mut rest] {
+            r.register(
+                "config_last_applied_timestamp_seconds",
+                "When the config in force was applied, in seconds since the epoch",
+                m.config_applied.clone(),
+            );
+        }
+        protobuf::expose(
+            r,
+            &mut own,
             "config_resource_updates",
             "Resources in config updates, by type and result (accepted or rejected)",
             m.config_resources.clone(),
         );
-        m.dns.register(r);
-        m.fault.register(r);
-        m.tls.register(r);
-        m.sni.register(r);
-        m.xds.register(r);
-        r.register(
+        // Families of their own modules, which the library's encoder writes in every format.
+        for r in [&mut *r, &mut rest] {
+            m.dns.register(r);
+            m.fault.register(r);
+            m.tls.register(r);
+            m.sni.register(r);
+            m.xds.register(r);
+        }
+        protobuf::expose(
+            r,
+            &mut own,
             "health_checks",
             "Active health checks, by cluster and result (success, failure, timeout)",
             m.health_checks.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "health_check_changes",
             "Endpoints marked healthy or unhealthy by active health checking, by cluster and health",
             m.health_changes.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "cluster_endpoints",
             "Endpoints by cluster and health (healthy: no health flag set, as balancers see them; updated when scraped)",
             m.cluster_endpoints.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_endpoint_requests",
             "Attempts each endpoint answered or failed, by cluster and endpoint (clusters with per_endpoint_stats)",
             m.endpoint_requests.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_endpoint_errors",
             "Attempts that failed at each endpoint (5xx, connect or protocol failures), by cluster and endpoint (clusters with per_endpoint_stats)",
             m.endpoint_errors.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_endpoint_requests_active",
             "Requests in flight to each endpoint, by cluster and endpoint (clusters with per_endpoint_stats)",
             m.endpoint_active.clone(),
         );
-        r.register(
+        protobuf::expose(
+            r,
+            &mut own,
             "upstream_endpoint_healthy",
             "1 while the endpoint is healthy (no active health check or outlier flag), by cluster and endpoint (clusters with per_endpoint_stats)",
             m.endpoint_healthy.clone(),
         );
-        r.register(
-            "build",
-            "Sluice build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        for r in [&mut *r, &mut rest] {
+            r.register(
+                "build",
+                "Sluice build information",
+                Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+            );
+        }
+        m.own = own;
+        m.rest = rest;
         m.preinitialize();
         m
     }
@@ -450,11 +566,9 @@ impl Metrics {
         out
     }
 
-    /// Room for a scrape: a little more than the last one took (growing a multi-megabyte
-    /// buffer by doubling would copy it over and over).
+    /// Room for a text scrape (see [`room`]).
     fn last_scrape_len(&self) -> usize {
-        let last = self.scrape_len.load(std::sync::atomic::Ordering::Relaxed);
-        (last + last / 8).max(8192)
+        room(&self.scrape_len)
     }
 
     fn scraped_len(&self, len: usize) {
@@ -468,21 +582,16 @@ impl Metrics {
         use prometheus_client::encoding::prometheus_protobuf::encode;
         use prost::Message;
         let _native = crate::latency::NativeScope::enter();
-        let mut families = encode(&self.registry).unwrap_or_default();
+        let mut out = Vec::with_capacity(room(&self.protobuf_len));
+        protobuf::write(&mut out, &self.own);
+        let mut families = encode(&self.rest).unwrap_or_default();
         families.extend(encode(&self.process).unwrap_or_default());
-        // Sized once: growing a multi-megabyte buffer by doubling copies it over and over.
-        let len = families
-            .iter()
-            .map(|f| {
-                let n = f.encoded_len();
-                n + prost::length_delimiter_len(n)
-            })
-            .sum();
-        let mut out = Vec::with_capacity(len);
         for f in &families {
-            // Writing to a Vec with room cannot fail.
+            // Writing to a Vec cannot fail.
             let _ = f.encode_length_delimited(&mut out);
         }
+        self.protobuf_len
+            .store(out.len(), std::sync::atomic::Ordering::Relaxed);
         out
     }
 
@@ -532,15 +641,9 @@ impl Metrics {
         let l = || vec![("listener", name.to_string())];
         let bytes = |d: &str| self.listener_bytes(name, d);
         ListenerMetrics(std::sync::Arc::new(ListenerHandles {
-            connections: self.downstream_connections.get_or_create(&l()).clone(),
-            active: self
-                .downstream_connections_active
-                .get_or_create(&l())
-                .clone(),
-            closed: self
-                .downstream_connections_closed
-                .get_or_create(&l())
-                .clone(),
+            connections: self.downstream_connections.get_or_create(&l()),
+            active: self.downstream_connections_active.get_or_create(&l()),
+            closed: self.downstream_connections_closed.get_or_create(&l()),
             requests: Counter::default(),
             active_requests: Gauge::default(),
             bytes_received: bytes("received"),
@@ -589,8 +692,8 @@ impl Metrics {
         };
         RouteMetrics(std::sync::Arc::new(RouteHandles {
             responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                .map(|c| self.route_responses.get_or_create(&labels(Some(c))).clone()),
-            duration: self.route_duration.get_or_create(&labels(None)).clone(),
+                .map(|c| self.route_responses.get_or_create(&labels(Some(c)))),
+            duration: self.route_duration.get_or_create(&labels(None)),
         }))
     }
 
@@ -602,7 +705,6 @@ impl Metrics {
             counters: values.map(|v| {
                 self.tracing_spans
                     .get_or_create(&vec![("result", v.to_string())])
-                    .clone()
             }),
         }
     }
@@ -624,22 +726,16 @@ impl Metrics {
         let class = |c: &str| vec![("listener", name.to_string()), ("class", c.to_string())];
         let bytes = |d: &str| self.listener_bytes(name, d);
         ListenerMetrics(std::sync::Arc::new(ListenerHandles {
-            connections: self.downstream_connections.get_or_create(&l()).clone(),
-            active: self
-                .downstream_connections_active
-                .get_or_create(&l())
-                .clone(),
-            closed: self
-                .downstream_connections_closed
-                .get_or_create(&l())
-                .clone(),
-            requests: self.downstream_requests.get_or_create(&l()).clone(),
-            active_requests: self.downstream_requests_active.get_or_create(&l()).clone(),
+            connections: self.downstream_connections.get_or_create(&l()),
+            active: self.downstream_connections_active.get_or_create(&l()),
+            closed: self.downstream_connections_closed.get_or_create(&l()),
+            requests: self.downstream_requests.get_or_create(&l()),
+            active_requests: self.downstream_requests_active.get_or_create(&l()),
             bytes_received: bytes("received"),
             bytes_sent: bytes("sent"),
             responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                .map(|c| self.downstream_responses.get_or_create(&class(c)).clone()),
-            duration: self.server_duration.get_or_create(&l()).clone(),
+                .map(|c| self.downstream_responses.get_or_create(&class(c))),
+            duration: self.server_duration.get_or_create(&l()),
             rejected: self.downstream_rejected.clone(),
             rejected_by: labelled(
                 &self.downstream_rejected,
@@ -656,12 +752,10 @@ impl Metrics {
                 &ERROR_FLAGS,
             ),
             sanitized: Sanitized::ALL.map(|a| {
-                self.downstream_sanitized
-                    .get_or_create(&vec![
-                        ("listener", name.to_string()),
-                        ("action", a.as_str().to_string()),
-                    ])
-                    .clone()
+                self.downstream_sanitized.get_or_create(&vec![
+                    ("listener", name.to_string()),
+                    ("action", a.as_str().to_string()),
+                ])
             }),
             fault: self.fault.counters(name),
             grpc_responses: self.grpc_responses.clone(),
@@ -678,20 +772,18 @@ impl Metrics {
     pub fn cluster(&self, name: &str) -> ClusterMetrics {
         let l = || vec![("cluster", name.to_string())];
         ClusterMetrics {
-            requests: self.upstream_requests.get_or_create(&l()).clone(),
+            requests: self.upstream_requests.get_or_create(&l()),
             responses: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| {
-                self.upstream_responses
-                    .get_or_create(&vec![
-                        ("cluster", name.to_string()),
-                        ("class", c.to_string()),
-                    ])
-                    .clone()
+                self.upstream_responses.get_or_create(&vec![
+                    ("cluster", name.to_string()),
+                    ("class", c.to_string()),
+                ])
             }),
-            duration: self.client_duration.get_or_create(&l()).clone(),
-            connections: self.upstream_connections.get_or_create(&l()).clone(),
-            connect_failures: self.upstream_connect_failures.get_or_create(&l()).clone(),
-            connections_active: self.upstream_connections_active.get_or_create(&l()).clone(),
-            connections_closed: self.upstream_connections_closed.get_or_create(&l()).clone(),
+            duration: self.client_duration.get_or_create(&l()),
+            connections: self.upstream_connections.get_or_create(&l()),
+            connect_failures: self.upstream_connect_failures.get_or_create(&l()),
+            connections_active: self.upstream_connections_active.get_or_create(&l()),
+            connections_closed: self.upstream_connections_closed.get_or_create(&l()),
             bytes_sent: self.upstream_bytes(name, "sent"),
             bytes_received: self.upstream_bytes(name, "received"),
             errors: labelled(
@@ -724,11 +816,11 @@ impl Metrics {
                 "reason",
                 &EJECTION_REASONS,
             ),
-            ejected: self.outlier_ejected.get_or_create(&l()).clone(),
+            ejected: self.outlier_ejected.get_or_create(&l()),
             lb: LbMetrics {
-                panic: self.lb_panic.get_or_create(&l()).clone(),
-                local_zone: self.lb_local_zone.get_or_create(&l()).clone(),
-                overload_skips: self.lb_overload_skips.get_or_create(&l()).clone(),
+                panic: self.lb_panic.get_or_create(&l()),
+                local_zone: self.lb_local_zone.get_or_create(&l()),
+                overload_skips: self.lb_overload_skips.get_or_create(&l()),
             },
             tls: self.tls.clone(),
             name: name.to_string(),
@@ -737,12 +829,10 @@ impl Metrics {
 
     /// The overflow counter of a route's breaker (`max_requests` or `max_retries`).
     pub fn route_overflow(&self, route: &str, breaker: &'static str) -> Counter {
-        self.route_overflows
-            .get_or_create(&vec![
-                ("route", route.to_string()),
-                ("breaker", breaker.to_string()),
-            ])
-            .clone()
+        self.route_overflows.get_or_create(&vec![
+            ("route", route.to_string()),
+            ("breaker", breaker.to_string()),
+        ])
     }
 
     /// Counts a reload attempt (`success` or `failure`).
@@ -861,6 +951,13 @@ impl MethodIndex {
     }
 }
 
+/// Room for a scrape: a little more than the last one of its format took (`last`; growing a
+/// multi-megabyte buffer by doubling would copy it over and over).
+fn room(last: &std::sync::atomic::AtomicUsize) -> usize {
+    let last = last.load(std::sync::atomic::Ordering::Relaxed);
+    (last + last / 8).max(8192)
+}
+
 /// Label sets already admitted, per budgeted family.
 type Seen = std::collections::HashMap<&'static str, std::collections::HashSet<Labels>>;
 
@@ -908,12 +1005,10 @@ fn bytes_counter(
     owner: (&'static str, &str),
     direction: &str,
 ) -> Counter {
-    family
-        .get_or_create(&vec![
-            (owner.0, owner.1.to_string()),
-            ("direction", direction.to_string()),
-        ])
-        .clone()
+    family.get_or_create(&vec![
+        (owner.0, owner.1.to_string()),
+        ("direction", direction.to_string()),
+    ])
 }
 
 /// One endpoint's figures for the per-endpoint series (see [`Metrics::set_endpoint_series`]).
@@ -1107,13 +1202,11 @@ impl ListenerHandles {
         let made = GrpcStatusCounters(std::sync::Arc::new(GrpcStatusInner {
             cluster: cluster.into(),
             counters: GRPC_STATUSES.map(|code| {
-                self.grpc_responses
-                    .get_or_create(&vec![
-                        ("listener", self.name.clone()),
-                        ("cluster", label.to_string()),
-                        ("grpc_status", code.to_string()),
-                    ])
-                    .clone()
+                self.grpc_responses.get_or_create(&vec![
+                    ("listener", self.name.clone()),
+                    ("cluster", label.to_string()),
+                    ("grpc_status", code.to_string()),
+                ])
             }),
         }));
         self.grpc_by_cluster.rcu(|map| {
@@ -1147,7 +1240,7 @@ impl ListenerHandles {
                 ("code", "other".to_string()),
             ]
         };
-        let c = self.response_codes.get_or_create(&labels).clone();
+        let c = self.response_codes.get_or_create(&labels);
         c.inc();
         self.codes.rcu(|map| {
             let mut map = std::collections::HashMap::clone(map);
@@ -1255,9 +1348,7 @@ fn labelled<const N: usize>(
     LabelledCounters {
         values: *values,
         counters: values.map(|v| {
-            family
-                .get_or_create(&vec![(owner_key, owner.to_string()), (key, v.to_string())])
-                .clone()
+            family.get_or_create(&vec![(owner_key, owner.to_string()), (key, v.to_string())])
         }),
     }
 }
@@ -1442,12 +1533,10 @@ impl DnsMetrics {
 
     pub(crate) fn counters(&self, cluster: &str) -> DnsCounters {
         let get = |result: &str| {
-            self.resolutions
-                .get_or_create(&vec![
-                    ("cluster", cluster.to_string()),
-                    ("result", result.to_string()),
-                ])
-                .clone()
+            self.resolutions.get_or_create(&vec![
+                ("cluster", cluster.to_string()),
+                ("result", result.to_string()),
+            ])
         };
         DnsCounters {
             success: get("success"),
@@ -1537,12 +1626,10 @@ impl FaultMetrics {
     /// The counters of listener `name`.
     pub(crate) fn counters(&self, name: &str) -> FaultCounters {
         let get = |kind: &str| {
-            self.injected
-                .get_or_create(&vec![
-                    ("listener", name.to_string()),
-                    ("kind", kind.to_string()),
-                ])
-                .clone()
+            self.injected.get_or_create(&vec![
+                ("listener", name.to_string()),
+                ("kind", kind.to_string()),
+            ])
         };
         FaultCounters {
             delay: get("delay"),
@@ -1692,12 +1779,10 @@ impl SniMetrics {
 
     /// The routed counter of `cluster` on `listener`.
     pub(crate) fn routed(&self, listener: &str, cluster: &str) -> Counter {
-        self.routed
-            .get_or_create(&vec![
-                ("listener", listener.to_string()),
-                ("cluster", cluster.to_string()),
-            ])
-            .clone()
+        self.routed.get_or_create(&vec![
+            ("listener", listener.to_string()),
+            ("cluster", cluster.to_string()),
+        ])
     }
 
     /// The unmatched counters of `listener`, whose unmatched connections meet `action`.
@@ -1711,13 +1796,11 @@ impl SniMetrics {
                 } else {
                     action
                 };
-                self.unmatched
-                    .get_or_create(&vec![
-                        ("listener", listener.to_string()),
-                        ("reason", r.to_string()),
-                        ("action", action.to_string()),
-                    ])
-                    .clone()
+                self.unmatched.get_or_create(&vec![
+                    ("listener", listener.to_string()),
+                    ("reason", r.to_string()),
+                    ("action", action.to_string()),
+                ])
             }),
         }
     }
@@ -1726,6 +1809,64 @@ impl SniMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This crate's protobuf writer and prometheus-client's encoder agree message for message
+    /// (families sorted by name, series by labels: both follow hash-map order).
+    #[test]
+    fn own_protobuf_writer_matches_the_library_encoder() {
+        use prometheus_client::encoding::prometheus_protobuf::encode;
+        use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+        use prost::Message;
+        use std::time::Duration;
+        let m = Metrics::new();
+        let l = m.listener("web");
+        l.response(200, Duration::from_micros(700));
+        l.response(503, Duration::from_secs(30));
+        l.active.inc();
+        l.active_requests.dec();
+        let c = m.cluster("backend");
+        c.requests.inc_by(3);
+        c.response(200, Duration::from_nanos(1));
+        c.response(404, Duration::from_millis(12));
+        c.response(500, Duration::from_millis(14));
+        let _idle = m.cluster("idle");
+        m.route("t", "vh", "r")
+            .response(200, Duration::from_secs(20_000));
+        let _ = m.route_overflow("r", "max_requests");
+        m.config_applied(7);
+        let normalise = |mut f: Vec<MetricFamily>| {
+            f.sort_by(|a, b| a.name.cmp(&b.name));
+            for f in &mut f {
+                f.metric.sort_by_key(|m| format!("{:?}", m.label));
+            }
+            f
+        };
+        let _native = crate::latency::NativeScope::enter();
+        let mut ours = Vec::new();
+        protobuf::write(&mut ours, &m.own);
+        let mut wire = &ours[..];
+        let mut got = Vec::new();
+        while !wire.is_empty() {
+            got.push(MetricFamily::decode_length_delimited(&mut wire).unwrap());
+        }
+        assert!(got.len() > 30, "{}", got.len());
+        got.extend(encode(&m.rest).unwrap());
+        let want = normalise(encode(&m.registry).unwrap());
+        let got = normalise(got);
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g, w);
+        }
+        // The whole exposition parses, the process families included.
+        let all = m.encode_protobuf();
+        let mut wire = &all[..];
+        let mut n = 0;
+        while !wire.is_empty() {
+            MetricFamily::decode_length_delimited(&mut wire).unwrap();
+            n += 1;
+        }
+        assert!(n > want.len(), "{n}");
+    }
 
     #[test]
     fn known_label_sets_exist_at_zero_and_tcp_listeners_have_no_http_series() {
