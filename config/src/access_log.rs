@@ -1,5 +1,6 @@
 //! Access logs of HTTP listeners (Envoy's `access_log` on the `HttpConnectionManager`, with the
-//! file or stdout logger, a JSON or text format, and status and sampling filters).
+//! file or stdout logger, a JSON or text format, and status and sampling filters), and of TCP
+//! listeners (the `tcp_proxy` filter's: one line per connection, sampled, no status filter).
 //!
 //! ```yaml
 //! http:
@@ -16,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Where and how an HTTP listener logs its requests.
+/// Where and how a listener logs its requests (HTTP) or connections (TCP).
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLog {

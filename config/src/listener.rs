@@ -293,6 +293,10 @@ pub struct TcpListener {
     /// expiry the connection goes to `cluster`, or is closed without one. Default `5s`.
     #[serde(default = "default_tls_inspector_timeout")]
     pub tls_inspector_timeout: Duration,
+    /// Log each connection when it closes (none by default; see
+    /// [`AccessLog`](crate::AccessLog); `min_status` does not apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<Box<crate::AccessLog>>,
 }
 
 /// One TLS passthrough route: connections whose SNI is one of `server_names` go to `cluster`.
@@ -314,6 +318,7 @@ impl TcpListener {
             idle_timeout: default_idle_timeout(),
             sni: Vec::new(),
             tls_inspector_timeout: default_tls_inspector_timeout(),
+            access_log: None,
         }
     }
 

@@ -809,6 +809,38 @@ fn access_log_settings_parse_and_their_errors_are_located() {
 }
 
 #[test]
+fn tcp_listeners_take_an_access_log_without_a_status_filter() {
+    let tcp = |log: &str| {
+        BASE.replace(
+            "    http: { route_table: main }\n",
+            &format!("    tcp: {{ cluster: web, access_log: {log} }}\n"),
+        )
+    };
+    let c = parse(&tcp("{ path: stderr, sample: 0.25 }"), "test.yaml").unwrap();
+    let ListenerKind::Tcp(t) = &c.listeners[0].kind else {
+        panic!("tcp listener")
+    };
+    let a = t.access_log.as_deref().unwrap();
+    assert_eq!((a.path.as_str(), a.sample), ("stderr", 0.25));
+    let yaml = serde_yaml_ng::to_string(&c.listeners[0]).unwrap();
+    assert!(yaml.contains("access_log:"), "{yaml}");
+    // A connection has no status; the other checks are the HTTP log's.
+    let e = errors(&tcp("{ min_status: 500, sample: -1 }"));
+    assert_eq!(e.len(), 2, "{e:#?}");
+    for (field, why) in [
+        ("access_log.min_status", "applies to HTTP listeners only"),
+        ("access_log.sample", "must be between 0 and 1"),
+    ] {
+        assert!(
+            e.iter().any(|l| l.starts_with("test.yaml:")
+                && l.contains(&format!("listeners[0].tcp.{field}: "))
+                && l.contains(why)),
+            "{field}: {e:#?}"
+        );
+    }
+}
+
+#[test]
 fn tracing_settings_parse_with_defaults_and_their_errors_are_located() {
     let src = format!("tracing: {{ collector: 127.0.0.1:4317 }}\n{BASE}");
     let c = parse(&src, "test.yaml").unwrap();

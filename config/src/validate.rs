@@ -220,6 +220,13 @@ impl Validator {
     }
 
     fn tcp_listener(&mut self, p: &str, t: &TcpListener, clusters: &Refs<'_>) {
+        self.access_log(p, t.access_log.as_deref());
+        if t.access_log.as_ref().is_some_and(|a| a.min_status != 0) {
+            self.err(
+                format!("{p}.access_log.min_status"),
+                "applies to HTTP listeners only (a TCP connection has no status); remove it",
+            );
+        }
         match &t.cluster {
             Some(c) if !clusters.contains(c) => {
                 self.err(format!("{p}.cluster"), format!("unknown cluster `{c}`"));
@@ -274,14 +281,18 @@ impl Validator {
         }
     }
 
-    fn http_listener(&mut self, p: &str, h: &HttpListener, tables: &Refs<'_>) {
-        if let Some(a) = &h.access_log {
+    fn access_log(&mut self, p: &str, a: Option<&crate::AccessLog>) {
+        if let Some(a) = a {
             let mut errs = Vec::new();
             crate::access_log::check(&format!("{p}.access_log"), a, &mut errs);
             for (path, message) in errs {
                 self.err(path, message);
             }
         }
+    }
+
+    fn http_listener(&mut self, p: &str, h: &HttpListener, tables: &Refs<'_>) {
+        self.access_log(p, h.access_log.as_deref());
         crate::tls::check_authorization(
             &format!("{p}.authorization"),
             &h.authorization,

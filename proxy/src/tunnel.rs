@@ -25,6 +25,14 @@ pub(crate) enum Ended {
     Drained,
 }
 
+/// A finished tunnel: how it ended and the bytes read from each side (however it ended).
+#[derive(Debug)]
+pub(crate) struct Spliced {
+    pub(crate) ended: Ended,
+    pub(crate) from_a: u64,
+    pub(crate) from_b: u64,
+}
+
 /// Runs the tunnel; `bytes` counts what is read from `a` and from `b` as it is read.
 pub(crate) async fn splice<A, B>(
     a: A,
@@ -32,7 +40,7 @@ pub(crate) async fn splice<A, B>(
     idle: Option<Duration>,
     mut drain: DrainWatch,
     bytes: Option<(Counter, Counter)>,
-) -> Ended
+) -> Spliced
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -43,19 +51,26 @@ where
         inner: a,
         seen: Rc::clone(&activity),
         bytes: from_a,
+        total: 0,
     };
     let mut b = Activity {
         inner: b,
         seen: Rc::clone(&activity),
         bytes: from_b,
+        total: 0,
     };
-    tokio::select! {
+    let ended = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut a, &mut b) => match r {
             Ok((ab, ba)) => Ended::Closed(ab, ba),
             Err(e) => Ended::Error(e),
         },
         _ = idle_watch(&activity, idle) => Ended::Idle,
         _ = drain.forced() => Ended::Drained,
+    };
+    Spliced {
+        ended,
+        from_a: a.total,
+        from_b: b.total,
     }
 }
 
@@ -81,6 +96,8 @@ struct Activity<S> {
     inner: S,
     seen: Rc<Cell<u64>>,
     bytes: Option<Counter>,
+    /// Bytes read so far.
+    total: u64,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
@@ -93,6 +110,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let n = buf.filled().len() - before;
         if n > 0 {
+            self.total += n as u64;
             self.seen.set(self.seen.get().wrapping_add(1));
             if let Some(c) = &self.bytes {
                 c.inc_by(n as u64);
@@ -141,7 +159,8 @@ mod tests {
         let (ended, ()) = tokio::join!(splice(a, b, None, d.watch(), None), async move {
             peers.await;
         });
-        assert!(matches!(ended, Ended::Closed(4, 4)), "{ended:?}");
+        assert!(matches!(ended.ended, Ended::Closed(4, 4)), "{ended:?}");
+        assert_eq!((ended.from_a, ended.from_b), (4, 4));
     }
 
     #[tokio::test(start_paused = true)]
@@ -151,7 +170,7 @@ mod tests {
         let d = Drain::new();
         let start = tokio::time::Instant::now();
         let ended = splice(a, b, Some(Duration::from_secs(30)), d.watch(), None).await;
-        assert!(matches!(ended, Ended::Idle));
+        assert!(matches!(ended.ended, Ended::Idle));
         assert_eq!(start.elapsed(), Duration::from_secs(30));
     }
 }

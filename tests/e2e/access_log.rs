@@ -272,3 +272,107 @@ clusters:
     let got = json_lines(&good, 2);
     assert_eq!(got[1]["path"], "/b");
 }
+
+#[test]
+fn tcp_listeners_log_each_connection_when_it_ends() {
+    require_tool("openssl", "openssl");
+    let echo = tcp_echo();
+    // A port that was just free: connecting to it is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("tcp.log");
+    let text = dir.path().join("tcp.txt");
+    let p = InProcess::start(&format!(
+        "listeners:
+  - {{ name: plain, address: 127.0.0.1:0, tcp: {{ cluster: echo, access_log: {{ path: '{json}' }} }} }}
+  - name: sni
+    address: 127.0.0.1:0
+    tcp:
+      tls_inspector_timeout: 300ms
+      sni: [{{ server_names: [a.example], cluster: echo }}]
+      access_log: {{ path: '{json}' }}
+  - name: down
+    address: 127.0.0.1:0
+    tcp:
+      cluster: dead
+      access_log: {{ path: '{text}', format: {{ template: '%LISTENER% %PROTOCOL% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %BYTES_RECEIVED% %REQ(:METHOD)% %RESPONSE_CODE%' }} }}
+clusters:
+  - {{ name: echo, endpoints: [{echo}] }}
+  - {{ name: dead, endpoints: [{dead}] }}
+",
+        json = json.display(),
+        text = text.display(),
+    ));
+    // Bytes both ways, then the client closes.
+    let mut c = std::net::TcpStream::connect(p.addr("plain")).unwrap();
+    std::io::Write::write_all(&mut c, b"hello, tcp\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let (out, closed) = read_until_close(&mut c, DEADLINE);
+    assert!(closed, "{out:?}");
+    assert_eq!(out, "hello, tcp\n");
+    let plain = &json_lines(&json, 1)[0];
+    assert_eq!(plain["listener"], "plain");
+    assert_eq!(plain["protocol"], "TCP");
+    assert_eq!(plain["response_flags"], "-");
+    assert_eq!(plain["termination"], "closed");
+    assert_eq!(plain["bytes_received"], 11);
+    assert_eq!(plain["bytes_sent"], 11);
+    assert_eq!(plain["cluster"], "echo");
+    assert_eq!(plain["upstream_host"], echo.to_string());
+    assert!(plain["requested_server_name"].is_null());
+    assert!(
+        plain["downstream_remote_address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert_eq!(
+        plain["downstream_local_address"],
+        p.addr("plain").to_string()
+    );
+    assert!(plain["duration_ms"].as_f64().unwrap() >= 0.0);
+    // A ClientHello for a listed name goes to its cluster (an echo, so the handshake fails:
+    // the log still has the name and the bytes); plain bytes on the same listener have no
+    // route.
+    let _ = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &p.addr("sni").to_string(),
+            "-servername",
+            "a.example",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run openssl s_client");
+    json_lines(&json, 2);
+    let _ = raw_exchange(p.addr("sni"), b"GET / HTTP/1.1\r\n\r\n", DEADLINE);
+    let got = json_lines(&json, 3);
+    let (tls, unrouted) = (&got[1], &got[2]);
+    assert_eq!(tls["listener"], "sni");
+    assert_eq!(tls["requested_server_name"], "a.example");
+    assert_eq!(tls["cluster"], "echo");
+    assert!(tls["bytes_received"].as_u64().unwrap() > 100, "{tls}");
+    assert_eq!(unrouted["response_flags"], "NR");
+    assert_eq!(unrouted["termination"], "no_route");
+    assert!(unrouted["cluster"].is_null());
+    assert!(unrouted["upstream_host"].is_null());
+    // A refused upstream: `UF`, in a text template whose HTTP-only operators are `-`.
+    let (out, closed) = raw_exchange(p.addr("down"), b"hello", DEADLINE);
+    assert!(closed && out.is_empty(), "{out:?}");
+    assert_eq!(lines(&text, 1), ["down TCP UF dead 0 - -"]);
+    let m = p.metrics();
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"sluice_access_log_lines_total{listener="plain",result="written"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+}

@@ -47,6 +47,12 @@ fn tcp_proxy(name: &str, cluster: &str, t: &TcpListener) -> Filter {
             stat_prefix: name.into(),
             idle_timeout: Some(dur(t.idle_timeout)),
             cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+            access_log: t
+                .access_log
+                .as_deref()
+                .map(super::access_log::to_pb)
+                .into_iter()
+                .collect(),
             ..TcpProxy::default()
         },
     )
@@ -350,6 +356,7 @@ fn to_mapping(pb: &pbl::Listener) -> Fr<Decoded> {
     } else {
         let mut t = Mapping::new();
         let mut sni = Vec::new();
+        let mut tcp_log = None;
         for (p, c) in &chains {
             if c.transport_socket.is_some() {
                 return Err(FieldError::new(
@@ -362,9 +369,20 @@ fn to_mapping(pb: &pbl::Listener) -> Fr<Decoded> {
                 .filters
                 .first()
                 .ok_or_else(|| FieldError::new(&fp, "is required"))?;
-            let (cluster, idle) = tcp_proxy_fields(f, &fp)?;
+            let (cluster, idle, log) = tcp_proxy_fields(f, &fp)?;
             if let Some(idle) = idle {
                 put(&mut t, "idle_timeout", idle);
+            }
+            // One log per listener: every chain's tcp_proxy carries the same one.
+            match (&tcp_log, log) {
+                (None, log) => tcp_log = Some(log),
+                (Some(first), log) if *first == log => {}
+                (Some(_), _) => {
+                    return Err(FieldError::new(
+                        format!("{fp}.typed_config.access_log"),
+                        "differs from filter_chains[0]'s (a TCP listener has one access log)",
+                    ));
+                }
             }
             let names = c
                 .filter_chain_match
@@ -392,6 +410,9 @@ fn to_mapping(pb: &pbl::Listener) -> Fr<Decoded> {
                 sni.push(Value::Mapping(r));
             }
         }
+        if let Some(Some(log)) = tcp_log {
+            put(&mut t, "access_log", log);
+        }
         if !sni.is_empty() {
             t.insert("sni".into(), Value::Sequence(sni));
             if let Some(d) = opt_dur(
@@ -406,7 +427,11 @@ fn to_mapping(pb: &pbl::Listener) -> Fr<Decoded> {
     Ok((m, table))
 }
 
-fn tcp_proxy_fields(f: &Filter, p: &str) -> Fr<(String, Option<crate::Duration>)> {
+/// A `tcp_proxy` filter's cluster, idle timeout and access log.
+fn tcp_proxy_fields(
+    f: &Filter,
+    p: &str,
+) -> Fr<(String, Option<crate::Duration>, Option<crate::AccessLog>)> {
     if f.name != TCP_PROXY {
         return Err(FieldError::new(
             p,
@@ -427,8 +452,7 @@ fn tcp_proxy_fields(f: &Filter, p: &str) -> Fr<(String, Option<crate::Duration>)
             t.max_downstream_connection_duration.is_some(),
             "max_downstream_connection_duration",
         ),
-        // TCP listeners have no access log yet: refused rather than silently not written.
-        (!t.access_log.is_empty(), "access_log"),
+        // Periodic flushes of long connections' lines: Sluice logs a connection when it ends.
         (t.access_log_options.is_some(), "access_log_options"),
     ] {
         if bad {
@@ -448,5 +472,6 @@ fn tcp_proxy_fields(f: &Filter, p: &str) -> Fr<(String, Option<crate::Duration>)
     Ok((
         cluster,
         opt_dur(t.idle_timeout.as_ref(), &format!("{p}.idle_timeout"))?,
+        super::access_log::from_pb(&t.access_log, &format!("{p}.access_log"))?,
     ))
 }

@@ -63,8 +63,8 @@ fn switch(
             }
         };
         // WebSocket has its own pings; an idle limit would cut quiet but healthy sockets.
-        let ended = tunnel::splice(TokioIo::new(down), TokioIo::new(up), None, watch, None).await;
-        match ended {
+        let spliced = tunnel::splice(TokioIo::new(down), TokioIo::new(up), None, watch, None).await;
+        match spliced.ended {
             Ended::Closed(sent, received) => {
                 tracing::debug!(route = %route_name, sent, received, "upgraded connection closed");
             }

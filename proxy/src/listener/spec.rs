@@ -46,6 +46,8 @@ pub struct TcpSpec {
     pub idle_timeout: Option<Duration>,
     /// TLS passthrough routes by server name, if any.
     pub sni: Option<Box<SniRoutes>>,
+    /// Where each connection is logged when it ends, if anywhere.
+    pub access_log: Option<Arc<crate::http::filters::AccessLog>>,
 }
 
 impl ListenerSpec {
@@ -62,15 +64,15 @@ impl ListenerSpec {
             Some(t) => Some(clusters.tls().server(t).map_err(|e| format!("tls: {e}"))?),
             None => None,
         };
+        let access_log = |a: &Option<Box<config::AccessLog>>, kind: &str| match a {
+            Some(a) => crate::http::filters::AccessLog::open(&l.name, a, metrics)
+                .map(|log| Some(Arc::new(log)))
+                .map_err(|e| format!("{kind}.{e}")),
+            None => Ok(None),
+        };
         let kind = match &l.kind {
             config::ListenerKind::Http(h) => {
-                let access_log = match &h.access_log {
-                    Some(a) => Some(Arc::new(
-                        crate::http::filters::AccessLog::open(&l.name, a, metrics)
-                            .map_err(|e| format!("http.{e}"))?,
-                    )),
-                    None => None,
-                };
+                let access_log = access_log(&h.access_log, "http")?;
                 ListenerKind::Http(Arc::new(HttpSpec::compile(
                     &l.name,
                     metrics.listener(&l.name),
@@ -88,6 +90,7 @@ impl ListenerSpec {
                 cluster: t.cluster.as_deref().map(|c| clusters.handle(c)),
                 idle_timeout: (!t.idle_timeout.is_zero()).then(|| t.idle_timeout.get()),
                 sni: SniRoutes::compile(&l.name, t, clusters, metrics).map(Box::new),
+                access_log: access_log(&t.access_log, "tcp")?,
             }),
         };
         let listener_metrics = match kind {

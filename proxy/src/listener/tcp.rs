@@ -8,6 +8,7 @@ use super::{ListenerSpec, TcpSpec};
 use crate::cluster::{ClusterHandle, call};
 use crate::drain::Drain;
 use crate::error::ProxyError;
+use crate::http::filters::ConnRecord;
 use crate::local::Worker;
 use crate::tunnel::{self, Ended};
 use std::net::SocketAddr;
@@ -16,22 +17,42 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 pub(super) async fn proxy(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     spec: &ListenerSpec,
     tcp: &TcpSpec,
     worker: &Worker,
     drain: &Drain,
 ) {
+    let log = tcp.access_log.as_deref().filter(|l| l.sampled());
+    let local = stream.local_addr().unwrap_or(peer);
+    let mut rec = ConnRecord::new(peer, local);
+    run(stream, spec, tcp, worker, drain, &mut rec).await;
+    if let Some(log) = log {
+        log.connection(&rec);
+    }
+}
+
+/// Routes and splices one connection, noting in `rec` where it went and how it ended.
+async fn run(
+    mut stream: TcpStream,
+    spec: &ListenerSpec,
+    tcp: &TcpSpec,
+    worker: &Worker,
+    drain: &Drain,
+    rec: &mut ConnRecord,
+) {
+    let peer = rec.peer;
     let (cluster, prefix) = match &tcp.sni {
         None => (tcp.cluster.as_ref(), Vec::new()),
         Some(routes) => match sni::read_client_hello(&mut stream, routes.timeout).await {
             Ok((prefix, inspected)) => {
-                let cluster = pick(spec, tcp, routes, peer, &prefix, inspected);
+                let cluster = pick(spec, tcp, routes, rec, &prefix, inspected);
                 (cluster, prefix)
             }
             Err(e) => {
                 routes.unmatched(Unmatched::ClientClosed);
+                rec.termination = "client_closed";
                 tracing::debug!(listener = %spec.name, %peer, error = %e, "tls passthrough: read failed before a decision; connection closed");
                 return;
             }
@@ -40,39 +61,58 @@ pub(super) async fn proxy(
     // No cluster: a passthrough listener without a default (the decision was counted and
     // logged by `pick`).
     let Some(cluster) = cluster else { return };
+    rec.cluster = Some(cluster.name.clone());
     let (mut upstream, _active, addr, _slot) = match call::connect_tcp(cluster, worker.id).await {
         Ok(c) => c,
         // No cluster or no endpoint is a config problem (warned, as before); connect failures
         // are counted on the cluster by the connector.
         Err(e @ (ProxyError::NoCluster(_) | ProxyError::NoEndpoint(_))) => {
+            (rec.flag, rec.termination) = (Some(e.flag()), "connect_failed");
             tracing::warn!(listener = %spec.name, cluster = %cluster.name, %peer, error = %e, flag = e.flag(), "tcp upstream unavailable");
             return;
         }
         Err(e) => {
+            (rec.flag, rec.termination) = (Some(e.flag()), "connect_failed");
             tracing::debug!(listener = %spec.name, cluster = %cluster.name, %peer, error = %e, flag = e.flag(), "tcp upstream connect failed");
             return;
         }
     };
+    rec.upstream = Some(addr);
+    let inspected = prefix.len() as u64;
+    rec.received = inspected;
     if !prefix.is_empty()
         && let Err(e) = upstream.write_all(&prefix).await
     {
+        (rec.flag, rec.termination) = (Some("UC"), "error");
         tracing::debug!(%peer, %addr, error = %e, "tcp upstream write of the inspected bytes failed");
         return;
     }
-    let inspected = prefix.len() as u64;
     drop(prefix);
     let m = &spec.metrics;
     m.bytes_received.inc_by(inspected);
     let bytes = Some((m.bytes_received.clone(), m.bytes_sent.clone()));
-    match tunnel::splice(stream, upstream, tcp.idle_timeout, drain.watch(), bytes).await {
-        Ended::Closed(sent, received) => {
-            let sent = sent + inspected;
-            tracing::debug!(%peer, %addr, sent, received, "tcp connection closed")
+    let spliced = tunnel::splice(stream, upstream, tcp.idle_timeout, drain.watch(), bytes).await;
+    rec.received += spliced.from_a;
+    rec.sent = spliced.from_b;
+    let (received, sent) = (rec.received, rec.sent);
+    rec.termination = match spliced.ended {
+        Ended::Closed(..) => {
+            tracing::debug!(%peer, %addr, received, sent, "tcp connection closed");
+            "closed"
         }
-        Ended::Error(e) => tracing::debug!(%peer, %addr, error = %e, "tcp connection failed"),
-        Ended::Idle => tracing::debug!(%peer, %addr, "tcp connection idle timeout"),
-        Ended::Drained => tracing::debug!(%peer, %addr, "tcp connection closed by drain"),
-    }
+        Ended::Error(e) => {
+            tracing::debug!(%peer, %addr, error = %e, "tcp connection failed");
+            "error"
+        }
+        Ended::Idle => {
+            tracing::debug!(%peer, %addr, "tcp connection idle timeout");
+            "idle_timeout"
+        }
+        Ended::Drained => {
+            tracing::debug!(%peer, %addr, "tcp connection closed by drain");
+            "drained"
+        }
+    };
 }
 
 /// The cluster for a passthrough connection from what the inspector read (`None` from the
@@ -81,18 +121,27 @@ fn pick<'a>(
     spec: &ListenerSpec,
     tcp: &'a TcpSpec,
     routes: &'a sni::SniRoutes,
-    peer: SocketAddr,
+    rec: &mut ConnRecord,
     prefix: &[u8],
     inspected: Option<Inspected>,
 ) -> Option<&'a Arc<ClusterHandle>> {
+    let peer = rec.peer;
     let why = match inspected {
         Some(Inspected::Hello(hello)) => match hello.server_name {
             Some(name) => {
-                if let Some(c) = routes.route(&name) {
-                    tracing::debug!(listener = %spec.name, %peer, sni = %name, alpn = ?AlpnList(&hello.alpn), cluster = %c.name, "tls passthrough: routed by server name");
-                    return Some(c);
+                let routed = routes.route(&name);
+                match routed {
+                    Some(c) => {
+                        tracing::debug!(listener = %spec.name, %peer, sni = %name, alpn = ?AlpnList(&hello.alpn), cluster = %c.name, "tls passthrough: routed by server name")
+                    }
+                    None => {
+                        tracing::debug!(listener = %spec.name, %peer, sni = %name, "tls passthrough: no route for the server name")
+                    }
                 }
-                tracing::debug!(listener = %spec.name, %peer, sni = %name, "tls passthrough: no route for the server name");
+                rec.server_name = Some(name);
+                if routed.is_some() {
+                    return routed;
+                }
                 Unmatched::NoMatch
             }
             None => Unmatched::NoSni,
@@ -109,6 +158,13 @@ fn pick<'a>(
     } else {
         tcp.cluster.as_ref()
     };
+    if default.is_none() {
+        (rec.flag, rec.termination) = if why == Unmatched::ClientClosed {
+            (None, "client_closed")
+        } else {
+            (Some("NR"), "no_route")
+        };
+    }
     match default {
         Some(c) => {
             tracing::debug!(listener = %spec.name, %peer, reason = why.as_str(), cluster = %c.name, "tls passthrough: to the default cluster")

@@ -321,27 +321,70 @@ fn http_listener_chains_must_differ_only_in_certificates() {
 }
 
 #[test]
-fn access_logs_sluice_would_not_write_are_refused_not_dropped() {
-    let listener = |chain: pbl::FilterChain| pbl::Listener {
+fn tcp_proxy_access_logs_map_and_those_sluice_would_not_write_are_refused() {
+    let listener = |chains: Vec<pbl::FilterChain>| pbl::Listener {
         name: "db".into(),
         address: sock("127.0.0.1", 5432),
-        filter_chains: vec![chain],
+        filter_chains: chains,
+        listener_filters: vec![pbl::ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            ..Default::default()
+        }],
         ..Default::default()
     };
-    let ok = listener(tcp_chain("postgres", &[]));
-    assert!(decode(LISTENER, &pack_any(&ok)).is_ok());
-    // A TCP proxy's access log.
-    let mut chain = tcp_chain("postgres", &[]);
-    let Some(pbl::filter::ConfigType::TypedConfig(a)) = &mut chain.filters[0].config_type else {
-        panic!("typed config")
+    let with_log = |mut chain: pbl::FilterChain, log: Option<&crate::AccessLog>| {
+        let Some(pbl::filter::ConfigType::TypedConfig(a)) = &mut chain.filters[0].config_type
+        else {
+            panic!("typed config")
+        };
+        let mut t: TcpProxy = unpack_as(a);
+        t.access_log = match log {
+            Some(l) => vec![crate::xds::access_log::to_pb(l)],
+            // A logger without a config: not one Sluice can write.
+            None => vec![Default::default()],
+        };
+        *a = pack_any(&t);
+        chain
     };
-    let mut t: TcpProxy = unpack_as(a);
-    t.access_log = vec![Default::default()];
-    *a = pack_any(&t);
-    let e = decode(LISTENER, &pack_any(&listener(chain))).unwrap_err();
+    let ok = listener(vec![tcp_chain("postgres", &[])]);
+    assert!(decode(LISTENER, &pack_any(&ok)).is_ok());
+    // A TCP proxy's file logger becomes the listener's access log; every SNI chain carries it.
+    let log = crate::AccessLog {
+        path: "/var/log/tcp.log".into(),
+        format: crate::AccessLogFormat::Text,
+        min_status: 0,
+        sample: 0.5,
+    };
+    let l = listener(vec![
+        with_log(tcp_chain("postgres", &[]), Some(&log)),
+        with_log(tcp_chain("pg-eu", &["eu.db.example"]), Some(&log)),
+    ]);
+    let got = decode(LISTENER, &pack_any(&l)).unwrap();
+    let [Resource::Listener(got)] = got.as_slice() else {
+        panic!("{got:?}")
+    };
+    let crate::ListenerKind::Tcp(t) = &got.kind else {
+        panic!("{got:?}")
+    };
+    assert_eq!(t.access_log.as_deref(), Some(&log));
+    // Chains whose logs differ: one listener has one log.
+    let mut other = log.clone();
+    other.path = "stdout".into();
+    let l = listener(vec![
+        with_log(tcp_chain("postgres", &[]), Some(&log)),
+        with_log(tcp_chain("pg-eu", &["eu.db.example"]), Some(&other)),
+    ]);
+    let e = decode(LISTENER, &pack_any(&l)).unwrap_err();
     assert_eq!(
         e.field,
-        "filter_chains[0].filters[0].typed_config.access_log"
+        "filter_chains[1].filters[0].typed_config.access_log"
+    );
+    // A logger Sluice cannot write is refused, not dropped.
+    let l = listener(vec![with_log(tcp_chain("postgres", &[]), None)]);
+    let e = decode(LISTENER, &pack_any(&l)).unwrap_err();
+    assert_eq!(
+        e.field,
+        "filter_chains[0].filters[0].typed_config.access_log[0].typed_config"
     );
     // A listener's connection-level access log.
     let mut l = ok.clone();

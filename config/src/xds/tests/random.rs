@@ -344,20 +344,7 @@ impl Gen {
             premature_reset_stream_count: self.u32(),
         };
         h.generate_request_id = self.rng.bool();
-        if self.rng.bool() {
-            h.access_log = Some(Box::new(crate::AccessLog {
-                path: self.pick(&["stdout", "stderr", "/var/log/sluice/access.log"]).into(),
-                format: self.pick(&[
-                    crate::AccessLogFormat::Json,
-                    crate::AccessLogFormat::Text,
-                    crate::AccessLogFormat::Template(
-                        "%START_TIME% %REQ(:METHOD)% %REQ(:PATH)%:40 %RESPONSE_CODE% %RESPONSE_FLAGS%".into(),
-                    ),
-                ]),
-                min_status: self.pick(&[0, 400, 500, 599]),
-                sample: self.pick(&[1.0, 0.5, 0.1, 0.000_001]),
-            }));
-        }
+        h.access_log = self.access_log(&[0, 400, 500, 599]);
         h.grpc_web = self.rng.bool();
         h.path_normalization = PathNormalization {
             normalize: self.rng.bool(),
@@ -468,6 +455,26 @@ impl Gen {
         }
     }
 
+    /// An access log half the time (with one of `min_statuses`).
+    fn access_log(&mut self, min_statuses: &[u16]) -> Option<Box<crate::AccessLog>> {
+        self.rng.bool().then(|| {
+            Box::new(crate::AccessLog {
+                path: self
+                    .pick(&["stdout", "stderr", "/var/log/sluice/access.log"])
+                    .into(),
+                format: self.pick(&[
+                    crate::AccessLogFormat::Json,
+                    crate::AccessLogFormat::Text,
+                    crate::AccessLogFormat::Template(
+                        "%START_TIME% %REQ(:METHOD)% %REQ(:PATH)%:40 %RESPONSE_CODE% %RESPONSE_FLAGS%".into(),
+                    ),
+                ]),
+                min_status: self.pick(min_statuses),
+                sample: self.pick(&[1.0, 0.5, 0.1, 0.000_001]),
+            })
+        })
+    }
+
     fn tcp_listener(&mut self, clusters: &[String]) -> TcpListener {
         let mut seen = std::collections::HashSet::new();
         let sni: Vec<SniRoute> = self
@@ -498,6 +505,7 @@ impl Gen {
             idle_timeout: self.dur(),
             sni,
             tls_inspector_timeout: self.dur_pos(),
+            access_log: self.access_log(&[0]),
         }
     }
 

@@ -1,5 +1,6 @@
-//! The access log: one line per request (JSON object or an Envoy-style text template), written
-//! to stdout, stderr or a file by a writer thread shared by every listener logging there.
+//! The access log: one line per request, or per connection of a TCP listener (JSON object or an
+//! Envoy-style text template), written to stdout, stderr or a file by a writer thread shared
+//! by every listener logging there.
 //!
 //! The request path pays only when a listener has an access log: the head sampling decision,
 //! then (for sampled requests) a [`RequestRecord`] of the request's head, filled in as the
@@ -105,6 +106,51 @@ impl RequestRecord {
     }
 }
 
+/// What the log knows of a TCP listener's connection when it ends (`listener/tcp.rs` fills it
+/// in as it routes and splices the connection).
+#[derive(Debug)]
+pub(crate) struct ConnRecord {
+    pub(crate) started: tokio::time::Instant,
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    /// The server name of the ClientHello (TLS passthrough listeners).
+    pub(crate) server_name: Option<String>,
+    pub(crate) cluster: Option<String>,
+    pub(crate) upstream: Option<SocketAddr>,
+    /// Bytes read from the client and written to it.
+    pub(crate) received: u64,
+    pub(crate) sent: u64,
+    /// Envoy's response flag for a failure (`UF`, `UH`, `UO`, `NR`, …).
+    pub(crate) flag: Option<&'static str>,
+    /// How the connection ended: `closed`, `error`, `idle_timeout`, `drained`,
+    /// `connect_failed`, `no_route`, `client_closed`.
+    pub(crate) termination: &'static str,
+}
+
+impl ConnRecord {
+    /// A record of a connection accepted now.
+    pub(crate) fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+        ConnRecord {
+            started: tokio::time::Instant::now(),
+            peer,
+            local,
+            server_name: None,
+            cluster: None,
+            upstream: None,
+            received: 0,
+            sent: 0,
+            flag: None,
+            termination: "closed",
+        }
+    }
+
+    fn start_time(&self) -> SystemTime {
+        SystemTime::now()
+            .checked_sub(self.started.elapsed())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
 /// A 16- or 32-digit hex trace id that is not all zeros.
 fn valid_trace_id(id: &str) -> bool {
     (id.len() == 32 || id.len() == 16)
@@ -119,7 +165,8 @@ enum Format {
     Template(Vec<Piece>),
 }
 
-/// One HTTP listener's access log (a filter whose completion hook writes the line).
+/// One listener's access log: an HTTP listener's is a filter whose completion hook writes each
+/// request's line; a TCP listener's is called as each connection ends.
 #[derive(Debug)]
 pub struct AccessLog {
     listener: String,
@@ -200,13 +247,18 @@ impl AccessLog {
         })
     }
 
+    /// The head sampling draw: true for a request or connection to log.
+    pub(crate) fn sampled(&self) -> bool {
+        self.sample >= 1.0 || fastrand::f64() < self.sample
+    }
+
     /// A record of this request when it is sampled.
     pub(crate) fn record(
         &self,
         req: &http::Request<hyper::body::Incoming>,
         conn: &ConnContext,
     ) -> Option<Box<RequestRecord>> {
-        if self.sample < 1.0 && fastrand::f64() >= self.sample {
+        if !self.sampled() {
             return None;
         }
         let authority = crate::message::fields::authority(req);
@@ -308,12 +360,13 @@ impl AccessLog {
         j.end();
     }
 
-    fn text(&self, out: &mut String, pieces: &[Piece], done: &Completion, rec: &RequestRecord) {
+    /// A template's line; `value` gives each operator's value (`-` when it has none).
+    fn text(out: &mut String, pieces: &[Piece], value: impl Fn(&Op) -> Option<String>) {
         for p in pieces {
             match p {
                 Piece::Literal(s) => out.push_str(s),
                 Piece::Value { op, max } => {
-                    let v = self.value(op, done, rec);
+                    let v = value(op);
                     let v = v.as_deref().unwrap_or("-");
                     match max {
                         Some(n) => out.extend(v.chars().take(*n)),
@@ -392,8 +445,76 @@ impl HttpFilter for AccessLog {
         let mut line = String::with_capacity(512);
         match &self.format {
             Format::Json => self.json(&mut line, done, rec),
-            Format::Template(p) => self.text(&mut line, p, done, rec),
+            Format::Template(p) => Self::text(&mut line, p, |op| self.value(op, done, rec)),
         }
+        self.emit(line);
+    }
+}
+
+impl AccessLog {
+    /// Logs a TCP listener's connection (sampled by the caller with [`AccessLog::sampled`]).
+    pub(crate) fn connection(&self, c: &ConnRecord) {
+        let mut line = String::with_capacity(384);
+        match &self.format {
+            Format::Json => self.connection_json(&mut line, c),
+            Format::Template(p) => Self::text(&mut line, p, |op| self.connection_value(op, c)),
+        }
+        self.emit(line);
+    }
+
+    fn connection_json(&self, out: &mut String, c: &ConnRecord) {
+        let mut j = Json::new(out);
+        j.str("start_time", Some(&rfc3339(c.start_time())));
+        j.raw(
+            "duration_ms",
+            &format!("{:.3}", c.started.elapsed().as_secs_f64() * 1000.0),
+        );
+        j.str("listener", Some(&self.listener));
+        j.str("protocol", Some("TCP"));
+        j.str("response_flags", Some(c.flag.unwrap_or("-")));
+        j.str("termination", Some(c.termination));
+        j.num("bytes_received", Some(c.received));
+        j.num("bytes_sent", Some(c.sent));
+        j.str("requested_server_name", c.server_name.as_deref());
+        j.str("cluster", c.cluster.as_deref());
+        j.str(
+            "upstream_host",
+            c.upstream.map(|a| a.to_string()).as_deref(),
+        );
+        j.str("downstream_remote_address", Some(&c.peer.to_string()));
+        j.str("downstream_local_address", Some(&c.local.to_string()));
+        j.end();
+    }
+
+    /// A connection's value of a template operator; HTTP-only ones (headers, status, route)
+    /// have none.
+    fn connection_value(&self, op: &Op, c: &ConnRecord) -> Option<String> {
+        Some(match op {
+            Op::StartTime => rfc3339(c.start_time()),
+            Op::Duration => c.started.elapsed().as_millis().to_string(),
+            Op::Protocol => "TCP".into(),
+            Op::ResponseFlags => c.flag.unwrap_or("-").into(),
+            Op::BytesReceived => c.received.to_string(),
+            Op::BytesSent => c.sent.to_string(),
+            Op::UpstreamHost => c.upstream?.to_string(),
+            Op::UpstreamCluster => c.cluster.clone()?,
+            Op::DownstreamRemoteAddress => c.peer.to_string(),
+            Op::DownstreamLocalAddress => c.local.to_string(),
+            Op::Listener => self.listener.clone(),
+            Op::Request(_)
+            | Op::Response(_)
+            | Op::ResponseCode
+            | Op::GrpcStatus
+            | Op::Attempts
+            | Op::RouteName
+            | Op::VirtualHost
+            | Op::DownstreamPeerUriSan
+            | Op::TraceId => return None,
+        })
+    }
+
+    /// Queues a line for the writer, or drops it (counted) when the queue is full.
+    fn emit(&self, mut line: String) {
         line.push('\n');
         match self.sink.tx.try_send(line.into_bytes()) {
             Ok(()) => self.lines.inc("written"),

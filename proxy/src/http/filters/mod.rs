@@ -16,6 +16,7 @@ mod header_ops;
 mod identity;
 mod request_id;
 
+pub(crate) use access_log::ConnRecord;
 pub use access_log::{AccessLog, RequestRecord};
 pub use fault::{Fault, FaultCounters, FaultMetrics};
 pub use forwarded::Forwarded;
