@@ -17,7 +17,8 @@ use std::time::Duration;
 #[command(
     name = "sluice",
     version,
-    about = "Sluice: a service-mesh proxy and control plane"
+    about = "Sluice: a service-mesh proxy and control plane",
+    disable_help_subcommand = true
 )]
 struct Cli {
     /// Log filter (`info`, `debug`, `sluice_proxy=trace`, ...); RUST_LOG overrides it.
@@ -41,14 +42,24 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
         /// Do not watch the config file (SIGHUP still reloads).
-        #[arg(long)]
+        #[arg(long, env = "SLUICE_NO_WATCH")]
         no_watch: bool,
     },
-    /// Check config files; print every error and exit non-zero if any.
+    /// Check config files: print every error (parse-level and semantic, in file order, each
+    /// `file:line:col: field: message`) and every warning; exit non-zero on any error.
     Validate {
         /// Config files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Fail on warnings too (a non-loopback admin API, no listeners, a route that can
+        /// never match, the risky edge settings).
+        #[arg(long, env = "SLUICE_VALIDATE_STRICT")]
+        strict: bool,
+    },
+    /// Print the help of a command (`sluice help validate`).
+    Help {
+        /// The command; none for the overview.
+        command: Option<String>,
     },
     /// Run the control plane (`-c FILE`), or ask a running one about its proxies (`status`).
     ControlPlane {
@@ -85,7 +96,7 @@ enum ControlPlaneAction {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Worker threads (default: one per CPU core).
+    /// Worker threads (default, or 0: one per CPU core).
     #[arg(long, env = "SLUICE_WORKERS")]
     workers: Option<usize>,
     /// How long in-flight requests may take to finish after SIGTERM (`30s`, `500ms`).
@@ -166,9 +177,10 @@ impl RunArgs {
     fn options(&self, source: Source, watch: bool, xds: Option<XdsOptions>) -> Options {
         Options {
             source,
-            workers: self
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            workers: match self.workers {
+                Some(n) if n > 0 => n,
+                _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
             drain_timeout: self.drain_timeout,
             handle_signals: true,
             watch,
@@ -216,7 +228,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let proxy = Proxy::start(run.options(source, !no_watch, xds.options()?))?;
             Ok(exit_code(proxy.wait()))
         }
-        Command::Validate { files } => Ok(validate(&files)),
+        Command::Validate { files, strict } => Ok(validate(&files, strict)),
+        Command::Help { command } => {
+            use clap::CommandFactory;
+            let mut cli = Cli::command();
+            cli.build();
+            match command {
+                None => cli.print_help()?,
+                Some(name) => match cli.find_subcommand_mut(&name) {
+                    Some(sub) => sub.print_help()?,
+                    None => {
+                        let names: Vec<String> = cli
+                            .get_subcommands()
+                            .map(|c| c.get_name().to_string())
+                            .collect();
+                        anyhow::bail!("no command `{name}`; the commands are {}", names.join(", "));
+                    }
+                },
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ControlPlane { config, action } => match action {
             Some(ControlPlaneAction::Status { http, json }) => control_plane_status(&http, json),
             None => {
@@ -347,14 +378,24 @@ fn exit_code(exit: Exit) -> ExitCode {
     }
 }
 
-fn validate(files: &[PathBuf]) -> ExitCode {
+fn validate(files: &[PathBuf], strict: bool) -> ExitCode {
     let mut failed = false;
     for f in files {
         match sluice_config::load_file(f) {
             Ok(config) => {
-                println!("{}: ok", f.display());
-                for w in config.warnings() {
+                let warnings = config.warnings();
+                for w in &warnings {
                     println!("{}: warning: {w}", f.display());
+                }
+                if strict && !warnings.is_empty() {
+                    failed = true;
+                    println!(
+                        "{}: {} warning(s), failing with --strict",
+                        f.display(),
+                        warnings.len()
+                    );
+                } else {
+                    println!("{}: ok", f.display());
                 }
             }
             Err(errors) => {
@@ -362,6 +403,7 @@ fn validate(files: &[PathBuf]) -> ExitCode {
                 for e in &errors.0 {
                     println!("{e}");
                 }
+                println!("{}: {} error(s)", f.display(), errors.0.len());
             }
         }
     }

@@ -458,7 +458,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "t.yaml:5:7: clusters[0].health_checks.interval: must be at least 10ms"
+            "t.yaml:5:17: clusters[0].health_checks.interval: must be at least 10ms"
         );
     }
 

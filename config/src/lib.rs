@@ -35,6 +35,7 @@ mod lb;
 mod listener;
 mod locate;
 pub mod raw;
+mod recover;
 mod resilience;
 mod resource;
 mod route;
@@ -208,6 +209,40 @@ impl Config {
     /// printed by `sluice validate`). Empty for a config on safe defaults.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        if self.listeners.is_empty() {
+            w.push(
+                "no listeners: this proxy serves only its admin API (unless an xDS server \
+                 supplies listeners)"
+                    .to_string(),
+            );
+        }
+        for (t, table) in self.route_tables.iter().enumerate() {
+            for (v, vhost) in table.virtual_hosts.iter().enumerate() {
+                let catch_all = vhost.routes.iter().position(|r| {
+                    let m = &r.matcher;
+                    matches!(m.prefix.as_deref(), Some("/") | Some(""))
+                        && m.methods.is_empty()
+                        && m.headers.is_empty()
+                        && m.query_parameters.is_empty()
+                });
+                if let Some(c) = catch_all
+                    && c + 1 < vhost.routes.len()
+                {
+                    let n = vhost.routes.len() - c - 1;
+                    w.push(format!(
+                        "route_tables[{t}].virtual_hosts[{v}].routes[{}]: never matches: \
+                         routes[{c}] before it matches every request (prefix `/` and no other \
+                         condition){}; move the catch-all last",
+                        c + 1,
+                        if n > 1 {
+                            format!(", nor do the {} routes after it", n - 1)
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+            }
+        }
         if self.admin.allow_remote && !self.admin.address.ip().is_loopback() {
             w.push(format!(
                 "admin.address {} is not loopback: the admin API is unauthenticated and serves \
@@ -270,6 +305,15 @@ pub struct ParseOptions {
     pub endpoints_optional: bool,
 }
 
+/// A serde_yaml_ng error on `source` as Sluice words config errors: the YAML syntax cause, or
+/// the field and a "did you mean" / accepted-forms hint, without Rust type names. For other
+/// YAML files Sluice reads (the control plane's settings).
+pub fn yaml_error(file: &str, source: &str, err: &serde_yaml_ng::Error) -> ConfigError {
+    let syntax = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(source).is_err();
+    let mut errors = ConfigErrors::from_yaml(file, source, err, syntax).0;
+    errors.remove(0)
+}
+
 /// [`parse`] with options.
 pub fn parse_with(
     source: &str,
@@ -279,15 +323,45 @@ pub fn parse_with(
     if source.trim().is_empty() {
         return Err(ConfigErrors::whole_file(file, "file is empty"));
     }
-    let raw: RawConfig =
-        serde_yaml_ng::from_str(source).map_err(|e| ConfigErrors::from_yaml(file, &e))?;
-    let issues = validate::validate_with(&raw, options);
-    if issues.is_empty() {
-        // Validation checked every "exactly one of", so this cannot fail; if it did, say so.
-        Config::try_from(raw).map_err(|e| ConfigErrors::whole_file(file, e))
-    } else {
-        let index = PositionIndex::build(source);
-        Err(ConfigErrors::from_issues(file, &index, issues))
+    let index = PositionIndex::build(source);
+    let (raw, mut issues, patched) = match serde_yaml_ng::from_str::<RawConfig>(source) {
+        Ok(raw) => (Some(raw), Vec::new(), Vec::new()),
+        Err(first) => {
+            // Read the whole document as YAML: a syntax error stops here (nothing after it
+            // can be interpreted); otherwise collect every deserialisation error.
+            let mut value: serde_yaml_ng::Value = match serde_yaml_ng::from_str(source) {
+                Ok(v) => v,
+                Err(e) => return Err(ConfigErrors::from_yaml(file, source, &e, true)),
+            };
+            if value.apply_merge().is_err() {
+                return Err(ConfigErrors::from_yaml(file, source, &first, false));
+            }
+            let r = recover::recover(value);
+            if r.errors.is_empty() {
+                return Err(ConfigErrors::from_yaml(file, source, &first, false));
+            }
+            (r.raw, r.errors, r.patched)
+        }
+    };
+    if let Some(raw) = &raw {
+        // A placeholder's own problems are not the user's: skip issues at or around it.
+        let related = |path: &str| {
+            patched
+                .iter()
+                .any(|p| recover::within(path, p) || recover::within(p, path))
+        };
+        issues.extend(
+            validate::validate_with(raw, options)
+                .into_iter()
+                .filter(|i| !related(&i.path)),
+        );
+    }
+    match raw {
+        Some(raw) if issues.is_empty() => {
+            // Validation checked every "exactly one of", so this cannot fail; if it did, say so.
+            Config::try_from(raw).map_err(|e| ConfigErrors::whole_file(file, e))
+        }
+        _ => Err(ConfigErrors::from_issues(file, &index, issues)),
     }
 }
 

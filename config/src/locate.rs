@@ -18,6 +18,8 @@ pub struct Position {
 #[derive(Debug, Default)]
 pub struct PositionIndex {
     positions: HashMap<String, Position>,
+    /// Where scalar values are written (`address: 127.0.0.1:80` → the `1`).
+    values: HashMap<String, Position>,
 }
 
 impl PositionIndex {
@@ -31,12 +33,22 @@ impl PositionIndex {
         }
         PositionIndex {
             positions: builder.positions,
+            values: builder.values,
         }
     }
 
-    /// The position of `path`, or of its nearest ancestor that is written in the file (a missing
-    /// field is reported where its parent is).
+    /// The position of `path` — its value when that is a scalar, else its key — or of its
+    /// nearest ancestor that is written in the file (a missing field is reported where its
+    /// parent is).
     pub fn locate(&self, path: &str) -> Option<Position> {
+        self.values
+            .get(path)
+            .copied()
+            .or_else(|| self.locate_key(path))
+    }
+
+    /// The position of the key (or item) `path`, or of its nearest written ancestor.
+    pub fn locate_key(&self, path: &str) -> Option<Position> {
         let mut p = path;
         loop {
             if let Some(pos) = self.positions.get(p) {
@@ -68,6 +80,7 @@ struct Open {
 struct Builder {
     stack: Vec<Open>,
     positions: HashMap<String, Position>,
+    values: HashMap<String, Position>,
 }
 
 impl Builder {
@@ -118,6 +131,7 @@ impl Builder {
         if is_scalar {
             self.place(pos);
             self.positions.entry(path.clone()).or_insert(pos);
+            self.values.insert(path.clone(), pos);
         }
         Some(path)
     }
@@ -181,6 +195,13 @@ route_tables:
         let idx = PositionIndex::build(DOC);
         assert_eq!(
             idx.locate("admin.address"),
+            Some(Position {
+                line: 2,
+                column: 12
+            })
+        );
+        assert_eq!(
+            idx.locate_key("admin.address"),
             Some(Position { line: 2, column: 3 })
         );
         assert_eq!(
@@ -191,14 +212,14 @@ route_tables:
             idx.locate("route_tables[0].virtual_hosts[0].routes[0].match.prefix"),
             Some(Position {
                 line: 8,
-                column: 22
+                column: 30
             })
         );
         assert_eq!(
             idx.locate("route_tables[0].virtual_hosts[0].routes[0].cluster"),
             Some(Position {
                 line: 9,
-                column: 13
+                column: 22
             })
         );
     }

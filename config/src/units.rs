@@ -65,9 +65,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => 1_000_000_000,
         "m" => 60_000_000_000,
         "h" => 3_600_000_000_000,
+        _ if matches!(unit.trim(), "us" | "µs" | "ms" | "s" | "m" | "h") => {
+            return Err(format!(
+                "duration `{s}`: write it without the space (`{num}{}`)",
+                unit.trim()
+            ));
+        }
         _ => {
             return Err(format!(
-                "duration `{s}` has unknown unit `{unit}` (use us, ms, s, m or h)"
+                "duration `{s}` has unknown unit `{}` (use us, ms, s, m or h)",
+                unit.trim()
             ));
         }
     };

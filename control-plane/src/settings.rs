@@ -197,24 +197,19 @@ pub fn parse(text: &str) -> Result<Settings, String> {
     if text.trim().is_empty() {
         return Ok(Settings::default());
     }
-    serde_yaml_ng::from_str(text).map_err(|e| match e.location() {
-        Some(l) => format!(
-            "{}:{}: {}",
-            l.line(),
-            l.column(),
-            strip_location(&e.to_string())
-        ),
-        None => format!(" {e}"),
+    serde_yaml_ng::from_str(text).map_err(|e| {
+        let e = sluice_config::yaml_error("", text, &e);
+        let at = e
+            .position
+            .map(|p| format!("{}:{}: ", p.line, p.column))
+            .unwrap_or_default();
+        let path = if e.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", e.path)
+        };
+        format!("{at}{path}{}", e.message)
     })
-}
-
-/// serde_yaml_ng appends " at line L column C" to its messages; the location is already in
-/// front.
-fn strip_location(m: &str) -> String {
-    match m.rfind(" at line ") {
-        Some(i) => m[..i].to_string(),
-        None => m.to_string(),
-    }
 }
 
 #[cfg(test)]

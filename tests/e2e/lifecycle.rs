@@ -144,7 +144,7 @@ fn invalid_config_at_start_names_file_line_and_field() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         err.contains(&format!(
-            "{}:3:14: listeners[0].address: invalid socket address syntax",
+            "{}:3:14: listeners[0].address: `nowhere`: `nowhere` is not an IP address",
             cfg.display()
         )),
         "{err}"
@@ -181,25 +181,105 @@ fn validate_prints_every_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    // Every error in file order, parse-level ones too, then a count.
+    let (g, b) = (good.display(), bad.display());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{g}: ok\n\
+             {b}:2:54: listeners[0].tcp.cluster: unknown cluster `nope`\n\
+             {b}:3:13: listeners[1].name: duplicate name `l` (also used by listeners[0])\n\
+             {b}:3:59: listeners[1].http.route_table: unknown route table `t`\n\
+             {b}: 3 error(s)\n"
+        )
+    );
+    let parse_level = temp_file(
+        dir.path(),
+        "typos.yaml",
+        "listeners:\n  - { name: l, adress: 127.0.0.1:1, tcp: { cluster: c } }\nclusters:\n  - { name: c, lb_policy: roundrobin, endpoints: [127.0.0.1:9] }\n",
+    );
+    let out = Command::new(sluice_bin())
+        .arg("validate")
+        .arg(&parse_level)
+        .output()
+        .unwrap();
+    let p = parse_level.display();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{p}:2:16: listeners[0].adress: unknown field `adress`; did you mean `address`?\n\
+             {p}:4:27: clusters[0].lb_policy: unknown value `roundrobin`; did you mean `round_robin`?\n\
+             {p}: 2 error(s)\n"
+        )
+    );
+
+    // Warnings print and pass, unless --strict (or SLUICE_VALIDATE_STRICT) is given.
+    let risky = temp_file(
+        dir.path(),
+        "risky.yaml",
+        "admin: { address: 0.0.0.0:7191, allow_remote: true }\n",
+    );
+    let r = risky.display();
+    let out = Command::new(sluice_bin())
+        .arg("validate")
+        .arg(&risky)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    let b = bad.display();
     assert!(
-        text.contains(&format!(
-            "{b}:3:7: listeners[1].name: duplicate name `l` (also used by listeners[0])"
-        )),
+        text.starts_with(&format!("{r}: warning: no listeners")),
         "{text}"
     );
     assert!(
         text.contains(&format!(
-            "{b}:2:45: listeners[0].tcp.cluster: unknown cluster `nope`"
+            "{r}: warning: admin.address 0.0.0.0:7191 is not loopback"
         )),
         "{text}"
     );
+    assert!(text.ends_with(&format!("{r}: ok\n")), "{text}");
+    let out = Command::new(sluice_bin())
+        .arg("validate")
+        .arg(&risky)
+        .env("SLUICE_VALIDATE_STRICT", "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!(
-            "{b}:3:46: listeners[1].http.route_table: unknown route table `t`"
-        )),
+        text.ends_with(&format!("{r}: 2 warning(s), failing with --strict\n")),
         "{text}"
+    );
+}
+
+#[test]
+fn help_works_for_every_command() {
+    for args in [
+        &["help"][..],
+        &["help", "--help"],
+        &["help", "validate"],
+        &["help", "proxy"],
+        &["validate", "--help"],
+    ] {
+        let out = Command::new(sluice_bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage: sluice"),
+            "{args:?}"
+        );
+    }
+    let out = Command::new(sluice_bin())
+        .args(["help", "frobnicate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no command `frobnicate`; the commands are proxy, validate")
     );
 }
 
@@ -308,6 +388,34 @@ fn admin_mutations_are_post_only_and_do_what_envoy_operators_expect() {
     }
     // Reads refuse POST.
     assert_eq!(admin_request(&bin, "POST", "/ready").0, 405);
+    // `/` lists every endpoint; an unknown path points there.
+    let (status, index) = http_get(bin.admin, "/");
+    assert_eq!(status, 200);
+    for path in [
+        "/ready",
+        "/live",
+        "/metrics",
+        "/stats/prometheus",
+        "/server_info",
+        "/config_dump",
+        "/clusters",
+        "/listeners",
+        "/drain_listeners",
+        "/healthcheck/fail",
+        "/healthcheck/ok",
+        "/logging",
+        "/quitquitquit",
+    ] {
+        assert!(
+            index.contains(&format!(" {path}")),
+            "{path} missing from\n{index}"
+        );
+    }
+    let (status, body) = http_get(bin.admin, "/nope");
+    assert_eq!(
+        (status, body.as_str()),
+        (404, "not found; GET / lists the admin endpoints\n")
+    );
 
     // Failing the health check takes /ready down while traffic keeps flowing.
     assert_eq!(admin_request(&bin, "POST", "/healthcheck/fail").0, 200);

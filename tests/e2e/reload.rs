@@ -106,7 +106,7 @@ fn invalid_config_is_rejected_and_old_config_keeps_serving() {
     let line = bin.wait_log("config reload rejected");
     let file = bin.config.display().to_string();
     assert!(
-        line.contains(&format!("{file}:14:24: route_tables[0].virtual_hosts[0].routes[0].match.prefix: must start with '/'")),
+        line.contains(&format!("{file}:14:32: route_tables[0].virtual_hosts[0].routes[0].match.prefix: must start with '/'")),
         "{line}"
     );
     let r = KeepAlive::new(addr).get("/").unwrap();

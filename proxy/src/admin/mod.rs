@@ -139,7 +139,7 @@ fn handle(
     }
     let get_only = matches!(
         path,
-        "/ready"
+        "/" | "/ready"
             | "/live"
             | "/listeners"
             | "/metrics"
@@ -229,9 +229,32 @@ fn handle(
             "health_check_failed": shared.live.is_health_failed(),
         })),
         "/clusters" => json(&clusters(&shared.live)),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        "/" => text(StatusCode::OK, INDEX),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; GET / lists the admin endpoints\n",
+        ),
     }
 }
+
+/// `GET /`: what the admin API serves.
+const INDEX: &str = "\
+Sluice admin API
+GET  /                      this list
+GET  /ready                 200 when serving (503 while starting, draining or after /healthcheck/fail)
+GET  /live                  200 while the process runs
+GET  /metrics               Prometheus metrics (text 0.0.4, OpenMetrics 1.0 or protobuf, by Accept)
+GET  /stats/prometheus      the same as /metrics
+GET  /server_info           version, uptime, state, config generation
+GET  /config_dump           the live config as JSON, secrets redacted
+GET  /clusters              per endpoint: health, ejection, requests, errors, weight
+GET  /listeners             listeners and their bound addresses
+POST /drain_listeners       stop accepting; finish what is in flight
+POST /healthcheck/fail      make /ready answer 503
+POST /healthcheck/ok        undo /healthcheck/fail
+POST /logging?level=LEVEL   change the log filter (`debug`, `sluice_proxy=trace`, ...)
+POST /quitquitquit          drain and exit (from loopback only)
+";
 
 /// The formats `/metrics` speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
