@@ -4,12 +4,42 @@
 use sluice_proxy::Proxy;
 use sluice_proxy::Source;
 use std::collections::HashSet;
+use std::net::SocketAddr;
 
 const DEMO: &str = include_str!("../examples/demo.yaml");
 
-/// Starts the upstreams and returns the demo config.
-pub(crate) fn prepare() -> anyhow::Result<Source> {
+/// The demo's config, with the ports it really uses.
+pub(crate) struct Prepared {
+    /// The config to run.
+    pub(crate) source: Source,
+    /// One line per default port that was busy, saying what was used instead.
+    pub(crate) notes: Vec<String>,
+}
+
+/// `addr` when it can be bound now, else the same IP with port 0 (a free port) and a note.
+fn free_or_any(addr: SocketAddr, what: &str, notes: &mut Vec<String>) -> SocketAddr {
+    if addr.port() == 0 || std::net::TcpListener::bind(addr).is_ok() {
+        return addr;
+    }
+    notes.push(format!(
+        "port {} is busy: {what} uses a free port instead",
+        addr.port()
+    ));
+    SocketAddr::new(addr.ip(), 0)
+}
+
+/// Starts the upstreams and returns the demo config. `port` moves the `web` listener (and
+/// `echo-tcp` to the port after it; 0 picks free ones); any default port that is busy — a
+/// listener's, the admin API's or an upstream's — is replaced by a free one.
+pub(crate) fn prepare(port: Option<u16>) -> anyhow::Result<Prepared> {
     let config = sluice_config::parse(DEMO, "examples/demo.yaml")?;
+    let mut text = DEMO.to_string();
+    let mut notes = Vec::new();
+    let moved = |from: SocketAddr, to: SocketAddr, text: &mut String| {
+        if from != to {
+            *text = text.replace(&from.to_string(), &to.to_string());
+        }
+    };
     let tcp: HashSet<&str> = config
         .listeners
         .iter()
@@ -20,22 +50,50 @@ pub(crate) fn prepare() -> anyhow::Result<Source> {
         .collect();
     for c in &config.clusters {
         for (i, e) in c.endpoints.iter().enumerate() {
-            if tcp.contains(c.name.as_str()) {
-                sluice_proxy::demo::spawn_tcp_echo(e.address)
-                    .map_err(|err| anyhow::anyhow!("{}: {err}", e.address))?;
-            } else {
-                sluice_proxy::demo::spawn_echo(e.address, &format!("{}-{i}", c.name))
-                    .map_err(|err| anyhow::anyhow!("{}: {err}", e.address))?;
-            }
+            let name = format!("{}-{i}", c.name);
+            let spawn = |addr| {
+                if tcp.contains(c.name.as_str()) {
+                    sluice_proxy::demo::spawn_tcp_echo(addr)
+                } else {
+                    sluice_proxy::demo::spawn_echo(addr, &name)
+                }
+            };
+            let bound = match spawn(e.address) {
+                Ok(bound) => bound,
+                Err(_) => {
+                    let bound = spawn(SocketAddr::new(e.address.ip(), 0))
+                        .map_err(|err| anyhow::anyhow!("upstream {name}: {err}"))?;
+                    notes.push(format!(
+                        "port {} is busy: upstream {name} listens on {bound} instead",
+                        e.address.port()
+                    ));
+                    bound
+                }
+            };
+            moved(e.address, bound, &mut text);
         }
     }
-    Ok(Source::Inline {
-        name: "examples/demo.yaml".into(),
-        text: DEMO.into(),
+    for (i, l) in config.listeners.iter().enumerate() {
+        let wanted = match port {
+            Some(0) => SocketAddr::new(l.address.ip(), 0),
+            Some(p) => SocketAddr::new(l.address.ip(), p.saturating_add(i as u16)),
+            None => l.address,
+        };
+        let used = free_or_any(wanted, &format!("listener {}", l.name), &mut notes);
+        moved(l.address, used, &mut text);
+    }
+    let admin = free_or_any(config.admin.address, "the admin API", &mut notes);
+    moved(config.admin.address, admin, &mut text);
+    Ok(Prepared {
+        source: Source::Inline {
+            name: "examples/demo.yaml".into(),
+            text,
+        },
+        notes,
     })
 }
 
-pub(crate) fn print_usage(proxy: &Proxy) {
+pub(crate) fn print_usage(proxy: &Proxy, notes: &[String]) {
     let web = proxy
         .listener_addr("web")
         .map(|a| a.to_string())
@@ -44,18 +102,32 @@ pub(crate) fn print_usage(proxy: &Proxy) {
     let tcp_host = tcp.map(|a| a.ip().to_string()).unwrap_or_default();
     let tcp_port = tcp.map(|a| a.port()).unwrap_or_default();
     let admin = proxy.admin_addr();
-    println!(
-        "\nSluice demo is running. Try:\n\
-         \n  curl -si http://{web}/hello                         # 90% web (round robin web-0/web-1), 10% web-canary: see x-upstream\
-         \n  curl -si http://{web}/api/users?id=7                # /api/ → api cluster over HTTP/2 (prefix rewritten to /v1/)\
-         \n  curl -s --http2-prior-knowledge http://{web}/hello  # HTTP/2 downstream → HTTP/1.1 upstream\
-         \n  curl -si -H 'x-canary: 1' http://{web}/hello        # header match → canary cluster\
-         \n  curl -si http://{web}/old/page                      # 301 redirect\
-         \n  curl -si http://{web}/healthz                       # direct response\
+    let mut out = String::from("\nSluice demo is running");
+    out.push_str(&format!(
+        ": listener `web` on {web}, `echo-tcp` on {tcp_host}:{tcp_port}, admin API on {admin}.\n"
+    ));
+    for n in notes {
+        out.push_str(&format!("  ({n})\n"));
+    }
+    out.push_str(&format!(
+        "Try:\n\
+         \n  curl -si 'http://{web}/hello'                        # 90% web (round robin web-0/web-1), 10% web-canary: see x-upstream\
+         \n  curl -si 'http://{web}/api/users?id=7'               # /api/ → api cluster over HTTP/2 (prefix rewritten to /v1/)\
+         \n  curl -s --http2-prior-knowledge 'http://{web}/hello' # HTTP/2 downstream → HTTP/1.1 upstream\
+         \n  curl -si -H 'x-canary: 1' 'http://{web}/hello'       # header match → canary cluster\
+         \n  curl -si 'http://{web}/old/page'                     # 301 redirect\
+         \n  curl -si 'http://{web}/healthz'                      # direct response\
+         \n  curl -si --http1.1 -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \\\
+         \n       -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' 'http://{web}/ws'\
+         \n                                                      # WebSocket: 101, then the tunnel to an echo (Ctrl-C ends curl)\
          \n  exec 3<>/dev/tcp/{tcp_host}/{tcp_port}; echo hello >&3; head -1 <&3   # TCP proxy to an echo server (bash)\
-         \n  curl -s http://{admin}/metrics                     # Prometheus metrics\
+         \n  curl -s 'http://{admin}/'                           # the admin API's endpoints\
+         \n  curl -s 'http://{admin}/metrics'                    # Prometheus metrics\
+         \n  curl -s 'http://{admin}/clusters'                   # endpoints: health, requests, errors\
+         \n  curl -s 'http://{admin}/config_dump'                # the live config\
          \n\nCtrl-C drains and exits.\n"
-    );
+    ));
+    println!("{out}");
 }
 
 /// `sluice demo --mesh DIR`: the example backend apps, the control plane serving `DIR` (its

@@ -77,6 +77,10 @@ enum Command {
         /// Run the mesh demo from this directory (`examples/mesh`).
         #[arg(long, env = "SLUICE_DEMO_MESH")]
         mesh: Option<PathBuf>,
+        /// The `web` listener's port (`echo-tcp` takes the next; 0 picks free ones). Default
+        /// 8080; a busy default port is replaced by a free one and the banner says so.
+        #[arg(long, env = "SLUICE_DEMO_PORT", conflicts_with = "mesh")]
+        port: Option<u16>,
     },
 }
 
@@ -262,6 +266,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo {
             run,
             mesh: Some(dir),
+            ..
         } => {
             let mesh = demo::mesh(
                 &dir,
@@ -273,10 +278,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             mesh.backend.shutdown();
             Ok(code)
         }
-        Command::Demo { run, mesh: None } => {
-            let source = demo::prepare().context("starting the demo upstreams")?;
-            let proxy = Proxy::start(run.options(source, false, None))?;
-            demo::print_usage(&proxy);
+        Command::Demo {
+            run,
+            mesh: None,
+            port,
+        } => {
+            let demo = demo::prepare(port).context("starting the demo upstreams")?;
+            let proxy = Proxy::start(run.options(demo.source, false, None))?;
+            demo::print_usage(&proxy, &demo.notes);
             Ok(exit_code(proxy.wait()))
         }
     }

@@ -283,6 +283,24 @@ impl ProxyError {
         }
     }
 
+    /// The endpoint the failure happened at, when the error knows it.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            ProxyError::ConnectFailed { addr, .. }
+            | ProxyError::ConnectTimeout { addr, .. }
+            | ProxyError::Handshake { addr, .. } => Some(*addr),
+            _ => None,
+        }
+    }
+
+    /// Whether an operator should hear about this failure at the default log level: the
+    /// upstream failed (connect, TLS handshake, timeout, reset, invalid response) or the
+    /// cluster had no endpoint to send to. Client errors are not logged at `warn` (a client
+    /// controls how many it causes).
+    pub fn is_upstream_failure(&self) -> bool {
+        self.side() == Side::Upstream || matches!(self, ProxyError::NoEndpoint(_))
+    }
+
     /// A short code for logs and metrics, after Envoy's response flags.
     pub fn flag(&self) -> &'static str {
         match self {

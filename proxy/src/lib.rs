@@ -37,6 +37,7 @@ pub mod latency;
 pub mod lb;
 pub mod listener;
 mod local;
+mod log_limit;
 mod message;
 pub mod metrics;
 pub mod otel;

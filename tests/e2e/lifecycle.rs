@@ -454,3 +454,130 @@ fn admin_mutations_are_post_only_and_do_what_envoy_operators_expect() {
     assert_eq!(admin_request(&bin, "POST", "/quitquitquit").0, 200);
     assert_eq!(bin.wait_exit(), 0);
 }
+
+/// Kills the child process when dropped (a failed assertion must not leave it running).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn demo_moves_off_a_busy_port_and_says_so() {
+    use std::io::BufRead;
+    // The port asked for is taken: the demo picks a free one and the banner says which.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let mut child = Reaped(
+        Command::new(sluice_bin())
+            .args(["demo", "--workers", "1", "--port", &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let mut banner = String::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("Ctrl-C drains and exits") {
+            break;
+        }
+    }
+    assert!(
+        banner.contains(&format!(
+            "(port {port} is busy: listener web uses a free port instead)"
+        )),
+        "{banner}"
+    );
+    // Every URL is quoted (a `?` must not glob in zsh), the WebSocket route and the admin
+    // endpoints are listed, and the printed addresses answer.
+    let url = |marker: &str| -> String {
+        let line = banner
+            .lines()
+            .find(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("no `{marker}` in\n{banner}"));
+        let start = line.find("'http://").expect("a quoted URL") + 1;
+        let end = start + line[start..].find('\'').expect("closing quote");
+        line[start..end].to_string()
+    };
+    assert!(url("/api/users?id=7").ends_with("/api/users?id=7"));
+    assert!(banner.contains("Upgrade: websocket"), "{banner}");
+    let hello = url("/hello'");
+    let web: std::net::SocketAddr = hello
+        .trim_start_matches("http://")
+        .trim_end_matches("/hello")
+        .parse()
+        .unwrap();
+    assert_ne!(web.port(), port);
+    assert_eq!(http_get(web, "/hello").0, 200);
+    let index = url("# the admin API's endpoints");
+    let admin: std::net::SocketAddr = index
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let (status, body) = http_get(admin, "/");
+    assert_eq!(status, 200);
+    assert!(body.contains("/config_dump"), "{body}");
+    drop(busy);
+}
+
+#[test]
+fn the_log_says_what_started_what_failed_upstream_and_what_a_reload_changed() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let yaml = |table: &str| {
+        format!(
+            "listeners:\n  - {{ name: web, address: 127.0.0.1:0, http: {{ route_table: {table} }} }}\n\
+             route_tables:\n  - {{ name: {table}, virtual_hosts: [{{ name: v, domains: ['*'], routes: [{{ name: all, match: {{ prefix: / }}, cluster: dead }}] }}] }}\n\
+             clusters:\n  - {{ name: dead, endpoints: [{dead}] }}\n"
+        )
+    };
+    let mut bin = Binary::start(&yaml("t"), &[]);
+    let web = bin.addr("web");
+    // One line names every bound listener and the admin API.
+    let started = bin.wait_log("sluice started");
+    assert!(
+        started.contains(&format!("listeners [web http {web}]"))
+            && started.contains(&format!("admin API on http://{}/", bin.admin)),
+        "{started}"
+    );
+    // A refused upstream is warned at the default level with cluster, endpoint, listener and
+    // route — at most 5 lines per 10 s per cluster, however many requests fail.
+    for _ in 0..12 {
+        assert_eq!(http_get(web, "/").0, 503);
+    }
+    // Each warning is written before its 503 is sent; a reload's line after the twelfth
+    // response marks the end of theirs.
+    bin.write_config(&yaml("t2"));
+    let reloaded = bin.wait_log("config reloaded");
+    assert!(
+        reloaded.contains("route_table added: t2; listener updated: web; route_table removed: t"),
+        "{reloaded}"
+    );
+    let failures: Vec<&String> = bin
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("upstream request failed"))
+        .collect();
+    assert_eq!(failures.len(), 5, "{failures:#?}");
+    let line = failures[0];
+    for field in [
+        "WARN",
+        "cluster=dead",
+        &format!("endpoint={dead}"),
+        "listener=web",
+        "route=all",
+        "flag=UF",
+    ] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+}

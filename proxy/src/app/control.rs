@@ -234,8 +234,8 @@ impl ControlLoop {
             metrics.config_reload("success");
             tracing::info!(
                 generation = self.admin.live.generation(),
-                changed = applied.changed(),
-                "config reloaded"
+                "config reloaded: {}",
+                applied.summary()
             );
             Ok(())
         } else {

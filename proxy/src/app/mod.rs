@@ -154,6 +154,18 @@ impl Proxy {
             log_level: options.log_level.clone(),
         });
         tracing::info!(address = %admin, "admin listening");
+        let bound: Vec<String> = admin_state
+            .listeners()
+            .iter()
+            .map(|l| format!("{} {} {}", l.name, l.protocol, l.address))
+            .collect();
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            workers,
+            admin = %admin,
+            "sluice started: listeners [{}], admin API on http://{admin}/",
+            bound.join(", ")
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let control = ControlLoop {
             admin: Arc::clone(&admin_state),

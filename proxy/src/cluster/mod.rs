@@ -46,6 +46,8 @@ pub struct ClusterHandle {
     pub shared: Arc<EndpointGroup>,
     /// The retry budget (one window per worker).
     pub(crate) budget: budget::RetryBudget,
+    /// Limits the `warn` lines of this cluster's upstream failures.
+    failures: crate::log_limit::LogLimiter,
 }
 
 /// A cluster's compiled settings (everything but its endpoints).
@@ -101,6 +103,31 @@ impl Transport {
 }
 
 impl ClusterHandle {
+    /// Logs a failure of this cluster's upstream (`what` happened) at `warn` with the endpoint,
+    /// listener and route, at most [`crate::log_limit::BURST`] lines per window per cluster, so
+    /// a dead upstream cannot flood the log; the next line let through says how many were held
+    /// back.
+    pub(crate) fn warn_failure(
+        &self,
+        e: &crate::error::ProxyError,
+        what: &str,
+        listener: &str,
+        route: Option<&str>,
+    ) {
+        let Some(suppressed) = self.failures.admit() else {
+            return;
+        };
+        let endpoint = e
+            .endpoint()
+            .map_or_else(|| "-".to_string(), |a| a.to_string());
+        let route = route.unwrap_or("-");
+        if suppressed == 0 {
+            tracing::warn!(cluster = %self.name, %endpoint, %listener, %route, flag = %e.flag(), error = %e, "{what}");
+        } else {
+            tracing::warn!(cluster = %self.name, %endpoint, %listener, %route, flag = %e.flag(), error = %e, suppressed, "{what} ({suppressed} similar suppressed since the last such line)");
+        }
+    }
+
     /// The current settings; `None` while the cluster is not configured.
     pub fn settings(&self) -> Option<Arc<ClusterSettings>> {
         self.settings.load_full()
@@ -201,6 +228,7 @@ impl Registry {
             metrics: self.metrics.cluster(name),
             shared,
             budget: budget::RetryBudget::new(self.workers),
+            failures: crate::log_limit::LogLimiter::default(),
         });
         self.clusters.insert(name.to_string(), Arc::clone(&h));
         h

@@ -217,6 +217,12 @@ pub(crate) async fn handle(
         }
         Err(e) => {
             tracing::debug!(listener = %spec.name, error = %e, flag = e.flag(), side = ?e.side(), "request failed");
+            if e.is_upstream_failure()
+                && let Some(c) = sent_to
+            {
+                let route = routed.map(|(_, r)| r.name.as_str());
+                c.warn_failure(&e, "upstream request failed", &spec.name, route);
+            }
             spec.metrics.error(e.flag());
             if let Some(reason) = e.rejection() {
                 spec.metrics.rejected(reason);

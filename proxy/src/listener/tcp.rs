@@ -7,7 +7,6 @@ use super::sni::{self, Inspected, Unmatched};
 use super::{ListenerSpec, TcpSpec};
 use crate::cluster::{ClusterHandle, call};
 use crate::drain::Drain;
-use crate::error::ProxyError;
 use crate::http::filters::ConnRecord;
 use crate::local::Worker;
 use crate::tunnel::{self, Ended};
@@ -66,14 +65,11 @@ async fn run(
         Ok(c) => c,
         // No cluster or no endpoint is a config problem (warned, as before); connect failures
         // are counted on the cluster by the connector.
-        Err(e @ (ProxyError::NoCluster(_) | ProxyError::NoEndpoint(_))) => {
-            (rec.flag, rec.termination) = (Some(e.flag()), "connect_failed");
-            tracing::warn!(listener = %spec.name, cluster = %cluster.name, %peer, error = %e, flag = e.flag(), "tcp upstream unavailable");
-            return;
-        }
+        // Warned (rate-limited per cluster): no endpoint, a refused or timed-out connect.
         Err(e) => {
             (rec.flag, rec.termination) = (Some(e.flag()), "connect_failed");
             tracing::debug!(listener = %spec.name, cluster = %cluster.name, %peer, error = %e, flag = e.flag(), "tcp upstream connect failed");
+            cluster.warn_failure(&e, "tcp upstream connect failed", &spec.name, None);
             return;
         }
     };

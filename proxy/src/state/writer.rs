@@ -75,6 +75,34 @@ impl Applied {
         self.rejected().next().is_none()
     }
 
+    /// What changed, for the reload log line: `cluster added: a, b; route_table updated: t;
+    /// listener removed: old` (resources in the order applied; unchanged ones left out), or
+    /// `nothing changed`.
+    pub fn summary(&self) -> String {
+        let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+        for r in &self.results {
+            let what = match r.outcome {
+                Ok(Change::Added) => "added",
+                Ok(Change::Updated) => "updated",
+                Ok(Change::Removed) => "removed",
+                Ok(Change::Unchanged) | Err(_) => continue,
+            };
+            let key = format!("{} {what}", r.kind);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, names)) => names.push(&r.name),
+                None => groups.push((key, vec![&r.name])),
+            }
+        }
+        if groups.is_empty() {
+            return "nothing changed".into();
+        }
+        groups
+            .iter()
+            .map(|(k, names)| format!("{k}: {}", names.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// True when some resource changed.
     pub fn changed(&self) -> bool {
         self.results
