@@ -7,6 +7,8 @@
 //! `admin.allow_remote` is set; connections are capped and timed out, and the config dump
 //! redacts header values.
 
+mod dump;
+
 use crate::listener::BoundListener;
 use crate::state::Live;
 use bytes::Bytes;
@@ -213,7 +215,7 @@ fn handle(
         }
         "/config_dump" => {
             let snap = shared.live.snapshot();
-            let mut config = serde_json::to_value(&*snap.config).unwrap_or_default();
+            let mut config = dump::effective(&snap.config);
             redact(&mut config);
             json(&serde_json::json!({
                 "generation": snap.generation,
