@@ -56,6 +56,38 @@ enum Command {
         #[arg(long, env = "SLUICE_VALIDATE_STRICT")]
         strict: bool,
     },
+    /// Which listener, virtual host, route and cluster a request gets, and why each earlier
+    /// route did not take it: `sluice explain -c FILE 'GET http://api.example.com/v2/users'
+    /// -H 'x-canary: 1'`, or against a running proxy's live config with `--admin ADDR`.
+    Explain {
+        /// `METHOD URL` (`GET http://host/path`), or just the URL for GET; `tcp://host:port`
+        /// for a TCP listener.
+        request: String,
+        /// The config file to explain against.
+        #[arg(
+            short,
+            long,
+            env = "SLUICE_CONFIG",
+            conflicts_with = "admin",
+            required_unless_present = "admin"
+        )]
+        config: Option<PathBuf>,
+        /// A running proxy's admin address (`127.0.0.1:7191`): its live config.
+        #[arg(long, env = "SLUICE_EXPLAIN_ADMIN")]
+        admin: Option<String>,
+        /// A request header, `name: value` (repeatable); `Host` overrides the URL's.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The listener (default: the one on the URL's port, else the first of its kind).
+        #[arg(long, env = "SLUICE_EXPLAIN_LISTENER")]
+        listener: Option<String>,
+        /// The TLS server name, for a TLS passthrough listener.
+        #[arg(long, env = "SLUICE_EXPLAIN_SNI")]
+        sni: Option<String>,
+        /// Print JSON.
+        #[arg(long, env = "SLUICE_EXPLAIN_JSON")]
+        json: bool,
+    },
     /// Print the help of a command (`sluice help validate`).
     Help {
         /// The command; none for the overview.
@@ -233,6 +265,55 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(exit_code(proxy.wait()))
         }
         Command::Validate { files, strict } => Ok(validate(&files, strict)),
+        Command::Explain {
+            request,
+            config,
+            admin,
+            headers,
+            listener,
+            sni,
+            json,
+        } => {
+            let (method, url) = match request.trim().split_once(char::is_whitespace) {
+                Some((m, u)) => (m.to_ascii_uppercase(), u.trim().to_string()),
+                None => ("GET".to_string(), request.trim().to_string()),
+            };
+            let mut query = sluice_proxy::explain::Query {
+                method,
+                url,
+                listener,
+                sni,
+                ..Default::default()
+            };
+            for h in &headers {
+                let (k, v) = h
+                    .split_once(':')
+                    .with_context(|| format!("-H {h}: write `name: value`"))?;
+                query.headers.push((k.trim().into(), v.trim().into()));
+            }
+            let explanation = match (config, admin) {
+                (Some(file), _) => {
+                    let config =
+                        sluice_config::load_file(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    sluice_proxy::explain::explain(&config, &query).map_err(anyhow::Error::msg)?
+                }
+                (None, Some(admin)) => {
+                    let (status, body) =
+                        fetch(&admin, &explain_path(&query), "the proxy's admin API")?;
+                    if status != 200 {
+                        anyhow::bail!("{}", body.trim_end());
+                    }
+                    serde_json::from_str(&body).context("invalid /explain JSON")?
+                }
+                (None, None) => anyhow::bail!("give -c FILE or --admin ADDR"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&explanation)?);
+            } else {
+                print!("{}", explanation.text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Help { command } => {
             use clap::CommandFactory;
             let mut cli = Cli::command();
@@ -314,25 +395,58 @@ fn run_control_plane(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `sluice control-plane status`: the connected proxies, one line per proxy and type.
-fn control_plane_status(http: &str, raw: bool) -> anyhow::Result<ExitCode> {
+/// `GET path` from `addr` (`ip:port`) over HTTP/1.1: (status, body). `what` names the server
+/// in errors.
+fn fetch(addr: &str, path: &str, what: &str) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = http
+    let addr: std::net::SocketAddr = addr
         .parse()
-        .with_context(|| format!("--http {http}: expected ip:port"))?;
+        .with_context(|| format!("{addr}: expected ip:port for {what}"))?;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("cannot reach the control plane at {addr}"))?;
+        .with_context(|| format!("cannot reach {what} at {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
-        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .context("malformed answer from the control plane")?;
+        .with_context(|| format!("malformed answer from {what}"))?;
+    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+/// The admin API's `/explain` path for `q`, percent-encoded.
+fn explain_path(q: &sluice_proxy::explain::Query) -> String {
+    fn enc(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+    let mut p = format!("/explain?method={}&url={}", enc(&q.method), enc(&q.url));
+    for (k, v) in &q.headers {
+        p.push_str(&format!("&header={}", enc(&format!("{k}: {v}"))));
+    }
+    if let Some(l) = &q.listener {
+        p.push_str(&format!("&listener={}", enc(l)));
+    }
+    if let Some(s) = &q.sni {
+        p.push_str(&format!("&sni={}", enc(s)));
+    }
+    p
+}
+
+/// `sluice control-plane status`: the connected proxies, one line per proxy and type.
+fn control_plane_status(http: &str, raw: bool) -> anyhow::Result<ExitCode> {
+    let (_, body) = fetch(http, "/status", "the control plane")?;
+    let body = body.as_str();
     if raw {
         print!("{body}");
         return Ok(ExitCode::SUCCESS);

@@ -31,6 +31,7 @@ mod drain;
 pub mod endpoint;
 pub mod error;
 mod exec;
+pub mod explain;
 mod health;
 pub mod http;
 pub mod latency;

@@ -12,6 +12,7 @@ mod conformance;
 mod connection;
 mod deadline;
 mod dns;
+mod docs;
 mod edge;
 mod fault;
 mod filters;

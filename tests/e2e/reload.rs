@@ -261,3 +261,68 @@ fn pools_of_unchanged_clusters_survive_reloads() {
     version_seen(&mut c, "3");
     assert_eq!(conns(), 2.0);
 }
+
+/// `sluice explain` against a file and against a running proxy: the admin API explains the
+/// live config, so the answer follows a hot reload.
+#[test]
+fn explain_answers_from_a_file_and_from_the_live_config_after_a_reload() {
+    let (a, b) = (echo("a"), echo("b"));
+    let mut bin = Binary::start(&config(1, "a", a, b, ""), &[]);
+    let explain = |args: &[&str]| {
+        let out = std::process::Command::new(sluice_bin())
+            .arg("explain")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let admin = bin.admin.to_string();
+    let text = explain(&[
+        "--admin",
+        &admin,
+        "GET http://example.com/x",
+        "-H",
+        "x-test: 1",
+    ]);
+    assert!(text.contains("route #0 all/0: MATCH"), "{text}");
+    assert!(text.contains("cluster:      a (100%)"), "{text}");
+    // The same from the file, as JSON.
+    let config_path = bin.config.display().to_string();
+    let json: serde_json::Value = serde_json::from_str(&explain(&[
+        "-c",
+        &config_path,
+        "--json",
+        "http://example.com/x",
+    ]))
+    .unwrap();
+    assert_eq!(json["clusters"][0]["name"], "a", "{json}");
+    assert_eq!(json["listener"], "main", "{json}");
+    // After a reload to cluster b, the running proxy's answer changes.
+    bin.write_config(&config(2, "b", a, b, ""));
+    bin.wait_log("config reloaded");
+    let text = explain(&["--admin", &admin, "GET http://example.com/x"]);
+    assert!(text.contains("cluster:      b (100%)"), "{text}");
+    // A request the API cannot read gets the reason, and the CLI fails with it.
+    let out = std::process::Command::new(sluice_bin())
+        .args([
+            "explain",
+            "--admin",
+            &admin,
+            "--listener",
+            "nope",
+            "http://x/",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no listener `nope` in the config"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -149,6 +149,7 @@ fn handle(
             | "/config_dump"
             | "/server_info"
             | "/clusters"
+            | "/explain"
     );
     if get_only && req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -232,11 +233,58 @@ fn handle(
         })),
         "/clusters" => json(&clusters(&shared.live)),
         "/" => text(StatusCode::OK, INDEX),
+        "/explain" => {
+            let snap = shared.live.snapshot();
+            match explain_query(req.uri().query())
+                .and_then(|q| crate::explain::explain(&snap.config, &q))
+            {
+                Ok(e) => json(&serde_json::to_value(&e).unwrap_or_default()),
+                Err(why) => text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+            }
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; GET / lists the admin endpoints\n",
         ),
     }
+}
+
+/// `GET /explain?method=GET&url=http%3A%2F%2Fhost%2Fpath&header=name%3A%20value&listener=L&sni=S`
+/// (`header` repeats; `method` defaults to GET) → the query `sluice explain` runs.
+fn explain_query(query: Option<&str>) -> Result<crate::explain::Query, String> {
+    let mut q = crate::explain::Query {
+        method: "GET".into(),
+        ..Default::default()
+    };
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = crate::route::percent_decode(v).into_owned();
+        match k {
+            "method" => q.method = v,
+            "url" => q.url = v,
+            "listener" => q.listener = Some(v),
+            "sni" => q.sni = Some(v),
+            "header" => {
+                let (name, value) = v
+                    .split_once(':')
+                    .ok_or_else(|| format!("header `{v}`: write `name: value`"))?;
+                q.headers.push((name.trim().into(), value.trim().into()));
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter `{other}` (method, url, header, listener, sni)"
+                ));
+            }
+        }
+    }
+    if q.url.is_empty() {
+        return Err("`url` is required: /explain?url=http%3A%2F%2Fhost%2Fpath".into());
+    }
+    Ok(q)
 }
 
 /// `GET /`: what the admin API serves.
@@ -250,6 +298,7 @@ GET  /stats/prometheus      the same as /metrics
 GET  /server_info           version, uptime, state, config generation
 GET  /config_dump           the live config as JSON, secrets redacted
 GET  /clusters              per endpoint: health, ejection, requests, errors, weight
+GET  /explain?url=URL       which listener, route and cluster a request gets, and why (sluice explain)
 GET  /listeners             listeners and their bound addresses
 POST /drain_listeners       stop accepting; finish what is in flight
 POST /healthcheck/fail      make /ready answer 503
@@ -433,8 +482,8 @@ fn clusters(live: &Live) -> serde_json::Value {
     serde_json::Value::Array(list.collect())
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,

@@ -15,7 +15,7 @@ pub(crate) mod forward;
 mod frames;
 mod grpc;
 pub(crate) mod headers;
-mod normalize;
+pub(crate) mod normalize;
 pub(crate) mod respond;
 pub(crate) mod server;
 pub(crate) mod smuggle;

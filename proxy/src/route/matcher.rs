@@ -133,6 +133,95 @@ impl RouteMatcher {
     }
 }
 
+impl RouteMatcher {
+    /// The first condition `req` fails, in words (`None` when it meets them all), checked in
+    /// the order [`RouteMatcher::matches`] checks them: for `sluice explain`.
+    pub(crate) fn why_not(&self, req: &RequestHead<'_>) -> Option<String> {
+        let path = req.path;
+        let path_fails = match &self.path {
+            PathMatch::Prefix(p) if !path.starts_with(p.as_str()) => {
+                Some(format!("path `{path}` does not start with `{p}`"))
+            }
+            PathMatch::Segments(p)
+                if !path
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) =>
+            {
+                Some(format!("path `{path}` is not `{p}` or under `{p}/`"))
+            }
+            PathMatch::Exact(p) if path != p => Some(format!("path `{path}` is not `{p}`")),
+            PathMatch::Regex(r) if !r.is_match(path) => Some(format!(
+                "path `{path}` does not match the regex `{}`",
+                r.as_str()
+            )),
+            _ => None,
+        };
+        if path_fails.is_some() {
+            return path_fails;
+        }
+        if !self.methods.is_empty() && !self.methods.contains(req.method) {
+            let list: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+            return Some(format!(
+                "method {} is not one of {}",
+                req.method,
+                list.join(", ")
+            ));
+        }
+        for c in &self.headers {
+            if !c.matches(req) {
+                let value = req
+                    .headers
+                    .get(&c.name)
+                    .map(|v| format!("`{}`", String::from_utf8_lossy(v.as_bytes())));
+                let wanted = c.value.describe();
+                return Some(match (value, c.invert) {
+                    (None, false) => format!("header `{}` is absent (wanted: {wanted})", c.name),
+                    (Some(v), false) => {
+                        format!("header `{}` is {v} (wanted: {wanted})", c.name)
+                    }
+                    (v, true) => format!(
+                        "header `{}` {} (the condition is inverted: it must not be {wanted})",
+                        c.name,
+                        v.map_or_else(|| "is absent".to_string(), |v| format!("is {v}"))
+                    ),
+                });
+            }
+        }
+        for c in &self.query {
+            match c.matches(req) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Some(format!(
+                        "query parameter `{}` fails (wanted: {})",
+                        c.name,
+                        c.value.describe()
+                    ));
+                }
+                Err(name) => {
+                    return Some(format!(
+                        "query parameter `{name}` appears more than once (the request is refused \
+                         with 400)"
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
+impl ValueMatch {
+    fn describe(&self) -> String {
+        match self {
+            ValueMatch::Exact(v) => format!("exactly `{v}`"),
+            ValueMatch::Prefix(v) => format!("starting with `{v}`"),
+            ValueMatch::Suffix(v) => format!("ending with `{v}`"),
+            ValueMatch::Regex(r) => format!("matching `{}`", r.as_str()),
+            ValueMatch::Present(true) => "present".into(),
+            ValueMatch::Present(false) => "absent".into(),
+        }
+    }
+}
+
 fn value_match(
     exact: &Option<String>,
     prefix: &Option<String>,

@@ -12,6 +12,7 @@ mod tests;
 pub use action::{Action, Backends, Forward, HeaderOps};
 pub use hash::RequestHash;
 pub(crate) use host::strip_port;
+pub(crate) use matcher::percent_decode;
 pub use policy::Policy;
 
 use crate::cluster::Registry;
@@ -188,9 +189,46 @@ impl RouteTable {
     }
 }
 
+/// How a route table took a request, for `sluice explain`: the virtual host, and each route
+/// tried in order with the first condition it failed (`None` for the one that took it, which
+/// is last).
+#[derive(Debug)]
+pub struct Trace<'t> {
+    /// The virtual host the host picked.
+    pub virtual_host: Option<&'t VirtualHost>,
+    /// The routes tried, in order.
+    pub routes: Vec<(&'t Route, Option<String>)>,
+}
+
+impl RouteTable {
+    /// [`RouteTable::find`], with the reasons: the same host index and matcher.
+    pub fn trace(&self, req: &RequestHead<'_>) -> Trace<'_> {
+        let virtual_host = self
+            .hosts
+            .find(req.host)
+            .and_then(|i| self.virtual_hosts.get(i));
+        let mut routes = Vec::new();
+        for route in virtual_host
+            .map(|vh| vh.routes.as_slice())
+            .unwrap_or_default()
+        {
+            let why = route.matcher.why_not(req);
+            let taken = why.is_none();
+            routes.push((route, why));
+            if taken {
+                break;
+            }
+        }
+        Trace {
+            virtual_host,
+            routes,
+        }
+    }
+}
+
 impl Route {
     /// The prefix this route matched by, if it matches by prefix (for prefix rewrites).
-    pub(crate) fn matched_prefix(&self) -> Option<&str> {
+    pub fn matched_prefix(&self) -> Option<&str> {
         match &self.matcher.path {
             matcher::PathMatch::Prefix(p) | matcher::PathMatch::Segments(p) => Some(p),
             _ => None,
