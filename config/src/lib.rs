@@ -217,7 +217,20 @@ impl Config {
             );
         }
         for (t, table) in self.route_tables.iter().enumerate() {
+            if table.virtual_hosts.is_empty() {
+                w.push(format!(
+                    "route_tables[{t}] (`{}`): no virtual hosts: every request gets 404",
+                    table.name
+                ));
+            }
             for (v, vhost) in table.virtual_hosts.iter().enumerate() {
+                if vhost.routes.is_empty() {
+                    w.push(format!(
+                        "route_tables[{t}].virtual_hosts[{v}] (`{}`): no routes: every request \
+                         for its domains gets 404",
+                        vhost.name
+                    ));
+                }
                 let catch_all = vhost.routes.iter().position(|r| {
                     let m = &r.matcher;
                     matches!(m.prefix.as_deref(), Some("/") | Some(""))
@@ -323,7 +336,6 @@ pub fn parse_with(
     if source.trim().is_empty() {
         return Err(ConfigErrors::whole_file(file, "file is empty"));
     }
-    let index = PositionIndex::build(source);
     let (raw, mut issues, patched) = match serde_yaml_ng::from_str::<RawConfig>(source) {
         Ok(raw) => (Some(raw), Vec::new(), Vec::new()),
         Err(first) => {
@@ -361,7 +373,13 @@ pub fn parse_with(
             // Validation checked every "exactly one of", so this cannot fail; if it did, say so.
             Config::try_from(raw).map_err(|e| ConfigErrors::whole_file(file, e))
         }
-        _ => Err(ConfigErrors::from_issues(file, &index, issues)),
+        // Positions are looked up only for a file with problems: a valid one (every reload)
+        // does not pay for the second parse.
+        _ => Err(ConfigErrors::from_issues(
+            file,
+            &PositionIndex::build(source),
+            issues,
+        )),
     }
 }
 

@@ -335,6 +335,25 @@ pub fn explain(config: &Config, q: &Query) -> Result<Explanation, String> {
                 None => "no timeout (0s)".into(),
             });
             if let Some(rc) = route_config {
+                use erased::Ser;
+                if let Some(b) = &rc.circuit_breakers {
+                    out.details
+                        .push(format!("route circuit breakers: {}", b.text()));
+                }
+                if let Some(f) = &rc.fault {
+                    out.details.push(format!("fault injection: {}", f.text()));
+                }
+                for (who, a) in [
+                    ("listener", &http.authorization),
+                    ("route", &rc.authorization),
+                ] {
+                    if !a.allow.is_empty() || !a.deny.is_empty() {
+                        out.details.push(format!(
+                            "{who} authorization by verified client SPIFFE ID: {}",
+                            a.text()
+                        ));
+                    }
+                }
                 match &rc.retry_policy {
                     Some(p) => out.details.push(format!(
                         "retries: up to {} on {}",

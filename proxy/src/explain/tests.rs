@@ -123,3 +123,33 @@ fn the_json_form_round_trips() {
     let back: Explanation = serde_json::from_str(&json).expect("parse");
     assert_eq!(back, e);
 }
+
+#[test]
+fn breakers_faults_and_authorization_join_the_explanation() {
+    let config = sluice_config::parse(
+        "listeners:\n  - { name: l, address: 127.0.0.1:0, http: { route_table: t } }\n\
+         route_tables:\n  - name: t\n    virtual_hosts:\n      - name: v\n        domains: ['*']\n        routes:\n\
+         \x20         - match: { prefix: / }\n            cluster: c\n            circuit_breakers: { max_requests: 7 }\n\
+         \x20           fault: { abort: { http_status: 503, percentage: 5 } }\n\
+         \x20           authorization: { allow: ['spiffe://corp/ns/web/*'] }\n\
+         clusters:\n  - { name: c, endpoints: [127.0.0.1:1] }\n",
+        "t.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let q = Query {
+        method: "GET".into(),
+        url: "http://x/".into(),
+        ..Default::default()
+    };
+    let e = explain(&config, &q).unwrap();
+    let details = e.details.join("\n");
+    assert!(
+        details.contains("route circuit breakers: {\"max_requests\":7"),
+        "{details}"
+    );
+    assert!(details.contains("fault injection: {\"abort\""), "{details}");
+    assert!(
+        details.contains("route authorization by verified client SPIFFE ID: {\"allow\":[\"spiffe://corp/ns/web/*\"]"),
+        "{details}"
+    );
+}
