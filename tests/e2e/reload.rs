@@ -307,6 +307,26 @@ fn explain_answers_from_a_file_and_from_the_live_config_after_a_reload() {
     bin.wait_log("config reloaded");
     let text = explain(&["--admin", &admin, "GET http://example.com/x"]);
     assert!(text.contains("cluster:      b (100%)"), "{text}");
+    // `/config_dump` gives each resource the generation that last changed it.
+    let dump: serde_json::Value =
+        serde_json::from_str(&http_get(bin.admin, "/config_dump").1).unwrap();
+    let generation = |kind: &str, name: &str| {
+        dump["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["type"] == kind && r["name"] == name)
+            .map(|r| (r["generation"].as_u64().unwrap(), r["origin"].clone()))
+            .unwrap_or_else(|| panic!("{kind} {name} not in {dump}"))
+    };
+    let now = dump["generation"].as_u64().unwrap();
+    assert_eq!(
+        generation("route_table", "main"),
+        (now, "file".into()),
+        "{dump}"
+    );
+    assert!(generation("cluster", "a").0 < now, "{dump}");
+    assert!(generation("listener", "main").0 < now, "{dump}");
     // A request the API cannot read gets the reason, and the CLI fails with it.
     let out = std::process::Command::new(sluice_bin())
         .args([

@@ -218,9 +218,22 @@ fn handle(
             let snap = shared.live.snapshot();
             let mut config = dump::effective(&snap.config);
             redact(&mut config);
+            let resources: Vec<serde_json::Value> = snap
+                .versions
+                .iter()
+                .map(|v| {
+                    serde_json::json!({
+                        "type": v.kind.as_str(),
+                        "name": v.name,
+                        "generation": v.generation,
+                        "origin": v.origin.as_str(),
+                    })
+                })
+                .collect();
             json(&serde_json::json!({
                 "generation": snap.generation,
                 "config": config,
+                "resources": resources,
             }))
         }
         "/server_info" => json(&serde_json::json!({

@@ -33,6 +33,21 @@ pub struct Snapshot {
     pub route_tables: HashMap<String, Arc<RouteTable>>,
     /// Cluster handles by name.
     pub clusters: HashMap<String, Arc<ClusterHandle>>,
+    /// Each resource's generation and source (for `/config_dump`).
+    pub versions: Arc<Vec<ResourceVersion>>,
+}
+
+/// When a resource last changed, and who brought it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceVersion {
+    /// Type.
+    pub kind: sluice_config::ResourceType,
+    /// Name.
+    pub name: String,
+    /// The generation that added or last changed it.
+    pub generation: u64,
+    /// Its source.
+    pub origin: Origin,
 }
 
 /// The live state shared by every worker, the admin API and the reloader.

@@ -11,7 +11,7 @@
 //! | a listener | that listener (bound before the swap; a bind failure rejects it) |
 //! | a secret | the TLS configs naming it, inside the TLS store (nothing recompiled) |
 
-use super::{Live, Snapshot};
+use super::{Live, ResourceVersion, Snapshot};
 use crate::cluster::{Change, Registry};
 use crate::http::filters::HttpFilter;
 use crate::listener::{ListenerSpec, Reconciler};
@@ -40,6 +40,17 @@ impl fmt::Display for ResourceResult {
         match &self.outcome {
             Ok(change) => write!(f, "{} \"{}\": {change:?}", self.kind, self.name),
             Err(why) => write!(f, "{} \"{}\" rejected: {why}", self.kind, self.name),
+        }
+    }
+}
+
+impl Origin {
+    /// `file`, `xds` or `discovered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::File => "file",
+            Origin::Xds => "xds",
+            Origin::Discovered => "discovered",
         }
     }
 }
@@ -126,6 +137,8 @@ pub struct Writer {
     node: config::Node,
     /// Which source owns each live resource (`File` or `Xds`, never `Discovered`).
     owners: HashMap<ResourceKey, Origin>,
+    /// The generation each resource was last added or changed in (for `/config_dump`).
+    changed_at: BTreeMap<ResourceKey, u64>,
 }
 
 impl Writer {
@@ -149,6 +162,7 @@ impl Writer {
             health: Default::default(),
             node: config::Node::default(),
             owners: HashMap::new(),
+            changed_at: BTreeMap::new(),
         }
     }
 
@@ -236,6 +250,11 @@ impl Writer {
                 _ => self.upsert(&r, &mut dirty_tables, &mut dirty_listeners),
             };
             metrics.config_resource(r.kind().as_str(), outcome.is_ok());
+            if matches!(outcome, Ok(Change::Added | Change::Updated)) {
+                // `publish` below makes the next generation.
+                self.changed_at
+                    .insert(key.clone(), self.live.generation() + 1);
+            }
             if outcome.is_ok() {
                 self.owners.insert(key.clone(), owner);
                 self.resources.insert(key, r.clone());
@@ -253,6 +272,7 @@ impl Writer {
                 Change::Unchanged
             } else {
                 self.owners.remove(&key);
+                self.changed_at.remove(&key);
                 self.remove(&key, &mut dirty_tables)
             };
             results.push(ResourceResult {
@@ -401,6 +421,17 @@ impl Writer {
                 .iter()
                 .map(|(n, h)| (n.clone(), Arc::clone(h)))
                 .collect(),
+            versions: Arc::new(
+                self.resources
+                    .keys()
+                    .map(|key| ResourceVersion {
+                        kind: key.0,
+                        name: key.1.clone(),
+                        generation: self.changed_at.get(key).copied().unwrap_or_default(),
+                        origin: self.owner(key),
+                    })
+                    .collect(),
+            ),
         };
         self.live.swap(snapshot);
         self.reconciler.commit(&self.listeners);
