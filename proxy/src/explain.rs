@@ -3,7 +3,8 @@
 //! data path's own parts — the listener's path normalization, the compiled route table's host
 //! index and matchers, the compiled rewrite and redirect — so the answer cannot drift from what
 //! the proxy does. The CLI explains a file; the admin API's `GET /explain` explains the live
-//! config (so it reflects hot reloads and xDS), and the CLI's `--admin` form asks it.
+//! config (so it reflects hot reloads and xDS) and adds each endpoint's state now (health,
+//! ejection, requests), and the CLI's `--admin` form asks it.
 
 use crate::cluster::Registry;
 use crate::http::normalize::{Normalized, normalize};
@@ -65,6 +66,10 @@ pub struct ClusterInfo {
     pub tls: bool,
     /// Not defined in the config (requests to it get 503).
     pub missing: bool,
+    /// A running proxy's view of the endpoints now (health, requests in flight, errors);
+    /// `None` when explaining a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_endpoints: Option<Vec<String>>,
 }
 
 /// The explanation.
@@ -400,6 +405,7 @@ fn cluster_info(config: &Config, name: &str, share_percent: f64) -> ClusterInfo 
             health_checks: false,
             tls: false,
             missing: true,
+            live_endpoints: None,
         };
     };
     let json = |v: &dyn erased::Ser| v.text();
@@ -425,6 +431,7 @@ fn cluster_info(config: &Config, name: &str, share_percent: f64) -> ClusterInfo 
         health_checks: c.health_checks.is_some(),
         tls: c.tls.is_some(),
         missing: false,
+        live_endpoints: None,
     }
 }
 
@@ -445,6 +452,43 @@ mod erased {
 }
 
 impl Explanation {
+    /// Adds a running proxy's endpoint state to each cluster: health (and why not), outlier
+    /// ejection, requests in flight, requests and errors so far.
+    pub fn with_live(mut self, live: &crate::state::Live) -> Self {
+        let snapshot = live.snapshot();
+        for c in &mut self.clusters {
+            let Some(handle) = snapshot.clusters.get(&c.name) else {
+                continue;
+            };
+            let set = handle.endpoints();
+            c.live_endpoints = Some(
+                set.endpoints
+                    .iter()
+                    .map(|e| {
+                        let flags: Vec<&str> = crate::endpoint::Health::ALL
+                            .iter()
+                            .filter(|(h, _)| e.state.has(*h))
+                            .map(|(_, n)| *n)
+                            .collect();
+                        let health = if e.state.is_healthy() {
+                            "healthy".to_string()
+                        } else {
+                            format!("NOT healthy ({})", flags.join(", "))
+                        };
+                        let (total, errors) = e.state.totals();
+                        format!(
+                            "{} (weight {}): {health}, {} in flight, {total} requests, {errors} errors",
+                            e.address,
+                            e.weight,
+                            e.state.active_requests()
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        self
+    }
+
     /// The explanation for a person.
     pub fn text(&self) -> String {
         let mut s = String::new();
@@ -506,8 +550,20 @@ impl Explanation {
                 },
                 if c.tls { ", TLS" } else { "" },
             );
-            for e in &c.endpoints {
-                let _ = writeln!(s, "                endpoint {e}");
+            match &c.live_endpoints {
+                Some(live) if live.is_empty() => {
+                    let _ = writeln!(s, "                no endpoints now: requests get 503");
+                }
+                Some(live) => {
+                    for e in live {
+                        let _ = writeln!(s, "                endpoint {e}");
+                    }
+                }
+                None => {
+                    for e in &c.endpoints {
+                        let _ = writeln!(s, "                endpoint {e}");
+                    }
+                }
             }
         }
         s

@@ -291,6 +291,11 @@ fn explain_answers_from_a_file_and_from_the_live_config_after_a_reload() {
     ]);
     assert!(text.contains("route #0 all/0: MATCH"), "{text}");
     assert!(text.contains("cluster:      a (100%)"), "{text}");
+    // The running proxy adds each endpoint's state now.
+    assert!(
+        text.contains(&format!("endpoint {a} (weight 1): healthy, 0 in flight")),
+        "{text}"
+    );
     // The same from the file, as JSON.
     let config_path = bin.config.display().to_string();
     let json: serde_json::Value = serde_json::from_str(&explain(&[

@@ -251,7 +251,7 @@ fn handle(
             match explain_query(req.uri().query())
                 .and_then(|q| crate::explain::explain(&snap.config, &q))
             {
-                Ok(e) => json(&serde_json::to_value(&e).unwrap_or_default()),
+                Ok(e) => json(&serde_json::to_value(e.with_live(&shared.live)).unwrap_or_default()),
                 Err(why) => text(StatusCode::BAD_REQUEST, format!("{why}\n")),
             }
         }
