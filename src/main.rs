@@ -506,9 +506,11 @@ fn validate(files: &[PathBuf], strict: bool) -> ExitCode {
     for f in files {
         match sluice_config::load_file(f) {
             Ok(config) => {
-                let warnings = config.warnings();
+                let source = std::fs::read_to_string(f).unwrap_or_default();
+                let warnings =
+                    sluice_config::warning_lines(&f.display().to_string(), &source, &config);
                 for w in &warnings {
-                    println!("{}: warning: {w}", f.display());
+                    println!("{w}");
                 }
                 if strict && !warnings.is_empty() {
                     failed = true;

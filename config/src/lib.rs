@@ -208,9 +208,19 @@ impl Config {
     /// Risky settings this config asks for explicitly, one sentence each (logged at load and
     /// printed by `sluice validate`). Empty for a config on safe defaults.
     pub fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
+        self.warning_issues()
+            .into_iter()
+            .map(|i| i.message)
+            .collect()
+    }
+
+    /// [`Config::warnings`] with the field path each is about (for [`warning_lines`]).
+    pub fn warning_issues(&self) -> Vec<Issue> {
+        let mut w: Vec<Issue> = Vec::new();
+        let mut at = |path: String, message: String| w.push(Issue { path, message });
         if self.listeners.is_empty() {
-            w.push(
+            at(
+                "listeners".into(),
                 "no listeners: this proxy serves only its admin API (unless an xDS server \
                  supplies listeners)"
                     .to_string(),
@@ -218,18 +228,24 @@ impl Config {
         }
         for (t, table) in self.route_tables.iter().enumerate() {
             if table.virtual_hosts.is_empty() {
-                w.push(format!(
-                    "route_tables[{t}] (`{}`): no virtual hosts: every request gets 404",
-                    table.name
-                ));
+                at(
+                    format!("route_tables[{t}]"),
+                    format!(
+                        "route_tables[{t}] (`{}`): no virtual hosts: every request gets 404",
+                        table.name
+                    ),
+                );
             }
             for (v, vhost) in table.virtual_hosts.iter().enumerate() {
                 if vhost.routes.is_empty() {
-                    w.push(format!(
-                        "route_tables[{t}].virtual_hosts[{v}] (`{}`): no routes: every request \
+                    at(
+                        format!("route_tables[{t}].virtual_hosts[{v}]"),
+                        format!(
+                            "route_tables[{t}].virtual_hosts[{v}] (`{}`): no routes: every request \
                          for its domains gets 404",
-                        vhost.name
-                    ));
+                            vhost.name
+                        ),
+                    );
                 }
                 let catch_all = vhost.routes.iter().position(|r| {
                     let m = &r.matcher;
@@ -242,58 +258,94 @@ impl Config {
                     && c + 1 < vhost.routes.len()
                 {
                     let n = vhost.routes.len() - c - 1;
-                    w.push(format!(
-                        "route_tables[{t}].virtual_hosts[{v}].routes[{}]: never matches: \
+                    at(
+                        format!("route_tables[{t}].virtual_hosts[{v}].routes[{}]", c + 1),
+                        format!(
+                            "route_tables[{t}].virtual_hosts[{v}].routes[{}]: never matches: \
                          routes[{c}] before it matches every request (prefix `/` and no other \
                          condition){}; move the catch-all last",
-                        c + 1,
-                        if n > 1 {
-                            format!(", nor do the {} routes after it", n - 1)
-                        } else {
-                            String::new()
-                        }
-                    ));
+                            c + 1,
+                            if n > 1 {
+                                format!(", nor do the {} routes after it", n - 1)
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    );
                 }
             }
         }
         if self.admin.allow_remote && !self.admin.address.ip().is_loopback() {
-            w.push(format!(
-                "admin.address {} is not loopback: the admin API is unauthenticated and serves \
+            at(
+                "admin.address".into(),
+                format!(
+                    "admin.address {} is not loopback: the admin API is unauthenticated and serves \
                  the config and metrics to anyone who can reach it",
-                self.admin.address
-            ));
+                    self.admin.address
+                ),
+            );
         }
-        for l in &self.listeners {
+        for (i, l) in self.listeners.iter().enumerate() {
             let ListenerKind::Http(h) = &l.kind else {
                 continue;
             };
             let name = &l.name;
             let p = &h.path_normalization;
+            let base = format!("listeners[{i}].http");
             if !p.normalize {
-                w.push(format!(
-                    "listener `{name}`: path_normalization.normalize is off: routes match the raw \
+                at(
+                    format!("{base}.path_normalization.normalize"),
+                    format!(
+                        "listener `{name}`: path_normalization.normalize is off: routes match the raw \
                      path, so `/public/../admin` and `%2e%2e` escapes can walk around prefix rules"
-                ));
+                    ),
+                );
             } else if p.escaped_slashes == EscapedSlashes::Keep {
-                w.push(format!(
-                    "listener `{name}`: path_normalization.escaped_slashes is `keep`: an upstream \
+                at(
+                    format!("{base}.path_normalization.escaped_slashes"),
+                    format!(
+                        "listener `{name}`: path_normalization.escaped_slashes is `keep`: an upstream \
                      that decodes `%2F` or treats `\\` as `/` may resolve a path no route saw"
-                ));
+                    ),
+                );
             }
             if h.headers_with_underscores == UnderscoreAction::Allow {
-                w.push(format!(
-                    "listener `{name}`: headers_with_underscores is `allow`: `x_internal` passes \
+                at(
+                    format!("{base}.headers_with_underscores"),
+                    format!(
+                        "listener `{name}`: headers_with_underscores is `allow`: `x_internal` passes \
                      for `x-internal` at CGI-style upstreams"
-                ));
+                    ),
+                );
             }
             if let Some(c) = h.trust.trusted_peers.iter().find(|c| c.len == 0) {
-                w.push(format!(
-                    "listener `{name}`: trust.trusted_peers contains {c}, which trusts every client"
-                ));
+                at(
+                    format!("{base}.trust.trusted_peers"),
+                    format!(
+                        "listener `{name}`: trust.trusted_peers contains {c}, which trusts every client"
+                    ),
+                );
             }
         }
         w
     }
+}
+
+/// `sluice validate`'s warning lines for `config`, read from `source`: `file:line:col:
+/// warning: message`, in file order.
+pub fn warning_lines(file: &str, source: &str, config: &Config) -> Vec<String> {
+    let issues = config.warning_issues();
+    if issues.is_empty() {
+        return Vec::new();
+    }
+    ConfigErrors::from_issues(file, &PositionIndex::build(source), issues)
+        .0
+        .into_iter()
+        .map(|e| match e.position {
+            Some(p) => format!("{file}:{}:{}: warning: {}", p.line, p.column, e.message),
+            None => format!("{file}: warning: {}", e.message),
+        })
+        .collect()
 }
 
 /// Reads, parses and validates a config file.

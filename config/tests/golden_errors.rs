@@ -11,8 +11,8 @@ fn report(name: &str, source: &str) -> String {
     let mut out = String::new();
     match sluice_config::parse(source, name) {
         Ok(config) => {
-            for w in config.warnings() {
-                out.push_str(&format!("{name}: warning: {w}\n"));
+            for w in sluice_config::warning_lines(name, source, &config) {
+                out.push_str(&format!("{w}\n"));
             }
             out.push_str(&format!("{name}: ok\n"));
         }

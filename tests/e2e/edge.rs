@@ -466,7 +466,7 @@ fn admin_is_loopback_only_capped_timed_out_and_redacted() {
     let allowed = "admin: { address: 0.0.0.0:7191, allow_remote: true }\nlisteners: []\n";
     let c = sluice_config::parse(allowed, "a.yaml").unwrap();
     assert!(
-        c.warnings()[0].contains("not loopback"),
+        c.warnings().iter().any(|w| w.contains("not loopback")),
         "{:?}",
         c.warnings()
     );
