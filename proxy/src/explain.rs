@@ -1,8 +1,8 @@
 //! `sluice explain`: which listener, virtual host, route and cluster a request gets under a
 //! config, why each earlier route did not take it, and what the route then does. It runs the
 //! data path's own parts — the listener's path normalization, the compiled route table's host
-//! index and matchers, the compiled rewrite and redirect — so the answer cannot drift from what
-//! the proxy does. The CLI explains a file; the admin API's `GET /explain` explains the live
+//! index and matchers, the compiled rewrite and redirect, the TLS passthrough SNI table — so
+//! the answer cannot drift from what the proxy does. The CLI explains a file; the admin API's `GET /explain` explains the live
 //! config (so it reflects hot reloads and xDS) and adds each endpoint's state now (health,
 //! ejection, requests), and the CLI's `--admin` form asks it.
 
@@ -177,23 +177,27 @@ pub fn explain(config: &Config, q: &Query) -> Result<Explanation, String> {
     let http = match &listener.kind {
         ListenerKind::Tcp(t) => {
             out.protocol = "tcp".into();
-            let by_sni = q.sni.as_deref().and_then(|sni| {
-                let sni = sni.to_ascii_lowercase();
-                t.sni.iter().find_map(|r| {
-                    r.server_names
+            // The data path's own SNI table: the exact name, else the longest wildcard.
+            let metrics = Arc::new(Metrics::new());
+            let mut registry = Registry::new(Arc::clone(&metrics), 1);
+            let table = crate::listener::sni::SniRoutes::compile(
+                &listener.name,
+                t,
+                &mut registry,
+                &metrics,
+            );
+            let by_sni = match (q.sni.as_deref(), &table) {
+                (Some(sni), Some(table)) => table.route(&sni.to_ascii_lowercase()).map(|c| {
+                    let names = t
+                        .sni
                         .iter()
-                        .any(|n| {
-                            let n = n.to_ascii_lowercase();
-                            match n.strip_prefix("*.") {
-                                Some(suffix) => sni
-                                    .strip_suffix(suffix)
-                                    .is_some_and(|head| head.ends_with('.') && head.len() > 1),
-                                None => n == sni,
-                            }
-                        })
-                        .then(|| (r.cluster.clone(), r.server_names.join(", ")))
-                })
-            });
+                        .find(|r| r.cluster == c.name)
+                        .map(|r| r.server_names.join(", "))
+                        .unwrap_or_default();
+                    (c.name.clone(), names)
+                }),
+                _ => None,
+            };
             match (by_sni, &t.cluster) {
                 (Some((c, names)), _) => {
                     out.outcome = "forward".into();

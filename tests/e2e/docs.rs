@@ -231,3 +231,71 @@ fn the_readme_samples_are_what_the_binary_prints() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), sample);
 }
+
+/// `sluice explain` over the bundled examples: each request in `tests/explain/requests.txt`
+/// must get, byte for byte, the text and JSON in its `.expected` file.
+#[test]
+fn explain_over_the_examples_matches_its_golden_answers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/explain");
+    let bless = std::env::var_os("SLUICE_BLESS").is_some();
+    let spec = std::fs::read_to_string(dir.join("requests.txt")).unwrap();
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for line in spec
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
+        n += 1;
+        let fields: Vec<&str> = line.split('|').map(str::trim).collect();
+        let [example, request, headers, listener, sni] = fields[..] else {
+            panic!("bad line: {line}");
+        };
+        let opt = |s: &str| (s != "-").then(|| s.to_string());
+        let (method, url) = request.split_once(' ').unwrap();
+        let q = sluice_proxy::explain::Query {
+            method: method.into(),
+            url: url.into(),
+            headers: opt(headers)
+                .map(|h| {
+                    h.split(';')
+                        .map(|kv| {
+                            let (k, v) = kv.split_once(':').unwrap();
+                            (k.trim().to_string(), v.trim().to_string())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            listener: opt(listener),
+            sni: opt(sni),
+        };
+        let config = sluice_config::load_file(&root.join("examples").join(example))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got = match sluice_proxy::explain::explain(&config, &q) {
+            Ok(e) => format!(
+                "{}--- json\n{}\n",
+                e.text(),
+                serde_json::to_string_pretty(&e).unwrap()
+            ),
+            Err(e) => format!("error: {e}\n"),
+        };
+        let file = dir.join(format!(
+            "{n:02}-{}.expected",
+            example.trim_end_matches(".yaml")
+        ));
+        if bless {
+            std::fs::write(&file, &got).unwrap();
+            continue;
+        }
+        match std::fs::read_to_string(&file) {
+            Ok(expected) if expected == got => {}
+            Ok(expected) => failures.push(format!(
+                "{line}\n--- expected ({})\n{expected}--- got\n{got}",
+                file.display()
+            )),
+            Err(_) => failures.push(format!("{line}: no {}", file.display())),
+        }
+    }
+    assert!(n >= 15, "only {n} requests");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

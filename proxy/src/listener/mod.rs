@@ -4,7 +4,7 @@
 
 pub(crate) mod detect;
 mod reconcile;
-mod sni;
+pub(crate) mod sni;
 mod spec;
 mod tcp;
 
