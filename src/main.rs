@@ -75,8 +75,14 @@ enum Command {
         /// A running proxy's admin address (`127.0.0.1:7191`): its live config.
         #[arg(long, env = "SLUICE_EXPLAIN_ADMIN")]
         admin: Option<String>,
-        /// A request header, `name: value` (repeatable); `Host` overrides the URL's.
-        #[arg(short = 'H', long = "header")]
+        /// A request header, `name: value` (repeatable); `Host` overrides the URL's. The
+        /// environment variable takes several, one per line.
+        #[arg(
+            short = 'H',
+            long = "header",
+            env = "SLUICE_EXPLAIN_HEADERS",
+            value_delimiter = '\n'
+        )]
         headers: Vec<String>,
         /// The listener (default: the one on the URL's port, else the first of its kind).
         #[arg(long, env = "SLUICE_EXPLAIN_LISTENER")]

@@ -299,3 +299,18 @@ fn explain_over_the_examples_matches_its_golden_answers() {
     assert!(n >= 15, "only {n} requests");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `-H` has its environment variable too: one header per line.
+#[test]
+fn explain_headers_come_from_the_environment_too() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(sluice_bin())
+        .args(["explain", "-c"])
+        .arg(root.join("examples/demo.yaml"))
+        .arg("http://localhost:8080/hello")
+        .env("SLUICE_EXPLAIN_HEADERS", "x-other: 2\nx-canary: 1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("route #3 canary: MATCH"), "{text}");
+}
