@@ -63,14 +63,9 @@ enum Command {
         /// `METHOD URL` (`GET http://host/path`), or just the URL for GET; `tcp://host:port`
         /// for a TCP listener.
         request: String,
-        /// The config file to explain against.
-        #[arg(
-            short,
-            long,
-            env = "SLUICE_CONFIG",
-            conflicts_with = "admin",
-            required_unless_present = "admin"
-        )]
+        /// The config file to explain against (`--admin` wins when both are given, so a
+        /// `SLUICE_CONFIG` in the environment does not get in its way).
+        #[arg(short, long, env = "SLUICE_CONFIG", required_unless_present = "admin")]
         config: Option<PathBuf>,
         /// A running proxy's admin address (`127.0.0.1:7191`): its live config.
         #[arg(long, env = "SLUICE_EXPLAIN_ADMIN")]
@@ -298,12 +293,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 query.headers.push((k.trim().into(), v.trim().into()));
             }
             let explanation = match (config, admin) {
-                (Some(file), _) => {
+                (Some(file), None) => {
                     let config =
                         sluice_config::load_file(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
                     sluice_proxy::explain::explain(&config, &query).map_err(anyhow::Error::msg)?
                 }
-                (None, Some(admin)) => {
+                (_, Some(admin)) => {
                     let (status, body) =
                         fetch(&admin, &explain_path(&query), "the proxy's admin API")?;
                     if status != 200 {

@@ -142,6 +142,15 @@ impl EndpointState {
         self.health.load(Ordering::Relaxed) & flag.0 != 0
     }
 
+    /// The names of the health flags set (admin `/clusters`, `explain`).
+    pub fn flag_names(&self) -> Vec<&'static str> {
+        Health::ALL
+            .iter()
+            .filter(|(h, _)| self.has(*h))
+            .map(|(_, n)| *n)
+            .collect()
+    }
+
     /// Ends an outlier ejection whose time has passed; true when this call ended it.
     pub fn return_if_due(&self, now: Instant) -> bool {
         let ended = self

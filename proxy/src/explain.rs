@@ -469,11 +469,7 @@ impl Explanation {
                 set.endpoints
                     .iter()
                     .map(|e| {
-                        let flags: Vec<&str> = crate::endpoint::Health::ALL
-                            .iter()
-                            .filter(|(h, _)| e.state.has(*h))
-                            .map(|(_, n)| *n)
-                            .collect();
+                        let flags = e.state.flag_names();
                         let health = if e.state.is_healthy() {
                             "healthy".to_string()
                         } else {

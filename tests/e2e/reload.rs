@@ -269,9 +269,11 @@ fn explain_answers_from_a_file_and_from_the_live_config_after_a_reload() {
     let (a, b) = (echo("a"), echo("b"));
     let mut bin = Binary::start(&config(1, "a", a, b, ""), &[]);
     let explain = |args: &[&str]| {
+        // A `SLUICE_CONFIG` in the environment does not get in the way of `--admin`.
         let out = std::process::Command::new(sluice_bin())
             .arg("explain")
             .args(args)
+            .env("SLUICE_CONFIG", "/nonexistent.yaml")
             .output()
             .unwrap();
         assert!(

@@ -471,11 +471,7 @@ fn clusters(live: &Live) -> serde_json::Value {
             .endpoints
             .iter()
             .map(|e| {
-                let flags: Vec<&str> = crate::endpoint::Health::ALL
-                    .iter()
-                    .filter(|(h, _)| e.state.has(*h))
-                    .map(|(_, n)| *n)
-                    .collect();
+                let flags = e.state.flag_names();
                 let (total, errors) = e.state.totals();
                 serde_json::json!({
                     "address": e.address.to_string(),
